@@ -1,0 +1,15 @@
+"""dali-cutmix: CutMix inside NVIDIA DALI pipelines, for fast ResNet training in PyTorch."""
+
+from .loss import mixed_cross_entropy, mixed_targets
+from .mix import CutMixParams, apply_cutmix, cutmix_box, sample_cutmix
+from .ops import cutmix
+
+__all__ = [
+    "CutMixParams",
+    "apply_cutmix",
+    "cutmix",
+    "cutmix_box",
+    "mixed_cross_entropy",
+    "mixed_targets",
+    "sample_cutmix",
+]

@@ -1,0 +1,158 @@
+"""Datasets on disk: ImageNet-layout folders, file lists, and the built-in Fashion-MNIST demo.
+
+An ImageNet-layout root holds ``train/<class>/*.JPEG`` and ``val/<class>/*.JPEG``; classes are
+the sorted folder names of ``train``. A split may instead be a text file list of
+``relative/path label`` lines (DALI's ``file_list`` format), relative to the list's folder.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = (
+    "t-shirt", "trouser", "pullover", "dress", "coat",
+    "sandal", "shirt", "sneaker", "bag", "ankle-boot",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Split:
+    """The files of one split, their integer labels and the class names."""
+
+    files: list[str]
+    labels: list[int]
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+def list_classes(split_dir: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+
+
+def load_split(path: str | os.PathLike, classes: list[str] | None = None) -> Split:
+    """Read a split folder (``<class>/<image>``) or a ``path label`` file list.
+
+    ``classes`` fixes the label order (val uses train's); by default the folder's sorted names.
+    Raises ``ValueError`` naming the path when nothing usable is there.
+    """
+    path = Path(path)
+    if path.is_file():
+        return _load_file_list(path, classes)
+    if not path.is_dir():
+        raise ValueError(f"data path {str(path)!r} does not exist")
+    found = list_classes(path)
+    if not found:
+        raise ValueError(f"{str(path)!r} has no class folders (expected <class>/<image> files)")
+    classes = list(classes) if classes is not None else found
+    index = {name: i for i, name in enumerate(classes)}
+    files, labels = [], []
+    for name in found:
+        if name not in index:
+            raise ValueError(f"class folder {str(path / name)!r} is not among the training classes")
+        for root, _, names in os.walk(path / name):
+            for f in sorted(names):
+                if f.lower().endswith(IMAGE_EXTENSIONS):
+                    files.append(os.path.join(root, f))
+                    labels.append(index[name])
+    if not files:
+        raise ValueError(f"{str(path)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return Split(files, labels, classes)
+
+
+def _load_file_list(path: Path, classes: list[str] | None) -> Split:
+    files, labels = [], []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        name, _, label = line.rpartition(" ")
+        if not name or not label.strip().isdigit():
+            raise ValueError(f"{path}:{n}: expected 'relative/path label', got {line!r}")
+        files.append(str(path.parent / name))
+        labels.append(int(label))
+    if not files:
+        raise ValueError(f"file list {str(path)!r} is empty")
+    num_classes = max(labels) + 1
+    return Split(files, labels, list(classes) if classes else [str(i) for i in range(num_classes)])
+
+
+def load_imagenet(root: str | os.PathLike) -> tuple[Split, Split]:
+    """``root/train`` and ``root/val`` (folders or file lists ``train.txt``/``val.txt``)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"--data {str(root)!r} is not a directory")
+    parts = []
+    for name in ("train", "val"):
+        folder, listing = root / name, root / f"{name}.txt"
+        if not folder.is_dir() and not listing.is_file():
+            raise ValueError(f"--data {str(root)!r} has no {name}/ folder (ImageNet layout expected)")
+        parts.append(folder if folder.is_dir() else listing)
+    train = load_split(parts[0])
+    val = load_split(parts[1], classes=train.classes)
+    return train, val
+
+
+# --- the demo data: Fashion-MNIST from Debian's dataset-fashion-mnist -------------------------
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (as used by MNIST), gzipped or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def export_fashion_mnist(
+    out_dir: str | os.PathLike,
+    *,
+    per_class_train: int = 600,
+    per_class_val: int = 100,
+    source: Path = FASHION_MNIST_DIR,
+) -> Path:
+    """Write Fashion-MNIST as ImageNet-layout JPEG folders under ``out_dir`` (cached).
+
+    The first ``per_class_*`` images of each class are taken, so the export is deterministic.
+    A ``.complete`` marker records the sizes; a matching export is reused as it is.
+    """
+    from PIL import Image
+
+    out = Path(out_dir)
+    marker = out / ".complete"
+    stamp = f"fashion-mnist {per_class_train} {per_class_val}\n"
+    if marker.is_file() and marker.read_text() == stamp:
+        return out
+    pairs = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", per_class_train),
+             "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", per_class_val)}  # fmt: skip
+    for split, (images_name, labels_name, per_class) in pairs.items():
+        images_path, labels_path = (_find_idx(source, n) for n in (images_name, labels_name))
+        images, labels = read_idx(images_path), read_idx(labels_path)
+        for k, name in enumerate(FASHION_MNIST_CLASSES):
+            folder = out / split / f"{k}-{name}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in np.flatnonzero(labels == k)[:per_class]:
+                Image.fromarray(images[i]).save(folder / f"{i:05d}.JPEG", quality=95)
+    marker.write_text(stamp)
+    return out
+
+
+def _find_idx(source: Path, name: str) -> Path:
+    for candidate in (source / f"{name}.gz", source / name):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"Fashion-MNIST file {source / name}.gz not found: install the demo data with "
+        f"'sudo apt-get install dataset-fashion-mnist', or pass --data DIR"
+    )

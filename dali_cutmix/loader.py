@@ -1,0 +1,160 @@
+"""PyTorch loaders over the DALI pipelines: what any trainer consumes, train.py or another.
+
+    loader = train_loader("/data/imagenet/train", batch_size=256, device="gpu")
+    for epoch in range(epochs):
+        for images, labels_a, labels_b, lam in loader:   # torch tensors on the device
+            loss = mixed_cross_entropy(model(images), labels_a, labels_b, lam)
+
+Each ``for`` over a loader is one epoch; the DALI iterator is reset after it. DALI reuses its
+output buffers, so a batch is valid until the next one is drawn (copy what you keep).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator
+
+import torch
+from nvidia.dali.plugin.base_iterator import LastBatchPolicy
+from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+from pipelines.imagenet import READER_NAME, train_pipeline, val_pipeline
+
+from .data import Split, load_split
+
+POLICIES = {"partial": LastBatchPolicy.PARTIAL, "drop": LastBatchPolicy.DROP, "fill": LastBatchPolicy.FILL}
+
+
+def steps_per_epoch(num_samples: int, batch_size: int, num_shards: int = 1, last_batch: str = "partial") -> int:
+    """Batches per epoch on every shard: DALI pads each shard (``pad_last_batch``) to the largest."""
+    shard = math.ceil(num_samples / num_shards)
+    return shard // batch_size if last_batch == "drop" else math.ceil(shard / batch_size)
+
+
+class DALILoader:
+    """Iterate a built DALI pipeline as tuples of torch tensors on ``device``.
+
+    Integer label outputs come out as (B,) int64, ``lam`` as (B,) float32.
+    """
+
+    def __init__(
+        self,
+        pipeline,
+        output_map: Iterable[str],
+        *,
+        device: torch.device | str = "cpu",
+        last_batch: str = "partial",
+        start_epoch: int = 0,
+    ):
+        if last_batch not in POLICIES:
+            raise ValueError(f"last_batch must be one of {tuple(POLICIES)}, got {last_batch!r}")
+        self.output_map = list(output_map)
+        self.device = torch.device(device)
+        self.classes = getattr(pipeline, "classes", None)
+        self.pipeline = pipeline
+        self.epoch = start_epoch
+        self._it = DALIGenericIterator(
+            [pipeline], self.output_map, reader_name=READER_NAME, last_batch_policy=POLICIES[last_batch]
+        )
+
+    def __len__(self) -> int:
+        return len(self._it)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        try:
+            for batch in self._it:
+                yield tuple(self._convert(name, batch[0][name]) for name in self.output_map)
+        finally:
+            self._it.reset()
+            self.epoch += 1
+
+    def _convert(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        if name.startswith("label"):
+            t = t.reshape(-1).long()
+        elif name == "lam":
+            t = t.reshape(-1)
+        return t.to(self.device, non_blocking=True)
+
+
+def mix_schedule(
+    prob: float, *, off_epochs: Iterable[int] = (), mix_off_epoch: int | None = None
+) -> Callable[[int], float] | float:
+    """``prob``, or an ``epoch -> prob`` schedule that is 0 on ``off_epochs`` and from ``mix_off_epoch``."""
+    off = frozenset(off_epochs)
+    if not off and mix_off_epoch is None:
+        return prob
+    return _Schedule(prob, off, mix_off_epoch)
+
+
+class _Schedule:
+    def __init__(self, prob: float, off: frozenset[int], mix_off_epoch: int | None):
+        self.prob, self.off, self.mix_off_epoch = prob, off, mix_off_epoch
+
+    def __call__(self, epoch: int) -> float:
+        if epoch in self.off or (self.mix_off_epoch is not None and epoch >= self.mix_off_epoch):
+            return 0.0
+        return self.prob
+
+
+def train_loader(
+    data: str | os.PathLike | Split,
+    *,
+    batch_size: int,
+    device: str = "cpu",
+    torch_device: torch.device | str | None = None,
+    shard_id: int = 0,
+    num_shards: int = 1,
+    start_epoch: int = 0,
+    cutmix_prob: float | Callable[[int], float] = 1.0,
+    last_batch: str = "partial",
+    **pipeline_kwargs,
+) -> DALILoader:
+    """A loader of ``(images, labels_a, labels_b, lam)`` over the training pipeline.
+
+    ``cutmix_prob`` may be an ``epoch -> prob`` schedule (see :func:`mix_schedule`); the epoch is
+    counted from ``start_epoch``, so a resumed run sees the schedule where it left it.
+    Other keyword arguments go to :func:`pipelines.imagenet.train_pipeline`.
+    """
+    split = data if isinstance(data, Split) else load_split(data)
+    steps = steps_per_epoch(len(split), batch_size, num_shards, last_batch)
+    pipe = train_pipeline(
+        split,
+        batch_size=batch_size,
+        device=device,
+        shard_id=shard_id,
+        num_shards=num_shards,
+        cutmix_prob=cutmix_prob,
+        steps_per_epoch=steps,
+        start_epoch=start_epoch,
+        **pipeline_kwargs,
+    )
+    return DALILoader(
+        pipe,
+        ("images", "labels_a", "labels_b", "lam"),
+        device=torch_device or _default_torch_device(device, pipeline_kwargs.get("device_id")),
+        last_batch=last_batch,
+        start_epoch=start_epoch,
+    )
+
+
+def val_loader(
+    data: str | os.PathLike | Split,
+    *,
+    batch_size: int,
+    device: str = "cpu",
+    torch_device: torch.device | str | None = None,
+    **pipeline_kwargs,
+) -> DALILoader:
+    """A loader of ``(images, labels)`` over the validation pipeline (every sample once)."""
+    pipe = val_pipeline(data, batch_size=batch_size, device=device, **pipeline_kwargs)
+    return DALILoader(
+        pipe,
+        ("images", "labels"),
+        device=torch_device or _default_torch_device(device, pipeline_kwargs.get("device_id")),
+        last_batch="partial",
+    )
+
+
+def _default_torch_device(device: str, device_id: int | None) -> torch.device:
+    return torch.device("cuda", device_id or 0) if device == "gpu" else torch.device("cpu")

@@ -1,0 +1,58 @@
+"""The CutMix loss: per-sample lambda, optional label smoothing, in one place.
+
+``lam * CE(logits, a) + (1 - lam) * CE(logits, b)`` per sample equals the soft-target cross
+entropy against ``lam * onehot(a) + (1 - lam) * onehot(b)``, smoothed as in timm's
+``mixup_target`` (smoothing is linear in the target, so it commutes with the mix).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _flat_labels(labels: torch.Tensor) -> torch.Tensor:
+    return labels.reshape(-1).long()  # DALI gives (B, 1) int32
+
+
+def _check_smoothing(label_smoothing: float) -> None:
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+
+
+def mixed_cross_entropy(
+    logits: torch.Tensor,
+    labels_a: torch.Tensor,
+    labels_b: torch.Tensor,
+    lam: torch.Tensor | float,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Mean over the batch of ``lam * CE(logits, a) + (1 - lam) * CE(logits, b)``.
+
+    logits: (B, K); labels_a, labels_b: (B,) or (B, 1) ints; lam: (B,) or a scalar.
+    """
+    _check_smoothing(label_smoothing)
+    lam = torch.as_tensor(lam, dtype=torch.float32, device=logits.device).reshape(-1)
+    ce_a = F.cross_entropy(logits, _flat_labels(labels_a), reduction="none", label_smoothing=label_smoothing)
+    ce_b = F.cross_entropy(logits, _flat_labels(labels_b), reduction="none", label_smoothing=label_smoothing)
+    return (lam * ce_a + (1.0 - lam) * ce_b).mean()
+
+
+def mixed_targets(
+    labels_a: torch.Tensor,
+    labels_b: torch.Tensor,
+    lam: torch.Tensor | float,
+    num_classes: int,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """(B, num_classes) float32 soft targets ``lam * onehot(a) + (1 - lam) * onehot(b)``, smoothed."""
+    _check_smoothing(label_smoothing)
+    a, b = _flat_labels(labels_a), _flat_labels(labels_b)
+    off = label_smoothing / num_classes
+    on = 1.0 - label_smoothing + off
+    lam = torch.as_tensor(lam, dtype=torch.float32, device=a.device).reshape(-1, 1)
+
+    def one_hot(y: torch.Tensor) -> torch.Tensor:
+        return torch.full((len(y), num_classes), off, device=y.device).scatter_(1, y[:, None], on)
+
+    return lam * one_hot(a) + (1.0 - lam) * one_hot(b)

@@ -1,0 +1,236 @@
+"""ImageNet training and validation pipelines, after DALI's ResNet-50 example.
+
+Graph fragments are plain DataNode -> DataNode functions; the ``@pipeline_def`` graphs only wire
+them; :func:`train_pipeline` and :func:`val_pipeline` resolve the data and build a ready
+``Pipeline`` whose reader is named ``"Reader"`` (for DALI's PyTorch iterators).
+
+Train outputs: ``images`` (B, 3, S, S) normalised float, ``labels_a``, ``labels_b`` (B, 1) int32,
+``lam`` (B,) float32. Val outputs: ``images``, ``labels``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import nvidia.dali.fn as fn
+import numpy as np
+from nvidia.dali import pipeline_def, types
+
+from dali_cutmix.data import Split, load_split
+from dali_cutmix.ops import BACKENDS, cutmix
+from dali_cutmix.mix import MODES
+
+READER_NAME = "Reader"
+MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
+STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
+DEVICES = ("cpu", "gpu")
+
+
+def read(split: Split, *, shard_id: int, num_shards: int, shuffle: bool, seed: int):
+    return fn.readers.file(
+        files=split.files,
+        labels=split.labels,
+        shard_id=shard_id,
+        num_shards=num_shards,
+        random_shuffle=shuffle,
+        initial_fill=min(4096, max(len(split), 1)),
+        pad_last_batch=True,
+        seed=seed,
+        name=READER_NAME,
+    )
+
+
+def _decoder_kwargs(device: str) -> dict:
+    if device == "gpu":
+        # Pre-size nvJPEG's buffers for ImageNet-sized images, as DALI's ResNet-50 example does.
+        return {"device": "mixed", "device_memory_padding": 211025920, "host_memory_padding": 140544512}
+    return {"device": "cpu"}
+
+
+def decode_random_resized_crop(jpegs, *, device: str, image_size: int):
+    """Decode only the random crop (area 8%-100%, aspect 3/4-4/3), then resize: (S, S, 3) uint8."""
+    images = fn.decoders.image_random_crop(
+        jpegs,
+        output_type=types.RGB,
+        random_area=[0.08, 1.0],
+        random_aspect_ratio=[3 / 4, 4 / 3],
+        num_attempts=100,
+        **_decoder_kwargs(device),
+    )
+    return fn.resize(images, resize_x=image_size, resize_y=image_size, interp_type=types.INTERP_LINEAR, antialias=False)
+
+
+def decode_center(jpegs, *, device: str, image_size: int):
+    """Resize the shorter side to ``image_size / 0.875``: (S', >=S', 3) uint8, cropped later."""
+    images = fn.decoders.image(jpegs, output_type=types.RGB, **_decoder_kwargs(device))
+    return fn.resize(images, resize_shorter=int(image_size / 0.875), interp_type=types.INTERP_TRIANGULAR)
+
+
+def normalize(images, *, image_size: int, mirror=False, fp16: bool = False):
+    """Centre crop, optional flip, normalise, HWC -> CHW: (3, S, S) float32 or float16."""
+    return fn.crop_mirror_normalize(
+        images,
+        dtype=types.FLOAT16 if fp16 else types.FLOAT,
+        output_layout="CHW",
+        crop=(image_size, image_size),
+        mean=MEAN,
+        std=STD,
+        mirror=mirror,
+    )
+
+
+@pipeline_def(enable_conditionals=False)
+def _train_graph(split, *, image_size, device, shard_id, num_shards, shuffle_seed, fp16, mix, prob_source):
+    jpegs, labels = read(split, shard_id=shard_id, num_shards=num_shards, shuffle=True, seed=shuffle_seed)
+    images = decode_random_resized_crop(jpegs, device=device, image_size=image_size)  # (S, S, 3) uint8
+    if mix is None:
+        labels_b, lam = labels, fn.cast(labels * 0 + 1, dtype=types.FLOAT)[0]
+    else:
+        prob = mix["prob"]
+        if prob_source is not None:
+            prob = fn.external_source(source=prob_source, batch=True, batch_info=True, dtype=types.FLOAT)
+        images, labels, labels_b, lam = cutmix(images, labels, **{**mix, "prob": prob})
+    # The flip comes after the mix so it fuses into crop_mirror_normalize; flipping a mixed image
+    # equals mixing flipped images with a flipped box, so the distribution is the same.
+    images = normalize(images, image_size=image_size, mirror=fn.random.coin_flip(), fp16=fp16)
+    return images, labels, labels_b, lam
+
+
+@pipeline_def(enable_conditionals=False)
+def _val_graph(split, *, image_size, device, shard_id, num_shards, fp16):
+    jpegs, labels = read(split, shard_id=shard_id, num_shards=num_shards, shuffle=False, seed=0)
+    images = decode_center(jpegs, device=device, image_size=image_size)
+    return normalize(images, image_size=image_size, fp16=fp16), labels
+
+
+def _common(data, batch_size, image_size, device, num_threads, shard_id, num_shards, fp16, classes):
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    for name, value, low in (("batch_size", batch_size, 1), ("image_size", image_size, 8), ("num_threads", num_threads, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    if not 0 <= shard_id < num_shards:
+        raise ValueError(f"shard_id must be in [0, num_shards={num_shards}), got {shard_id!r}")
+    if fp16 and device != "gpu":
+        raise ValueError("fp16 output needs device='gpu'")
+    split = data if isinstance(data, Split) else load_split(data, classes)
+    return split
+
+
+def train_pipeline(
+    data_dir: str | os.PathLike | Split,
+    *,
+    batch_size: int,
+    image_size: int = 224,
+    device: str = "cpu",
+    device_id: int | None = None,
+    num_threads: int = 4,
+    seed: int = 0,
+    shard_id: int = 0,
+    num_shards: int = 1,
+    cutmix_alpha: float = 1.0,
+    cutmix_prob: float | Callable[[int], float] = 1.0,
+    cutmix_mode: str = "batch",
+    cutmix_backend: str = "python",
+    cutmix_enabled: bool = True,
+    fp16: bool = False,
+    steps_per_epoch: int | None = None,
+    start_epoch: int = 0,
+    prefetch_queue_depth: int = 2,
+):
+    """The training pipeline on ``data_dir`` (a ``<class>/<image>`` folder, a file list or a Split).
+
+    ``cutmix_prob`` is a number or a schedule ``epoch -> prob``; a schedule needs
+    ``steps_per_epoch`` (the loader passes it) and is fed per batch by a tiny external source.
+    ``seed`` drives augmentation and CutMix; the shuffle is seeded by ``seed`` alone so that all
+    shards agree on the global order and together cover the dataset once per epoch.
+    """
+    split = _common(data_dir, batch_size, image_size, device, num_threads, shard_id, num_shards, fp16, None)
+    if cutmix_backend not in BACKENDS:
+        raise ValueError(f"cutmix_backend must be one of {BACKENDS}, got {cutmix_backend!r}")
+    if cutmix_mode not in MODES:
+        raise ValueError(f"cutmix_mode must be one of {MODES}, got {cutmix_mode!r}")
+    prob_source = None
+    mix = None
+    if cutmix_enabled:
+        mix = {"alpha": cutmix_alpha, "prob": 1.0, "mode": cutmix_mode, "backend": cutmix_backend}
+        if callable(cutmix_prob):
+            if not steps_per_epoch:
+                raise ValueError("a cutmix_prob schedule needs steps_per_epoch")
+            prob_source = ProbSchedule(cutmix_prob, batch_size, steps_per_epoch, start_epoch)
+        else:
+            mix["prob"] = cutmix_prob
+    pipe = _train_graph(
+        split,
+        image_size=image_size,
+        device=device,
+        shard_id=shard_id,
+        num_shards=num_shards,
+        shuffle_seed=seed,
+        fp16=fp16,
+        mix=mix,
+        prob_source=prob_source,
+        batch_size=batch_size,
+        num_threads=num_threads,
+        device_id=_device_id(device, device_id),
+        seed=seed * 1000 + shard_id,
+        prefetch_queue_depth=prefetch_queue_depth,
+    )
+    pipe.classes = split.classes
+    return pipe
+
+
+def val_pipeline(
+    data_dir: str | os.PathLike | Split,
+    *,
+    batch_size: int,
+    image_size: int = 224,
+    device: str = "cpu",
+    device_id: int | None = None,
+    num_threads: int = 4,
+    seed: int = 0,
+    shard_id: int = 0,
+    num_shards: int = 1,
+    fp16: bool = False,
+    classes: list[str] | None = None,
+):
+    """The validation pipeline: shorter side to ``image_size / 0.875``, centre crop, normalise."""
+    split = _common(data_dir, batch_size, image_size, device, num_threads, shard_id, num_shards, fp16, classes)
+    pipe = _val_graph(
+        split,
+        image_size=image_size,
+        device=device,
+        shard_id=shard_id,
+        num_shards=num_shards,
+        fp16=fp16,
+        batch_size=batch_size,
+        num_threads=num_threads,
+        device_id=_device_id(device, device_id),
+        seed=seed,
+    )
+    pipe.classes = split.classes
+    return pipe
+
+
+def _device_id(device: str, device_id: int | None) -> int | None:
+    return (0 if device_id is None else device_id) if device == "gpu" else None
+
+
+class ProbSchedule:
+    """External-source callback: the CutMix probability of each sample, from its epoch.
+
+    DALI prefetches, so the loader's notion of "current epoch" runs behind the pipeline; the
+    batch's own iteration number (``BatchInfo.iteration``) tells its epoch exactly.
+    """
+
+    def __init__(self, schedule: Callable[[int], float], batch_size: int, steps_per_epoch: int, start_epoch: int):
+        self.schedule, self.batch_size = schedule, batch_size
+        self.steps_per_epoch, self.start_epoch = steps_per_epoch, start_epoch
+
+    def __call__(self, info) -> list[np.ndarray]:
+        epoch = self.start_epoch + info.iteration // self.steps_per_epoch
+        prob = float(self.schedule(epoch))
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"cutmix_prob schedule gave {prob!r} for epoch {epoch}, expected [0, 1]")
+        return [np.float32(prob)] * self.batch_size

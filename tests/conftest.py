@@ -1,0 +1,59 @@
+"""Shared helpers: small DALI pipelines over in-memory batches, and the ``gpu`` marker."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from nvidia.dali import fn, pipeline_def
+
+
+def has_cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    if has_cuda():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def random_batch(rng, batch_size, shape, dtype=np.uint8):
+    """Noise images: two different images share a pixel with negligible probability."""
+    if np.issubdtype(dtype, np.integer):
+        return [rng.integers(0, 256, shape, dtype=dtype) for _ in range(batch_size)]
+    return [rng.random(shape, dtype=np.float32).astype(dtype) for _ in range(batch_size)]
+
+
+def run_cutmix(batches, *, device="cpu", seed=0, layout="HWC", **cutmix_kwargs):
+    """Feed ``batches`` (lists of arrays) through ``dali_cutmix.cutmix``; yield NumPy outputs.
+
+    Each item: (images, mixed, labels_a, labels_b, lam, perm, boxes).
+    """
+    import dali_cutmix
+
+    batch_size = len(batches[0])
+    feed = itertools.cycle(batches)
+    labels = [np.array([i], dtype=np.int32) for i in range(batch_size)]
+
+    @pipeline_def(batch_size=batch_size, num_threads=1, device_id=0 if device == "gpu" else None, seed=seed)
+    def pipe():
+        images = fn.external_source(source=lambda: next(feed), layout=layout, device=device)
+        lab = fn.external_source(source=lambda: labels)
+        return (images,) + dali_cutmix.cutmix(images, lab, layout=layout, return_params=True, **cutmix_kwargs)
+
+    p = pipe(prefetch_queue_depth=1)
+    p.build()
+    for _ in batches:
+        yield tuple(_as_numpy(out) for out in p.run())
+
+
+def _as_numpy(tensor_list):
+    if hasattr(tensor_list, "as_cpu"):
+        tensor_list = tensor_list.as_cpu()
+    return tensor_list.as_array()
