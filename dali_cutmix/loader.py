@@ -62,10 +62,17 @@ class DALILoader:
         return len(self._it)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        """One epoch. Leaving the loop early drains the rest of the epoch, so the next ``for``
+        starts a fresh epoch and per-epoch schedules stay aligned with the reader."""
+        finished = False
         try:
             for batch in self._it:
                 yield tuple(self._convert(name, batch[0][name]) for name in self.output_map)
+            finished = True
         finally:
+            if not finished:
+                for _ in self._it:
+                    pass
             self._it.reset()
             self.epoch += 1
 

@@ -57,3 +57,27 @@ def _as_numpy(tensor_list):
     if hasattr(tensor_list, "as_cpu"):
         tensor_list = tensor_list.as_cpu()
     return tensor_list.as_array()
+
+
+def write_jpeg_tree(root, *, classes=3, train_per_class=6, val_per_class=3, seed=0):
+    """An ImageNet-layout tree of small JPEGs of varied, non-square sizes; returns ``root``."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    sizes = [(48, 64), (64, 48), (40, 90), (75, 75), (33, 57)]
+    for split, per_class in (("train", train_per_class), ("val", val_per_class)):
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                h, w = sizes[(c + i) % len(sizes)]
+                base = np.linspace(0, 255, w)[None, :, None] * np.array([c == 0, c == 1, c == 2])
+                noise = rng.integers(0, 40, (h, w, 3))
+                image = np.clip(base + noise, 0, 255).astype(np.uint8)
+                Image.fromarray(image).save(folder / f"img{i}.JPEG", quality=90)
+    return root
+
+
+@pytest.fixture
+def jpeg_tree(tmp_path):
+    return write_jpeg_tree(tmp_path / "data")

@@ -1,0 +1,104 @@
+"""Checkpoints and run records that survive crashes: atomic writes, safe loads.
+
+Every file is written to a temporary name in the same folder and renamed over the target, so a
+reader sees the old file or the new one, never half of one. Checkpoints load with
+``torch.load(weights_only=True)``: no pickled code runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+
+CHECKPOINT = re.compile(r"checkpoint_(\d+)\.pt$")
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(file)`` on a temporary file, fsync it, then rename it to ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True).encode()))
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
+
+
+def read_metrics(path: Path, before_epoch: int) -> list[dict]:
+    """The rows of epochs before ``before_epoch`` (a resumed run drops what it will redo)."""
+    if not Path(path).is_file():
+        return []
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["epoch"] < before_epoch]
+
+
+def save(out: Path, epoch: int, model, optimizer, scheduler, scaler, config: dict, keep: int) -> Path:
+    """Write ``checkpoint_{epoch}.pt`` (``epoch`` = epochs completed), keep the newest ``keep``."""
+    state = {
+        "epoch": epoch,
+        "arch": config["arch"],
+        "num_classes": config["num_classes"],
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "torch_rng": torch.get_rng_state(),
+        "config": config,
+    }
+    path = Path(out) / f"checkpoint_{epoch:04d}.pt"
+    atomic_write(path, lambda f: torch.save(state, f))
+    for old in sorted(_checkpoints(out))[:-keep]:
+        old[1].unlink(missing_ok=True)
+    return path
+
+
+def _checkpoints(out: Path) -> list[tuple[int, Path]]:
+    if not Path(out).is_dir():
+        return []
+    return [(int(m.group(1)), p) for p in Path(out).iterdir() if (m := CHECKPOINT.search(p.name))]
+
+
+def latest(out: Path) -> Path | None:
+    found = sorted(_checkpoints(out))
+    return found[-1][1] if found else None
+
+
+def load(path: Path, arch: str) -> dict:
+    """Load safely and check the architecture; raises ``ValueError`` naming the file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file
+        raise ValueError(f"checkpoint {path} cannot be loaded: {type(e).__name__}: {e}") from e
+    if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
+        raise ValueError(f"checkpoint {path} is not a dali-cutmix training checkpoint")
+    if state["arch"] != arch:
+        raise ValueError(f"checkpoint {path} is a {state['arch']}, but --arch is {arch}")
+    return state
+
+
+def restore(state: dict, model, optimizer, scheduler, scaler, *, num_classes: int) -> None:
+    if state["num_classes"] != num_classes:
+        raise ValueError(f"checkpoint has {state['num_classes']} classes, the data has {num_classes}")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state["scaler"] is not None:
+        scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["torch_rng"])

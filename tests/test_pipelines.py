@@ -1,0 +1,152 @@
+"""The ImageNet pipelines and loaders on a generated JPEG tree, and the demo export."""
+
+import gzip
+import shutil
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from dali_cutmix.data import export_fashion_mnist, load_imagenet, load_split, read_idx
+from dali_cutmix.loader import mix_schedule, steps_per_epoch, train_loader, val_loader
+from pipelines import train_pipeline, val_pipeline
+from pipelines.imagenet import MEAN, STD
+
+LOW = min((0 - m) / s for m, s in zip(MEAN, STD))
+HIGH = max((255 - m) / s for m, s in zip(MEAN, STD))
+
+
+@pytest.mark.parametrize("backend", ["python", "native"])
+def test_train_loader_outputs(jpeg_tree, backend):
+    loader = train_loader(jpeg_tree / "train", batch_size=8, image_size=32, num_threads=1, cutmix_backend=backend)
+    assert len(loader) == 3  # 18 images, batch 8, last batch partial
+    seen = 0
+    for images, labels_a, labels_b, lam in loader:
+        seen += len(images)
+        assert images.shape[1:] == (3, 32, 32) and images.dtype == torch.float32
+        assert LOW - 1e-3 <= images.min() and images.max() <= HIGH + 1e-3
+        assert labels_a.dtype == torch.int64 and labels_a.shape == (len(images),)
+        assert set(labels_a.tolist()) <= {0, 1, 2} and set(labels_b.tolist()) <= {0, 1, 2}
+        assert lam.dtype == torch.float32 and ((lam > 0) & (lam <= 1)).all()
+        assert len(set(lam.tolist())) == 1  # batch mode: one lambda per batch
+    assert seen == 18
+
+
+def test_cutmix_disabled_gives_lam_one(jpeg_tree):
+    loader = train_loader(jpeg_tree / "train", batch_size=6, image_size=32, num_threads=1, cutmix_enabled=False)
+    for _, labels_a, labels_b, lam in loader:
+        assert (lam == 1).all() and torch.equal(labels_a, labels_b)
+
+
+def test_schedule_switches_cutmix_off_for_chosen_epochs(jpeg_tree):
+    schedule = mix_schedule(1.0, off_epochs=[1], mix_off_epoch=3)
+    loader = train_loader(jpeg_tree / "train", batch_size=6, image_size=32, num_threads=1, cutmix_prob=schedule,
+                          cutmix_mode="elem")  # fmt: skip
+    mixed = []
+    for _ in range(4):
+        mixed.append(any((lam < 1).any().item() for *_, lam in loader))
+    assert mixed == [True, False, True, False]
+
+
+def test_val_is_deterministic_and_covers_every_image_once(jpeg_tree):
+    def run():
+        loader = val_loader(jpeg_tree / "val", batch_size=4, image_size=32, num_threads=1)
+        return [(x.clone(), y.clone()) for x, y in loader]
+
+    a, b = run(), run()
+    assert sum(len(y) for _, y in a) == 9
+    assert Counter(torch.cat([y for _, y in a]).tolist()) == {0: 3, 1: 3, 2: 3}
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+        assert xa.shape[1:] == (3, 32, 32)
+
+
+def test_val_shards_are_disjoint_and_cover_the_set(jpeg_tree):
+    labels, shapes = [], []
+    for shard in range(2):
+        loader = val_loader(jpeg_tree / "val", batch_size=4, image_size=32, num_threads=1, shard_id=shard, num_shards=2)
+        for x, y in loader:
+            labels += y.tolist()
+            shapes += [tuple(t.flatten()[:8].tolist()) for t in x]
+    assert len(labels) == 9 and Counter(labels) == {0: 3, 1: 3, 2: 3}
+    assert len(set(shapes)) == 9  # nine distinct images, none read twice
+
+
+def test_steps_per_epoch_matches_dali(jpeg_tree):
+    for shards in (1, 2):
+        pipe = train_pipeline(jpeg_tree / "train", batch_size=4, image_size=32, num_threads=1, num_shards=shards)
+        loader = train_loader(jpeg_tree / "train", batch_size=4, image_size=32, num_threads=1, num_shards=shards)
+        assert len(loader) == steps_per_epoch(18, 4, shards)
+        del pipe
+
+
+def test_file_list_is_accepted(jpeg_tree):
+    lines = [f"class{c}/img{i}.JPEG {c}" for c in range(3) for i in range(6)]
+    (jpeg_tree / "train" / "list.txt").write_text("\n".join(lines) + "\n")
+    split = load_split(jpeg_tree / "train" / "list.txt")
+    assert len(split) == 18 and split.labels[-1] == 2
+    loader = train_loader(split, batch_size=6, image_size=32, num_threads=1)
+    assert sum(len(b[0]) for b in loader) == 18
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"batch_size": 0}, "batch_size must be an int >= 1, got 0"),
+        ({"image_size": 4}, "image_size must be an int >= 8, got 4"),
+        ({"device": "tpu"}, "device must be one of .*, got 'tpu'"),
+        ({"cutmix_backend": "cupy"}, "cutmix_backend must be one of .*, got 'cupy'"),
+        ({"shard_id": 2, "num_shards": 2}, r"shard_id must be in \[0, num_shards=2\), got 2"),
+    ],
+    ids=["batch", "size", "device", "backend", "shard"],
+)
+def test_pipeline_argument_errors(jpeg_tree, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        train_pipeline(jpeg_tree / "train", **{"batch_size": 4, **kwargs})
+
+
+def test_data_errors(tmp_path, jpeg_tree):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_split(tmp_path / "missing")
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    with pytest.raises(ValueError, match="holds no images"):
+        load_split(tmp_path / "empty")
+    shutil.rmtree(jpeg_tree / "val")
+    with pytest.raises(ValueError, match="has no val/ folder"):
+        load_imagenet(jpeg_tree)
+
+
+def write_idx(path, array):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_demo_export_from_idx_files(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 40), ("t10k", 20)):
+        images = rng.integers(0, 256, (n, 28, 28))
+        write_idx(src / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(src / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    np.testing.assert_array_equal(read_idx(src / "train-labels-idx1-ubyte.gz"), np.arange(40) % 10)
+    root = export_fashion_mnist(tmp_path / "out", per_class_train=3, per_class_val=1, source=src)
+    train, val = load_imagenet(root)
+    assert len(train) == 30 and len(val) == 10 and len(train.classes) == 10
+    mtime = (root / ".complete").stat().st_mtime_ns
+    export_fashion_mnist(tmp_path / "out", per_class_train=3, per_class_val=1, source=src)
+    assert (root / ".complete").stat().st_mtime_ns == mtime  # cached: not exported again
+
+
+def test_demo_export_without_the_package(tmp_path):
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        export_fashion_mnist(tmp_path / "out", source=tmp_path / "nowhere")
+
+
+def test_demo_export_of_the_real_fashion_mnist(tmp_path):
+    root = export_fashion_mnist(tmp_path / "fm", per_class_train=5, per_class_val=2)
+    train, val = load_imagenet(root)
+    assert len(train) == 50 and len(val) == 20
+    assert train.classes[0] == "0-t-shirt" and train.classes[9] == "9-ankle-boot"

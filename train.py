@@ -1,0 +1,308 @@
+"""Train a torchvision ResNet with CutMix applied inside the DALI input pipeline.
+
+    python train.py                                    # demo: Fashion-MNIST, CPU-friendly defaults
+    python train.py --data /imagenet --arch resnet50 --batch-size 256 --epochs 90
+    torchrun --nproc_per_node 8 train.py --data /imagenet --arch resnet50   # DDP, one shard per rank
+
+``--data`` is an ImageNet-layout root (``train/<class>/*.JPEG``, ``val/<class>/*.JPEG``). Without it
+the demo data (Fashion-MNIST from Debian's ``dataset-fashion-mnist``) is exported once to JPEG
+folders and used. ``--output DIR`` receives ``config.json``, a checkpoint per epoch,
+``metrics.jsonl`` (one line per epoch) and ``curves.png``; ``--resume`` continues a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torchvision
+
+import dali_cutmix
+from dali_cutmix import checkpoint as ckpt
+from dali_cutmix.data import export_fashion_mnist, load_imagenet
+from dali_cutmix.loader import mix_schedule, train_loader, val_loader
+
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+# Flags whose default differs between the demo (no --data) and real data.
+DEMO_DEFAULTS = {"epochs": 10, "batch_size": 128, "image_size": 32, "arch": "resnet18", "warmup_epochs": 0}
+DATA_DEFAULTS = {"epochs": 90, "batch_size": 256, "image_size": 224, "arch": "resnet50", "warmup_epochs": 5}
+CACHE = Path(os.environ.get("DALI_CUTMIX_CACHE", Path.home() / ".cache" / "dali-cutmix"))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=str, default=None, help="ImageNet-layout root; default: the demo data")
+    p.add_argument("--epochs", type=int, default=None, help="total epochs (demo 10, else 90)")
+    p.add_argument("--batch-size", type=int, default=None, help="per process (demo 128, else 256)")
+    p.add_argument("--arch", default=None, help=f"one of {', '.join(ARCHS)} (demo resnet18, else resnet50)")
+    p.add_argument("--image-size", type=int, default=None, help="train crop side (demo 32, else 224)")
+    p.add_argument("--lr", type=float, default=0.1, help="learning rate for a global batch of 256")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--lr-schedule", choices=("cosine", "step"), default="cosine")
+    p.add_argument("--lr-step", type=int, default=75, help="step schedule: lr x0.1 every N epochs (paper: 75)")
+    p.add_argument("--warmup-epochs", type=float, default=None, help="linear warmup (demo 0, else 5)")
+    p.add_argument("--smoothing", "--label-smoothing", type=float, default=0.0, dest="smoothing")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DALI CPU threads")
+    p.add_argument("--cutmix-alpha", type=float, default=1.0)
+    p.add_argument("--cutmix-prob", type=float, default=1.0)
+    p.add_argument("--cutmix-mode", choices=("batch", "elem"), default="batch")
+    p.add_argument("--cutmix-backend", choices=("python", "native"), default="native")
+    p.add_argument("--no-cutmix", action="store_true", help="train without CutMix (the baseline)")
+    p.add_argument("--mix-off-epoch", type=int, default=None, help="turn CutMix off from this epoch on")
+    p.add_argument("--output", type=str, default="runs/latest", help="where config, checkpoints and metrics go")
+    p.add_argument("--resume", nargs="?", const="latest", default=None, help="continue: latest in --output, or PATH")
+    p.add_argument("--keep-checkpoints", type=int, default=3, help="how many epoch checkpoints to keep")
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    p.add_argument("--no-amp", action="store_true", help="GPU: train in float32 instead of float16 autocast")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--demo-per-class", type=int, default=1000, help="demo: training images per class")
+    p.add_argument("--max-steps", type=int, default=None, help="stop each epoch after N steps (smoke tests)")
+    args = p.parse_args(argv)
+    defaults = DEMO_DEFAULTS if args.data is None else DATA_DEFAULTS
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    check_args(p, args)
+    return args
+
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """One-line errors (exit code 2) for input we can judge before any work starts."""
+    positive = {"--epochs": args.epochs, "--batch-size": args.batch_size, "--workers": args.workers,
+                "--lr-step": args.lr_step, "--keep-checkpoints": args.keep_checkpoints}  # fmt: skip
+    for flag, value in positive.items():
+        if value < 1:
+            p.error(f"{flag} must be >= 1, got {value}")
+    if args.image_size < 16:
+        p.error(f"--image-size must be >= 16, got {args.image_size}")
+    if args.arch not in ARCHS:
+        p.error(f"--arch must be one of {', '.join(ARCHS)}, got {args.arch!r}")
+    if not args.cutmix_alpha > 0:
+        p.error(f"--cutmix-alpha must be > 0, got {args.cutmix_alpha}")
+    if not 0 <= args.cutmix_prob <= 1:
+        p.error(f"--cutmix-prob must be in [0, 1], got {args.cutmix_prob}")
+    if not 0 <= args.smoothing < 1:
+        p.error(f"--smoothing must be in [0, 1), got {args.smoothing}")
+    if args.lr <= 0 or args.warmup_epochs < 0:
+        p.error(f"--lr must be > 0 and --warmup-epochs >= 0, got {args.lr} and {args.warmup_epochs}")
+    if args.data is not None and not Path(args.data).is_dir():
+        p.error(f"--data {args.data!r} is not a directory")
+    if args.device == "gpu" and not torch.cuda.is_available():
+        p.error("--device gpu: CUDA is not available on this machine")
+    if args.resume not in (None, "latest") and not Path(args.resume).is_file():
+        p.error(f"--resume {args.resume!r}: no such checkpoint file")
+
+
+def setup_distributed(args) -> tuple[int, int, torch.device]:
+    """rank, world size and this process's device; torchrun sets the environment."""
+    use_gpu = args.device == "gpu" or (args.device == "auto" and torch.cuda.is_available())
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device("cuda", local_rank) if use_gpu else torch.device("cpu")
+    if use_gpu:
+        torch.cuda.set_device(device)
+    if world > 1:
+        dist.init_process_group("nccl" if use_gpu else "gloo")
+    return rank, world, device
+
+
+def load_data(args, rank: int, world: int, device: torch.device, start_epoch: int):
+    """The train and val loaders for this rank's shard, and the class names."""
+    root = args.data or export_fashion_mnist(CACHE / f"fashion-mnist-{args.demo_per_class}",
+                                             per_class_train=args.demo_per_class)  # fmt: skip
+    train_split, val_split = load_imagenet(root)
+    dali_device = "gpu" if device.type == "cuda" else "cpu"
+    common = dict(batch_size=args.batch_size, device=dali_device, device_id=device.index, num_threads=args.workers,
+                  shard_id=rank, num_shards=world, image_size=args.image_size, torch_device=device)  # fmt: skip
+    train = train_loader(
+        train_split,
+        seed=args.seed,
+        start_epoch=start_epoch,
+        cutmix_enabled=not args.no_cutmix,
+        cutmix_alpha=args.cutmix_alpha,
+        cutmix_prob=mix_schedule(args.cutmix_prob, mix_off_epoch=args.mix_off_epoch),
+        cutmix_mode=args.cutmix_mode,
+        cutmix_backend=args.cutmix_backend,
+        fp16=dali_device == "gpu" and not args.no_amp,
+        **common,
+    )
+    val = val_loader(val_split, classes=train_split.classes, **common)
+    return train, val, train_split.classes
+
+
+def build_model(args, num_classes: int, device: torch.device) -> torch.nn.Module:
+    model = torchvision.models.get_model(args.arch, weights=None, num_classes=num_classes).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def build_optimizer(args, model: torch.nn.Module, world: int, steps_per_epoch: int):
+    """SGD with nesterov momentum, lr scaled by global batch / 256, no decay on BN and biases."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    lr = args.lr * args.batch_size * world / 256
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.SGD(groups, lr=lr, momentum=args.momentum, nesterov=True)
+    schedule = LRSchedule(args.lr_schedule, args.warmup_epochs, args.epochs, args.lr_step, steps_per_epoch)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+class LRSchedule:
+    """Per-step lr factor: linear warmup, then cosine to zero or x0.1 every ``lr_step`` epochs."""
+
+    def __init__(self, kind: str, warmup_epochs: float, epochs: int, lr_step: int, steps_per_epoch: int):
+        self.kind, self.lr_step, self.steps = kind, lr_step, steps_per_epoch
+        self.warmup, self.total = warmup_epochs * steps_per_epoch, epochs * steps_per_epoch
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        if self.kind == "step":
+            return 0.1 ** (step // (self.lr_step * self.steps))
+        progress = (step - self.warmup) / max(1, self.total - self.warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, args, device, epoch: int, show: bool) -> dict:
+    """One pass over the training shard; returns the epoch's mean loss, speed and data-wait time."""
+    from tqdm import tqdm
+
+    model.train()
+    amp = torch.autocast("cuda", dtype=torch.float16) if scaler is not None else nullcontext()
+    losses, seen, waited = [], 0, 0.0
+    start = tick = time.perf_counter()
+    bar = tqdm(loader, total=len(loader), desc=f"epoch {epoch}", disable=not show, unit="batch", mininterval=1.0)
+    for step, (images, labels_a, labels_b, lam) in enumerate(bar):
+        waited += time.perf_counter() - tick
+        if device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        with amp:
+            loss = dali_cutmix.mixed_cross_entropy(model(images), labels_a, labels_b, lam, args.smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        losses.append(loss.detach())
+        seen += len(images)
+        if step % 20 == 0 or step == len(loader) - 1:
+            check_finite(losses, epoch, step)
+            bar.set_postfix(loss=f"{losses[-1].item():.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+        if args.max_steps and step + 1 >= args.max_steps:
+            break
+        tick = time.perf_counter()
+    check_finite(losses, epoch, len(losses) - 1)
+    seconds = time.perf_counter() - start
+    return {"train_loss": torch.stack(losses).mean().item(), "images_per_s": seen / seconds,
+            "epoch_seconds": seconds, "data_wait_s": waited, "train_images": seen}  # fmt: skip
+
+
+def check_finite(losses: list[torch.Tensor], epoch: int, step: int) -> None:
+    bad = torch.nonzero(~torch.isfinite(torch.stack(losses))).flatten()
+    if len(bad):
+        first = bad[0].item()
+        raise FloatingPointError(f"non-finite loss {losses[first].item()} at epoch {epoch}, step {first}; "
+                                 f"the last complete checkpoint is kept")  # fmt: skip
+
+
+@torch.no_grad()
+def evaluate(model, loader, device: torch.device, world: int) -> dict:
+    """Loss, top-1 and top-5 accuracy (%) over the whole validation set, summed across ranks."""
+    model.eval()
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top-1, top-5, count
+    amp = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
+    for images, labels in loader:
+        with amp:
+            logits = model(images).float()
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices == labels[:, None]
+        totals += torch.stack([torch.nn.functional.cross_entropy(logits, labels, reduction="sum").double(),
+                               top[:, :1].sum().double(), top.sum().double(),
+                               torch.tensor(len(labels), dtype=torch.float64, device=device)])  # fmt: skip
+    if world > 1:
+        dist.all_reduce(totals)
+    loss, top1, top5, n = totals.tolist()
+    return {"val_loss": loss / n, "val_top1": 100 * top1 / n, "val_top5": 100 * top5 / n, "val_images": int(n)}
+
+
+def plot_metrics(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train (mixed)")
+    ax_loss.plot(epochs, [r["val_loss"] for r in rows], "o-", label="val")
+    ax_loss.set(xlabel="epoch", ylabel="cross entropy", title="loss")
+    ax_acc.plot(epochs, [r["val_top1"] for r in rows], "o-", label="top-1")
+    ax_acc.plot(epochs, [r["val_top5"] for r in rows], "o-", label="top-5")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="validation")
+    for ax in (ax_loss, ax_acc):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    rank, world, device = setup_distributed(args)
+    torch.manual_seed(args.seed)
+    out = Path(args.output)
+    state = None
+    if args.resume:
+        path = ckpt.latest(out) if args.resume == "latest" else Path(args.resume)
+        if path is None:
+            raise SystemExit(f"error: --resume: no checkpoint in {out}")
+        state = ckpt.load(path, args.arch)
+    start_epoch = state["epoch"] if state else 0
+
+    train, val, classes = load_data(args, rank, world, device, start_epoch)
+    model = build_model(args, len(classes), device)
+    optimizer, scheduler = build_optimizer(args, model, world, len(train))
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and not args.no_amp else None
+    if state:
+        ckpt.restore(state, model, optimizer, scheduler, scaler, num_classes=len(classes))
+    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world > 1 else model  # fmt: skip
+    config = {**vars(args), "world_size": world, "device": str(device), "num_classes": len(classes), "classes": classes}
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt.write_json(out / "config.json", config)
+        print(f"{args.arch} on {device} x{world}: {len(classes)} classes, {len(train)} steps/epoch, "
+              f"epochs {start_epoch}..{args.epochs - 1}, output {out}")  # fmt: skip
+
+    metrics_path = out / "metrics.jsonl"
+    rows = ckpt.read_metrics(metrics_path, before_epoch=start_epoch) if rank == 0 else []
+    for epoch in range(start_epoch, args.epochs):
+        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+        row |= train_one_epoch(ddp, train, optimizer, scheduler, scaler, args, device, epoch, show=rank == 0)
+        row |= evaluate(ddp, val, device, world)
+        if rank == 0:
+            rows.append(row)
+            ckpt.save(out, epoch + 1, model, optimizer, scheduler, scaler, config, keep=args.keep_checkpoints)
+            ckpt.write_metrics(metrics_path, rows)
+            plot_metrics(rows, out / "curves.png")
+            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+    if world > 1:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
