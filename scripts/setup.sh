@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Fresh machine -> ready checkout: Debian data packages, a virtual environment in .venv, this
+# project (editable) with its test extras. Safe to run again; it skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Real data for the demo (Fashion-MNIST) and real photos for the benchmark builder.
+packages=(dataset-fashion-mnist mate-backgrounds)
+missing=()
+for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if ((${#missing[@]})); then
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+fi
+
+python3 -m venv .venv
+# torch first and on its own: pip (not uv) honours the machine's torch pins and local wheels.
+.venv/bin/python -m pip install -q torch torchvision
+.venv/bin/python -m pip install -q -e '.[test]'
