@@ -13,20 +13,20 @@ folders and used. ``--output DIR`` receives ``config.json``, a checkpoint per ep
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torchvision
 
-import dali_cutmix
 from dali_cutmix import checkpoint as ckpt
 from dali_cutmix.data import export_fashion_mnist, load_imagenet
+from dali_cutmix.engine import autocast, nvtx, train_step
 from dali_cutmix.loader import mix_schedule, train_loader, val_loader
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -177,40 +177,34 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, args, device, e
     from tqdm import tqdm
 
     model.train()
-    amp = torch.autocast("cuda", dtype=torch.float16) if scaler is not None else nullcontext()
+    on_gpu = device.type == "cuda"
     losses, seen, waited = [], 0, 0.0
-    start = tick = time.perf_counter()
     bar = tqdm(loader, total=len(loader), desc=f"epoch {epoch}", disable=not show, unit="batch", mininterval=1.0)
-    for step, (images, labels_a, labels_b, lam) in enumerate(bar):
+    batches = iter(bar)
+    start = time.perf_counter()
+    for step in itertools.count():
+        tick = time.perf_counter()
+        with nvtx("data", on_gpu):
+            batch = next(batches, None)
         waited += time.perf_counter() - tick
-        if device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
-        with amp:
-            loss = dali_cutmix.mixed_cross_entropy(model(images), labels_a, labels_b, lam, args.smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        if batch is None:
+            break
+        losses.append(train_step(model, optimizer, scaler, batch, smoothing=args.smoothing))
         scheduler.step()
-        losses.append(loss.detach())
-        seen += len(images)
-        if step % 20 == 0 or step == len(loader) - 1:
-            check_finite(losses, epoch, step)
+        seen += len(batch[0])
+        if step % 20 == 0:
+            check_finite(losses, epoch)
             bar.set_postfix(loss=f"{losses[-1].item():.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
         if args.max_steps and step + 1 >= args.max_steps:
             break
-        tick = time.perf_counter()
-    check_finite(losses, epoch, len(losses) - 1)
+    bar.close()
+    check_finite(losses, epoch)
     seconds = time.perf_counter() - start
     return {"train_loss": torch.stack(losses).mean().item(), "images_per_s": seen / seconds,
             "epoch_seconds": seconds, "data_wait_s": waited, "train_images": seen}  # fmt: skip
 
 
-def check_finite(losses: list[torch.Tensor], epoch: int, step: int) -> None:
+def check_finite(losses: list[torch.Tensor], epoch: int) -> None:
     bad = torch.nonzero(~torch.isfinite(torch.stack(losses))).flatten()
     if len(bad):
         first = bad[0].item()
@@ -223,9 +217,10 @@ def evaluate(model, loader, device: torch.device, world: int) -> dict:
     """Loss, top-1 and top-5 accuracy (%) over the whole validation set, summed across ranks."""
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top-1, top-5, count
-    amp = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
     for images, labels in loader:
-        with amp:
+        if device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(device, enabled=True):
             logits = model(images).float()
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices == labels[:, None]

@@ -25,7 +25,9 @@ import numpy as np
 MODES = ("batch", "elem")
 LAYOUTS = ("HWC", "CHW")
 
-NUMPY_OPS = SimpleNamespace(sqrt=np.sqrt, floor=np.floor, minimum=np.minimum, clip=np.clip)
+NUMPY_OPS = SimpleNamespace(
+    sqrt=np.sqrt, floor=np.floor, minimum=np.minimum, clip=np.clip, item=lambda x, k: x[..., k]
+)
 
 
 @dataclass(frozen=True)
@@ -74,29 +76,28 @@ def spatial_size(shape: tuple[int, ...], layout: str) -> tuple[int, int]:
     return (shape[0], shape[1]) if layout == "HWC" else (shape[1], shape[2])
 
 
-def cutmix_box(lam0, u_y, u_x, mixed, height, width, ops: Any = NUMPY_OPS):
+def cutmix_box(lam0, u, mixed, hw, ops: Any = NUMPY_OPS):
     """The clipped CutMix box and its corrected lambda, from uniform draws.
 
-    All inputs are float32 (arrays or DALI DataNodes): ``lam0 ~ Beta(alpha, alpha)``,
-    ``u_y, u_x ~ U[0, 1)`` place the centre, ``mixed`` is 1.0 or 0.0. The box is
-    ``sqrt(1 - lam0) * H`` by ``sqrt(1 - lam0) * W`` around the centre ``(cy, cx)``, which is
-    uniform over the integer pixels, then clipped to the image; as in the reference code the
-    half-sides are ``cut // 2``. Every intermediate is an integer below 2**24, so float32 is
-    exact and NumPy and DALI agree bit for bit.
+    All inputs are float32 (arrays or DALI DataNodes): ``lam0 ~ Beta(alpha, alpha)`` and
+    ``mixed`` (1.0 or 0.0) are scalars per sample, ``u ~ U[0, 1)^2`` places the centre, ``hw`` is
+    ``(H, W)``; the last axis of ``u`` and ``hw`` is (rows, columns). The box is
+    ``sqrt(1 - lam0) * H`` by ``sqrt(1 - lam0) * W`` around the centre, which is uniform over the
+    integer pixels, then clipped to the image; as in the reference code the half-sides are
+    ``cut // 2``. Every intermediate is an integer below 2**24 or a correctly rounded float32
+    operation, so NumPy and DALI agree bit for bit.
 
-    Returns ``y1, x1, y2, x2, lam`` (float32; the box corners are whole numbers).
+    Returns ``lo`` (``y1, x1``), ``hi`` (``y2, x2``), both whole numbers in float32, and ``lam``.
     """
     cut = ops.sqrt(1.0 - lam0) * mixed
-    half_h = ops.floor(ops.floor(height * cut) * 0.5)
-    half_w = ops.floor(ops.floor(width * cut) * 0.5)
-    cy = ops.minimum(ops.floor(u_y * height), height - 1.0)
-    cx = ops.minimum(ops.floor(u_x * width), width - 1.0)
-    y1 = ops.clip(cy - half_h, 0.0, height)
-    y2 = ops.clip(cy + half_h, 0.0, height)
-    x1 = ops.clip(cx - half_w, 0.0, width)
-    x2 = ops.clip(cx + half_w, 0.0, width)
-    lam = 1.0 - ((y2 - y1) * (x2 - x1)) / (height * width)
-    return y1, x1, y2, x2, lam
+    half = ops.floor(ops.floor(hw * cut) * 0.5)
+    centre = ops.minimum(ops.floor(u * hw), hw - 1.0)
+    lo = ops.clip(centre - half, 0.0, hw)
+    hi = ops.clip(centre + half, 0.0, hw)
+    size = hi - lo
+    area = ops.item(size, 0) * ops.item(size, 1)
+    lam = 1.0 - area / (ops.item(hw, 0) * ops.item(hw, 1))
+    return lo, hi, lam
 
 
 def sample_cutmix(
@@ -120,15 +121,15 @@ def sample_cutmix(
     check_image_size(height, width)
     rng = np.random.default_rng(rng)
     n = 1 if mode == "batch" else batch_size
-    lam0 = rng.beta(alpha, alpha, n).astype(np.float32)
-    u_y, u_x = rng.random((2, n), dtype=np.float32)
-    mixed = (rng.random(n) < prob).astype(np.float32)
+    lam0 = rng.beta(alpha, alpha, (n, 1)).astype(np.float32)
+    u = rng.random((n, 2), dtype=np.float32)
+    mixed = (rng.random((n, 1)) < prob).astype(np.float32)
     perm = rng.permutation(batch_size)
-    draws = [np.broadcast_to(d, (batch_size,)) for d in (lam0, u_y, u_x, mixed)]
-    H, W = np.float32(height), np.float32(width)
-    y1, x1, y2, x2, lam = cutmix_box(*draws, H, W)
-    boxes = np.stack([y1, x1, y2, x2], axis=1).astype(np.int32)
-    return CutMixParams(perm=perm, boxes=boxes, lam=lam.astype(np.float32))
+    hw = np.array([height, width], dtype=np.float32)
+    lo, hi, lam = cutmix_box(lam0, u, mixed, hw)
+    boxes = np.broadcast_to(np.concatenate([lo, hi], axis=1), (batch_size, 4)).astype(np.int32)
+    lam = np.broadcast_to(lam, (batch_size,)).astype(np.float32)
+    return CutMixParams(perm=perm, boxes=boxes, lam=lam)
 
 
 def box_mask(boxes, height: int, width: int):

@@ -21,11 +21,13 @@ def reference_rand_bbox(rng, H, W, lam):
 
 def test_box_matches_reference_code_on_the_same_draws():
     rng = np.random.default_rng(0)
-    lam0 = rng.beta(1.0, 1.0, 2000).astype(np.float32)
-    u = rng.random((2, 2000), dtype=np.float32)
-    y1, x1, y2, x2, lam = cutmix_box(lam0, u[0], u[1], np.float32(1.0), np.float32(H), np.float32(W))
+    lam0 = rng.beta(1.0, 1.0, (2000, 1)).astype(np.float32)
+    u = rng.random((2000, 2), dtype=np.float32)
+    lo, hi, lam = cutmix_box(lam0, u, np.float32(1.0), np.array([H, W], np.float32))
+    (y1, x1), (y2, x2) = lo.T, hi.T
+    lam0 = lam0[:, 0]
     for i in range(2000):
-        cy, cx = int(u[0, i] * H), int(u[1, i] * W)
+        cy, cx = int(u[i, 0] * H), int(u[i, 1] * W)
         cut_h, cut_w = int(H * np.sqrt(1.0 - lam0[i])), int(W * np.sqrt(1.0 - lam0[i]))
         expected = (max(cy - cut_h // 2, 0), max(cx - cut_w // 2, 0), min(cy + cut_h // 2, H), min(cx + cut_w // 2, W))
         assert (y1[i], x1[i], y2[i], x2[i]) == expected

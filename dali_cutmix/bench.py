@@ -1,0 +1,414 @@
+"""Throughput profiler: where the images per second go, side by side with the peers.
+
+    python -m dali_cutmix.bench --data DIR [--device cpu|gpu] [--batch-size 64] [--image-size 224]
+
+Measures, warm-up excluded, ``--reps`` repetitions of ``--steps`` batches each:
+
+* ``cutmix op``: the cost of the CutMix operator alone per batch, on in-memory uint8 batches;
+* ``stages``: the pipeline cut after each stage (read, decode+crop+resize, CutMix, normalise):
+  the marginal cost of each operator group, per batch;
+* ``pipeline``: the training pipeline through the PyTorch loader, CutMix off / python / native;
+* ``trainer``: the training step alone on synthetic batches already on the device;
+* ``end to end``: the loader (native CutMix) feeding the training step;
+* ``peers``: torchvision ``ImageFolder`` + ``DataLoader`` + ``transforms.v2.CutMix``, and timm's
+  transforms + ``DataLoader`` + ``Mixup`` in CutMix-only mode, same files, batch and workers.
+
+Prints a table (median images/s, spread, ratio to the group's baseline), a verdict (data- or
+compute-bound) and the targets, and writes ``bench.json`` and ``bench.png`` to ``--output``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import load_imagenet
+
+
+@dataclass
+class Row:
+    group: str
+    name: str
+    images_per_s: list[float]
+    baseline: str = ""  # the row of the same group this one is compared with
+    note: str = ""
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.images_per_s)
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median over the repetitions."""
+        return (max(self.images_per_s) - min(self.images_per_s)) / self.median
+
+
+def throughput(batches: Iterator, batch_size: int, *, warmup: int, steps: int, reps: int,
+               sync: Callable[[], None] = lambda: None) -> list[float]:  # fmt: skip
+    """Images per second of each repetition of ``steps`` batches, after ``warmup`` batches."""
+    for _ in itertools.islice(batches, warmup):
+        pass
+    sync()
+    rates = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        for _ in itertools.islice(batches, steps):
+            pass
+        sync()
+        rates.append(steps * batch_size / (time.perf_counter() - start))
+    return rates
+
+
+def endless(loader) -> Iterator:
+    while True:
+        yield from loader
+
+
+# --- the DALI side ------------------------------------------------------------------------------
+
+
+def cutmix_op_rows(args) -> list[Row]:
+    """The CutMix operator alone: in-memory (B, S, S, 3) uint8 batches, with and without it."""
+    from nvidia.dali import fn, pipeline_def
+
+    from .ops import cutmix
+
+    rng = np.random.default_rng(0)
+    S, B = args.image_size, args.batch_size
+    batches = [[rng.integers(0, 256, (S, S, 3), dtype=np.uint8) for _ in range(B)] for _ in range(4)]
+    labels = [np.array([i % 10], dtype=np.int32) for i in range(B)]
+
+    @pipeline_def(enable_conditionals=False)
+    def graph(backend):
+        images = fn.external_source(source=batches, cycle=True, layout="HWC")
+        if args.device == "gpu":
+            images = images.gpu()
+        if backend is None:
+            return images
+        return cutmix(images, fn.external_source(source=[labels], cycle=True), backend=backend)[0]
+
+    rows = []
+    for backend in (None, "python", "native"):
+        pipe = graph(backend, batch_size=B, num_threads=args.workers, device_id=_device_id(args), seed=0)
+        pipe.build()
+        runs = iter(pipe.run, None)
+        rates = throughput(runs, B, warmup=args.warmup, steps=args.steps * 4, reps=args.reps)
+        name = "no CutMix" if backend is None else f"{backend} backend"
+        rows.append(Row("cutmix op", name, rates, baseline="no CutMix"))
+        del pipe
+    return rows
+
+
+def stage_rows(args, train_split) -> list[Row]:
+    """The training pipeline cut after each stage; differences give each stage's cost."""
+    from nvidia.dali import fn, pipeline_def
+
+    from pipelines.imagenet import decode_random_resized_crop, normalize, read
+
+    from .ops import cutmix
+
+    @pipeline_def(enable_conditionals=False)
+    def graph(stop):
+        jpegs, labels = read(train_split, shard_id=0, num_shards=1, shuffle=True, seed=0)
+        if stop == "read":
+            return jpegs, labels
+        images = decode_random_resized_crop(jpegs, device=args.device, image_size=args.image_size)
+        if stop == "decode":
+            return images, labels
+        if stop != "no-cutmix":
+            images, labels, *_ = cutmix(images, labels, backend=args.backend)
+        if stop == "cutmix":
+            return images, labels
+        return normalize(images, image_size=args.image_size, mirror=fn.random.coin_flip()), labels
+
+    rows, stages = [], [("read", "read files"), ("decode", "+ decode, crop, resize"),
+                        ("cutmix", f"+ CutMix ({args.backend})"), ("all", "+ normalise (full pipeline)"),
+                        ("no-cutmix", "full pipeline without CutMix")]  # fmt: skip
+    for stop, name in stages:
+        pipe = graph(stop, batch_size=args.batch_size, num_threads=args.workers, device_id=_device_id(args), seed=0)
+        pipe.build()
+        rates = throughput(iter(pipe.run, None), args.batch_size, warmup=args.warmup, steps=args.steps, reps=args.reps)
+        rows.append(Row("stages", name, rates, baseline="read files"))
+        del pipe
+    return rows
+
+
+def pipeline_rows(args, train_split) -> list[Row]:
+    from .loader import train_loader
+
+    rows = []
+    for backend in (None, "python", "native"):
+        loader = train_loader(
+            train_split,
+            batch_size=args.batch_size,
+            image_size=args.image_size,
+            device=args.device,
+            num_threads=args.workers,
+            cutmix_enabled=backend is not None,
+            cutmix_backend=backend or "native",
+        )
+        rates = throughput(endless(loader), args.batch_size, warmup=args.warmup, steps=args.steps, reps=args.reps,
+                           sync=_sync(args))  # fmt: skip
+        rows.append(Row("pipeline", "DALI, no CutMix" if backend is None else f"DALI + CutMix ({backend})", rates,
+                        baseline="DALI, no CutMix"))  # fmt: skip
+        del loader
+    return rows
+
+
+# --- the trainer ----------------------------------------------------------------------------------
+
+
+def make_trainer(args, num_classes: int):
+    """Model, optimizer and a step function on the chosen device, as train.py builds them."""
+    import torchvision
+
+    from .engine import train_step
+
+    device = torch.device("cuda") if args.device == "gpu" else torch.device("cpu")
+    model = torchvision.models.get_model(args.arch, weights=None, num_classes=num_classes).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+    model.train()
+    return device, lambda batch: train_step(model, optimizer, scaler, batch)
+
+
+def trainer_rows(args, num_classes: int, step) -> list[Row]:
+    device = torch.device("cuda") if args.device == "gpu" else torch.device("cpu")
+    B, S = args.batch_size, args.image_size
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    batch = (torch.randn(B, 3, S, S, device=device, dtype=dtype), torch.randint(0, num_classes, (B,), device=device),
+             torch.randint(0, num_classes, (B,), device=device), torch.rand(B, device=device))  # fmt: skip
+    steps = (step(batch) for _ in itertools.count())
+    rates = throughput(steps, B, warmup=args.warmup, steps=args.trainer_steps, reps=args.reps, sync=_sync(args))
+    return [Row("trainer", f"{args.arch} step, synthetic data", rates)]
+
+
+def end_to_end_rows(args, train_split, step) -> list[Row]:
+    from .loader import train_loader
+
+    loader = train_loader(train_split, batch_size=args.batch_size, image_size=args.image_size, device=args.device,
+                          num_threads=args.workers, cutmix_backend="native", fp16=args.device == "gpu")  # fmt: skip
+    steps = (step(batch) for batch in endless(loader))
+    rates = throughput(steps, args.batch_size, warmup=args.warmup, steps=args.trainer_steps, reps=args.reps,
+                       sync=_sync(args))  # fmt: skip
+    return [Row("end to end", "DALI + CutMix (native) -> step", rates)]
+
+
+# --- the peers ----------------------------------------------------------------------------------
+
+
+def peer_rows(args, train_root: Path, num_classes: int) -> list[Row]:
+    """torchvision and timm loaders with CutMix on the same files, batch and worker count."""
+    from torch.utils.data import DataLoader, default_collate
+    from torchvision import datasets
+    from torchvision.transforms import v2
+
+    S, B = args.image_size, args.batch_size
+    tv_transform = v2.Compose([
+        v2.RandomResizedCrop(S, antialias=True), v2.RandomHorizontalFlip(), v2.PILToTensor(),
+        v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    ])  # fmt: skip
+    tv_cutmix = v2.CutMix(alpha=1.0, num_classes=num_classes)
+    rows = []
+
+    def collate(samples):
+        return tv_cutmix(*default_collate(samples))
+
+    dataset = datasets.ImageFolder(str(train_root), transform=tv_transform)
+    loader = DataLoader(dataset, batch_size=B, shuffle=True, num_workers=args.workers, collate_fn=collate,
+                        drop_last=True, persistent_workers=True)  # fmt: skip
+    rates = throughput(endless(loader), B, warmup=args.warmup, steps=args.steps, reps=args.reps)
+    rows.append(Row("peers", "torchvision DataLoader + v2.CutMix", rates))
+    del loader
+
+    try:
+        from timm.data import Mixup, create_transform
+    except ImportError:
+        return rows
+    timm_transform = create_transform(S, is_training=True, hflip=0.5, color_jitter=None, auto_augment=None)
+    mixup = Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, prob=1.0, mode="batch", label_smoothing=0.0,
+                  num_classes=num_classes)  # fmt: skip
+    dataset = datasets.ImageFolder(str(train_root), transform=timm_transform)
+    loader = DataLoader(dataset, batch_size=B, shuffle=True, num_workers=args.workers, drop_last=True,
+                        persistent_workers=True)  # fmt: skip
+    mixed = (mixup(x, y) for x, y in endless(loader))  # timm's train.py mixes after the loader
+    rates = throughput(mixed, B, warmup=args.warmup, steps=args.steps, reps=args.reps)
+    rows.append(Row("peers", "timm transforms + DataLoader + Mixup(cutmix)", rates))
+    return rows
+
+
+# --- report -------------------------------------------------------------------------------------
+
+
+def table(rows: list[Row]) -> str:
+    by_name = {(r.group, r.name): r for r in rows}
+    lines = [f"{'group':<11} {'what':<46} {'img/s':>9} {'spread':>7} {'ratio':>7}  baseline"]
+    for r in rows:
+        base = by_name.get((r.group, r.baseline))
+        ratio = f"{r.median / base.median:.3f}" if base else ""
+        lines.append(f"{r.group:<11} {r.name:<46} {r.median:>9.1f} {100 * r.spread:>6.1f}% {ratio:>7}  "
+                     f"{r.baseline if base and base is not r else ''}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def findings(rows: list[Row], args) -> list[str]:
+    """The verdict and the targets of the throughput issue, as measured."""
+    get = {r.name: r.median for r in rows}
+    out = []
+
+    def per_batch_ms(rate: float) -> float:
+        return 1000 * args.batch_size / rate
+
+    if "no CutMix" in get:
+        for backend in ("python", "native"):
+            cost = per_batch_ms(get[f"{backend} backend"]) - per_batch_ms(get["no CutMix"])
+            full = per_batch_ms(get.get("DALI, no CutMix", float("nan")))
+            out.append(f"CutMix op ({backend}): {cost:.2f} ms per batch of {args.batch_size}, "
+                       f"{100 * cost / full:.2f}% of a full pipeline batch ({full:.1f} ms)")  # fmt: skip
+    if "DALI, no CutMix" in get:
+        for backend, limit in (("python", 3.0), ("native", 1.0)):
+            key = f"DALI + CutMix ({backend})"
+            if key in get:
+                cost = 100 * (1 - get[key] / get["DALI, no CutMix"])
+                out.append(f"target: CutMix ({backend}) costs {cost:.1f}% of pipeline throughput "
+                           f"(at most {limit:.0f}%): {'met' if cost <= limit else 'MISSED'}")  # fmt: skip
+    tv = get.get("torchvision DataLoader + v2.CutMix")
+    ours = get.get(f"DALI + CutMix ({args.backend})")
+    if tv and ours:
+        out.append(f"target: DALI + CutMix is {ours / tv:.2f}x torchvision + v2.CutMix (at least 2x): "
+                   f"{'met' if ours >= 2 * tv else 'MISSED'}")  # fmt: skip
+    trainer = get.get(f"{args.arch} step, synthetic data")
+    e2e = get.get("DALI + CutMix (native) -> step")
+    pipe = get.get("DALI + CutMix (native)")
+    if trainer and pipe:
+        bound = "data-bound" if pipe < trainer else "compute-bound"
+        out.append(f"verdict: {bound}: the pipeline gives {pipe:.0f} img/s, the trainer takes {trainer:.0f} img/s "
+                   f"({max(pipe, trainer) / min(pipe, trainer):.2f}x apart)")  # fmt: skip
+        if e2e:
+            slower = min(pipe, trainer)
+            gap = 100 * (1 - e2e / slower)
+            out.append(f"target: end to end {e2e:.1f} img/s is {gap:.1f}% below the slower part ({slower:.1f}) "
+                       f"(at most 5%): {'met' if gap <= 5 else 'MISSED'}")  # fmt: skip
+    return out
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r.group}: {r.name}" for r in rows]
+    medians = [r.median for r in rows]
+    low = [r.median - min(r.images_per_s) for r in rows]
+    high = [max(r.images_per_s) - r.median for r in rows]
+    groups = sorted({r.group for r in rows}, key=[r.group for r in rows].index)
+    colors = [f"C{groups.index(r.group)}" for r in rows]
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.2))
+    ax.barh(range(len(rows)), medians, xerr=[low, high], color=colors)
+    ax.set_yticks(range(len(rows)), labels)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("images / s (median, bars: min-max over repetitions; log scale)")
+    for i, m in enumerate(medians):
+        ax.text(m, i, f" {m:.0f}", va="center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _device_id(args) -> int | None:
+    return 0 if args.device == "gpu" else None
+
+
+def _sync(args) -> Callable[[], None]:
+    return torch.cuda.synchronize if args.device == "gpu" else (lambda: None)
+
+
+SECTIONS = ("op", "stages", "pipeline", "trainer", "e2e", "peers")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="ImageNet-layout root (see python -m dali_cutmix.benchdata)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DALI threads = DataLoader workers")
+    p.add_argument("--device", choices=("cpu", "gpu"), default="gpu" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--arch", default=None, help="trainer model (default: resnet50 on GPU, resnet18 on CPU)")
+    p.add_argument("--backend", choices=("python", "native"), default="native", help="CutMix backend of 'stages'")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=10, help="batches per repetition (pipelines and peers)")
+    p.add_argument("--trainer-steps", type=int, default=3, help="batches per repetition (trainer, end to end)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    p.add_argument("--output", default="runs/bench")
+    args = p.parse_args(argv)
+    args.arch = args.arch or ("resnet50" if args.device == "gpu" else "resnet18")
+    args.sections = args.sections.split(",")
+    for s in args.sections:
+        if s not in SECTIONS:
+            p.error(f"--sections: unknown section {s!r}, expected some of {','.join(SECTIONS)}")
+    for flag in ("batch_size", "reps", "steps", "trainer_steps", "workers"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.device == "gpu" and not torch.cuda.is_available():
+        p.error("--device gpu: CUDA is not available on this machine")
+    if not Path(args.data).is_dir():
+        p.error(f"--data {args.data!r} is not a directory")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    train_split, _ = load_imagenet(args.data)
+    num_classes = len(train_split.classes)
+    rows: list[Row] = []
+    steps = {
+        "op": lambda: cutmix_op_rows(args),
+        "stages": lambda: stage_rows(args, train_split),
+        "pipeline": lambda: pipeline_rows(args, train_split),
+        "peers": lambda: peer_rows(args, Path(args.data) / "train", num_classes),
+    }
+    for section in ("op", "stages", "pipeline", "peers"):
+        if section in args.sections:
+            print(f"measuring {section} ...", flush=True)
+            rows += steps[section]()
+    if {"trainer", "e2e"} & set(args.sections):
+        _, step = make_trainer(args, num_classes)
+        if "trainer" in args.sections:
+            print("measuring trainer ...", flush=True)
+            rows += trainer_rows(args, num_classes, step)
+        if "e2e" in args.sections:
+            print("measuring end to end ...", flush=True)
+            rows += end_to_end_rows(args, train_split, step)
+    print(table(rows))
+    notes = findings(rows, args)
+    print("\n".join(notes))
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items()}
+    machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+               "gpu": torch.cuda.get_device_name() if args.device == "gpu" else None}  # fmt: skip
+    report = {"settings": settings, "machine": machine, "findings": notes,
+              "rows": [asdict(r) | {"median": r.median, "spread": r.spread} for r in rows]}  # fmt: skip
+    (out / "bench.json").write_text(json.dumps(report, indent=2))
+    plot(rows, out / "bench.png")
+    print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
+
+
+if __name__ == "__main__":
+    main()
