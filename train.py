@@ -13,10 +13,11 @@ folders and used. ``--output DIR`` receives ``config.json``, a checkpoint per ep
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
 import os
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from dali_cutmix import checkpoint as ckpt
 from dali_cutmix.data import export_fashion_mnist, load_imagenet
 from dali_cutmix.engine import autocast, nvtx, train_step
 from dali_cutmix.loader import mix_schedule, train_loader, val_loader
+from dali_cutmix.scan import scan
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 # Flags whose default differs between the demo (no --data) and real data.
@@ -64,6 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-amp", action="store_true", help="GPU: train in float32 instead of float16 autocast")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--demo-per-class", type=int, default=1000, help="demo: training images per class")
+    p.add_argument("--scan", choices=("quick", "full", "off"), default="quick",
+                   help="check files before training: headers and completeness, full decode, or not at all")
+    p.add_argument("--strict", action="store_true", help="stop on undecodable files instead of leaving them out")
     p.add_argument("--max-steps", type=int, default=None, help="stop each epoch after N steps (smoke tests)")
     args = p.parse_args(argv)
     defaults = DEMO_DEFAULTS if args.data is None else DATA_DEFAULTS
@@ -114,17 +119,28 @@ def setup_distributed(args) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-def load_data(args, rank: int, world: int, device: torch.device, start_epoch: int):
-    """The train and val loaders for this rank's shard, and the class names."""
+def load_data(args, rank: int, world: int, device: torch.device, start_epoch: int, out: Path):
+    """The train and val loaders for this rank's shard, and the class names.
+
+    Undecodable files are found first (see ``dali_cutmix.scan``) and left out, or are an error
+    with ``--strict``; rank 0 scans while the others wait, then they read its cache.
+    """
     root = args.data or export_fashion_mnist(CACHE / f"fashion-mnist-{args.demo_per_class}",
                                              per_class_train=args.demo_per_class)  # fmt: skip
     train_split, val_split = load_imagenet(root)
+    if args.scan != "off":
+        if world > 1 and rank != 0:
+            dist.barrier()
+        train_split, val_split = (check_split(split, name, args, out, report=rank == 0)
+                                  for split, name in ((train_split, "train"), (val_split, "val")))  # fmt: skip
+        if world > 1 and rank == 0:
+            dist.barrier()
     dali_device = "gpu" if device.type == "cuda" else "cpu"
     common = dict(batch_size=args.batch_size, device=dali_device, device_id=device.index, num_threads=args.workers,
                   shard_id=rank, num_shards=world, image_size=args.image_size, torch_device=device)  # fmt: skip
     train = train_loader(
         train_split,
-        seed=args.seed,
+        seed=args.seed + 7919 * start_epoch,  # a resumed run must not replay epoch 0's augmentations
         start_epoch=start_epoch,
         cutmix_enabled=not args.no_cutmix,
         cutmix_alpha=args.cutmix_alpha,
@@ -132,10 +148,38 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
         cutmix_mode=args.cutmix_mode,
         cutmix_backend=args.cutmix_backend,
         fp16=dali_device == "gpu" and not args.no_amp,
+        last_batch="drop",  # equal batches on every rank, and no batch of 1 for BatchNorm
         **common,
     )
+    if len(train) == 0:
+        raise ValueError(f"--batch-size {args.batch_size} is larger than this rank's share of "
+                         f"{len(train_split)} training images")  # fmt: skip
     val = val_loader(val_split, classes=train_split.classes, **common)
     return train, val, train_split.classes
+
+
+def check_split(split, name: str, args, out: Path, report: bool):
+    """The split without the files DALI cannot decode; reported once, an error with --strict."""
+    result = scan(split, cache_dir=CACHE / "scan", workers=args.workers, full=args.scan == "full")
+    empty = sorted(set(split.classes) - {split.classes[label] for label in result.good.labels})
+    if report and result.scanned:
+        print(f"scanned {result.scanned} {name} files in {result.seconds:.1f} s ({result.files_per_s:.0f} files/s)")
+    if report and empty and name == "train":
+        print(f"warning: {len(empty)} {name} classes have no usable images: {', '.join(empty[:5])}")
+    if not result.bad:
+        return split
+    first = f"{result.bad[0][0]} ({result.bad[0][1]})"
+    if args.strict:
+        raise ValueError(f"--strict: {len(result.bad)} {name} files cannot be decoded, first {first}")
+    if report:
+        out.mkdir(parents=True, exist_ok=True)
+        listing = out / f"bad_files_{name}.txt"
+        listing.write_text("".join(f"{path}\t{reason}\n" for path, reason in result.bad))
+        print(f"left out {len(result.bad)} of {len(split)} {name} files that cannot be decoded, "
+              f"first {first}; all listed in {listing}")  # fmt: skip
+    if not len(result.good):
+        raise ValueError(f"no decodable {name} images left in {args.data}")
+    return result.good
 
 
 def build_model(args, num_classes: int, device: torch.device) -> torch.nn.Module:
@@ -172,17 +216,20 @@ class LRSchedule:
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, scaler, args, device, epoch: int, show: bool) -> dict:
-    """One pass over the training shard; returns the epoch's mean loss, speed and data-wait time."""
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, args, device, epoch: int, *,
+                    start_step: int, stop: Stop, world: int, show: bool) -> dict:  # fmt: skip
+    """Steps ``start_step..`` of one epoch; returns the mean loss, speed, data-wait time and the
+    number of steps done, which is short of ``len(loader)`` only when ``stop`` was set."""
     from tqdm import tqdm
 
     model.train()
     on_gpu = device.type == "cuda"
-    losses, seen, waited = [], 0, 0.0
-    bar = tqdm(loader, total=len(loader), desc=f"epoch {epoch}", disable=not show, unit="batch", mininterval=1.0)
-    batches = iter(bar)
+    total = len(loader) if args.max_steps is None else min(len(loader), args.max_steps)
+    losses, seen, waited, step = [], 0, 0.0, start_step
+    bar = tqdm(total=total, initial=start_step, desc=f"epoch {epoch}", disable=not show, unit="batch", mininterval=1.0)
+    batches = iter(loader)
     start = time.perf_counter()
-    for step in itertools.count():
+    while step < total and not stop.agreed(world, device):
         tick = time.perf_counter()
         with nvtx("data", on_gpu):
             batch = next(batches, None)
@@ -192,24 +239,49 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, args, device, e
         losses.append(train_step(model, optimizer, scaler, batch, smoothing=args.smoothing))
         scheduler.step()
         seen += len(batch[0])
+        step += 1
+        bar.update(1)
         if step % 20 == 0:
-            check_finite(losses, epoch)
+            check_finite(losses, epoch, start_step)
             bar.set_postfix(loss=f"{losses[-1].item():.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
-        if args.max_steps and step + 1 >= args.max_steps:
-            break
     bar.close()
-    check_finite(losses, epoch)
+    batches.close()  # drains the epoch if it was left early
+    check_finite(losses, epoch, start_step)
     seconds = time.perf_counter() - start
-    return {"train_loss": torch.stack(losses).mean().item(), "images_per_s": seen / seconds,
-            "epoch_seconds": seconds, "data_wait_s": waited, "train_images": seen}  # fmt: skip
+    mean = torch.stack(losses).mean().item() if losses else float("nan")
+    return {"train_loss": mean, "images_per_s": seen / seconds, "epoch_seconds": seconds, "data_wait_s": waited,
+            "train_images": seen, "steps": step}  # fmt: skip
 
 
-def check_finite(losses: list[torch.Tensor], epoch: int) -> None:
+class Stop:
+    """Set by SIGINT/SIGTERM; ranks agree on it each step, so they all stop after the same step."""
+
+    def __init__(self):
+        self.signal = 0
+
+    def __call__(self, signum, frame) -> None:
+        if self.signal:  # a second signal: stop at once
+            raise KeyboardInterrupt
+        self.signal = signum
+        print(f"\n{signal.Signals(signum).name}: finishing this step, saving, exiting", file=sys.stderr, flush=True)
+
+    def agreed(self, world: int, device: torch.device) -> bool:
+        if world == 1:
+            return bool(self.signal)
+        flag = torch.tensor([float(bool(self.signal))], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def check_finite(losses: list[torch.Tensor], epoch: int, start_step: int) -> None:
+    """Raise ``FloatingPointError`` naming the first step whose loss is NaN or infinite."""
+    if not losses:
+        return
     bad = torch.nonzero(~torch.isfinite(torch.stack(losses))).flatten()
     if len(bad):
         first = bad[0].item()
-        raise FloatingPointError(f"non-finite loss {losses[first].item()} at epoch {epoch}, step {first}; "
-                                 f"the last complete checkpoint is kept")  # fmt: skip
+        raise FloatingPointError(f"non-finite loss {losses[first].item()} at epoch {epoch}, step {start_step + first}; "
+                                 f"stopping, the last checkpoint is kept")  # fmt: skip
 
 
 @torch.no_grad()
@@ -255,25 +327,25 @@ def plot_metrics(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     args = parse_args(argv)
     rank, world, device = setup_distributed(args)
     torch.manual_seed(args.seed)
     out = Path(args.output)
-    state = None
-    if args.resume:
-        path = ckpt.latest(out) if args.resume == "latest" else Path(args.resume)
-        if path is None:
-            raise SystemExit(f"error: --resume: no checkpoint in {out}")
-        state = ckpt.load(path, args.arch)
-    start_epoch = state["epoch"] if state else 0
-
-    train, val, classes = load_data(args, rank, world, device, start_epoch)
+    try:
+        state, train, val, classes = prepare(args, rank, world, device, out)
+    except (ValueError, FileNotFoundError) as e:  # bad data or checkpoint: one line, exit code 2
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 2
     model = build_model(args, len(classes), device)
     optimizer, scheduler = build_optimizer(args, model, world, len(train))
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and not args.no_amp else None
     if state:
-        ckpt.restore(state, model, optimizer, scheduler, scaler, num_classes=len(classes))
+        try:
+            ckpt.restore(state, model, optimizer, scheduler, scaler, num_classes=len(classes))
+        except ValueError as e:
+            print(f"train.py: error: {e}", file=sys.stderr)
+            return 2
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else model  # fmt: skip
     config = {**vars(args), "world_size": world, "device": str(device), "num_classes": len(classes), "classes": classes}
@@ -281,23 +353,57 @@ def main(argv=None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         ckpt.write_json(out / "config.json", config)
         print(f"{args.arch} on {device} x{world}: {len(classes)} classes, {len(train)} steps/epoch, "
-              f"epochs {start_epoch}..{args.epochs - 1}, output {out}")  # fmt: skip
+              f"epochs {state['epoch'] if state else 0}..{args.epochs - 1}, output {out}", flush=True)  # fmt: skip
 
+    stop = Stop()
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    start_epoch, start_step = (state["epoch"], state["step"]) if state else (0, 0)
     metrics_path = out / "metrics.jsonl"
     rows = ckpt.read_metrics(metrics_path, before_epoch=start_epoch) if rank == 0 else []
-    for epoch in range(start_epoch, args.epochs):
-        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-        row |= train_one_epoch(ddp, train, optimizer, scheduler, scaler, args, device, epoch, show=rank == 0)
-        row |= evaluate(ddp, val, device, world)
+    try:
+        for epoch in range(start_epoch, args.epochs):
+            row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+            try:
+                row |= train_one_epoch(ddp, train, optimizer, scheduler, scaler, args, device, epoch,
+                                       start_step=start_step, stop=stop, world=world, show=rank == 0)  # fmt: skip
+            except FloatingPointError as e:
+                print(f"train.py: error: {e}", file=sys.stderr)
+                return 1
+            if stop.signal:
+                if rank == 0:
+                    path = ckpt.save(out, epoch, model, optimizer, scheduler, scaler, config,
+                                     keep=args.keep_checkpoints, step=row["steps"])  # fmt: skip
+                    print(f"saved {path}; continue with --resume", file=sys.stderr)
+                return 128 + stop.signal
+            start_step = 0
+            row |= evaluate(ddp, val, device, world)
+            if rank == 0:
+                rows.append(row)
+                ckpt.save(out, epoch + 1, model, optimizer, scheduler, scaler, config, keep=args.keep_checkpoints)
+                ckpt.write_metrics(metrics_path, rows)
+                plot_metrics(rows, out / "curves.png")
+                print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def prepare(args, rank: int, world: int, device: torch.device, out: Path):
+    """The checkpoint to resume from (or None) and the loaders; ValueError on bad input."""
+    state = None
+    if args.resume:
+        path = ckpt.latest(out) if args.resume == "latest" else Path(args.resume)
+        if path is None:
+            raise ValueError(f"--resume: no checkpoint in {out}")
+        state = ckpt.load(path, args.arch)
         if rank == 0:
-            rows.append(row)
-            ckpt.save(out, epoch + 1, model, optimizer, scheduler, scaler, config, keep=args.keep_checkpoints)
-            ckpt.write_metrics(metrics_path, rows)
-            plot_metrics(rows, out / "curves.png")
-            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
-    if world > 1:
-        dist.destroy_process_group()
+            print(f"resuming from {path}: epoch {state['epoch']}, step {state['step']}")
+    start_epoch = state["epoch"] if state else 0
+    return (state, *load_data(args, rank, world, device, start_epoch, out))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 
-CHECKPOINT = re.compile(r"checkpoint_(\d+)\.pt$")
+# checkpoint_0003.pt: 3 epochs done; checkpoint_0003_step000120.pt: interrupted 120 steps into
+# epoch index 3. Sorting by (epoch, step) puts the newest last.
+CHECKPOINT = re.compile(r"^checkpoint_(\d+)(?:_step(\d+))?\.pt$")
 
 
 def atomic_write(path: Path, write) -> None:
@@ -49,10 +51,15 @@ def read_metrics(path: Path, before_epoch: int) -> list[dict]:
     return [r for r in rows if r["epoch"] < before_epoch]
 
 
-def save(out: Path, epoch: int, model, optimizer, scheduler, scaler, config: dict, keep: int) -> Path:
-    """Write ``checkpoint_{epoch}.pt`` (``epoch`` = epochs completed), keep the newest ``keep``."""
+def save(out: Path, epoch: int, model, optimizer, scheduler, scaler, config: dict, keep: int, step: int = 0) -> Path:
+    """Write the state after ``epoch`` complete epochs and ``step`` more steps; prune old ones.
+
+    Epoch checkpoints beyond the newest ``keep`` go, and so do interrupt checkpoints that a later
+    one has superseded.
+    """
     state = {
         "epoch": epoch,
+        "step": step,
         "arch": config["arch"],
         "num_classes": config["num_classes"],
         "model": model.state_dict(),
@@ -62,17 +69,23 @@ def save(out: Path, epoch: int, model, optimizer, scheduler, scaler, config: dic
         "torch_rng": torch.get_rng_state(),
         "config": config,
     }
-    path = Path(out) / f"checkpoint_{epoch:04d}.pt"
+    name = f"checkpoint_{epoch:04d}.pt" if step == 0 else f"checkpoint_{epoch:04d}_step{step:06d}.pt"
+    path = Path(out) / name
     atomic_write(path, lambda f: torch.save(state, f))
-    for old in sorted(_checkpoints(out))[:-keep]:
-        old[1].unlink(missing_ok=True)
+    found = _checkpoints(out)
+    epochs = [p for (e, s), p in found if s == 0]
+    stale = [p for (e, s), p in found if s and (e, s) < (epoch, step)]
+    for old in epochs[:-keep] + stale:
+        old.unlink(missing_ok=True)
     return path
 
 
-def _checkpoints(out: Path) -> list[tuple[int, Path]]:
+def _checkpoints(out: Path) -> list[tuple[tuple[int, int], Path]]:
+    """[((epoch, step), path)] sorted oldest first."""
     if not Path(out).is_dir():
         return []
-    return [(int(m.group(1)), p) for p in Path(out).iterdir() if (m := CHECKPOINT.search(p.name))]
+    found = [(m, p) for p in Path(out).iterdir() if (m := CHECKPOINT.match(p.name))]
+    return sorted(((int(m.group(1)), int(m.group(2) or 0)), p) for m, p in found)
 
 
 def latest(out: Path) -> Path | None:
@@ -88,6 +101,7 @@ def load(path: Path, arch: str) -> dict:
         raise ValueError(f"checkpoint {path} cannot be loaded: {type(e).__name__}: {e}") from e
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
         raise ValueError(f"checkpoint {path} is not a dali-cutmix training checkpoint")
+    state.setdefault("step", 0)
     if state["arch"] != arch:
         raise ValueError(f"checkpoint {path} is a {state['arch']}, but --arch is {arch}")
     return state
@@ -95,7 +109,7 @@ def load(path: Path, arch: str) -> dict:
 
 def restore(state: dict, model, optimizer, scheduler, scaler, *, num_classes: int) -> None:
     if state["num_classes"] != num_classes:
-        raise ValueError(f"checkpoint has {state['num_classes']} classes, the data has {num_classes}")
+        raise ValueError(f"checkpoint has {state['num_classes']} classes, but the data has {num_classes}")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

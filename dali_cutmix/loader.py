@@ -70,9 +70,11 @@ class DALILoader:
                 yield tuple(self._convert(name, batch[0][name]) for name in self.output_map)
             finished = True
         finally:
-            if not finished:
-                for _ in self._it:
-                    pass
+            while not finished:  # next(), not a for: DALI's __iter__ would try a reset here
+                try:
+                    next(self._it)
+                except StopIteration:
+                    finished = True
             self._it.reset()
             self.epoch += 1
 

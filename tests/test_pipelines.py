@@ -150,3 +150,18 @@ def test_demo_export_of_the_real_fashion_mnist(tmp_path):
     train, val = load_imagenet(root)
     assert len(train) == 50 and len(val) == 20
     assert train.classes[0] == "0-t-shirt" and train.classes[9] == "9-ankle-boot"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["python", "native"])
+def test_gpu_train_loader_decodes_on_the_gpu(jpeg_tree, backend):
+    loader = train_loader(jpeg_tree / "train", batch_size=8, image_size=32, num_threads=1, device="gpu",
+                          cutmix_backend=backend, cutmix_mode="elem", fp16=True)  # fmt: skip
+    seen = 0
+    for images, labels_a, labels_b, lam in loader:
+        seen += len(images)
+        assert images.is_cuda and images.dtype == torch.float16 and images.shape[1:] == (3, 32, 32)
+        assert labels_a.is_cuda and lam.is_cuda and ((lam > 0) & (lam <= 1)).all()
+    assert seen == 18
+    val = val_loader(jpeg_tree / "val", batch_size=4, image_size=32, num_threads=1, device="gpu")
+    assert sum(len(y) for _, y in val) == 9

@@ -45,12 +45,12 @@ def test_train_then_resume(jpeg_tree, tmp_path):
     assert torch.load(out / "checkpoint_0003.pt", weights_only=True)["epoch"] == 3
 
 
-def test_resume_from_a_path_and_arch_mismatch(jpeg_tree, tmp_path):
+def test_resume_from_a_path_and_arch_mismatch(jpeg_tree, tmp_path, capsys):
     out = tmp_path / "run"
-    train.main(small_run(jpeg_tree, out, "--epochs", "1", "--max-steps", "1"))
+    assert train.main(small_run(jpeg_tree, out, "--epochs", "1", "--max-steps", "1")) == 0
     path = out / "checkpoint_0001.pt"
-    with pytest.raises(ValueError, match="is a resnet18, but --arch is resnet34"):
-        train.main(small_run(jpeg_tree, out, "--epochs", "2", "--resume", str(path), "--arch", "resnet34"))
+    assert train.main(small_run(jpeg_tree, out, "--epochs", "2", "--resume", str(path), "--arch", "resnet34")) == 2
+    assert f"checkpoint {path} is a resnet18, but --arch is resnet34" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -73,3 +73,13 @@ def test_bad_command_line_is_one_line_and_exit_2(args, message):
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert re.search(message, last), last
+
+
+@pytest.mark.gpu
+def test_train_on_the_gpu_with_amp(jpeg_tree, tmp_path):
+    out = tmp_path / "run"
+    train.main(small_run(jpeg_tree, out, "--epochs", "1", "--device", "gpu"))
+    (row,) = read_rows(out)
+    assert row["train_loss"] == row["train_loss"] and row["val_images"] == 9
+    state = torch.load(out / "checkpoint_0001.pt", weights_only=True)
+    assert state["scaler"] is not None  # float16 autocast with a GradScaler

@@ -1,0 +1,257 @@
+"""Never lose a run: bad files, odd but valid images, interruptions, non-finite loss."""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_jpeg_tree
+from PIL import Image
+
+import train
+from dali_cutmix import checkpoint as ckpt
+from dali_cutmix.data import load_split
+from dali_cutmix.loader import train_loader, val_loader
+from dali_cutmix.scan import check_file, scan
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def photo(h=60, w=80, seed=0):
+    rng = np.random.default_rng(seed)
+    base = np.linspace(0, 255, w)[None, :, None] * np.ones((h, 1, 3))
+    return Image.fromarray(np.clip(base + rng.integers(0, 30, (h, w, 3)), 0, 255).astype(np.uint8))
+
+
+def jpeg_bytes(image, **kwargs):
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", **kwargs)
+    return buf.getvalue()
+
+
+def write_odd_images(folder: Path) -> dict[str, Path]:
+    """Valid images of the kinds real ImageNet holds; each must decode to an RGB crop."""
+    folder.mkdir(parents=True, exist_ok=True)
+    p = photo()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees
+    files = {
+        "cmyk": jpeg_bytes(p.convert("CMYK")),
+        "gray": jpeg_bytes(p.convert("L")),
+        "progressive": jpeg_bytes(p, progressive=True, quality=85),
+        "exif-rotated": jpeg_bytes(p, exif=exif.tobytes()),
+        "tiny-1x1": jpeg_bytes(photo(1, 1)),
+        "long-20000x50": jpeg_bytes(photo(50, 20000)),
+    }
+    png = io.BytesIO()
+    p.save(png, format="PNG")
+    files["png-named-jpeg"] = png.getvalue()
+    paths = {}
+    for name, data in files.items():
+        paths[name] = folder / f"{name}.JPEG"
+        paths[name].write_bytes(data)
+    return paths
+
+
+def write_bad_files(folder: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    good = jpeg_bytes(photo(120, 160), quality=95)
+    files = {
+        "truncated": good[: len(good) // 2],
+        "garbage": np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes(),
+        "zero-byte": b"",
+        "text": b"this is not an image\n" * 20,
+    }
+    paths = {}
+    for name, data in files.items():
+        paths[name] = folder / f"{name}.JPEG"
+        paths[name].write_bytes(data)
+    return paths
+
+
+def test_check_file_tells_good_from_bad(tmp_path):
+    for name, path in write_odd_images(tmp_path / "odd").items():
+        assert check_file(str(path)) == "", name
+    reasons = {name: check_file(str(path)) for name, path in write_bad_files(tmp_path / "bad").items()}
+    assert reasons["truncated"] == "truncated JPEG (no end-of-image marker)"
+    assert reasons["zero-byte"] == "empty file"
+    assert reasons["garbage"].startswith("UnidentifiedImageError")
+    assert reasons["text"].startswith("UnidentifiedImageError")
+    unreadable = tmp_path / "bad" / "unreadable.JPEG"
+    unreadable.mkdir()  # a directory with an image name: open() fails
+    assert check_file(str(unreadable)).startswith("IsADirectoryError")
+
+
+@pytest.mark.parametrize("backend", ["python", "native"])
+def test_odd_but_valid_images_decode_to_rgb_crops(tmp_path, backend):
+    write_odd_images(tmp_path / "train" / "a")
+    loader = train_loader(tmp_path / "train", batch_size=7, image_size=32, num_threads=1, cutmix_backend=backend)
+    (images, *_), = list(loader)
+    assert images.shape == (7, 3, 32, 32) and torch.isfinite(images).all()
+    val = val_loader(tmp_path / "train", batch_size=7, image_size=32, num_threads=1)
+    (images, _), = list(val)
+    assert images.shape == (7, 3, 32, 32)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    # A tall image stored as wide plus an orientation tag: DALI must hand back the tall one.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    only = tmp_path / "e" / "a"
+    only.mkdir(parents=True)
+    (only / "x.JPEG").write_bytes(jpeg_bytes(photo(40, 120), exif=exif.tobytes()))
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None)
+    def pipe():
+        jpegs, _ = fn.readers.file(file_root=str(tmp_path / "e"))
+        return fn.decoders.image(jpegs, output_type=types.RGB)
+
+    p = pipe()
+    p.build()
+    (out,) = p.run()
+    assert out.as_array().shape == (1, 120, 40, 3)
+
+
+def test_scan_leaves_bad_files_out_and_caches(tmp_path):
+    root = write_jpeg_tree(tmp_path / "data")
+    bad = write_bad_files(root / "train" / "class1")
+    split = load_split(root / "train")
+    result = scan(split, cache_dir=tmp_path / "cache", workers=2)
+    assert result.scanned == 22 and len(result.good) == 18
+    assert {Path(p).stem for p, _ in result.bad} == set(bad)
+    again = scan(split, cache_dir=tmp_path / "cache", workers=2)
+    assert again.scanned == 0 and again.good == result.good  # all from the cache
+    time.sleep(0.01)
+    bad["zero-byte"].write_bytes(jpeg_bytes(photo()))  # fixed: size and mtime change
+    fixed = scan(split, cache_dir=tmp_path / "cache", workers=2)
+    assert fixed.scanned == 1 and len(fixed.good) == 19
+
+
+def test_training_goes_on_past_bad_files_and_strict_stops(tmp_path, capsys):
+    root = write_jpeg_tree(tmp_path / "data")
+    write_bad_files(root / "train" / "class2")
+    (root / "train" / "class3-empty").mkdir()
+    os.environ["DALI_CUTMIX_CACHE"] = str(tmp_path / "cache")
+    out = tmp_path / "run"
+    args = ["--data", str(root), "--output", str(out), "--image-size", "32", "--batch-size", "6", "--workers", "1",
+            "--epochs", "1", "--arch", "resnet18"]  # fmt: skip
+    assert train.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "left out 4 of 22 train files that cannot be decoded" in printed
+    assert "1 train classes have no usable images: class3-empty" in printed
+    listed = (out / "bad_files_train.txt").read_text().splitlines()
+    assert len(listed) == 4 and all("\t" in line for line in listed)
+    assert json.loads((out / "metrics.jsonl").read_text())["train_images"] == 18
+    assert train.main([*args, "--strict", "--output", str(tmp_path / "strict")]) == 2
+    assert "--strict: 4 train files cannot be decoded, first" in capsys.readouterr().err
+
+
+def test_a_data_dir_without_images_is_a_one_line_error(tmp_path):
+    (tmp_path / "data" / "train" / "a").mkdir(parents=True)
+    (tmp_path / "data" / "val" / "a").mkdir(parents=True)
+    proc = subprocess.run([sys.executable, "train.py", "--data", str(tmp_path / "data"), "--output", str(tmp_path / "o")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"train.py: error: {str(tmp_path / 'data' / 'train')!r} holds no images " \
+        "(.jpg, .jpeg, .png, .bmp, .tif, .tiff, .webp)"  # fmt: skip
+
+
+def test_checkpoint_writes_are_atomic(tmp_path):
+    target = tmp_path / "c.pt"
+    target.write_bytes(b"old")
+
+    def crash(f):
+        f.write(b"half of a checkpoint")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        ckpt.atomic_write(target, crash)
+    assert target.read_bytes() == b"old" and list(tmp_path.iterdir()) == [target]
+
+
+def test_a_foreign_or_broken_checkpoint_is_a_clear_error(tmp_path):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"PK not a checkpoint at all")
+    with pytest.raises(ValueError, match=f"checkpoint {broken} cannot be loaded"):
+        ckpt.load(broken, "resnet18")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign, pickle_protocol=2)
+    with pytest.raises(ValueError, match="is not a dali-cutmix training checkpoint"):
+        ckpt.load(foreign, "resnet18")
+
+
+def test_non_finite_loss_stops_naming_the_step(jpeg_tree, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["--data", str(jpeg_tree), "--output", str(out), "--image-size", "32", "--batch-size", "6",
+            "--workers", "1", "--arch", "resnet18", "--warmup-epochs", "0"]  # fmt: skip
+    assert train.main([*base, "--epochs", "1"]) == 0
+    good = (out / "checkpoint_0001.pt").read_bytes()
+    # A fresh run into the same folder blows up at once; the earlier checkpoint must survive.
+    assert train.main([*base, "--epochs", "2", "--lr", "1e30"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("train.py: error: non-finite loss") and "at epoch 0, step 1;" in err
+    assert (out / "checkpoint_0001.pt").read_bytes() == good and ckpt.latest(out) == out / "checkpoint_0001.pt"
+
+
+def train_cmd(tmp_path, epochs: int) -> tuple[list[str], Path]:
+    """train.py on 120 images, 30 steps an epoch, as a subprocess command; and its output folder."""
+    data = write_jpeg_tree(tmp_path / "data", train_per_class=40)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "train.py", "--data", str(data), "--output", str(out), "--image-size", "32",
+           "--batch-size", "4", "--workers", "1", "--arch", "resnet18", "--epochs", str(epochs)]  # fmt: skip
+    return cmd, out
+
+
+def run_until(cmd, out: Path, marker: str, timeout=180):
+    """Start ``cmd``; return the process once ``marker`` (a file name in ``out``) exists."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    deadline = time.time() + timeout
+    while not (out / marker).exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.2)
+    return proc
+
+
+@pytest.mark.slow
+def test_sigterm_saves_mid_epoch_and_resume_finishes(tmp_path):
+    cmd, out = train_cmd(tmp_path, epochs=3)
+    proc = run_until(cmd, out, "checkpoint_0001.pt")
+    time.sleep(1.0)  # into the second epoch (30 steps of ~0.05 s)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    saved = ckpt.latest(out)
+    state = torch.load(saved, weights_only=True)
+    assert saved.name.startswith("checkpoint_0001_step") and state["epoch"] == 1 and 0 < state["step"] < 30
+    proc = subprocess.run([*cmd, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert f"resuming from {saved}: epoch 1, step {state['step']}" in proc.stdout
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert rows[1]["steps"] == 30 and rows[1]["train_images"] == 4 * (30 - state["step"])
+    assert not saved.exists()  # superseded by checkpoint_0002.pt
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_resumes_from_the_last_complete_checkpoint(tmp_path):
+    cmd, out = train_cmd(tmp_path, epochs=2)
+    proc = run_until(cmd, out, "checkpoint_0001.pt")
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert ckpt.latest(out) == out / "checkpoint_0001.pt"
+    torch.load(out / "checkpoint_0001.pt", weights_only=True)  # whole, loadable
+    proc = subprocess.run([*cmd, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "epoch 1, step 0" in proc.stdout
+    assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]
