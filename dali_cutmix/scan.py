@@ -144,3 +144,33 @@ def _write_cache(path: Path, entries: dict[str, tuple[tuple[int, int], str]]) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = "".join(f"{k[0]}\t{k[1]}\t{reason}\t{p}\n" for p, (k, reason) in entries.items())
     atomic_write(path, lambda f: f.write(gzip.compress(lines.encode("utf-8"), compresslevel=1)))
+
+
+def main(argv=None) -> None:
+    """``python -m dali_cutmix.scan DIR``: report the files of a split that DALI cannot decode."""
+    import argparse
+
+    from .data import load_split
+
+    p = argparse.ArgumentParser(description="Find the images in a <class>/<image> folder that DALI cannot decode.")
+    p.add_argument("path", help="a split folder (<class>/<image>) or a file list")
+    p.add_argument("--full", action="store_true", help="decode every image, not only check its structure")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--cache", default=None, help="cache folder (default: none, scan everything)")
+    p.add_argument("--repeat", type=int, default=1, help="scan again N-1 times (measures the cached restart)")
+    args = p.parse_args(argv)
+    try:
+        split = load_split(args.path)
+    except ValueError as e:
+        p.error(str(e))
+    for _ in range(args.repeat):
+        result = scan(split, cache_dir=Path(args.cache) if args.cache else None, workers=args.workers, full=args.full)
+        rate = len(split) / result.seconds if result.seconds > 0 else float("inf")
+        print(f"{len(split)} files, {len(result.bad)} bad, {result.scanned} checked, {result.seconds:.2f} s, "
+              f"{rate:.0f} files/s")  # fmt: skip
+    for path, reason in result.bad:
+        print(f"{path}\t{reason}")
+
+
+if __name__ == "__main__":
+    main()
