@@ -29,7 +29,9 @@ from dali_cutmix import checkpoint as ckpt
 from dali_cutmix.data import export_fashion_mnist, load_imagenet
 from dali_cutmix.engine import autocast, nvtx, train_step
 from dali_cutmix.loader import mix_schedule, train_loader, val_loader
-from dali_cutmix.scan import scan
+from dali_cutmix.mix import MixConfig
+from dali_cutmix.report import plot_metrics
+from dali_cutmix.scan import drop_undecodable
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 # Flags whose default differs between the demo (no --data) and real data.
@@ -53,12 +55,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup-epochs", type=float, default=None, help="linear warmup (demo 0, else 5)")
     p.add_argument("--smoothing", "--label-smoothing", type=float, default=0.0, dest="smoothing")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DALI CPU threads")
-    p.add_argument("--cutmix-alpha", type=float, default=1.0)
-    p.add_argument("--cutmix-prob", type=float, default=1.0)
-    p.add_argument("--cutmix-mode", choices=("batch", "elem"), default="batch")
+    # Mixing flags; the second names are timm's.
+    p.add_argument("--cutmix-alpha", "--cutmix", type=float, default=1.0, dest="cutmix_alpha",
+                   help="CutMix Beta(alpha, alpha); 0 turns CutMix off")
+    p.add_argument("--mixup", type=float, default=0.0, dest="mixup_alpha", help="MixUp alpha; > 0 turns MixUp on")
+    p.add_argument("--cutmix-prob", "--mixup-prob", type=float, default=1.0, dest="cutmix_prob",
+                   help="chance that a batch (or sample) is mixed at all")
+    p.add_argument("--mixup-switch-prob", type=float, default=0.5, help="with both on, the chance of CutMix")
+    p.add_argument("--cutmix-mode", "--mixup-mode", choices=("batch", "elem"), default="batch", dest="cutmix_mode",
+                   help="one draw per batch (batch) or per sample (elem)")
+    p.add_argument("--cutmix-minmax", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="CutMix box sides drawn in [MIN, MAX) of the image sides (random aspect)")
+    p.add_argument("--mix-no-self", action="store_true", help="partners are never the sample itself")
     p.add_argument("--cutmix-backend", choices=("python", "native"), default="native")
-    p.add_argument("--no-cutmix", action="store_true", help="train without CutMix (the baseline)")
-    p.add_argument("--mix-off-epoch", type=int, default=None, help="turn CutMix off from this epoch on")
+    p.add_argument("--no-cutmix", action="store_true", help="train without any mixing (the baseline)")
+    p.add_argument("--mix-off-epoch", "--mixup-off-epoch", type=int, default=None, dest="mix_off_epoch",
+                   help="no mixing from this epoch on")
+    p.add_argument("--prob-schedule", type=parse_schedule, default={}, metavar="EPOCH:PROB,...",
+                   help="mixing chance from each EPOCH on, e.g. 0:1.0,100:0.5")
     p.add_argument("--output", type=str, default="runs/latest", help="where config, checkpoints and metrics go")
     p.add_argument("--resume", nargs="?", const="latest", default=None, help="continue: latest in --output, or PATH")
     p.add_argument("--keep-checkpoints", type=int, default=3, help="how many epoch checkpoints to keep")
@@ -90,10 +104,10 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--image-size must be >= 16, got {args.image_size}")
     if args.arch not in ARCHS:
         p.error(f"--arch must be one of {', '.join(ARCHS)}, got {args.arch!r}")
-    if not args.cutmix_alpha > 0:
-        p.error(f"--cutmix-alpha must be > 0, got {args.cutmix_alpha}")
     if not 0 <= args.cutmix_prob <= 1:
         p.error(f"--cutmix-prob must be in [0, 1], got {args.cutmix_prob}")
+    if not args.no_cutmix:
+        check_recipe(p, args)
     if not 0 <= args.smoothing < 1:
         p.error(f"--smoothing must be in [0, 1), got {args.smoothing}")
     if args.lr <= 0 or args.warmup_epochs < 0:
@@ -104,6 +118,31 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--device gpu: CUDA is not available on this machine")
     if args.resume not in (None, "latest") and not Path(args.resume).is_file():
         p.error(f"--resume {args.resume!r}: no such checkpoint file")
+
+
+def check_recipe(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The mixing flags, checked by the library and reported with the flags' names."""
+    try:
+        MixConfig(alpha=args.cutmix_alpha, mixup_alpha=args.mixup_alpha, switch_prob=args.mixup_switch_prob,
+                  minmax=tuple(args.cutmix_minmax) if args.cutmix_minmax else None)  # fmt: skip
+    except ValueError as e:
+        field, _, rest = str(e).partition(" must ")
+        flags = {"alpha": "--cutmix-alpha", "mixup_alpha": "--mixup", "switch_prob": "--mixup-switch-prob",
+                 "minmax": "--cutmix-minmax"}  # fmt: skip
+        if field in flags:
+            p.error(f"{flags[field]} must {rest}")
+        p.error("--cutmix-alpha and --mixup are both 0: nothing to mix (--no-cutmix trains without mixing)")
+
+
+def parse_schedule(text: str) -> dict[int, float]:
+    """``"0:1.0,100:0.5"`` -> ``{0: 1.0, 100: 0.5}`` (argparse turns a ValueError into a usage error)."""
+    schedule = {}
+    for item in filter(None, text.split(",")):
+        epoch, _, prob = item.partition(":")
+        schedule[int(epoch)] = float(prob)
+        if not 0 <= schedule[int(epoch)] <= 1:
+            raise ValueError(item)
+    return schedule
 
 
 def setup_distributed(args) -> tuple[int, int, torch.device]:
@@ -131,8 +170,11 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
     if args.scan != "off":
         if world > 1 and rank != 0:
             dist.barrier()
-        train_split, val_split = (check_split(split, name, args, out, report=rank == 0)
-                                  for split, name in ((train_split, "train"), (val_split, "val")))  # fmt: skip
+        train_split, val_split = (
+            drop_undecodable(split, name, cache_dir=CACHE / "scan", workers=args.workers, full=args.scan == "full",
+                             strict=args.strict, listing_dir=out, report=rank == 0)
+            for split, name in ((train_split, "train"), (val_split, "val"))
+        )  # fmt: skip
         if world > 1 and rank == 0:
             dist.barrier()
     dali_device = "gpu" if device.type == "cuda" else "cpu"
@@ -144,9 +186,13 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
         start_epoch=start_epoch,
         cutmix_enabled=not args.no_cutmix,
         cutmix_alpha=args.cutmix_alpha,
-        cutmix_prob=mix_schedule(args.cutmix_prob, mix_off_epoch=args.mix_off_epoch),
+        cutmix_prob=mix_schedule(args.cutmix_prob, mix_off_epoch=args.mix_off_epoch, changes=args.prob_schedule),
         cutmix_mode=args.cutmix_mode,
         cutmix_backend=args.cutmix_backend,
+        mixup_alpha=args.mixup_alpha,
+        mixup_switch_prob=args.mixup_switch_prob,
+        cutmix_minmax=args.cutmix_minmax,
+        mix_no_self=args.mix_no_self,
         fp16=dali_device == "gpu" and not args.no_amp,
         last_batch="drop",  # equal batches on every rank, and no batch of 1 for BatchNorm
         **common,
@@ -156,30 +202,6 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
                          f"{len(train_split)} training images")  # fmt: skip
     val = val_loader(val_split, classes=train_split.classes, **common)
     return train, val, train_split.classes
-
-
-def check_split(split, name: str, args, out: Path, report: bool):
-    """The split without the files DALI cannot decode; reported once, an error with --strict."""
-    result = scan(split, cache_dir=CACHE / "scan", workers=args.workers, full=args.scan == "full")
-    empty = sorted(set(split.classes) - {split.classes[label] for label in result.good.labels})
-    if report and result.scanned:
-        print(f"scanned {result.scanned} {name} files in {result.seconds:.1f} s ({result.files_per_s:.0f} files/s)")
-    if report and empty and name == "train":
-        print(f"warning: {len(empty)} {name} classes have no usable images: {', '.join(empty[:5])}")
-    if not result.bad:
-        return split
-    first = f"{result.bad[0][0]} ({result.bad[0][1]})"
-    if args.strict:
-        raise ValueError(f"--strict: {len(result.bad)} {name} files cannot be decoded, first {first}")
-    if report:
-        out.mkdir(parents=True, exist_ok=True)
-        listing = out / f"bad_files_{name}.txt"
-        listing.write_text("".join(f"{path}\t{reason}\n" for path, reason in result.bad))
-        print(f"left out {len(result.bad)} of {len(split)} {name} files that cannot be decoded, "
-              f"first {first}; all listed in {listing}")  # fmt: skip
-    if not len(result.good):
-        raise ValueError(f"no decodable {name} images left in {args.data}")
-    return result.good
 
 
 def build_model(args, num_classes: int, device: torch.device) -> torch.nn.Module:
@@ -303,28 +325,6 @@ def evaluate(model, loader, device: torch.device, world: int) -> dict:
         dist.all_reduce(totals)
     loss, top1, top5, n = totals.tolist()
     return {"val_loss": loss / n, "val_top1": 100 * top1 / n, "val_top5": 100 * top5 / n, "val_images": int(n)}
-
-
-def plot_metrics(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in rows]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train (mixed)")
-    ax_loss.plot(epochs, [r["val_loss"] for r in rows], "o-", label="val")
-    ax_loss.set(xlabel="epoch", ylabel="cross entropy", title="loss")
-    ax_acc.plot(epochs, [r["val_top1"] for r in rows], "o-", label="top-1")
-    ax_acc.plot(epochs, [r["val_top5"] for r in rows], "o-", label="top-5")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="validation")
-    for ax in (ax_loss, ax_acc):
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def main(argv=None) -> int:

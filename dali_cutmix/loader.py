@@ -87,23 +87,39 @@ class DALILoader:
 
 
 def mix_schedule(
-    prob: float, *, off_epochs: Iterable[int] = (), mix_off_epoch: int | None = None
+    prob: float,
+    *,
+    off_epochs: Iterable[int] = (),
+    mix_off_epoch: int | None = None,
+    changes: dict[int, float] | None = None,
 ) -> Callable[[int], float] | float:
-    """``prob``, or an ``epoch -> prob`` schedule that is 0 on ``off_epochs`` and from ``mix_off_epoch``."""
+    """``prob``, or an ``epoch -> prob`` schedule.
+
+    ``changes`` maps an epoch to the probability from that epoch on (piecewise constant);
+    ``off_epochs`` and every epoch from ``mix_off_epoch`` on have probability 0.
+    """
+    changes = dict(changes or {})
+    for epoch, p in changes.items():
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"mix_schedule: prob for epoch {epoch} must be in [0, 1], got {p}")
     off = frozenset(off_epochs)
-    if not off and mix_off_epoch is None:
+    if not off and mix_off_epoch is None and not changes:
         return prob
-    return _Schedule(prob, off, mix_off_epoch)
+    return _Schedule(prob, off, mix_off_epoch, tuple(sorted(changes.items())))
 
 
 class _Schedule:
-    def __init__(self, prob: float, off: frozenset[int], mix_off_epoch: int | None):
-        self.prob, self.off, self.mix_off_epoch = prob, off, mix_off_epoch
+    def __init__(self, prob: float, off: frozenset[int], mix_off_epoch: int | None, changes: tuple):
+        self.prob, self.off, self.mix_off_epoch, self.changes = prob, off, mix_off_epoch, changes
 
     def __call__(self, epoch: int) -> float:
         if epoch in self.off or (self.mix_off_epoch is not None and epoch >= self.mix_off_epoch):
             return 0.0
-        return self.prob
+        prob = self.prob
+        for start, p in self.changes:
+            if epoch >= start:
+                prob = p
+        return prob
 
 
 def train_loader(

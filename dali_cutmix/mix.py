@@ -1,8 +1,10 @@
-"""CutMix math: sample the parameters, then apply them (NumPy or torch).
+"""CutMix (and MixUp) math: sample the parameters, then apply them (NumPy or torch).
 
 CutMix (Yun et al., ICCV 2019, arXiv:1905.04899) pastes a rectangle of a partner image into each
 image and mixes the labels in proportion to the area. Partners are a random permutation of the
-batch, as in the reference code (clovaai/CutMix-PyTorch).
+batch, as in the reference code (clovaai/CutMix-PyTorch). The recipe options follow timm's
+``Mixup``: MixUp (Zhang et al., ICLR 2018) with its own alpha, ``switch_prob`` choosing CutMix or
+MixUp per batch or per sample, ``minmax`` box sides, and partners that are never the sample itself.
 
 The split follows torchvision's v2 transforms: :func:`sample_cutmix` draws every random number
 and returns a frozen :class:`CutMixParams`; :func:`apply_cutmix` is pure. The box formula,
@@ -25,41 +27,103 @@ import numpy as np
 MODES = ("batch", "elem")
 LAYOUTS = ("HWC", "CHW")
 
+# The array namespace of the shared formulas. Per-sample scalars are (n,) arrays here and scalar
+# DataNodes in DALI; ``vec`` lifts a scalar to broadcast against a (rows, columns) pair.
 NUMPY_OPS = SimpleNamespace(
-    sqrt=np.sqrt, floor=np.floor, minimum=np.minimum, clip=np.clip, item=lambda x, k: x[..., k]
+    sqrt=np.sqrt,
+    floor=np.floor,
+    minimum=np.minimum,
+    clip=np.clip,
+    item=lambda x, k: x[..., k],
+    part=lambda x, a, b: x[..., a:b],
+    vec=lambda x: np.asarray(x)[..., None],
 )
 
 
 @dataclass(frozen=True)
 class CutMixParams:
-    """Everything random about one CutMix batch.
+    """Everything random about one mixed batch.
 
-    perm:  (B,) int64, sample ``i`` takes its box from sample ``perm[i]``.
-    boxes: (B, 4) int32, half-open ``(y1, x1, y2, x2)``; an empty box means "not mixed".
-    lam:   (B,) float32, fraction of the sample's own pixels left, ``1 - box_area / (H * W)``.
+    perm:  (B,) int64, sample ``i`` mixes with sample ``perm[i]``.
+    boxes: (B, 4) int32, half-open ``(y1, x1, y2, x2)``; empty where no box is pasted.
+    lam:   (B,) float32, the weight of the sample's own label: ``1 - box_area / (H * W)`` for CutMix,
+           the MixUp weight for blended samples, 1.0 where nothing was mixed.
+    blend: (B,) bool or None, True where the sample is a MixUp blend
+           ``lam * own + (1 - lam) * partner`` (rounded for integer images) instead of a paste.
     """
 
     perm: np.ndarray
     boxes: np.ndarray
     lam: np.ndarray
+    blend: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         B = len(self.perm)
-        if self.boxes.shape != (B, 4) or self.lam.shape != (B,):
+        blend_ok = self.blend is None or np.shape(self.blend) == (B,)
+        if self.boxes.shape != (B, 4) or self.lam.shape != (B,) or not blend_ok:
             raise ValueError(
-                f"CutMixParams: expected perm (B,), boxes (B, 4), lam (B,), got "
-                f"{self.perm.shape}, {self.boxes.shape}, {self.lam.shape}"
+                f"CutMixParams: expected perm (B,), boxes (B, 4), lam (B,), blend (B,) or None, got "
+                f"{self.perm.shape}, {self.boxes.shape}, {self.lam.shape}, {np.shape(self.blend)}"
             )
 
 
+@dataclass(frozen=True)
+class MixConfig:
+    """A mixing recipe, checked once; named like timm's ``Mixup`` where it has the option.
+
+    alpha: CutMix's Beta(alpha, alpha), 0 turns CutMix off (unless ``minmax`` is set).
+    mixup_alpha: MixUp's Beta, 0 (the default) turns MixUp off.
+    prob: the chance that a batch (``mode="batch"``) or a sample (``"elem"``) is mixed at all.
+    switch_prob: with both on, the chance of CutMix rather than MixUp.
+    minmax: ``(min, max)`` box sides as fractions of H and W, drawn independently (a random
+        aspect), placed uniformly inside the image; lambda follows from the box.
+    no_self: partners are never the sample itself (a permutation without fixed points).
+    """
+
+    alpha: float = 1.0
+    prob: float = 1.0
+    mode: str = "batch"
+    mixup_alpha: float = 0.0
+    switch_prob: float = 0.5
+    minmax: tuple[float, float] | None = None
+    no_self: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("alpha", "mixup_alpha"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        for name in ("prob", "switch_prob"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.minmax is not None:
+            lo, hi = self.minmax
+            if not 0.0 < lo < hi <= 1.0:
+                raise ValueError(f"minmax must be (min, max) with 0 < min < max <= 1, got {self.minmax!r}")
+        if not (self.cutmix or self.mixup):
+            raise ValueError("nothing to mix: alpha and mixup_alpha are both 0 and minmax is not set")
+
+    @property
+    def cutmix(self) -> bool:
+        return self.alpha > 0 or self.minmax is not None
+
+    @property
+    def mixup(self) -> bool:
+        return self.mixup_alpha > 0
+
+
 def check_cutmix_args(alpha: float, prob: float, mode: str, layout: str = "HWC") -> None:
-    """Raise ``ValueError`` naming the first bad argument."""
+    """Raise ``ValueError`` naming the first bad argument of plain CutMix."""
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
         raise ValueError(f"alpha must be a number > 0, got {alpha!r}")
-    if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0.0 <= prob <= 1.0:
-        raise ValueError(f"prob must be a number in [0, 1], got {prob!r}")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    MixConfig(alpha=alpha, prob=prob, mode=mode)
+    check_layout(layout)
+
+
+def check_layout(layout: str) -> None:
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
 
@@ -89,7 +153,7 @@ def cutmix_box(lam0, u, mixed, hw, ops: Any = NUMPY_OPS):
 
     Returns ``lo`` (``y1, x1``), ``hi`` (``y2, x2``), both whole numbers in float32, and ``lam``.
     """
-    cut = ops.sqrt(1.0 - lam0) * mixed
+    cut = ops.vec(ops.sqrt(1.0 - lam0) * mixed)
     half = ops.floor(ops.floor(hw * cut) * 0.5)
     centre = ops.minimum(ops.floor(u * hw), hw - 1.0)
     lo = ops.clip(centre - half, 0.0, hw)
@@ -98,6 +162,46 @@ def cutmix_box(lam0, u, mixed, hw, ops: Any = NUMPY_OPS):
     area = ops.item(size, 0) * ops.item(size, 1)
     lam = 1.0 - area / (ops.item(hw, 0) * ops.item(hw, 1))
     return lo, hi, lam
+
+
+def minmax_box(u, mixed, hw, minmax, ops: Any = NUMPY_OPS):
+    """timm's ``rand_bbox_minmax`` from uniform draws ``u ~ U[0, 1)^4`` (sides, then corner).
+
+    Each side is uniform over ``[floor(S * min), floor(S * max))`` (independently: a random aspect),
+    the corner uniform over the positions that keep the box inside; empty where ``mixed`` is 0.
+    """
+    low, high = ops.floor(hw * float(minmax[0])), ops.floor(hw * float(minmax[1]))
+    size = (low + ops.floor(ops.part(u, 0, 2) * (high - low))) * ops.vec(mixed)
+    lo = ops.minimum(ops.floor(ops.part(u, 2, 4) * (hw - size + 1.0)), hw - size)
+    area = ops.item(size, 0) * ops.item(size, 1)
+    return lo, lo + size, 1.0 - area / (ops.item(hw, 0) * ops.item(hw, 1))
+
+
+def mix_from_draws(draws: SimpleNamespace, hw, config: MixConfig, ops: Any = NUMPY_OPS):
+    """Box, lambda and MixUp flag of each sample from its uniform draws; NumPy or DALI.
+
+    ``draws``: ``mix`` and ``cut`` coins (1.0/0.0: mixed at all; CutMix rather than MixUp),
+    ``lam_cut`` and ``lam_mix`` (the Beta draws) and ``u`` (box placement). Returns ``lo``, ``hi``,
+    ``lam`` and ``blend`` (1.0 where MixUp applies), all float32.
+    """
+    cut = draws.mix * draws.cut
+    if config.minmax is not None:
+        lo, hi, lam = minmax_box(draws.u, cut, hw, config.minmax, ops)
+    elif config.cutmix:
+        lo, hi, lam = cutmix_box(draws.lam_cut, draws.u, cut, hw, ops)
+    else:  # MixUp only: empty boxes
+        lo = hi = ops.vec(draws.mix) * hw * 0.0
+        lam = draws.mix * 0.0 + 1.0
+    if not config.mixup:
+        return lo, hi, lam, None
+    blend = draws.mix - cut  # mixed, and not by a box
+    # Exact either way: a CutMix sample keeps its box lambda, a MixUp sample takes lam_mix.
+    return lo, hi, lam * (1.0 - blend) + draws.lam_mix * blend, blend
+
+
+def blend_weight(lam, blend):
+    """The own image's weight in the blend: ``lam`` for MixUp samples, exactly 1.0 otherwise."""
+    return lam * blend + (1.0 - blend)
 
 
 def sample_cutmix(
@@ -109,27 +213,60 @@ def sample_cutmix(
     prob: float = 1.0,
     mode: str = "batch",
     rng: np.random.Generator | int | None = None,
+    **recipe,
 ) -> CutMixParams:
-    """Draw the parameters of one CutMix batch.
+    """Draw the parameters of one mixed batch (plain CutMix unless ``recipe`` says more).
 
     ``mode="batch"``: one lambda, one box and one mix/no-mix coin for the whole batch (the paper);
     ``mode="elem"``: each sample draws its own. Partners are ``rng.permutation(batch_size)``.
+    ``recipe``: the other :class:`MixConfig` fields (``mixup_alpha``, ``switch_prob``, ``minmax``,
+    ``no_self``).
     """
-    check_cutmix_args(alpha, prob, mode)
+    config = MixConfig(alpha=alpha, prob=prob, mode=mode, **recipe)
+    return sample_mix(batch_size, height, width, config, rng)
+
+
+def sample_mix(batch_size: int, height: int, width: int, config: MixConfig, rng=None) -> CutMixParams:
+    """:func:`sample_cutmix` for a checked :class:`MixConfig`."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     check_image_size(height, width)
     rng = np.random.default_rng(rng)
-    n = 1 if mode == "batch" else batch_size
-    lam0 = rng.beta(alpha, alpha, (n, 1)).astype(np.float32)
-    u = rng.random((n, 2), dtype=np.float32)
-    mixed = (rng.random((n, 1)) < prob).astype(np.float32)
-    perm = rng.permutation(batch_size)
-    hw = np.array([height, width], dtype=np.float32)
-    lo, hi, lam = cutmix_box(lam0, u, mixed, hw)
-    boxes = np.broadcast_to(np.concatenate([lo, hi], axis=1), (batch_size, 4)).astype(np.int32)
-    lam = np.broadcast_to(lam, (batch_size,)).astype(np.float32)
-    return CutMixParams(perm=perm, boxes=boxes, lam=lam)
+    n = 1 if config.mode == "batch" else batch_size
+    both = config.cutmix and config.mixup
+
+    def coin(p: float) -> np.ndarray:
+        return (rng.random(n) < p).astype(np.float32)
+
+    def beta(a: float, fallback: float) -> np.ndarray:
+        return rng.beta(a, a, n).astype(np.float32) if a > 0 else np.full(n, fallback, np.float32)
+
+    draws = SimpleNamespace(
+        mix=coin(config.prob),
+        cut=coin(config.switch_prob) if both else np.full(n, float(config.cutmix), np.float32),
+        lam_cut=beta(config.alpha, 1.0),
+        lam_mix=beta(config.mixup_alpha, 1.0),
+        u=rng.random((n, 4 if config.minmax else 2), dtype=np.float32),
+    )
+    lo, hi, lam, blend = mix_from_draws(draws, np.array([height, width], np.float32), config)
+    perm = derangement(rng, batch_size) if config.no_self else rng.permutation(batch_size)
+
+    def per_sample(x: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(x, (batch_size,) + x.shape[1:])
+
+    boxes = per_sample(np.concatenate([lo, hi], axis=1)).astype(np.int32)
+    blend = None if blend is None else per_sample(blend) > 0
+    return CutMixParams(perm=perm, boxes=boxes, lam=per_sample(lam).astype(np.float32), blend=blend)
+
+
+def derangement(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A uniform random permutation without fixed points (rejection; ~e tries); n == 1 is [0]."""
+    if n == 1:
+        return np.zeros(1, dtype=np.int64)
+    while True:
+        perm = rng.permutation(n)
+        if (perm != np.arange(n)).all():
+            return perm
 
 
 def box_mask(boxes, height: int, width: int):
@@ -161,21 +298,54 @@ def apply_cutmix(images, labels, params: CutMixParams, layout: str = "HWC"):
             f"images must be a batch of {len(params.perm)} {layout} images, got shape "
             f"{tuple(images.shape)}"
         )
-    H, W = spatial_size(tuple(images.shape[1:]), layout)
-    perm, boxes, lam = params.perm, params.boxes, params.lam
+    perm, boxes, lam, blend = params.perm, params.boxes, params.lam, params.blend
+    if blend is not None and not blend.any():
+        blend = None
     if _is_torch(images):
         import torch
 
-        perm = torch.as_tensor(perm, device=images.device, dtype=torch.long)
-        boxes = torch.as_tensor(boxes, device=images.device)
-        lam = torch.as_tensor(lam, device=images.device)
-        where = torch.where
-    else:
-        where = np.where
-    mask = box_mask(boxes, H, W)
-    mask = mask[:, :, :, None] if layout == "HWC" else mask[:, None]
-    mixed = where(mask, images[perm], images)
+        def xp(x, dtype=None):
+            return None if x is None else torch.as_tensor(x, device=images.device, dtype=dtype)
+
+        perm, boxes, lam, blend = xp(perm, torch.long), xp(boxes), xp(lam), xp(blend, torch.bool)
+    mixed = mix_images(images, perm, boxes, lam, blend, layout)
     return mixed, labels, labels[perm], lam
+
+
+def mix_images(images, perm, boxes, lam, blend, layout: str):
+    """The mixed batch from parameters of the same kind as ``images`` (NumPy, or torch on its
+    device); ``blend`` may be None. Vectorised: nothing here reads a value back to the host."""
+    H, W = spatial_size(tuple(images.shape[1:]), layout)
+    where = np.where
+    if _is_torch(images):
+        import torch
+
+        where = torch.where
+    partners = images[perm]
+    mask = box_mask(boxes, H, W)
+    mixed = where(mask[:, :, :, None] if layout == "HWC" else mask[:, None], partners, images)
+    if blend is not None:
+        weight = blend_weight(lam, blend.float() if _is_torch(blend) else blend.astype(np.float32))
+        mixed = where(blend[:, None, None, None], blend_images(mixed, partners, weight), mixed)
+    return mixed
+
+
+def blend_images(own, partners, w):
+    """``w * own + (1 - w) * partners`` per sample in float32; integer images are rounded half
+    away from zero (as DALI's cast does, so every backend agrees bit for bit) and clipped."""
+    shape = (-1, 1, 1, 1)
+    if _is_torch(own):
+        import torch
+
+        out = own.float() * w.reshape(shape) + partners.float() * (1.0 - w).reshape(shape)
+        if own.is_floating_point():
+            return out.to(own.dtype)
+        return torch.floor(out + 0.5).clamp(0, torch.iinfo(own.dtype).max).to(own.dtype)
+    w = np.asarray(w, np.float32).reshape(shape)
+    out = own.astype(np.float32) * w + partners.astype(np.float32) * (np.float32(1.0) - w)
+    if np.issubdtype(own.dtype, np.floating):
+        return out.astype(own.dtype)
+    return np.floor(out + np.float32(0.5)).clip(0, np.iinfo(own.dtype).max).astype(own.dtype)
 
 
 def _is_torch(x) -> bool:

@@ -31,12 +31,27 @@ import numpy as np
 from nvidia.dali import types
 from nvidia.dali.data_node import DataNode
 
-from .mix import box_mask, check_cutmix_args, check_image_size, cutmix_box, spatial_size
+from .mix import (
+    MixConfig,
+    blend_images,
+    blend_weight,
+    check_image_size,
+    check_layout,
+    mix_from_draws,
+    mix_images,
+    spatial_size,
+)
 
 BACKENDS = ("python", "native")
 
 DALI_OPS = SimpleNamespace(
-    sqrt=dmath.sqrt, floor=dmath.floor, minimum=dmath.min, clip=dmath.clamp, item=lambda x, k: x[k]
+    sqrt=dmath.sqrt,
+    floor=dmath.floor,
+    minimum=dmath.min,
+    clip=dmath.clamp,
+    item=lambda x, k: x[k],
+    part=lambda x, a, b: x[a:b],
+    vec=lambda x: x,  # DALI broadcasts a per-sample scalar against a vector
 )
 
 
@@ -50,8 +65,9 @@ def cutmix(
     backend: str = "python",
     layout: str = "HWC",
     return_params: bool = False,
+    **recipe,
 ):
-    """CutMix a uniformly shaped batch inside a DALI pipeline.
+    """CutMix (optionally switching with MixUp) a uniformly shaped batch inside a DALI pipeline.
 
     Args:
         images: DataNode of ``HWC`` or ``CHW`` images (uint8 or float), CPU or GPU, all of one
@@ -64,29 +80,37 @@ def cutmix(
         backend: ``"python"`` or ``"native"`` (see the module docstring).
         layout: ``"HWC"`` or ``"CHW"``.
         return_params: also return ``perm`` (int32 per sample) and ``boxes`` (int32 ``[4]``,
-            ``y1, x1, y2, x2``) so the mix can be inspected or replayed.
+            ``y1, x1, y2, x2``), and ``blend`` (float32, 1.0 for MixUp samples) when MixUp is on,
+            so the mix can be inspected or replayed.
+        recipe: more of :class:`dali_cutmix.mix.MixConfig`: ``mixup_alpha`` (MixUp on when > 0),
+            ``switch_prob``, ``minmax`` and ``no_self``.
 
     Returns:
-        ``images, labels_a, labels_b, lam`` (``lam`` float32, 1.0 where nothing was mixed),
-        then ``perm, boxes`` when ``return_params`` is true.
+        ``images, labels_a, labels_b, lam`` (``lam`` float32, the weight of ``labels_a``; 1.0 where
+        nothing was mixed), then the parameters when ``return_params`` is true.
     """
-    check_cutmix_args(alpha, 1.0 if _is_node(prob) else prob, mode, layout)
+    prob_node = prob if _is_node(prob) else None
+    config = MixConfig(alpha=alpha, prob=1.0 if prob_node is not None else prob, mode=mode, **recipe)
+    check_layout(layout)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    sampled = sample_params(images, alpha=alpha, prob=prob, mode=mode, layout=layout)
+    sampled = sample_params(images, config, layout=layout, prob=prob_node)
     apply = paste_native if backend == "native" else paste_python
     mixed = apply(images, sampled, layout=layout)
     labels_b = fn.permute_batch(labels, indices=sampled.perm)
     outputs = (mixed, labels, labels_b, sampled.lam)
-    return outputs + (sampled.perm, sampled.boxes) if return_params else outputs
+    if not return_params:
+        return outputs
+    return outputs + (sampled.perm, sampled.boxes) + ((sampled.blend,) if config.mixup else ())
 
 
 class Sampled(NamedTuple):
-    """Per-sample DataNodes of one CutMix batch (int32 unless said otherwise).
+    """Per-sample DataNodes of one mixed batch (int32 unless said otherwise).
 
     perm: the partner of each sample; boxes: ``y1, x1, y2, x2`` of the box each sample receives;
     lam: float32; give_start, give_shape: ``(y1, x1)`` and ``(h, w)`` of the box each sample
-    *gives*, so that ``boxes[i]`` is the box given by ``perm[i]``.
+    *gives*, so that ``boxes[i]`` is the box given by ``perm[i]``; blend: float32, 1.0 where
+    the sample is a MixUp blend, or None when MixUp is off.
     """
 
     perm: DataNode
@@ -94,32 +118,46 @@ class Sampled(NamedTuple):
     lam: DataNode
     give_start: DataNode
     give_shape: DataNode
+    blend: DataNode | None
 
 
-def sample_params(images, *, alpha: float, prob, mode: str, layout: str) -> Sampled:
-    """Draw the partners and boxes of a batch with DALI's random operators.
+def sample_params(images, config: MixConfig, *, layout: str, prob: DataNode | None = None) -> Sampled:
+    """Draw the partners, boxes and blends of a batch with DALI's random operators.
 
-    Boxes are drawn per *giving* sample and gathered to the receivers through ``perm``; the draws
-    are independent, so the receivers' boxes have exactly the distribution of drawing them per
-    receiver, and every later step (slicing the partners, labels, lambda) is a plain gather.
+    Everything is drawn per *giving* sample and gathered to the receivers through ``perm``; the
+    draws are independent, so the receivers' parameters have exactly the distribution of drawing
+    them per receiver, and every later step (slicing the partners, labels, lambda) is a gather.
+    ``prob``, when given, is a per-sample DataNode that replaces ``config.prob``.
     """
-    perm = fn.batch_permutation()
+    perm = fn.batch_permutation(no_fixed_points=config.no_self)
     shape = images.shape(dtype=types.FLOAT, device="cpu")
     hw = shape[0:2] if layout == "HWC" else shape[1:3]
-    coin = fn.random.coin_flip(probability=prob if _is_node(prob) else float(prob))
-    draws = [
-        fn.random.beta(alpha=float(alpha), beta=float(alpha)),
-        fn.random.uniform(range=[0.0, 1.0], shape=[2]),
-        fn.cast(coin, dtype=types.FLOAT),
-    ]
-    if mode == "batch":
+
+    def coin(p):
+        return fn.cast(fn.random.coin_flip(probability=p), dtype=types.FLOAT)
+
+    def beta(a: float, fallback: float):
+        return fn.random.beta(alpha=float(a), beta=float(a)) if a > 0 else fallback
+
+    draws = {
+        "mix": coin(prob if prob is not None else float(config.prob)),
+        "cut": coin(float(config.switch_prob)) if config.cutmix and config.mixup else float(config.cutmix),
+        "lam_cut": beta(config.alpha if config.minmax is None else 0.0, 1.0),
+        "lam_mix": beta(config.mixup_alpha, 1.0),
+        "u": fn.random.uniform(range=[0.0, 1.0], shape=[4 if config.minmax else 2]),
+    }
+    if config.mode == "batch":
         # Every sample takes sample 0's draws: one box and one coin for the batch.
         first = perm * 0
-        draws = [fn.permute_batch(d, indices=first) for d in draws]
-    lo, hi, lam = cutmix_box(*draws, hw, ops=DALI_OPS)
-    boxes = fn.permute_batch(fn.cast(fn.cat(lo, hi), dtype=types.INT32), indices=perm)
-    lam = fn.permute_batch(lam, indices=perm)
-    return Sampled(perm, boxes, lam, fn.cast(lo, dtype=types.INT32), fn.cast(hi - lo, dtype=types.INT32))
+        draws = {k: fn.permute_batch(d, indices=first) if _is_node(d) else d for k, d in draws.items()}
+    lo, hi, lam, blend = mix_from_draws(SimpleNamespace(**draws), hw, config, ops=DALI_OPS)
+
+    def gather(x):
+        return fn.permute_batch(x, indices=perm)
+
+    boxes = gather(fn.cast(fn.cat(lo, hi), dtype=types.INT32))
+    give_start, give_shape = fn.cast(lo, dtype=types.INT32), fn.cast(hi - lo, dtype=types.INT32)
+    return Sampled(perm, boxes, gather(lam), give_start, give_shape, gather(blend) if blend is not None else None)
 
 
 def _is_node(x) -> bool:
@@ -140,8 +178,16 @@ def paste_native(images, sampled: Sampled, *, layout: str):
         images = fn.transpose(images, perm=[1, 2, 0], output_layout="HWC")
     given = fn.slice(images, sampled.give_start, sampled.give_shape, axes=[0, 1])
     received = fn.permute_batch(given, indices=sampled.perm)
+    base = images
+    if sampled.blend is not None:
+        # MixUp needs whole partners. A CutMix or unmixed sample has weight exactly 1.0, so its
+        # blend is its own image bit for bit; MixUp samples have empty boxes, so the paste
+        # below leaves them as blended.
+        w = blend_weight(sampled.lam, sampled.blend)
+        partners = fn.permute_batch(images, indices=sampled.perm)
+        base = fn.cast_like(images * w + partners * (1.0 - w), images)
     mixed = fn.multi_paste(
-        images,
+        base,
         received,
         in_anchors=_ZERO_ANCHORS,
         out_anchors=sampled.boxes[0:2] * _SECOND_ROW,  # [[0, 0], [y1, x1]]
@@ -159,36 +205,32 @@ _FULL_SHAPES = np.ones((2, 2), dtype=np.float32)
 
 
 def paste_python(images, sampled: Sampled, *, layout: str):
-    """The same paste as one batch-level Python operator (NumPy on CPU, torch on GPU)."""
-    perm, boxes = sampled.perm, sampled.boxes
+    """The same mix as one batch-level Python operator (NumPy on CPU, torch on GPU)."""
+    params = [sampled.perm, sampled.boxes]
+    if sampled.blend is not None:
+        params += [sampled.lam, sampled.blend]
     if images.device == "gpu":
         return fn.dl_tensor_python_function(
             images,
-            perm.gpu(),
-            boxes.gpu(),
-            function=_TorchPaste(layout),
+            *(p.gpu() for p in params),
+            function=_TorchMix(layout),
             batch_processing=True,
             synchronize_stream=False,
             device="gpu",
             output_layouts=layout,
         )
     return fn.python_function(
-        images,
-        perm,
-        boxes,
-        function=_NumpyPaste(layout),
-        batch_processing=True,
-        output_layouts=layout,
+        images, *params, function=_NumpyMix(layout), batch_processing=True, output_layouts=layout
     )
 
 
-class _NumpyPaste:
-    """Batch callback for ``fn.python_function``: copies, then pastes each box in place."""
+class _NumpyMix:
+    """Batch callback for ``fn.python_function``: copies, pastes each box, blends MixUp samples."""
 
     def __init__(self, layout: str):
         self.layout = layout
 
-    def __call__(self, images, perm, boxes):
+    def __call__(self, images, perm, boxes, lam=None, blend=None):
         shape = images[0].shape
         for i, image in enumerate(images):
             if image.shape != shape:
@@ -198,36 +240,40 @@ class _NumpyPaste:
                 )
         check_image_size(*spatial_size(shape, self.layout))
         out = np.stack(images)  # (B, ...) a copy: inputs must not be modified
+        region = (slice(None),) if self.layout == "CHW" else ()
         for i, (j, (y1, x1, y2, x2)) in enumerate(zip(perm, boxes)):
             if y2 > y1 and x2 > x1:
-                if self.layout == "HWC":
-                    out[i, y1:y2, x1:x2] = images[int(j)][y1:y2, x1:x2]
-                else:
-                    out[i, :, y1:y2, x1:x2] = images[int(j)][:, y1:y2, x1:x2]
+                box = region + (slice(y1, y2), slice(x1, x2))
+                out[i][box] = images[int(j)][box]
+            elif blend is not None and blend[i]:
+                out[i] = blend_images(out[i : i + 1], images[int(j)][None], lam[i])[0]
         return list(out)
 
 
-class _TorchPaste:
+class _TorchMix:
     """Batch callback for ``fn.dl_tensor_python_function`` on the GPU.
 
-    Runs torch on DALI's CUDA stream; the mask-and-gather formulation never reads the box values
-    on the host, so nothing blocks on the device.
+    Runs torch on DALI's CUDA stream; the mask-and-gather formulation (:func:`mix_images`) never
+    reads a parameter back to the host, so nothing blocks on the device.
     """
 
     def __init__(self, layout: str):
         self.layout = layout
 
-    def __call__(self, images, perm, boxes):
+    def __call__(self, images, perm, boxes, lam=None, blend=None):
         import torch
         from nvidia.dali.python_function_plugin import current_dali_stream
         from torch.utils.dlpack import to_dlpack
 
+        def batch(samples):
+            return torch.stack([torch.from_dlpack(t) for t in samples])
+
         with torch.cuda.stream(torch.cuda.ExternalStream(current_dali_stream())):
-            x = torch.stack([torch.from_dlpack(t) for t in images])
-            perm_t = torch.stack([torch.from_dlpack(t) for t in perm]).long().reshape(-1)
-            boxes_t = torch.stack([torch.from_dlpack(t) for t in boxes]).reshape(-1, 4)
-            H, W = spatial_size(tuple(x.shape[1:]), self.layout)
-            mask = box_mask(boxes_t, H, W)
-            mask = mask[:, :, :, None] if self.layout == "HWC" else mask[:, None]
-            out = torch.where(mask, x[perm_t], x)
+            x = batch(images)
+            params = [batch(perm).long().reshape(-1), batch(boxes).reshape(-1, 4)]
+            if blend is not None:
+                params += [batch(lam).reshape(-1), batch(blend).reshape(-1) > 0]
+            else:
+                params += [None, None]
+            out = mix_images(x, *params, self.layout)
             return [to_dlpack(o) for o in out]

@@ -116,6 +116,36 @@ def scan(split: Split, *, cache_dir: Path | None = None, workers: int | None = N
     return ScanResult(good, bad, len(todo), time.perf_counter() - start)
 
 
+def drop_undecodable(split: Split, name: str, *, cache_dir: Path | None, workers: int | None, full: bool,
+                     strict: bool, listing_dir: Path, report: bool) -> Split:  # fmt: skip
+    """``split`` without the files DALI cannot decode, as a trainer needs it.
+
+    With ``report``, prints the scan speed, classes left empty and a one-line summary, and writes
+    every bad file with its reason to ``listing_dir/bad_files_{name}.txt``. With ``strict``, any bad
+    file is a ``ValueError`` instead; so is a split with nothing decodable left.
+    """
+    result = scan(split, cache_dir=cache_dir, workers=workers, full=full)
+    empty = sorted(set(split.classes) - {split.classes[label] for label in result.good.labels})
+    if report and result.scanned:
+        print(f"scanned {result.scanned} {name} files in {result.seconds:.1f} s ({result.files_per_s:.0f} files/s)")
+    if report and empty and name == "train":
+        print(f"warning: {len(empty)} {name} classes have no usable images: {', '.join(empty[:5])}")
+    if not result.bad:
+        return split
+    first = f"{result.bad[0][0]} ({result.bad[0][1]})"
+    if strict:
+        raise ValueError(f"--strict: {len(result.bad)} {name} files cannot be decoded, first {first}")
+    if report:
+        listing_dir.mkdir(parents=True, exist_ok=True)
+        listing = listing_dir / f"bad_files_{name}.txt"
+        listing.write_text("".join(f"{path}\t{reason}\n" for path, reason in result.bad))
+        print(f"left out {len(result.bad)} of {len(split)} {name} files that cannot be decoded, "
+              f"first {first}; all listed in {listing}")  # fmt: skip
+    if not len(result.good):
+        raise ValueError(f"no decodable {name} images left ({len(result.bad)} bad files)")
+    return result.good
+
+
 def _cache_path(split: Split, cache_dir: Path, full: bool) -> Path:
     """One cache file per set of files (and check depth): named by a hash of the first path."""
     root = os.path.dirname(os.path.dirname(split.files[0])) if split.files else ""

@@ -134,6 +134,10 @@ def train_pipeline(
     cutmix_mode: str = "batch",
     cutmix_backend: str = "python",
     cutmix_enabled: bool = True,
+    mixup_alpha: float = 0.0,
+    mixup_switch_prob: float = 0.5,
+    cutmix_minmax: tuple[float, float] | None = None,
+    mix_no_self: bool = False,
     fp16: bool = False,
     steps_per_epoch: int | None = None,
     start_epoch: int = 0,
@@ -141,6 +145,10 @@ def train_pipeline(
 ):
     """The training pipeline on ``data_dir`` (a ``<class>/<image>`` folder, a file list or a Split).
 
+    Mixing (``cutmix_enabled``): CutMix with ``cutmix_alpha`` (0 turns it off), MixUp with
+    ``mixup_alpha`` (> 0 turns it on), ``mixup_switch_prob`` the chance of CutMix when both are on,
+    ``cutmix_minmax`` box side limits, ``mix_no_self`` partners other than the sample itself; see
+    :class:`dali_cutmix.mix.MixConfig`, which checks them when the pipeline is built.
     ``cutmix_prob`` is a number or a schedule ``epoch -> prob``; a schedule needs
     ``steps_per_epoch`` (the loader passes it) and is fed per batch by a tiny external source.
     ``seed`` drives augmentation and CutMix; the shuffle is seeded by ``seed`` alone so that all
@@ -154,7 +162,9 @@ def train_pipeline(
     prob_source = None
     mix = None
     if cutmix_enabled:
-        mix = {"alpha": cutmix_alpha, "prob": 1.0, "mode": cutmix_mode, "backend": cutmix_backend}
+        mix = {"alpha": cutmix_alpha, "prob": 1.0, "mode": cutmix_mode, "backend": cutmix_backend,
+               "mixup_alpha": mixup_alpha, "switch_prob": mixup_switch_prob,
+               "minmax": tuple(cutmix_minmax) if cutmix_minmax else None, "no_self": mix_no_self}  # fmt: skip
         if callable(cutmix_prob):
             if not steps_per_epoch:
                 raise ValueError("a cutmix_prob schedule needs steps_per_epoch")

@@ -6,7 +6,7 @@ from conftest import random_batch, run_cutmix
 from nvidia.dali import fn, pipeline_def, types
 
 import dali_cutmix
-from dali_cutmix.mix import NUMPY_OPS, CutMixParams, apply_cutmix, cutmix_box
+from dali_cutmix.mix import NUMPY_OPS, CutMixParams, MixConfig, apply_cutmix, cutmix_box
 from dali_cutmix.ops import DALI_OPS, paste_native, paste_python, sample_params
 
 H, W = 40, 72
@@ -35,7 +35,12 @@ def test_backend_matches_reference(backend, layout, dtype, mode):
         assert lam.dtype == np.float32 and lam.shape == (8,)
 
 
-def test_backends_identical_on_shared_params():
+@pytest.mark.parametrize(
+    "config",
+    [MixConfig(prob=0.8, mode="elem"), MixConfig(mixup_alpha=0.3, mode="elem", minmax=(0.2, 0.8))],
+    ids=["cutmix", "mixup-minmax"],
+)
+def test_backends_identical_on_shared_params(config):
     """One pipeline, one sampling, both pastes: their outputs must be equal byte for byte."""
     rng = np.random.default_rng(1)
     batches = [random_batch(rng, 16, (H, W, 3)) for _ in range(4)]
@@ -44,7 +49,7 @@ def test_backends_identical_on_shared_params():
     @pipeline_def(batch_size=16, num_threads=1, device_id=None, seed=7)
     def pipe():
         images = fn.external_source(source=lambda: next(feed), layout="HWC")
-        sampled = sample_params(images, alpha=1.0, prob=0.8, mode="elem", layout="HWC")
+        sampled = sample_params(images, config, layout="HWC")
         return paste_native(images, sampled, layout="HWC"), paste_python(images, sampled, layout="HWC")
 
     p = pipe(prefetch_queue_depth=1)
@@ -87,16 +92,16 @@ def test_prob_zero_is_identity(backend):
 def test_box_formula_bit_identical_in_dali_and_numpy():
     rng = np.random.default_rng(4)
     n = 512
-    lam0 = rng.beta(0.5, 0.5, (n, 1)).astype(np.float32)
-    lam0[:4, 0] = [0.0, 1.0, 0.5, 1e-7]
+    lam0 = rng.beta(0.5, 0.5, n).astype(np.float32)
+    lam0[:4] = [0.0, 1.0, 0.5, 1e-7]
     u = rng.random((n, 2), dtype=np.float32)
     u[:2, 0] = [0.0, np.nextafter(np.float32(1), np.float32(0))]
-    mixed = (rng.random((n, 1)) < 0.9).astype(np.float32)
+    mixed = (rng.random(n) < 0.9).astype(np.float32)
     hw = np.array([H, W], dtype=np.float32)
 
     @pipeline_def(batch_size=n, num_threads=1, device_id=None)
     def pipe():
-        nodes = [fn.external_source(source=[list(d)], cycle=True, dtype=types.FLOAT) for d in (lam0[:, 0], u, mixed[:, 0])]
+        nodes = [fn.external_source(source=[list(d)], cycle=True, dtype=types.FLOAT) for d in (lam0, u, mixed)]
         return cutmix_box(*nodes, types.Constant(hw), ops=DALI_OPS)
 
     p = pipe()
@@ -154,13 +159,16 @@ def test_same_seed_same_batches_other_seed_other_batches(backend):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"alpha": 0}, "alpha must be a number > 0, got 0"),
+        ({"alpha": 0}, "nothing to mix: alpha and mixup_alpha are both 0"),
+        ({"alpha": -2}, "alpha must be a number >= 0, got -2"),
+        ({"mixup_alpha": 0.2, "switch_prob": 2}, r"switch_prob must be a number in \[0, 1\], got 2"),
+        ({"minmax": (0.5, 0.2)}, r"minmax must be \(min, max\) with 0 < min < max <= 1, got \(0.5, 0.2\)"),
         ({"prob": 2.0}, r"prob must be a number in \[0, 1\], got 2.0"),
         ({"mode": "pair"}, "mode must be one of .*, got 'pair'"),
         ({"backend": "cupy"}, "backend must be one of .*, got 'cupy'"),
         ({"layout": "NHWC"}, "layout must be one of .*, got 'NHWC'"),
     ],
-    ids=["alpha", "prob", "mode", "backend", "layout"],
+    ids=["alpha", "alpha-neg", "switch", "minmax", "prob", "mode", "backend", "layout"],
 )
 def test_bad_arguments_fail_at_build_time(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -64,8 +64,14 @@ def test_resume_from_a_path_and_arch_mismatch(jpeg_tree, tmp_path, capsys):
         (["--data", "/nonexistent/imagenet"], "--data '/nonexistent/imagenet' is not a directory"),
         (["--cutmix-prob", "1.5"], r"--cutmix-prob must be in \[0, 1\], got 1.5"),
         (["--resume", "/nonexistent.pt"], "--resume '/nonexistent.pt': no such checkpoint file"),
+        (["--mixup", "-1"], r"--mixup must be a number >= 0, got -1.0"),
+        (["--mixup", "0.2", "--mixup-switch-prob", "2"], r"--mixup-switch-prob must be a number in \[0, 1\], got 2.0"),
+        (["--cutmix-minmax", "0.9", "0.1"], r"--cutmix-minmax must be \(min, max\) with 0 < min < max <= 1"),
+        (["--cutmix", "0"], "--cutmix-alpha and --mixup are both 0: nothing to mix"),
+        (["--prob-schedule", "0:1.5"], "argument --prob-schedule: invalid parse_schedule value: '0:1.5'"),
     ],
-    ids=["batch0", "batch-neg", "epochs0", "size", "arch", "data", "prob", "resume"],
+    ids=["batch0", "batch-neg", "epochs0", "size", "arch", "data", "prob", "resume", "mixup", "switch", "minmax",
+         "nothing", "schedule"],
 )
 def test_bad_command_line_is_one_line_and_exit_2(args, message):
     proc = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -73,6 +79,29 @@ def test_bad_command_line_is_one_line_and_exit_2(args, message):
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert re.search(message, last), last
+
+
+def test_timm_style_recipe_flags_reach_the_pipeline(jpeg_tree, tmp_path, monkeypatch):
+    seen = {}
+    real = train.train_loader
+
+    def spy(split, **kwargs):
+        seen.update(kwargs)
+        return real(split, **kwargs)
+
+    monkeypatch.setattr(train, "train_loader", spy)
+    out = tmp_path / "run"
+    flags = ["--mixup", "0.2", "--cutmix", "1.0", "--mixup-prob", "0.9", "--mixup-switch-prob", "0.4",
+             "--mixup-mode", "elem", "--cutmix-minmax", "0.2", "0.8", "--mix-no-self", "--smoothing", "0.1",
+             "--prob-schedule", "1:0.5", "--mixup-off-epoch", "3", "--epochs", "2"]  # fmt: skip
+    assert train.main(small_run(jpeg_tree, out, *flags)) == 0
+    assert seen["mixup_alpha"] == 0.2 and seen["cutmix_alpha"] == 1.0 and seen["mixup_switch_prob"] == 0.4
+    assert seen["cutmix_mode"] == "elem" and seen["cutmix_minmax"] == [0.2, 0.8] and seen["mix_no_self"]
+    schedule = seen["cutmix_prob"]
+    assert [schedule(e) for e in range(4)] == [0.9, 0.5, 0.5, 0.0]
+    config = json.loads((out / "config.json").read_text())
+    assert config["mixup_alpha"] == 0.2 and config["smoothing"] == 0.1 and config["prob_schedule"] == {"1": 0.5}
+    assert len(read_rows(out)) == 2
 
 
 @pytest.mark.gpu
