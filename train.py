@@ -41,7 +41,9 @@ CACHE = Path(os.environ.get("DALI_CUTMIX_CACHE", Path.home() / ".cache" / "dali-
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--data", type=str, default=None, help="ImageNet-layout root; default: the demo data")
     p.add_argument("--epochs", type=int, default=None, help="total epochs (demo 10, else 90)")
     p.add_argument("--batch-size", type=int, default=None, help="per process (demo 128, else 256)")
@@ -56,23 +58,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--smoothing", "--label-smoothing", type=float, default=0.0, dest="smoothing")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DALI CPU threads")
     # Mixing flags; the second names are timm's.
-    p.add_argument("--cutmix-alpha", "--cutmix", type=float, default=1.0, dest="cutmix_alpha",
-                   help="CutMix Beta(alpha, alpha); 0 turns CutMix off")
+    p.add_argument("--cutmix-alpha", "--cutmix", type=float, default=1.0, help="CutMix Beta(a, a); 0: no CutMix")
     p.add_argument("--mixup", type=float, default=0.0, dest="mixup_alpha", help="MixUp alpha; > 0 turns MixUp on")
-    p.add_argument("--cutmix-prob", "--mixup-prob", type=float, default=1.0, dest="cutmix_prob",
-                   help="chance that a batch (or sample) is mixed at all")
+    p.add_argument("--cutmix-prob", "--mixup-prob", type=float, default=1.0, help="chance of mixing at all")
     p.add_argument("--mixup-switch-prob", type=float, default=0.5, help="with both on, the chance of CutMix")
-    p.add_argument("--cutmix-mode", "--mixup-mode", choices=("batch", "elem"), default="batch", dest="cutmix_mode",
-                   help="one draw per batch (batch) or per sample (elem)")
-    p.add_argument("--cutmix-minmax", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
-                   help="CutMix box sides drawn in [MIN, MAX) of the image sides (random aspect)")
+    p.add_argument(
+        "--cutmix-mode", "--mixup-mode", choices=("batch", "elem"), default="batch", help="draw per batch or sample"
+    )
+    p.add_argument("--cutmix-minmax", type=float, nargs=2, metavar=("MIN", "MAX"), help="box sides in [MIN, MAX)")
     p.add_argument("--mix-no-self", action="store_true", help="partners are never the sample itself")
     p.add_argument("--cutmix-backend", choices=("python", "native"), default="native")
     p.add_argument("--no-cutmix", action="store_true", help="train without any mixing (the baseline)")
-    p.add_argument("--mix-off-epoch", "--mixup-off-epoch", type=int, default=None, dest="mix_off_epoch",
-                   help="no mixing from this epoch on")
-    p.add_argument("--prob-schedule", type=parse_schedule, default={}, metavar="EPOCH:PROB,...",
-                   help="mixing chance from each EPOCH on, e.g. 0:1.0,100:0.5")
+    p.add_argument("--mix-off-epoch", "--mixup-off-epoch", type=int, help="no mixing from this epoch on")
+    p.add_argument("--prob-schedule", type=parse_schedule, default={}, help="mixing chance by epoch: 0:1.0,100:0.5")
     p.add_argument("--output", type=str, default="runs/latest", help="where config, checkpoints and metrics go")
     p.add_argument("--resume", nargs="?", const="latest", default=None, help="continue: latest in --output, or PATH")
     p.add_argument("--keep-checkpoints", type=int, default=3, help="how many epoch checkpoints to keep")
@@ -80,8 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-amp", action="store_true", help="GPU: train in float32 instead of float16 autocast")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--demo-per-class", type=int, default=1000, help="demo: training images per class")
-    p.add_argument("--scan", choices=("quick", "full", "off"), default="quick",
-                   help="check files before training: headers and completeness, full decode, or not at all")
+    p.add_argument("--scan", choices=("quick", "full", "off"), default="quick", help="check files before training")
     p.add_argument("--strict", action="store_true", help="stop on undecodable files instead of leaving them out")
     p.add_argument("--max-steps", type=int, default=None, help="stop each epoch after N steps (smoke tests)")
     args = p.parse_args(argv)
@@ -95,8 +92,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """One-line errors (exit code 2) for input we can judge before any work starts."""
-    positive = {"--epochs": args.epochs, "--batch-size": args.batch_size, "--workers": args.workers,
-                "--lr-step": args.lr_step, "--keep-checkpoints": args.keep_checkpoints}  # fmt: skip
+    positive = {
+        "--epochs": args.epochs,
+        "--batch-size": args.batch_size,
+        "--workers": args.workers,
+        "--lr-step": args.lr_step,
+        "--keep-checkpoints": args.keep_checkpoints,
+    }
     for flag, value in positive.items():
         if value < 1:
             p.error(f"{flag} must be >= 1, got {value}")
@@ -123,12 +125,20 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 def check_recipe(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """The mixing flags, checked by the library and reported with the flags' names."""
     try:
-        MixConfig(alpha=args.cutmix_alpha, mixup_alpha=args.mixup_alpha, switch_prob=args.mixup_switch_prob,
-                  minmax=tuple(args.cutmix_minmax) if args.cutmix_minmax else None)  # fmt: skip
+        MixConfig(
+            alpha=args.cutmix_alpha,
+            mixup_alpha=args.mixup_alpha,
+            switch_prob=args.mixup_switch_prob,
+            minmax=tuple(args.cutmix_minmax) if args.cutmix_minmax else None,
+        )
     except ValueError as e:
         field, _, rest = str(e).partition(" must ")
-        flags = {"alpha": "--cutmix-alpha", "mixup_alpha": "--mixup", "switch_prob": "--mixup-switch-prob",
-                 "minmax": "--cutmix-minmax"}  # fmt: skip
+        flags = {
+            "alpha": "--cutmix-alpha",
+            "mixup_alpha": "--mixup",
+            "switch_prob": "--mixup-switch-prob",
+            "minmax": "--cutmix-minmax",
+        }
         if field in flags:
             p.error(f"{flags[field]} must {rest}")
         p.error("--cutmix-alpha and --mixup are both 0: nothing to mix (--no-cutmix trains without mixing)")
@@ -164,22 +174,39 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
     Undecodable files are found first (see ``dali_cutmix.scan``) and left out, or are an error
     with ``--strict``; rank 0 scans while the others wait, then they read its cache.
     """
-    root = args.data or export_fashion_mnist(CACHE / f"fashion-mnist-{args.demo_per_class}",
-                                             per_class_train=args.demo_per_class)  # fmt: skip
+    root = args.data or export_fashion_mnist(
+        CACHE / f"fashion-mnist-{args.demo_per_class}", per_class_train=args.demo_per_class
+    )
     train_split, val_split = load_imagenet(root)
     if args.scan != "off":
         if world > 1 and rank != 0:
             dist.barrier()
         train_split, val_split = (
-            drop_undecodable(split, name, cache_dir=CACHE / "scan", workers=args.workers, full=args.scan == "full",
-                             strict=args.strict, listing_dir=out, report=rank == 0)
+            drop_undecodable(
+                split,
+                name,
+                cache_dir=CACHE / "scan",
+                workers=args.workers,
+                full=args.scan == "full",
+                strict=args.strict,
+                listing_dir=out,
+                report=rank == 0,
+            )
             for split, name in ((train_split, "train"), (val_split, "val"))
-        )  # fmt: skip
+        )
         if world > 1 and rank == 0:
             dist.barrier()
     dali_device = "gpu" if device.type == "cuda" else "cpu"
-    common = dict(batch_size=args.batch_size, device=dali_device, device_id=device.index, num_threads=args.workers,
-                  shard_id=rank, num_shards=world, image_size=args.image_size, torch_device=device)  # fmt: skip
+    common = dict(
+        batch_size=args.batch_size,
+        device=dali_device,
+        device_id=device.index,
+        num_threads=args.workers,
+        shard_id=rank,
+        num_shards=world,
+        image_size=args.image_size,
+        torch_device=device,
+    )
     train = train_loader(
         train_split,
         seed=args.seed + 7919 * start_epoch,  # a resumed run must not replay epoch 0's augmentations
@@ -198,8 +225,9 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
         **common,
     )
     if len(train) == 0:
-        raise ValueError(f"--batch-size {args.batch_size} is larger than this rank's share of "
-                         f"{len(train_split)} training images")  # fmt: skip
+        raise ValueError(
+            f"--batch-size {args.batch_size} is larger than this rank's share of {len(train_split)} training images"
+        )
     val = val_loader(val_split, classes=train_split.classes, **common)
     return train, val, train_split.classes
 
@@ -238,8 +266,21 @@ class LRSchedule:
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, scaler, args, device, epoch: int, *,
-                    start_step: int, stop: Stop, world: int, show: bool) -> dict:  # fmt: skip
+def train_one_epoch(
+    model,
+    loader,
+    optimizer,
+    scheduler,
+    scaler,
+    args,
+    device,
+    epoch: int,
+    *,
+    start_step: int,
+    stop: Stop,
+    world: int,
+    show: bool,
+) -> dict:
     """Steps ``start_step..`` of one epoch; returns the mean loss, speed, data-wait time and the
     number of steps done, which is short of ``len(loader)`` only when ``stop`` was set."""
     from tqdm import tqdm
@@ -271,8 +312,14 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, args, device, e
     check_finite(losses, epoch, start_step)
     seconds = time.perf_counter() - start
     mean = torch.stack(losses).mean().item() if losses else float("nan")
-    return {"train_loss": mean, "images_per_s": seen / seconds, "epoch_seconds": seconds, "data_wait_s": waited,
-            "train_images": seen, "steps": step}  # fmt: skip
+    return {
+        "train_loss": mean,
+        "images_per_s": seen / seconds,
+        "epoch_seconds": seconds,
+        "data_wait_s": waited,
+        "train_images": seen,
+        "steps": step,
+    }
 
 
 class Stop:
@@ -302,8 +349,10 @@ def check_finite(losses: list[torch.Tensor], epoch: int, start_step: int) -> Non
     bad = torch.nonzero(~torch.isfinite(torch.stack(losses))).flatten()
     if len(bad):
         first = bad[0].item()
-        raise FloatingPointError(f"non-finite loss {losses[first].item()} at epoch {epoch}, step {start_step + first}; "
-                                 f"stopping, the last checkpoint is kept")  # fmt: skip
+        raise FloatingPointError(
+            f"non-finite loss {losses[first].item()} at epoch {epoch}, step {start_step + first}; "
+            f"stopping, the last checkpoint is kept"
+        )
 
 
 @torch.no_grad()
@@ -318,9 +367,14 @@ def evaluate(model, loader, device: torch.device, world: int) -> dict:
             logits = model(images).float()
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices == labels[:, None]
-        totals += torch.stack([torch.nn.functional.cross_entropy(logits, labels, reduction="sum").double(),
-                               top[:, :1].sum().double(), top.sum().double(),
-                               torch.tensor(len(labels), dtype=torch.float64, device=device)])  # fmt: skip
+        totals += torch.stack(
+            [
+                torch.nn.functional.cross_entropy(logits, labels, reduction="sum").double(),
+                top[:, :1].sum().double(),
+                top.sum().double(),
+                torch.tensor(len(labels), dtype=torch.float64, device=device),
+            ]
+        )
     if world > 1:
         dist.all_reduce(totals)
     loss, top1, top5, n = totals.tolist()
@@ -346,14 +400,20 @@ def main(argv=None) -> int:
         except ValueError as e:
             print(f"train.py: error: {e}", file=sys.stderr)
             return 2
-    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if world > 1 else model  # fmt: skip
+    ddp = (
+        torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if world > 1
+        else model
+    )
     config = {**vars(args), "world_size": world, "device": str(device), "num_classes": len(classes), "classes": classes}
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         ckpt.write_json(out / "config.json", config)
-        print(f"{args.arch} on {device} x{world}: {len(classes)} classes, {len(train)} steps/epoch, "
-              f"epochs {state['epoch'] if state else 0}..{args.epochs - 1}, output {out}", flush=True)  # fmt: skip
+        print(
+            f"{args.arch} on {device} x{world}: {len(classes)} classes, {len(train)} steps/epoch, "
+            f"epochs {state['epoch'] if state else 0}..{args.epochs - 1}, output {out}",
+            flush=True,
+        )
 
     stop = Stop()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -364,15 +424,36 @@ def main(argv=None) -> int:
         for epoch in range(start_epoch, args.epochs):
             row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
             try:
-                row |= train_one_epoch(ddp, train, optimizer, scheduler, scaler, args, device, epoch,
-                                       start_step=start_step, stop=stop, world=world, show=rank == 0)  # fmt: skip
+                row |= train_one_epoch(
+                    ddp,
+                    train,
+                    optimizer,
+                    scheduler,
+                    scaler,
+                    args,
+                    device,
+                    epoch,
+                    start_step=start_step,
+                    stop=stop,
+                    world=world,
+                    show=rank == 0,
+                )
             except FloatingPointError as e:
                 print(f"train.py: error: {e}", file=sys.stderr)
                 return 1
             if stop.signal:
                 if rank == 0:
-                    path = ckpt.save(out, epoch, model, optimizer, scheduler, scaler, config,
-                                     keep=args.keep_checkpoints, step=row["steps"])  # fmt: skip
+                    path = ckpt.save(
+                        out,
+                        epoch,
+                        model,
+                        optimizer,
+                        scheduler,
+                        scaler,
+                        config,
+                        keep=args.keep_checkpoints,
+                        step=row["steps"],
+                    )
                     print(f"saved {path}; continue with --resume", file=sys.stderr)
                 return 128 + stop.signal
             start_step = 0

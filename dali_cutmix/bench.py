@@ -54,8 +54,9 @@ class Row:
         return (max(self.images_per_s) - min(self.images_per_s)) / self.median
 
 
-def throughput(batches: Iterator, batch_size: int, *, warmup: int, steps: int, reps: int,
-               sync: Callable[[], None] = lambda: None) -> list[float]:  # fmt: skip
+def throughput(
+    batches: Iterator, batch_size: int, *, warmup: int, steps: int, reps: int, sync: Callable[[], None] = lambda: None
+) -> list[float]:
     """Images per second of each repetition of ``steps`` batches, after ``warmup`` batches."""
     for _ in itertools.islice(batches, warmup):
         pass
@@ -101,13 +102,18 @@ def cutmix_op_rows(args) -> list[Row]:
         return cutmix(images, fn.external_source(source=[labels], cycle=True), backend=kind)[0]
 
     rows = []
-    names = {"none": "no CutMix", "copy": "one batch copy (fn.copy)", "python": "python backend",
-             "native": "native backend"}  # fmt: skip
+    names = {
+        "none": "no CutMix",
+        "copy": "one batch copy (fn.copy)",
+        "python": "python backend",
+        "native": "native backend",
+    }
     for kind, name in names.items():
         pipe = graph(kind, batch_size=B, num_threads=args.workers, device_id=_device_id(args), seed=0)
         pipe.build()
-        rates = throughput(iter(pipe.run, None), B, warmup=args.warmup, steps=args.steps * 20, reps=args.reps,
-                           sync=_sync(args))  # fmt: skip
+        rates = throughput(
+            iter(pipe.run, None), B, warmup=args.warmup, steps=args.steps * 20, reps=args.reps, sync=_sync(args)
+        )
         rows.append(Row("cutmix op", name, rates, baseline="no CutMix"))
         del pipe
     return rows
@@ -135,9 +141,16 @@ def stage_rows(args, train_split) -> list[Row]:
             return images, labels
         return normalize(images, image_size=args.image_size, mirror=fn.random.coin_flip()), labels
 
-    rows, stages = [], [("read", "read files"), ("decode", "+ decode, crop, resize"),
-                        ("cutmix", f"+ CutMix ({args.backend})"), ("all", "+ normalise (full pipeline)"),
-                        ("no-cutmix", "full pipeline without CutMix")]  # fmt: skip
+    rows, stages = (
+        [],
+        [
+            ("read", "read files"),
+            ("decode", "+ decode, crop, resize"),
+            ("cutmix", f"+ CutMix ({args.backend})"),
+            ("all", "+ normalise (full pipeline)"),
+            ("no-cutmix", "full pipeline without CutMix"),
+        ],
+    )
     for stop, name in stages:
         pipe = graph(stop, batch_size=args.batch_size, num_threads=args.workers, device_id=_device_id(args), seed=0)
         pipe.build()
@@ -161,10 +174,17 @@ def pipeline_rows(args, train_split) -> list[Row]:
             cutmix_enabled=backend is not None,
             cutmix_backend=backend or "native",
         )
-        rates = throughput(endless(loader), args.batch_size, warmup=args.warmup, steps=args.steps, reps=args.reps,
-                           sync=_sync(args))  # fmt: skip
-        rows.append(Row("pipeline", "DALI, no CutMix" if backend is None else f"DALI + CutMix ({backend})", rates,
-                        baseline="DALI, no CutMix"))  # fmt: skip
+        rates = throughput(
+            endless(loader), args.batch_size, warmup=args.warmup, steps=args.steps, reps=args.reps, sync=_sync(args)
+        )
+        rows.append(
+            Row(
+                "pipeline",
+                "DALI, no CutMix" if backend is None else f"DALI + CutMix ({backend})",
+                rates,
+                baseline="DALI, no CutMix",
+            )
+        )
         del loader
     return rows
 
@@ -192,8 +212,12 @@ def trainer_rows(args, num_classes: int, step) -> list[Row]:
     device = torch.device("cuda") if args.device == "gpu" else torch.device("cpu")
     B, S = args.batch_size, args.image_size
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    batch = (torch.randn(B, 3, S, S, device=device, dtype=dtype), torch.randint(0, num_classes, (B,), device=device),
-             torch.randint(0, num_classes, (B,), device=device), torch.rand(B, device=device))  # fmt: skip
+    batch = (
+        torch.randn(B, 3, S, S, device=device, dtype=dtype),
+        torch.randint(0, num_classes, (B,), device=device),
+        torch.randint(0, num_classes, (B,), device=device),
+        torch.rand(B, device=device),
+    )
     steps = (step(batch) for _ in itertools.count())
     rates = throughput(steps, B, warmup=args.warmup, steps=args.trainer_steps, reps=args.reps, sync=_sync(args))
     return [Row("trainer", f"{args.arch} step, synthetic data", rates)]
@@ -202,11 +226,19 @@ def trainer_rows(args, num_classes: int, step) -> list[Row]:
 def end_to_end_rows(args, train_split, step) -> list[Row]:
     from .loader import train_loader
 
-    loader = train_loader(train_split, batch_size=args.batch_size, image_size=args.image_size, device=args.device,
-                          num_threads=args.workers, cutmix_backend="native", fp16=args.device == "gpu")  # fmt: skip
+    loader = train_loader(
+        train_split,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        device=args.device,
+        num_threads=args.workers,
+        cutmix_backend="native",
+        fp16=args.device == "gpu",
+    )
     steps = (step(batch) for batch in endless(loader))
-    rates = throughput(steps, args.batch_size, warmup=args.warmup, steps=args.trainer_steps, reps=args.reps,
-                       sync=_sync(args))  # fmt: skip
+    rates = throughput(
+        steps, args.batch_size, warmup=args.warmup, steps=args.trainer_steps, reps=args.reps, sync=_sync(args)
+    )
     return [Row("end to end", "DALI + CutMix (native) -> step", rates)]
 
 
@@ -220,10 +252,15 @@ def peer_rows(args, train_root: Path, num_classes: int) -> list[Row]:
     from torchvision.transforms import v2
 
     S, B = args.image_size, args.batch_size
-    tv_transform = v2.Compose([
-        v2.RandomResizedCrop(S, antialias=True), v2.RandomHorizontalFlip(), v2.PILToTensor(),
-        v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-    ])  # fmt: skip
+    tv_transform = v2.Compose(
+        [
+            v2.RandomResizedCrop(S, antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.PILToTensor(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
     tv_cutmix = v2.CutMix(alpha=1.0, num_classes=num_classes)
     rows = []
 
@@ -231,8 +268,15 @@ def peer_rows(args, train_root: Path, num_classes: int) -> list[Row]:
         return tv_cutmix(*default_collate(samples))
 
     dataset = datasets.ImageFolder(str(train_root), transform=tv_transform)
-    loader = DataLoader(dataset, batch_size=B, shuffle=True, num_workers=args.workers, collate_fn=collate,
-                        drop_last=True, persistent_workers=True)  # fmt: skip
+    loader = DataLoader(
+        dataset,
+        batch_size=B,
+        shuffle=True,
+        num_workers=args.workers,
+        collate_fn=collate,
+        drop_last=True,
+        persistent_workers=True,
+    )
     rates = throughput(endless(loader), B, warmup=args.warmup, steps=args.steps, reps=args.reps)
     rows.append(Row("peers", "torchvision DataLoader + v2.CutMix", rates))
     del loader
@@ -242,11 +286,13 @@ def peer_rows(args, train_root: Path, num_classes: int) -> list[Row]:
     except ImportError:
         return rows
     timm_transform = create_transform(S, is_training=True, hflip=0.5, color_jitter=None, auto_augment=None)
-    mixup = Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, prob=1.0, mode="batch", label_smoothing=0.0,
-                  num_classes=num_classes)  # fmt: skip
+    mixup = Mixup(
+        mixup_alpha=0.0, cutmix_alpha=1.0, prob=1.0, mode="batch", label_smoothing=0.0, num_classes=num_classes
+    )
     dataset = datasets.ImageFolder(str(train_root), transform=timm_transform)
-    loader = DataLoader(dataset, batch_size=B, shuffle=True, num_workers=args.workers, drop_last=True,
-                        persistent_workers=True)  # fmt: skip
+    loader = DataLoader(
+        dataset, batch_size=B, shuffle=True, num_workers=args.workers, drop_last=True, persistent_workers=True
+    )
     mixed = (mixup(x, y) for x, y in endless(loader))  # timm's train.py mixes after the loader
     rates = throughput(mixed, B, warmup=args.warmup, steps=args.steps, reps=args.reps)
     rows.append(Row("peers", "timm transforms + DataLoader + Mixup(cutmix)", rates))
@@ -262,8 +308,10 @@ def table(rows: list[Row]) -> str:
     for r in rows:
         base = by_name.get((r.group, r.baseline))
         ratio = f"{r.median / base.median:.3f}" if base else ""
-        lines.append(f"{r.group:<11} {r.name:<46} {r.median:>9.1f} {100 * r.spread:>6.1f}% {ratio:>7}  "
-                     f"{r.baseline if base and base is not r else ''}")  # fmt: skip
+        lines.append(
+            f"{r.group:<11} {r.name:<46} {r.median:>9.1f} {100 * r.spread:>6.1f}% {ratio:>7}  "
+            f"{r.baseline if base and base is not r else ''}"
+        )
     return "\n".join(lines)
 
 
@@ -279,32 +327,42 @@ def findings(rows: list[Row], args) -> list[str]:
         full = per_batch_ms(get.get("DALI, no CutMix", float("nan")))
         for name in ("one batch copy (fn.copy)", "python backend", "native backend"):
             cost = per_batch_ms(get[name]) - per_batch_ms(get["no CutMix"])
-            out.append(f"{name}: {cost:.2f} ms per batch of {args.batch_size}, "
-                       f"{100 * cost / full:.2f}% of a full pipeline batch ({full:.1f} ms)")  # fmt: skip
+            out.append(
+                f"{name}: {cost:.2f} ms per batch of {args.batch_size}, "
+                f"{100 * cost / full:.2f}% of a full pipeline batch ({full:.1f} ms)"
+            )
     if "DALI, no CutMix" in get:
         for backend, limit in (("python", 3.0), ("native", 1.0)):
             key = f"DALI + CutMix ({backend})"
             if key in get:
                 cost = 100 * (1 - get[key] / get["DALI, no CutMix"])
-                out.append(f"target: CutMix ({backend}) costs {cost:.1f}% of pipeline throughput "
-                           f"(at most {limit:.0f}%): {'met' if cost <= limit else 'MISSED'}")  # fmt: skip
+                out.append(
+                    f"target: CutMix ({backend}) costs {cost:.1f}% of pipeline throughput "
+                    f"(at most {limit:.0f}%): {'met' if cost <= limit else 'MISSED'}"
+                )
     tv = get.get("torchvision DataLoader + v2.CutMix")
     ours = get.get(f"DALI + CutMix ({args.backend})")
     if tv and ours:
-        out.append(f"target: DALI + CutMix is {ours / tv:.2f}x torchvision + v2.CutMix (at least 2x): "
-                   f"{'met' if ours >= 2 * tv else 'MISSED'}")  # fmt: skip
+        out.append(
+            f"target: DALI + CutMix is {ours / tv:.2f}x torchvision + v2.CutMix (at least 2x): "
+            f"{'met' if ours >= 2 * tv else 'MISSED'}"
+        )
     trainer = get.get(f"{args.arch} step, synthetic data")
     e2e = get.get("DALI + CutMix (native) -> step")
     pipe = get.get("DALI + CutMix (native)")
     if trainer and pipe:
         bound = "data-bound" if pipe < trainer else "compute-bound"
-        out.append(f"verdict: {bound}: the pipeline gives {pipe:.0f} img/s, the trainer takes {trainer:.0f} img/s "
-                   f"({max(pipe, trainer) / min(pipe, trainer):.2f}x apart)")  # fmt: skip
+        out.append(
+            f"verdict: {bound}: the pipeline gives {pipe:.0f} img/s, the trainer takes {trainer:.0f} img/s "
+            f"({max(pipe, trainer) / min(pipe, trainer):.2f}x apart)"
+        )
         if e2e:
             slower = min(pipe, trainer)
             gap = 100 * (1 - e2e / slower)
-            out.append(f"target: end to end {e2e:.1f} img/s is {gap:.1f}% below the slower part ({slower:.1f}) "
-                       f"(at most 5%): {'met' if gap <= 5 else 'MISSED'}")  # fmt: skip
+            out.append(
+                f"target: end to end {e2e:.1f} img/s is {gap:.1f}% below the slower part ({slower:.1f}) "
+                f"(at most 5%): {'met' if gap <= 5 else 'MISSED'}"
+            )
     return out
 
 
@@ -404,10 +462,18 @@ def main(argv=None) -> None:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items()}
-    machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-               "gpu": torch.cuda.get_device_name() if args.device == "gpu" else None}  # fmt: skip
-    report = {"settings": settings, "machine": machine, "findings": notes,
-              "rows": [asdict(r) | {"median": r.median, "spread": r.spread} for r in rows]}  # fmt: skip
+    machine = {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name() if args.device == "gpu" else None,
+    }
+    report = {
+        "settings": settings,
+        "machine": machine,
+        "findings": notes,
+        "rows": [asdict(r) | {"median": r.median, "spread": r.spread} for r in rows],
+    }
     (out / "bench.json").write_text(json.dumps(report, indent=2))
     plot(rows, out / "bench.png")
     print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")

@@ -17,9 +17,17 @@ import numpy as np
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
-    "t-shirt", "trouser", "pullover", "dress", "coat",
-    "sandal", "shirt", "sneaker", "bag", "ankle-boot",
-)  # fmt: skip
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle-boot",
+)
 
 
 @dataclass(frozen=True)
@@ -134,8 +142,10 @@ def export_fashion_mnist(
     stamp = f"fashion-mnist {per_class_train} {per_class_val}\n"
     if marker.is_file() and marker.read_text() == stamp:
         return out
-    pairs = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", per_class_train),
-             "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", per_class_val)}  # fmt: skip
+    pairs = {
+        "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", per_class_train),
+        "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", per_class_val),
+    }
     for split, (images_name, labels_name, per_class) in pairs.items():
         images_path, labels_path = (_find_idx(source, n) for n in (images_name, labels_name))
         images, labels = read_idx(images_path), read_idx(labels_path)

@@ -295,8 +295,7 @@ def apply_cutmix(images, labels, params: CutMixParams, layout: str = "HWC"):
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if images.ndim != 4 or len(images) != len(params.perm):
         raise ValueError(
-            f"images must be a batch of {len(params.perm)} {layout} images, got shape "
-            f"{tuple(images.shape)}"
+            f"images must be a batch of {len(params.perm)} {layout} images, got shape {tuple(images.shape)}"
         )
     perm, boxes, lam, blend = params.perm, params.boxes, params.lam, params.blend
     if blend is not None and not blend.any():

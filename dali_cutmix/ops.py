@@ -25,9 +25,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import NamedTuple
 
+import numpy as np
 import nvidia.dali.fn as fn
 import nvidia.dali.math as dmath
-import numpy as np
 from nvidia.dali import types
 from nvidia.dali.data_node import DataNode
 
@@ -219,9 +219,7 @@ def paste_python(images, sampled: Sampled, *, layout: str):
             device="gpu",
             output_layouts=layout,
         )
-    return fn.python_function(
-        images, *params, function=_NumpyMix(layout), batch_processing=True, output_layouts=layout
-    )
+    return fn.python_function(images, *params, function=_NumpyMix(layout), batch_processing=True, output_layouts=layout)
 
 
 class _NumpyMix:

@@ -116,8 +116,17 @@ def scan(split: Split, *, cache_dir: Path | None = None, workers: int | None = N
     return ScanResult(good, bad, len(todo), time.perf_counter() - start)
 
 
-def drop_undecodable(split: Split, name: str, *, cache_dir: Path | None, workers: int | None, full: bool,
-                     strict: bool, listing_dir: Path, report: bool) -> Split:  # fmt: skip
+def drop_undecodable(
+    split: Split,
+    name: str,
+    *,
+    cache_dir: Path | None,
+    workers: int | None,
+    full: bool,
+    strict: bool,
+    listing_dir: Path,
+    report: bool,
+) -> Split:
     """``split`` without the files DALI cannot decode, as a trainer needs it.
 
     With ``report``, prints the scan speed, classes left empty and a one-line summary, and writes
@@ -139,8 +148,10 @@ def drop_undecodable(split: Split, name: str, *, cache_dir: Path | None, workers
         listing_dir.mkdir(parents=True, exist_ok=True)
         listing = listing_dir / f"bad_files_{name}.txt"
         listing.write_text("".join(f"{path}\t{reason}\n" for path, reason in result.bad))
-        print(f"left out {len(result.bad)} of {len(split)} {name} files that cannot be decoded, "
-              f"first {first}; all listed in {listing}")  # fmt: skip
+        print(
+            f"left out {len(result.bad)} of {len(split)} {name} files that cannot be decoded, "
+            f"first {first}; all listed in {listing}"
+        )
     if not len(result.good):
         raise ValueError(f"no decodable {name} images left ({len(result.bad)} bad files)")
     return result.good
@@ -196,8 +207,10 @@ def main(argv=None) -> None:
     for _ in range(args.repeat):
         result = scan(split, cache_dir=Path(args.cache) if args.cache else None, workers=args.workers, full=args.full)
         rate = len(split) / result.seconds if result.seconds > 0 else float("inf")
-        print(f"{len(split)} files, {len(result.bad)} bad, {result.scanned} checked, {result.seconds:.2f} s, "
-              f"{rate:.0f} files/s")  # fmt: skip
+        print(
+            f"{len(split)} files, {len(result.bad)} bad, {result.scanned} checked, {result.seconds:.2f} s, "
+            f"{rate:.0f} files/s"
+        )
     for path, reason in result.bad:
         print(f"{path}\t{reason}")
 

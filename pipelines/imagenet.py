@@ -13,13 +13,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-import nvidia.dali.fn as fn
 import numpy as np
+import nvidia.dali.fn as fn
 from nvidia.dali import pipeline_def, types
 
 from dali_cutmix.data import Split, load_split
-from dali_cutmix.ops import BACKENDS, cutmix
 from dali_cutmix.mix import MODES
+from dali_cutmix.ops import BACKENDS, cutmix
 
 READER_NAME = "Reader"
 MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
@@ -107,7 +107,11 @@ def _val_graph(split, *, image_size, device, shard_id, num_shards, fp16):
 def _common(data, batch_size, image_size, device, num_threads, shard_id, num_shards, fp16, classes):
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-    for name, value, low in (("batch_size", batch_size, 1), ("image_size", image_size, 8), ("num_threads", num_threads, 1)):
+    for name, value, low in (
+        ("batch_size", batch_size, 1),
+        ("image_size", image_size, 8),
+        ("num_threads", num_threads, 1),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     if not 0 <= shard_id < num_shards:
@@ -162,9 +166,16 @@ def train_pipeline(
     prob_source = None
     mix = None
     if cutmix_enabled:
-        mix = {"alpha": cutmix_alpha, "prob": 1.0, "mode": cutmix_mode, "backend": cutmix_backend,
-               "mixup_alpha": mixup_alpha, "switch_prob": mixup_switch_prob,
-               "minmax": tuple(cutmix_minmax) if cutmix_minmax else None, "no_self": mix_no_self}  # fmt: skip
+        mix = {
+            "alpha": cutmix_alpha,
+            "prob": 1.0,
+            "mode": cutmix_mode,
+            "backend": cutmix_backend,
+            "mixup_alpha": mixup_alpha,
+            "switch_prob": mixup_switch_prob,
+            "minmax": tuple(cutmix_minmax) if cutmix_minmax else None,
+            "no_self": mix_no_self,
+        }
         if callable(cutmix_prob):
             if not steps_per_epoch:
                 raise ValueError("a cutmix_prob schedule needs steps_per_epoch")

@@ -37,8 +37,10 @@ def test_shards_are_disjoint_and_cover_the_dataset_each_epoch(tmp_path):
         folder = data / "train" / f"c{c:02d}"
         folder.mkdir(parents=True)
         Image.new("RGB", (40, 30), (c * 15, 0, 0)).save(folder / "x.JPEG")
-    loaders = [train_loader(data / "train", batch_size=3, image_size=16, num_threads=1, shard_id=r, num_shards=2)
-               for r in range(2)]  # fmt: skip
+    loaders = [
+        train_loader(data / "train", batch_size=3, image_size=16, num_threads=1, shard_id=r, num_shards=2)
+        for r in range(2)
+    ]
     for _ in range(3):  # shards rotate between epochs; each epoch still covers everything once
         labels = [label for loader in loaders for _, batch_a, _, _ in loader for label in batch_a.tolist()]
         assert Counter(labels) == {c: 1 for c in range(16)}
@@ -78,8 +80,27 @@ def test_weights_are_identical_on_all_ranks_after_steps(jpeg_tree):
 def test_torchrun_trains_and_only_rank_0_writes(tmp_path):
     data = write_jpeg_tree(tmp_path / "data")
     out = tmp_path / "run"
-    cmd = [*TORCHRUN, free_port(), "train.py", "--data", str(data), "--output", str(out), "--image-size", "32",
-           "--batch-size", "4", "--workers", "1", "--arch", "resnet18", "--epochs", "2", "--device", "cpu"]  # fmt: skip
+    cmd = [
+        *TORCHRUN,
+        free_port(),
+        "train.py",
+        "--data",
+        str(data),
+        "--output",
+        str(out),
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--workers",
+        "1",
+        "--arch",
+        "resnet18",
+        "--epochs",
+        "2",
+        "--device",
+        "cpu",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -110,8 +131,27 @@ def _local_rank(pid: int) -> str | None:
 def test_a_dead_rank_ends_the_job_with_an_error_not_a_hang(tmp_path):
     data = write_jpeg_tree(tmp_path / "data", train_per_class=60)
     out = tmp_path / "run"
-    cmd = [*TORCHRUN, free_port(), "train.py", "--data", str(data), "--output", str(out), "--image-size", "32",
-           "--batch-size", "2", "--workers", "1", "--arch", "resnet18", "--epochs", "50", "--device", "cpu"]  # fmt: skip
+    cmd = [
+        *TORCHRUN,
+        free_port(),
+        "train.py",
+        "--data",
+        str(data),
+        "--output",
+        str(out),
+        "--image-size",
+        "32",
+        "--batch-size",
+        "2",
+        "--workers",
+        "1",
+        "--arch",
+        "resnet18",
+        "--epochs",
+        "50",
+        "--device",
+        "cpu",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 180
     while not (out / "checkpoint_0001.pt").exists():

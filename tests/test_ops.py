@@ -84,7 +84,7 @@ def test_pipeline_output_invariants(backend):
 def test_prob_zero_is_identity(backend):
     rng = np.random.default_rng(3)
     batches = [random_batch(rng, 8, (H, W, 3)) for _ in range(2)]
-    for images, mixed, la, lb, lam, *_ in run_cutmix(batches, backend=backend, prob=0.0):
+    for images, mixed, _la, _lb, lam, *_ in run_cutmix(batches, backend=backend, prob=0.0):
         np.testing.assert_array_equal(mixed, images)
         assert (lam == 1.0).all()
 

@@ -10,7 +10,7 @@ import torch
 
 from dali_cutmix.data import export_fashion_mnist, load_imagenet, load_split, read_idx
 from dali_cutmix.loader import mix_schedule, steps_per_epoch, train_loader, val_loader
-from pipelines import train_pipeline, val_pipeline
+from pipelines import train_pipeline
 from pipelines.imagenet import MEAN, STD
 
 LOW = min((0 - m) / s for m, s in zip(MEAN, STD))
@@ -41,8 +41,9 @@ def test_cutmix_disabled_gives_lam_one(jpeg_tree):
 
 def test_schedule_switches_cutmix_off_for_chosen_epochs(jpeg_tree):
     schedule = mix_schedule(1.0, off_epochs=[1], mix_off_epoch=3)
-    loader = train_loader(jpeg_tree / "train", batch_size=6, image_size=32, num_threads=1, cutmix_prob=schedule,
-                          cutmix_mode="elem")  # fmt: skip
+    loader = train_loader(
+        jpeg_tree / "train", batch_size=6, image_size=32, num_threads=1, cutmix_prob=schedule, cutmix_mode="elem"
+    )
     mixed = []
     for _ in range(4):
         mixed.append(any((lam < 1).any().item() for *_, lam in loader))
@@ -155,10 +156,18 @@ def test_demo_export_of_the_real_fashion_mnist(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["python", "native"])
 def test_gpu_train_loader_decodes_on_the_gpu(jpeg_tree, backend):
-    loader = train_loader(jpeg_tree / "train", batch_size=8, image_size=32, num_threads=1, device="gpu",
-                          cutmix_backend=backend, cutmix_mode="elem", fp16=True)  # fmt: skip
+    loader = train_loader(
+        jpeg_tree / "train",
+        batch_size=8,
+        image_size=32,
+        num_threads=1,
+        device="gpu",
+        cutmix_backend=backend,
+        cutmix_mode="elem",
+        fp16=True,
+    )
     seen = 0
-    for images, labels_a, labels_b, lam in loader:
+    for images, labels_a, _labels_b, lam in loader:
         seen += len(images)
         assert images.is_cuda and images.dtype == torch.float16 and images.shape[1:] == (3, 32, 32)
         assert labels_a.is_cuda and lam.is_cuda and ((lam > 0) & (lam <= 1)).all()

@@ -53,8 +53,13 @@ def test_timm_mixup_is_the_oracle_in_elem_mode(monkeypatch):
     params = flipped(sample_cutmix(B, H, W, mode="elem", rng=3, alpha=1.0, mixup_alpha=0.4, switch_prob=0.5))
     use_cutmix = ~params.blend
     monkeypatch.setattr(timm_mixup.Mixup, "_params_per_elem", lambda self, n: (params.lam.copy(), use_cutmix))
-    boxes = iter([((b[0], b[2], b[1], b[3]), lam) for b, lam, cut in zip(params.boxes, params.lam, use_cutmix)
-                  if cut and lam != 1])  # fmt: skip
+    boxes = iter(
+        [
+            ((b[0], b[2], b[1], b[3]), lam)
+            for b, lam, cut in zip(params.boxes, params.lam, use_cutmix)
+            if cut and lam != 1
+        ]
+    )
     monkeypatch.setattr(timm_mixup, "cutmix_bbox_and_lam", lambda *a, **k: next(boxes))
     timm = timm_mixup.Mixup(mixup_alpha=0.4, cutmix_alpha=1.0, mode="elem", label_smoothing=0.0, num_classes=K)
     theirs_x, theirs_y = timm(x.clone(), target)
@@ -88,8 +93,9 @@ def test_mixup_and_cutmix_switching_matches_the_reference(backend, layout, dtype
 def test_mixup_pixels_are_the_rounded_blend():
     rng = np.random.default_rng(1)
     batches = [random_batch(rng, 8, (H, W, 3)) for _ in range(2)]
-    for images, mixed, la, lb, lam, perm, boxes, blend in run_cutmix(batches, backend="native", alpha=0,
-                                                                      mixup_alpha=1.0, mode="elem"):  # fmt: skip
+    for images, mixed, _la, _lb, lam, perm, boxes, blend in run_cutmix(
+        batches, backend="native", alpha=0, mixup_alpha=1.0, mode="elem"
+    ):
         assert (blend == 1).all() and (boxes[:, 2] == boxes[:, 0]).all()
         for i in range(8):
             exact = lam[i] * images[i].astype(np.float64) + (1 - lam[i]) * images[perm[i]].astype(np.float64)

@@ -93,10 +93,10 @@ def test_check_file_tells_good_from_bad(tmp_path):
 def test_odd_but_valid_images_decode_to_rgb_crops(tmp_path, backend):
     write_odd_images(tmp_path / "train" / "a")
     loader = train_loader(tmp_path / "train", batch_size=7, image_size=32, num_threads=1, cutmix_backend=backend)
-    (images, *_), = list(loader)
+    ((images, *_),) = list(loader)
     assert images.shape == (7, 3, 32, 32) and torch.isfinite(images).all()
     val = val_loader(tmp_path / "train", batch_size=7, image_size=32, num_threads=1)
-    (images, _), = list(val)
+    ((images, _),) = list(val)
     assert images.shape == (7, 3, 32, 32)
 
 
@@ -141,8 +141,22 @@ def test_training_goes_on_past_bad_files_and_strict_stops(tmp_path, capsys):
     (root / "train" / "class3-empty").mkdir()
     os.environ["DALI_CUTMIX_CACHE"] = str(tmp_path / "cache")
     out = tmp_path / "run"
-    args = ["--data", str(root), "--output", str(out), "--image-size", "32", "--batch-size", "6", "--workers", "1",
-            "--epochs", "1", "--arch", "resnet18"]  # fmt: skip
+    args = [
+        "--data",
+        str(root),
+        "--output",
+        str(out),
+        "--image-size",
+        "32",
+        "--batch-size",
+        "6",
+        "--workers",
+        "1",
+        "--epochs",
+        "1",
+        "--arch",
+        "resnet18",
+    ]
     assert train.main(args) == 0
     printed = capsys.readouterr().out
     assert "left out 4 of 22 train files that cannot be decoded" in printed
@@ -157,11 +171,19 @@ def test_training_goes_on_past_bad_files_and_strict_stops(tmp_path, capsys):
 def test_a_data_dir_without_images_is_a_one_line_error(tmp_path):
     (tmp_path / "data" / "train" / "a").mkdir(parents=True)
     (tmp_path / "data" / "val" / "a").mkdir(parents=True)
-    proc = subprocess.run([sys.executable, "train.py", "--data", str(tmp_path / "data"), "--output", str(tmp_path / "o")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "train.py", "--data", str(tmp_path / "data"), "--output", str(tmp_path / "o")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == f"train.py: error: {str(tmp_path / 'data' / 'train')!r} holds no images " \
-        "(.jpg, .jpeg, .png, .bmp, .tif, .tiff, .webp)"  # fmt: skip
+    assert (
+        proc.stderr.strip().splitlines()[-1]
+        == f"train.py: error: {str(tmp_path / 'data' / 'train')!r} holds no images "
+        "(.jpg, .jpeg, .png, .bmp, .tif, .tiff, .webp)"
+    )
 
 
 def test_checkpoint_writes_are_atomic(tmp_path):
@@ -190,8 +212,22 @@ def test_a_foreign_or_broken_checkpoint_is_a_clear_error(tmp_path):
 
 def test_non_finite_loss_stops_naming_the_step(jpeg_tree, tmp_path, capsys):
     out = tmp_path / "run"
-    base = ["--data", str(jpeg_tree), "--output", str(out), "--image-size", "32", "--batch-size", "6",
-            "--workers", "1", "--arch", "resnet18", "--warmup-epochs", "0"]  # fmt: skip
+    base = [
+        "--data",
+        str(jpeg_tree),
+        "--output",
+        str(out),
+        "--image-size",
+        "32",
+        "--batch-size",
+        "6",
+        "--workers",
+        "1",
+        "--arch",
+        "resnet18",
+        "--warmup-epochs",
+        "0",
+    ]
     assert train.main([*base, "--epochs", "1"]) == 0
     good = (out / "checkpoint_0001.pt").read_bytes()
     # A fresh run into the same folder blows up at once; the earlier checkpoint must survive.
@@ -205,15 +241,32 @@ def train_cmd(tmp_path, epochs: int) -> tuple[list[str], Path]:
     """train.py on 120 images, 30 steps an epoch, as a subprocess command; and its output folder."""
     data = write_jpeg_tree(tmp_path / "data", train_per_class=40)
     out = tmp_path / "run"
-    cmd = [sys.executable, "train.py", "--data", str(data), "--output", str(out), "--image-size", "32",
-           "--batch-size", "4", "--workers", "1", "--arch", "resnet18", "--epochs", str(epochs)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "train.py",
+        "--data",
+        str(data),
+        "--output",
+        str(out),
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--workers",
+        "1",
+        "--arch",
+        "resnet18",
+        "--epochs",
+        str(epochs),
+    ]
     return cmd, out
 
 
 def run_until(cmd, out: Path, marker: str, timeout=180):
     """Start ``cmd``; return the process once ``marker`` (a file name in ``out``) exists."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     deadline = time.time() + timeout
     while not (out / marker).exists():
         assert proc.poll() is None, proc.communicate()

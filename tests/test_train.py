@@ -15,8 +15,25 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def small_run(data, out, *extra):
-    return ["--data", str(data), "--output", str(out), "--arch", "resnet18", "--image-size", "32",
-            "--batch-size", "6", "--workers", "1", "--lr", "0.05", "--warmup-epochs", "0", *extra]  # fmt: skip
+    return [
+        "--data",
+        str(data),
+        "--output",
+        str(out),
+        "--arch",
+        "resnet18",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "6",
+        "--workers",
+        "1",
+        "--lr",
+        "0.05",
+        "--warmup-epochs",
+        "0",
+        *extra,
+    ]
 
 
 def read_rows(out):
@@ -70,8 +87,21 @@ def test_resume_from_a_path_and_arch_mismatch(jpeg_tree, tmp_path, capsys):
         (["--cutmix", "0"], "--cutmix-alpha and --mixup are both 0: nothing to mix"),
         (["--prob-schedule", "0:1.5"], "argument --prob-schedule: invalid parse_schedule value: '0:1.5'"),
     ],
-    ids=["batch0", "batch-neg", "epochs0", "size", "arch", "data", "prob", "resume", "mixup", "switch", "minmax",
-         "nothing", "schedule"],
+    ids=[
+        "batch0",
+        "batch-neg",
+        "epochs0",
+        "size",
+        "arch",
+        "data",
+        "prob",
+        "resume",
+        "mixup",
+        "switch",
+        "minmax",
+        "nothing",
+        "schedule",
+    ],
 )
 def test_bad_command_line_is_one_line_and_exit_2(args, message):
     proc = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -91,9 +121,30 @@ def test_timm_style_recipe_flags_reach_the_pipeline(jpeg_tree, tmp_path, monkeyp
 
     monkeypatch.setattr(train, "train_loader", spy)
     out = tmp_path / "run"
-    flags = ["--mixup", "0.2", "--cutmix", "1.0", "--mixup-prob", "0.9", "--mixup-switch-prob", "0.4",
-             "--mixup-mode", "elem", "--cutmix-minmax", "0.2", "0.8", "--mix-no-self", "--smoothing", "0.1",
-             "--prob-schedule", "1:0.5", "--mixup-off-epoch", "3", "--epochs", "2"]  # fmt: skip
+    flags = [
+        "--mixup",
+        "0.2",
+        "--cutmix",
+        "1.0",
+        "--mixup-prob",
+        "0.9",
+        "--mixup-switch-prob",
+        "0.4",
+        "--mixup-mode",
+        "elem",
+        "--cutmix-minmax",
+        "0.2",
+        "0.8",
+        "--mix-no-self",
+        "--smoothing",
+        "0.1",
+        "--prob-schedule",
+        "1:0.5",
+        "--mixup-off-epoch",
+        "3",
+        "--epochs",
+        "2",
+    ]
     assert train.main(small_run(jpeg_tree, out, *flags)) == 0
     assert seen["mixup_alpha"] == 0.2 and seen["cutmix_alpha"] == 1.0 and seen["mixup_switch_prob"] == 0.4
     assert seen["cutmix_mode"] == "elem" and seen["cutmix_minmax"] == [0.2, 0.8] and seen["mix_no_self"]
