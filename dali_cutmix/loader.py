@@ -142,7 +142,9 @@ def train_loader(
     Other keyword arguments go to :func:`pipelines.imagenet.train_pipeline`.
     """
     split = data if isinstance(data, Split) else load_split(data)
-    steps = steps_per_epoch(len(split), batch_size, num_shards, last_batch)
+    # The pipeline runs ceil(shard / batch) times an epoch whatever the policy: "drop" runs the
+    # last, short batch too and throws it away. The schedule counts pipeline runs.
+    runs_per_epoch = steps_per_epoch(len(split), batch_size, num_shards, "partial")
     pipe = train_pipeline(
         split,
         batch_size=batch_size,
@@ -150,7 +152,7 @@ def train_loader(
         shard_id=shard_id,
         num_shards=num_shards,
         cutmix_prob=cutmix_prob,
-        steps_per_epoch=steps,
+        steps_per_epoch=runs_per_epoch,
         start_epoch=start_epoch,
         **pipeline_kwargs,
     )

@@ -39,10 +39,18 @@ def test_cutmix_disabled_gives_lam_one(jpeg_tree):
         assert (lam == 1).all() and torch.equal(labels_a, labels_b)
 
 
-def test_schedule_switches_cutmix_off_for_chosen_epochs(jpeg_tree):
+@pytest.mark.parametrize("batch_size, last_batch", [(6, "partial"), (4, "partial"), (4, "drop")])
+def test_schedule_switches_cutmix_off_for_chosen_epochs(jpeg_tree, batch_size, last_batch):
+    # 18 images: 3 full batches of 6; 4 of 4 plus a short one, kept ("partial") or dropped ("drop")
     schedule = mix_schedule(1.0, off_epochs=[1], mix_off_epoch=3)
     loader = train_loader(
-        jpeg_tree / "train", batch_size=6, image_size=32, num_threads=1, cutmix_prob=schedule, cutmix_mode="elem"
+        jpeg_tree / "train",
+        batch_size=batch_size,
+        last_batch=last_batch,
+        image_size=32,
+        num_threads=1,
+        cutmix_prob=schedule,
+        cutmix_mode="elem",
     )
     mixed = []
     for _ in range(4):
