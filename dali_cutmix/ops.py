@@ -17,7 +17,9 @@ DataNodes. Applying the box has two backends:
   the GPU ``fn.dl_tensor_python_function`` hands DLPack tensors to torch, which works on DALI's
   own CUDA stream (``synchronize_stream=False``), so the host never waits for the device.
 
-Both backends consume the same sampled ``perm`` and ``boxes``, so their outputs are identical.
+Both backends consume the same sampled ``perm``, ``boxes`` and (with MixUp on) ``lam`` and
+``blend``, so their outputs are identical byte for byte: a MixUp blend is computed in float32 and
+rounded half away from zero everywhere, as DALI's cast does.
 """
 
 from __future__ import annotations
