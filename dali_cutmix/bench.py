@@ -160,20 +160,19 @@ def stage_rows(args, train_split) -> list[Row]:
     return rows
 
 
-def pipeline_rows(args, train_split) -> list[Row]:
+def make_loader(args, train_split, **overrides):
+    """The training loader as train.py builds it (float16 output on the GPU)."""
     from .loader import train_loader
 
+    settings = dict(batch_size=args.batch_size, image_size=args.image_size, device=args.device,
+                    num_threads=args.workers, fp16=args.device == "gpu", cutmix_backend="native")  # fmt: skip
+    return train_loader(train_split, **{**settings, **overrides})
+
+
+def pipeline_rows(args, train_split) -> list[Row]:
     rows = []
     for backend in (None, "python", "native"):
-        loader = train_loader(
-            train_split,
-            batch_size=args.batch_size,
-            image_size=args.image_size,
-            device=args.device,
-            num_threads=args.workers,
-            cutmix_enabled=backend is not None,
-            cutmix_backend=backend or "native",
-        )
+        loader = make_loader(args, train_split, cutmix_enabled=backend is not None, cutmix_backend=backend or "native")
         rates = throughput(
             endless(loader), args.batch_size, warmup=args.warmup, steps=args.steps, reps=args.reps, sync=_sync(args)
         )
@@ -205,7 +204,7 @@ def make_trainer(args, num_classes: int):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
     model.train()
-    return device, lambda batch: train_step(model, optimizer, scaler, batch)
+    return lambda batch: train_step(model, optimizer, scaler, batch)
 
 
 def trainer_rows(args, num_classes: int, step) -> list[Row]:
@@ -224,17 +223,7 @@ def trainer_rows(args, num_classes: int, step) -> list[Row]:
 
 
 def end_to_end_rows(args, train_split, step) -> list[Row]:
-    from .loader import train_loader
-
-    loader = train_loader(
-        train_split,
-        batch_size=args.batch_size,
-        image_size=args.image_size,
-        device=args.device,
-        num_threads=args.workers,
-        cutmix_backend="native",
-        fp16=args.device == "gpu",
-    )
+    loader = make_loader(args, train_split)
     steps = (step(batch) for batch in endless(loader))
     rates = throughput(
         steps, args.batch_size, warmup=args.warmup, steps=args.trainer_steps, reps=args.reps, sync=_sync(args)
@@ -449,7 +438,7 @@ def main(argv=None) -> None:
             print(f"measuring {section} ...", flush=True)
             rows += steps[section]()
     if {"trainer", "e2e"} & set(args.sections):
-        _, step = make_trainer(args, num_classes)
+        step = make_trainer(args, num_classes)
         if "trainer" in args.sections:
             print("measuring trainer ...", flush=True)
             rows += trainer_rows(args, num_classes, step)

@@ -1,0 +1,46 @@
+"""The profiler and its benchmark data builder, on a tiny real-photo dataset."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from dali_cutmix import bench, benchdata
+from dali_cutmix.data import load_imagenet
+
+
+@pytest.fixture(scope="module")
+def photo_data(tmp_path_factory):
+    return benchdata.build(tmp_path_factory.mktemp("bench") / "data", images=32, classes=4, short_side=96)
+
+
+def test_benchdata_is_imagenet_like(photo_data, tmp_path):
+    train, val = load_imagenet(photo_data)
+    assert len(train) == 32 and len(val) == 4 and len(train.classes) == 4
+    for path in train.files[:8]:
+        with Image.open(path) as image:
+            assert image.format == "JPEG" and image.mode == "RGB" and abs(min(image.size) - 96) <= 1
+    with pytest.raises(FileNotFoundError, match="apt-get install mate-backgrounds"):
+        benchdata.find_photos([tmp_path / "none"])
+
+
+def test_profiler_runs_every_section_and_reports(photo_data, tmp_path, capsys):
+    out = tmp_path / "bench"
+    bench.main(["--data", str(photo_data), "--batch-size", "8", "--image-size", "32", "--workers", "1",
+                "--reps", "2", "--steps", "1", "--trainer-steps", "1", "--warmup", "1", "--output", str(out),
+                "--device", "cpu"])  # fmt: skip
+    report = json.loads((out / "bench.json").read_text())
+    groups = {row["group"] for row in report["rows"]}
+    assert groups == {"cutmix op", "stages", "pipeline", "peers", "trainer", "end to end"}
+    assert all(len(row["images_per_s"]) == 2 and row["median"] > 0 for row in report["rows"])
+    names = {row["name"] for row in report["rows"]}
+    assert {"torchvision DataLoader + v2.CutMix", "timm transforms + DataLoader + Mixup(cutmix)"} <= names
+    assert any(line.startswith("verdict: ") for line in report["findings"])
+    assert (out / "bench.png").stat().st_size > 1000
+    printed = capsys.readouterr().out
+    assert "DALI + CutMix (native)" in printed and "target: DALI + CutMix is" in printed
+
+
+def test_profiler_rejects_bad_flags(photo_data):
+    with pytest.raises(SystemExit):
+        bench.main(["--data", str(photo_data), "--sections", "op,warp"])
