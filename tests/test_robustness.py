@@ -308,3 +308,13 @@ def test_sigkill_mid_epoch_resumes_from_the_last_complete_checkpoint(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "epoch 1, step 0" in proc.stdout
     assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+
+
+def test_resuming_on_data_with_other_classes_is_a_clear_error(tmp_path, capsys):
+    three = write_jpeg_tree(tmp_path / "three", classes=3)
+    four = write_jpeg_tree(tmp_path / "four", classes=4)
+    out = tmp_path / "run"
+    base = ["--output", str(out), "--image-size", "32", "--batch-size", "6", "--workers", "1", "--arch", "resnet18"]
+    assert train.main(["--data", str(three), "--epochs", "1", *base]) == 0
+    assert train.main(["--data", str(four), "--epochs", "2", "--resume", *base]) == 2
+    assert capsys.readouterr().err.strip().endswith("checkpoint has 3 classes, but the data has 4")
