@@ -168,7 +168,7 @@ def setup_distributed(args) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-def load_data(args, rank: int, world: int, device: torch.device, start_epoch: int, out: Path):
+def load_data(args, rank: int, world: int, device: torch.device, start_epoch: int, out: Path, loader_state=None):
     """The train and val loaders for this rank's shard, and the class names.
 
     Undecodable files are found first (see ``dali_cutmix.scan``) and left out, or are an error
@@ -209,8 +209,10 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
     )
     train = train_loader(
         train_split,
-        seed=args.seed + 7919 * start_epoch,  # a resumed run must not replay epoch 0's augmentations
+        # Without a saved loader state, a resumed run must not replay epoch 0's augmentations.
+        seed=args.seed + 7919 * (loader_state["origin"] if loader_state else start_epoch),
         start_epoch=start_epoch,
+        state=loader_state,
         cutmix_enabled=not args.no_cutmix,
         cutmix_alpha=args.cutmix_alpha,
         cutmix_prob=mix_schedule(args.cutmix_prob, mix_off_epoch=args.mix_off_epoch, changes=args.prob_schedule),
@@ -308,7 +310,9 @@ def train_one_epoch(
             check_finite(losses, epoch, start_step)
             bar.set_postfix(loss=f"{losses[-1].item():.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
     bar.close()
-    batches.close()  # drains the epoch if it was left early
+    if stop.signal:
+        loader.close()  # an interrupted run leaves the epoch where it is: no draining
+    batches.close()  # drains the epoch if it was left early (--max-steps)
     check_finite(losses, epoch, start_step)
     seconds = time.perf_counter() - start
     mean = torch.stack(losses).mean().item() if losses else float("nan")
@@ -441,26 +445,19 @@ def main(argv=None) -> int:
             except FloatingPointError as e:
                 print(f"train.py: error: {e}", file=sys.stderr)
                 return 1
+            loaders = gather_states(train, world)
+            save = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, config=config,
+                        keep=args.keep_checkpoints, loaders=loaders)  # fmt: skip
             if stop.signal:
                 if rank == 0:
-                    path = ckpt.save(
-                        out,
-                        epoch,
-                        model,
-                        optimizer,
-                        scheduler,
-                        scaler,
-                        config,
-                        keep=args.keep_checkpoints,
-                        step=row["steps"],
-                    )
+                    path = ckpt.save(out, epoch, step=row["steps"], **save)
                     print(f"saved {path}; continue with --resume", file=sys.stderr)
                 return 128 + stop.signal
             start_step = 0
             row |= evaluate(ddp, val, device, world)
             if rank == 0:
                 rows.append(row)
-                ckpt.save(out, epoch + 1, model, optimizer, scheduler, scaler, config, keep=args.keep_checkpoints)
+                ckpt.save(out, epoch + 1, **save)
                 ckpt.write_metrics(metrics_path, rows)
                 plot_metrics(rows, out / "curves.png")
                 print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
@@ -472,18 +469,35 @@ def main(argv=None) -> int:
             dist.destroy_process_group()
 
 
+def gather_states(loader, world: int) -> list[dict]:
+    """Every rank's loader state, in rank order (a collective: all ranks call it together)."""
+    states = [None] * world
+    if world > 1:
+        dist.all_gather_object(states, loader.state())
+    else:
+        states[0] = loader.state()
+    return states
+
+
 def prepare(args, rank: int, world: int, device: torch.device, out: Path):
     """The checkpoint to resume from (or None) and the loaders; ValueError on bad input."""
-    state = None
+    state, loader_state = None, None
     if args.resume:
         path = ckpt.latest(out) if args.resume == "latest" else Path(args.resume)
         if path is None:
             raise ValueError(f"--resume: no checkpoint in {out}")
         state = ckpt.load(path, args.arch)
+        saved = state["loaders"] or []
+        loader_state = saved[rank] if len(saved) == world else None
         if rank == 0:
-            print(f"resuming from {path}: epoch {state['epoch']}, step {state['step']}")
+            exact = (
+                "the data stream exactly"
+                if loader_state
+                else "a fresh data order (no loader state for this world size)"
+            )
+            print(f"resuming from {path}: epoch {state['epoch']}, step {state['step']}, with {exact}")
     start_epoch = state["epoch"] if state else 0
-    return (state, *load_data(args, rank, world, device, start_epoch, out))
+    return (state, *load_data(args, rank, world, device, start_epoch, out, loader_state))
 
 
 if __name__ == "__main__":

@@ -51,7 +51,18 @@ def read_metrics(path: Path, before_epoch: int) -> list[dict]:
     return [r for r in rows if r["epoch"] < before_epoch]
 
 
-def save(out: Path, epoch: int, model, optimizer, scheduler, scaler, config: dict, keep: int, step: int = 0) -> Path:
+def save(
+    out: Path,
+    epoch: int,
+    model,
+    optimizer,
+    scheduler,
+    scaler,
+    config: dict,
+    keep: int,
+    step: int = 0,
+    loaders: list[dict] | None = None,
+) -> Path:
     """Write the state after ``epoch`` complete epochs and ``step`` more steps; prune old ones.
 
     Epoch checkpoints beyond the newest ``keep`` go, and so do interrupt checkpoints that a later
@@ -68,6 +79,7 @@ def save(out: Path, epoch: int, model, optimizer, scheduler, scaler, config: dic
         "scaler": scaler.state_dict() if scaler is not None else None,
         "torch_rng": torch.get_rng_state(),
         "config": config,
+        "loaders": loaders,  # each rank's DALILoader.state(): resumes the data stream exactly
     }
     name = f"checkpoint_{epoch:04d}.pt" if step == 0 else f"checkpoint_{epoch:04d}_step{step:06d}.pt"
     path = Path(out) / name
@@ -102,6 +114,7 @@ def load(path: Path, arch: str) -> dict:
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
         raise ValueError(f"checkpoint {path} is not a dali-cutmix training checkpoint")
     state.setdefault("step", 0)
+    state.setdefault("loaders", None)
     if state["arch"] != arch:
         raise ValueError(f"checkpoint {path} is a {state['arch']}, but --arch is {arch}")
     return state

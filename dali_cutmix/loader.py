@@ -46,6 +46,7 @@ class DALILoader:
         device: torch.device | str = "cpu",
         last_batch: str = "partial",
         start_epoch: int = 0,
+        origin: int | None = None,
     ):
         if last_batch not in POLICIES:
             raise ValueError(f"last_batch must be one of {tuple(POLICIES)}, got {last_batch!r}")
@@ -54,12 +55,23 @@ class DALILoader:
         self.classes = getattr(pipeline, "classes", None)
         self.pipeline = pipeline
         self.epoch = start_epoch
+        self.origin = start_epoch if origin is None else origin  # the epoch of the pipeline's first batch
+        self._closed = False
         self._it = DALIGenericIterator(
             [pipeline], self.output_map, reader_name=READER_NAME, last_batch_policy=POLICIES[last_batch]
         )
 
     def __len__(self) -> int:
         return len(self._it)
+
+    def close(self) -> None:
+        """Stop for good, as an interrupted run does: an epoch left open is not drained."""
+        self._closed = True
+
+    def state(self) -> dict:
+        """Where the loader is, as plain data for a checkpoint: pass it back as ``train_loader(state=)``
+        to continue with exactly the batches (files, crops, mixes) this loader would give next."""
+        return {"dali": self._it.checkpoints()[0], "origin": self.origin}
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         """One epoch. Leaving the loop early drains the rest of the epoch, so the next ``for``
@@ -70,7 +82,7 @@ class DALILoader:
                 yield tuple(self._convert(name, batch[0][name]) for name in self.output_map)
             finished = True
         finally:
-            while not finished:  # next(), not a for: DALI's __iter__ would try a reset here
+            while not finished and not self._closed:  # next(), not a for: DALI's __iter__ would reset
                 try:
                     next(self._it)
                 except StopIteration:
@@ -133,14 +145,18 @@ def train_loader(
     start_epoch: int = 0,
     cutmix_prob: float | Callable[[int], float] = 1.0,
     last_batch: str = "partial",
+    state: dict | None = None,
     **pipeline_kwargs,
 ) -> DALILoader:
     """A loader of ``(images, labels_a, labels_b, lam)`` over the training pipeline.
 
     ``cutmix_prob`` may be an ``epoch -> prob`` schedule (see :func:`mix_schedule`); the epoch is
     counted from ``start_epoch``, so a resumed run sees the schedule where it left it.
-    Other keyword arguments go to :func:`pipelines.imagenet.train_pipeline`.
+    ``state`` (from :meth:`DALILoader.state`, with the same arguments) continues exactly where
+    that loader was, mid-epoch too. Other keyword arguments go to
+    :func:`pipelines.imagenet.train_pipeline`.
     """
+    origin = state["origin"] if state else start_epoch
     split = data if isinstance(data, Split) else load_split(data)
     # The pipeline runs ceil(shard / batch) times an epoch whatever the policy: "drop" runs the
     # last, short batch too and throws it away. The schedule counts pipeline runs.
@@ -153,7 +169,8 @@ def train_loader(
         num_shards=num_shards,
         cutmix_prob=cutmix_prob,
         steps_per_epoch=runs_per_epoch,
-        start_epoch=start_epoch,
+        start_epoch=origin,
+        checkpoint=state["dali"] if state else None,
         **pipeline_kwargs,
     )
     return DALILoader(
@@ -162,6 +179,7 @@ def train_loader(
         device=torch_device or _default_torch_device(device, pipeline_kwargs.get("device_id")),
         last_batch=last_batch,
         start_epoch=start_epoch,
+        origin=origin,
     )
 
 

@@ -192,7 +192,7 @@ def paste_native(images, sampled: Sampled, *, layout: str):
         base,
         received,
         in_anchors=_ZERO_ANCHORS,
-        out_anchors=sampled.boxes[0:2] * _SECOND_ROW,  # [[0, 0], [y1, x1]]
+        out_anchors=sampled.boxes[0:2] * types.Constant(_SECOND_ROW),  # [[0, 0], [y1, x1]]
         shapes_rel=_FULL_SHAPES,
         output_size=images.shape(dtype=types.INT32, device="cpu")[0:2],
     )
@@ -202,7 +202,7 @@ def paste_native(images, sampled: Sampled, *, layout: str):
 
 
 _ZERO_ANCHORS = np.zeros((2, 2), dtype=np.int32)
-_SECOND_ROW = types.Constant(np.array([[0, 0], [1, 1]], dtype=np.int32))
+_SECOND_ROW = np.array([[0, 0], [1, 1]], dtype=np.int32)  # made a Constant in the graph: checkpointable
 _FULL_SHAPES = np.ones((2, 2), dtype=np.float32)
 
 

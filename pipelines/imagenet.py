@@ -146,6 +146,7 @@ def train_pipeline(
     steps_per_epoch: int | None = None,
     start_epoch: int = 0,
     prefetch_queue_depth: int = 2,
+    checkpoint: str | None = None,
 ):
     """The training pipeline on ``data_dir`` (a ``<class>/<image>`` folder, a file list or a Split).
 
@@ -157,6 +158,10 @@ def train_pipeline(
     ``steps_per_epoch`` (the loader passes it) and is fed per batch by a tiny external source.
     ``seed`` drives augmentation and CutMix; the shuffle is seeded by ``seed`` alone so that all
     shards agree on the global order and together cover the dataset once per epoch.
+    The pipeline is checkpointable (DALI's ``enable_checkpointing``): ``checkpoint``, a string from
+    an earlier pipeline of the same arguments, resumes its reader position and random streams
+    exactly, the schedule's batch counter included (``start_epoch`` is then the epoch at which
+    that earlier pipeline started).
     """
     split = _common(data_dir, batch_size, image_size, device, num_threads, shard_id, num_shards, fp16, None)
     if cutmix_backend not in BACKENDS:
@@ -197,6 +202,8 @@ def train_pipeline(
         device_id=_device_id(device, device_id),
         seed=seed * 1000 + shard_id,
         prefetch_queue_depth=prefetch_queue_depth,
+        enable_checkpointing=True,
+        checkpoint=checkpoint,
     )
     pipe.classes = split.classes
     return pipe

@@ -237,29 +237,26 @@ def test_non_finite_loss_stops_naming_the_step(jpeg_tree, tmp_path, capsys):
     assert (out / "checkpoint_0001.pt").read_bytes() == good and ckpt.latest(out) == out / "checkpoint_0001.pt"
 
 
-def train_cmd(tmp_path, epochs: int) -> tuple[list[str], Path]:
-    """train.py on 120 images, 30 steps an epoch, as a subprocess command; and its output folder."""
-    data = write_jpeg_tree(tmp_path / "data", train_per_class=40)
-    out = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "train.py",
-        "--data",
-        str(data),
-        "--output",
-        str(out),
-        "--image-size",
-        "32",
-        "--batch-size",
-        "4",
-        "--workers",
-        "1",
-        "--arch",
-        "resnet18",
-        "--epochs",
-        str(epochs),
-    ]
-    return cmd, out
+def train_cmd(data: Path, out: Path) -> list[str]:
+    """train.py for 2 epochs of 30 steps on ``data``, as a subprocess command."""
+    flags = "--image-size 32 --batch-size 4 --workers 1 --arch resnet18 --epochs 2 --mixup 0.2 --mixup-mode elem"
+    return [sys.executable, "train.py", "--data", str(data), "--output", str(out), *flags.split()]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """120 images and the final weights of a run that nothing interrupted."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    data = write_jpeg_tree(root / "data", train_per_class=40)
+    proc = subprocess.run(train_cmd(data, root / "run"), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return data, torch.load(root / "run" / "checkpoint_0002.pt", weights_only=True)["model"]
+
+
+def assert_same_weights(out: Path, reference: dict) -> None:
+    final = torch.load(out / "checkpoint_0002.pt", weights_only=True)["model"]
+    for name, tensor in reference.items():
+        torch.testing.assert_close(final[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def run_until(cmd, out: Path, marker: str, timeout=180):
@@ -276,10 +273,12 @@ def run_until(cmd, out: Path, marker: str, timeout=180):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_mid_epoch_and_resume_finishes(tmp_path):
-    cmd, out = train_cmd(tmp_path, epochs=3)
+def test_sigterm_saves_mid_epoch_and_resume_is_exact(tmp_path, uninterrupted):
+    data, reference = uninterrupted
+    out = tmp_path / "run"
+    cmd = train_cmd(data, out)
     proc = run_until(cmd, out, "checkpoint_0001.pt")
-    time.sleep(1.0)  # into the second epoch (30 steps of ~0.05 s)
+    time.sleep(0.7)  # into the second epoch (30 steps of ~0.05 s)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
@@ -288,16 +287,19 @@ def test_sigterm_saves_mid_epoch_and_resume_finishes(tmp_path):
     assert saved.name.startswith("checkpoint_0001_step") and state["epoch"] == 1 and 0 < state["step"] < 30
     proc = subprocess.run([*cmd, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert f"resuming from {saved}: epoch 1, step {state['step']}" in proc.stdout
+    assert f"resuming from {saved}: epoch 1, step {state['step']}, with the data stream exactly" in proc.stdout
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert [r["epoch"] for r in rows] == [0, 1]
     assert rows[1]["steps"] == 30 and rows[1]["train_images"] == 4 * (30 - state["step"])
     assert not saved.exists()  # superseded by checkpoint_0002.pt
+    assert_same_weights(out, reference)  # the same batches, mixes and updates as without the signal
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_resumes_from_the_last_complete_checkpoint(tmp_path):
-    cmd, out = train_cmd(tmp_path, epochs=2)
+def test_sigkill_mid_epoch_resumes_from_the_last_complete_checkpoint_exactly(tmp_path, uninterrupted):
+    data, reference = uninterrupted
+    out = tmp_path / "run"
+    cmd = train_cmd(data, out)
     proc = run_until(cmd, out, "checkpoint_0001.pt")
     time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -306,8 +308,9 @@ def test_sigkill_mid_epoch_resumes_from_the_last_complete_checkpoint(tmp_path):
     torch.load(out / "checkpoint_0001.pt", weights_only=True)  # whole, loadable
     proc = subprocess.run([*cmd, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "epoch 1, step 0" in proc.stdout
+    assert "epoch 1, step 0, with the data stream exactly" in proc.stdout
     assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+    assert_same_weights(out, reference)
 
 
 def test_resuming_on_data_with_other_classes_is_a_clear_error(tmp_path, capsys):
