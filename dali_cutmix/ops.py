@@ -186,6 +186,8 @@ def paste_native(images, sampled: Sampled, *, layout: str):
         # blend is its own image bit for bit; MixUp samples have empty boxes, so the paste
         # below leaves them as blended.
         w = blend_weight(sampled.lam, sampled.blend)
+        if images.device == "gpu":
+            w = w.gpu()  # arithmetic takes its operands on one device
         partners = fn.permute_batch(images, indices=sampled.perm)
         base = fn.cast_like(images * w + partners * (1.0 - w), images)
     mixed = fn.multi_paste(
