@@ -195,13 +195,16 @@ def test_native_backend_rejects_mixed_shapes():
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("layout", ["HWC", "CHW"])
-def test_gpu_backend_matches_reference(backend, layout):
+@pytest.mark.parametrize("recipe", [{}, {"mixup_alpha": 0.4}], ids=["cutmix", "with-mixup"])
+def test_gpu_backend_matches_reference(backend, layout, recipe):
     rng = np.random.default_rng(8)
     shape = (H, W, 3) if layout == "HWC" else (3, H, W)
     batches = [random_batch(rng, 8, shape) for _ in range(3)]
-    for out in run_cutmix(batches, device="gpu", backend=backend, layout=layout, mode="elem"):
-        images, mixed, la, lb, lam = out[:5]
-        ref = apply_cutmix(images, la, params_of(out), layout)
+    for out in run_cutmix(batches, device="gpu", backend=backend, layout=layout, mode="elem", **recipe):
+        images, mixed, la, lb, lam, perm, boxes = out[:7]
+        blend = out[7] > 0 if recipe else None
+        params = CutMixParams(perm=perm.astype(np.int64), boxes=boxes, lam=lam, blend=blend)
+        ref = apply_cutmix(images, la, params, layout)
         np.testing.assert_array_equal(mixed, ref[0])
         np.testing.assert_array_equal(lb, ref[2])
 
