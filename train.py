@@ -172,15 +172,16 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
     """The train and val loaders for this rank's shard, and the class names.
 
     Undecodable files are found first (see ``dali_cutmix.scan``) and left out, or are an error
-    with ``--strict``; rank 0 scans while the others wait, then they read its cache.
+    with ``--strict``. Rank 0 exports the demo data and scans while the others wait, then they
+    read its caches.
     """
+    if world > 1 and rank != 0:
+        dist.barrier()
     root = args.data or export_fashion_mnist(
         CACHE / f"fashion-mnist-{args.demo_per_class}", per_class_train=args.demo_per_class
     )
     train_split, val_split = load_imagenet(root)
     if args.scan != "off":
-        if world > 1 and rank != 0:
-            dist.barrier()
         train_split, val_split = (
             drop_undecodable(
                 split,
@@ -194,8 +195,8 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
             )
             for split, name in ((train_split, "train"), (val_split, "val"))
         )
-        if world > 1 and rank == 0:
-            dist.barrier()
+    if world > 1 and rank == 0:
+        dist.barrier()
     dali_device = "gpu" if device.type == "cuda" else "cpu"
     common = dict(
         batch_size=args.batch_size,
