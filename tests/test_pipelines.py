@@ -182,3 +182,25 @@ def test_gpu_train_loader_decodes_on_the_gpu(jpeg_tree, backend):
     assert seen == 18
     val = val_loader(jpeg_tree / "val", batch_size=4, image_size=32, num_threads=1, device="gpu")
     assert sum(len(y) for _, y in val) == 9
+
+
+@pytest.mark.parametrize("backend", ["python", "native"])
+def test_loader_state_resumes_the_exact_stream(jpeg_tree, backend):
+    def make(state=None):
+        return train_loader(jpeg_tree / "train", batch_size=4, image_size=16, num_threads=1, cutmix_backend=backend,
+                            mixup_alpha=0.3, cutmix_mode="elem", cutmix_prob=mix_schedule(1.0, off_epochs=[1]),
+                            state=state)  # fmt: skip
+
+    loader = make()
+    batches = iter(loader)
+    for _ in range(2):
+        next(batches)
+    state = loader.state()
+    rest = [tuple(t.clone() for t in batch) for batch in batches] + [tuple(t.clone() for t in b) for b in loader]
+    resumed = make(state)
+    again = [tuple(t.clone() for t in batch) for batch in resumed] + [tuple(t.clone() for t in b) for b in resumed]
+    assert len(rest) == len(again) == 3 + 5
+    for ours, theirs in zip(rest, again):
+        for a, b in zip(ours, theirs):
+            assert torch.equal(a, b)
+    assert all((b[3] == 1).all() for b in again[3:])  # the schedule's epoch 1 is still off after the resume
