@@ -112,7 +112,7 @@ class Sampled(NamedTuple):
     perm: the partner of each sample; boxes: ``y1, x1, y2, x2`` of the box each sample receives;
     lam: float32; give_start, give_shape: ``(y1, x1)`` and ``(h, w)`` of the box each sample
     *gives*, so that ``boxes[i]`` is the box given by ``perm[i]``; blend: float32, 1.0 where
-    the sample is a MixUp blend, or None when MixUp is off.
+    the sample is a MixUp blend, or None when MixUp is off; hw: the images' ``(H, W)``.
     """
 
     perm: DataNode
@@ -121,6 +121,7 @@ class Sampled(NamedTuple):
     give_start: DataNode
     give_shape: DataNode
     blend: DataNode | None
+    hw: DataNode
 
 
 def sample_params(images, config: MixConfig, *, layout: str, prob: DataNode | None = None) -> Sampled:
@@ -136,14 +137,17 @@ def sample_params(images, config: MixConfig, *, layout: str, prob: DataNode | No
     hw = shape[0:2] if layout == "HWC" else shape[1:3]
 
     def coin(p):
-        return fn.cast(fn.random.coin_flip(probability=p), dtype=types.FLOAT)
+        # Integer 0/1: DALI's arithmetic promotes it to float32 exactly where it meets a float.
+        return fn.random.coin_flip(probability=p)
 
     def beta(a: float, fallback: float):
         return fn.random.beta(alpha=float(a), beta=float(a)) if a > 0 else fallback
 
     draws = {
         "mix": coin(prob if prob is not None else float(config.prob)),
-        "cut": coin(float(config.switch_prob)) if config.cutmix and config.mixup else float(config.cutmix),
+        "cut": fn.cast(coin(float(config.switch_prob)), dtype=types.FLOAT)  # keeps blend float
+        if config.cutmix and config.mixup
+        else float(config.cutmix),
         "lam_cut": beta(config.alpha if config.minmax is None else 0.0, 1.0),
         "lam_mix": beta(config.mixup_alpha, 1.0),
         "u": fn.random.uniform(range=[0.0, 1.0], shape=[4 if config.minmax else 2]),
@@ -152,14 +156,17 @@ def sample_params(images, config: MixConfig, *, layout: str, prob: DataNode | No
         # Every sample takes sample 0's draws: one box and one coin for the batch.
         first = perm * 0
         draws = {k: fn.permute_batch(d, indices=first) if _is_node(d) else d for k, d in draws.items()}
-    lo, hi, lam, blend = mix_from_draws(SimpleNamespace(**draws), hw, config, ops=DALI_OPS)
+    lo, hi, size, lam, blend = mix_from_draws(SimpleNamespace(**draws), hw, config, ops=DALI_OPS)
 
     def gather(x):
         return fn.permute_batch(x, indices=perm)
 
-    boxes = gather(fn.cast(fn.cat(lo, hi), dtype=types.INT32))
-    give_start, give_shape = fn.cast(lo, dtype=types.INT32), fn.cast(hi - lo, dtype=types.INT32)
-    return Sampled(perm, boxes, gather(lam), give_start, give_shape, gather(blend) if blend is not None else None)
+    def int32(x):
+        return fn.cast(x, dtype=types.INT32)
+
+    boxes = gather(int32(fn.cat(lo, hi)))
+    blend = gather(blend) if blend is not None else None
+    return Sampled(perm, boxes, gather(lam), int32(lo), int32(size), blend, int32(hw))
 
 
 def _is_node(x) -> bool:
@@ -196,7 +203,7 @@ def paste_native(images, sampled: Sampled, *, layout: str):
         in_anchors=_ZERO_ANCHORS,
         out_anchors=sampled.boxes[0:2] * types.Constant(_SECOND_ROW),  # [[0, 0], [y1, x1]]
         shapes_rel=_FULL_SHAPES,
-        output_size=images.shape(dtype=types.INT32, device="cpu")[0:2],
+        output_size=sampled.hw,
     )
     if layout == "CHW":
         mixed = fn.transpose(mixed, perm=[2, 0, 1], output_layout="CHW")

@@ -23,7 +23,7 @@ def test_box_matches_reference_code_on_the_same_draws():
     rng = np.random.default_rng(0)
     lam0 = rng.beta(1.0, 1.0, 2000).astype(np.float32)
     u = rng.random((2000, 2), dtype=np.float32)
-    lo, hi, lam = cutmix_box(lam0, u, np.float32(1.0), np.array([H, W], np.float32))
+    lo, hi, _, lam = cutmix_box(lam0, u, np.float32(1.0), np.array([H, W], np.float32))
     (y1, x1), (y2, x2) = lo.T, hi.T
     for i in range(2000):
         cy, cx = int(u[i, 0] * H), int(u[i, 1] * W)
