@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 
 # Real data for the demo (Fashion-MNIST) and real photos for the benchmark builder.
 packages=(dataset-fashion-mnist mate-backgrounds)
+python3 -c "import ensurepip, venv" 2>/dev/null || packages+=(python3-venv)  # Debian splits venv out
 missing=()
-for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 && [ "$p" != python3-venv ] || missing+=("$p"); done
 if ((${#missing[@]})); then
     sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
