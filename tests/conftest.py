@@ -78,6 +78,12 @@ def write_jpeg_tree(root, *, classes=3, train_per_class=6, val_per_class=3, seed
     return root
 
 
+def train_args(data, out, *extra: str, batch_size: int = 6) -> list[str]:
+    """train.py flags for a small, quick run: resnet18 at 32 px, one DALI thread, no warmup."""
+    flags = f"--arch resnet18 --image-size 32 --batch-size {batch_size} --workers 1 --lr 0.05 --warmup-epochs 0"
+    return ["--data", str(data), "--output", str(out), *flags.split(), *extra]
+
+
 @pytest.fixture
 def jpeg_tree(tmp_path):
     return write_jpeg_tree(tmp_path / "data")

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import write_jpeg_tree
+from conftest import train_args, write_jpeg_tree
 
 from dali_cutmix.loader import train_loader
 
@@ -80,27 +80,8 @@ def test_weights_are_identical_on_all_ranks_after_steps(jpeg_tree):
 def test_torchrun_trains_and_only_rank_0_writes(tmp_path):
     data = write_jpeg_tree(tmp_path / "data")
     out = tmp_path / "run"
-    cmd = [
-        *TORCHRUN,
-        free_port(),
-        "train.py",
-        "--data",
-        str(data),
-        "--output",
-        str(out),
-        "--image-size",
-        "32",
-        "--batch-size",
-        "4",
-        "--workers",
-        "1",
-        "--arch",
-        "resnet18",
-        "--epochs",
-        "2",
-        "--device",
-        "cpu",
-    ]
+    flags = train_args(data, out, "--epochs", "2", "--device", "cpu", batch_size=4)
+    cmd = [*TORCHRUN, free_port(), "train.py", *flags]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -131,27 +112,8 @@ def _local_rank(pid: int) -> str | None:
 def test_a_dead_rank_ends_the_job_with_an_error_not_a_hang(tmp_path):
     data = write_jpeg_tree(tmp_path / "data", train_per_class=60)
     out = tmp_path / "run"
-    cmd = [
-        *TORCHRUN,
-        free_port(),
-        "train.py",
-        "--data",
-        str(data),
-        "--output",
-        str(out),
-        "--image-size",
-        "32",
-        "--batch-size",
-        "2",
-        "--workers",
-        "1",
-        "--arch",
-        "resnet18",
-        "--epochs",
-        "50",
-        "--device",
-        "cpu",
-    ]
+    flags = train_args(data, out, "--epochs", "50", "--device", "cpu", batch_size=2)
+    cmd = [*TORCHRUN, free_port(), "train.py", *flags]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 180
     while not (out / "checkpoint_0001.pt").exists():

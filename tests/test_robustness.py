@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_jpeg_tree
+from conftest import train_args, write_jpeg_tree
 from PIL import Image
 
 import train
@@ -135,28 +135,13 @@ def test_scan_leaves_bad_files_out_and_caches(tmp_path):
     assert fixed.scanned == 1 and len(fixed.good) == 19
 
 
-def test_training_goes_on_past_bad_files_and_strict_stops(tmp_path, capsys):
+def test_training_goes_on_past_bad_files_and_strict_stops(tmp_path, capsys, monkeypatch):
     root = write_jpeg_tree(tmp_path / "data")
     write_bad_files(root / "train" / "class2")
     (root / "train" / "class3-empty").mkdir()
-    os.environ["DALI_CUTMIX_CACHE"] = str(tmp_path / "cache")
+    monkeypatch.setattr(train, "CACHE", tmp_path / "cache")  # scan verdicts cached here
     out = tmp_path / "run"
-    args = [
-        "--data",
-        str(root),
-        "--output",
-        str(out),
-        "--image-size",
-        "32",
-        "--batch-size",
-        "6",
-        "--workers",
-        "1",
-        "--epochs",
-        "1",
-        "--arch",
-        "resnet18",
-    ]
+    args = train_args(root, out, "--epochs", "1")
     assert train.main(args) == 0
     printed = capsys.readouterr().out
     assert "left out 4 of 22 train files that cannot be decoded" in printed
@@ -212,22 +197,7 @@ def test_a_foreign_or_broken_checkpoint_is_a_clear_error(tmp_path):
 
 def test_non_finite_loss_stops_naming_the_step(jpeg_tree, tmp_path, capsys):
     out = tmp_path / "run"
-    base = [
-        "--data",
-        str(jpeg_tree),
-        "--output",
-        str(out),
-        "--image-size",
-        "32",
-        "--batch-size",
-        "6",
-        "--workers",
-        "1",
-        "--arch",
-        "resnet18",
-        "--warmup-epochs",
-        "0",
-    ]
+    base = train_args(jpeg_tree, out)
     assert train.main([*base, "--epochs", "1"]) == 0
     good = (out / "checkpoint_0001.pt").read_bytes()
     # A fresh run into the same folder blows up at once; the earlier checkpoint must survive.
@@ -238,9 +208,9 @@ def test_non_finite_loss_stops_naming_the_step(jpeg_tree, tmp_path, capsys):
 
 
 def train_cmd(data: Path, out: Path) -> list[str]:
-    """train.py for 2 epochs of 30 steps on ``data``, as a subprocess command."""
-    flags = "--image-size 32 --batch-size 4 --workers 1 --arch resnet18 --epochs 2 --mixup 0.2 --mixup-mode elem"
-    return [sys.executable, "train.py", "--data", str(data), "--output", str(out), *flags.split()]
+    """train.py for 2 epochs of 30 steps on ``data``, with MixUp switching, as a subprocess command."""
+    flags = train_args(data, out, "--epochs", "2", "--mixup", "0.2", "--mixup-mode", "elem", batch_size=4)
+    return [sys.executable, "train.py", *flags]
 
 
 @pytest.fixture(scope="module")
@@ -317,7 +287,6 @@ def test_resuming_on_data_with_other_classes_is_a_clear_error(tmp_path, capsys):
     three = write_jpeg_tree(tmp_path / "three", classes=3)
     four = write_jpeg_tree(tmp_path / "four", classes=4)
     out = tmp_path / "run"
-    base = ["--output", str(out), "--image-size", "32", "--batch-size", "6", "--workers", "1", "--arch", "resnet18"]
-    assert train.main(["--data", str(three), "--epochs", "1", *base]) == 0
-    assert train.main(["--data", str(four), "--epochs", "2", "--resume", *base]) == 2
+    assert train.main(train_args(three, out, "--epochs", "1")) == 0
+    assert train.main(train_args(four, out, "--epochs", "2", "--resume")) == 2
     assert capsys.readouterr().err.strip().endswith("checkpoint has 3 classes, but the data has 4")

@@ -8,32 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import train_args
 
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def small_run(data, out, *extra):
-    return [
-        "--data",
-        str(data),
-        "--output",
-        str(out),
-        "--arch",
-        "resnet18",
-        "--image-size",
-        "32",
-        "--batch-size",
-        "6",
-        "--workers",
-        "1",
-        "--lr",
-        "0.05",
-        "--warmup-epochs",
-        "0",
-        *extra,
-    ]
 
 
 def read_rows(out):
@@ -42,7 +21,7 @@ def read_rows(out):
 
 def test_train_then_resume(jpeg_tree, tmp_path):
     out = tmp_path / "run"
-    train.main(small_run(jpeg_tree, out, "--epochs", "2"))
+    train.main(train_args(jpeg_tree, out, "--epochs", "2"))
     rows = read_rows(out)
     assert [r["epoch"] for r in rows] == [0, 1]
     for r in rows:
@@ -56,7 +35,7 @@ def test_train_then_resume(jpeg_tree, tmp_path):
     state = torch.load(out / "checkpoint_0002.pt", weights_only=True)
     assert state["epoch"] == 2 and state["arch"] == "resnet18"
 
-    train.main(small_run(jpeg_tree, out, "--epochs", "3", "--resume"))
+    train.main(train_args(jpeg_tree, out, "--epochs", "3", "--resume"))
     rows = read_rows(out)
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     assert torch.load(out / "checkpoint_0003.pt", weights_only=True)["epoch"] == 3
@@ -64,9 +43,9 @@ def test_train_then_resume(jpeg_tree, tmp_path):
 
 def test_resume_from_a_path_and_arch_mismatch(jpeg_tree, tmp_path, capsys):
     out = tmp_path / "run"
-    assert train.main(small_run(jpeg_tree, out, "--epochs", "1", "--max-steps", "1")) == 0
+    assert train.main(train_args(jpeg_tree, out, "--epochs", "1", "--max-steps", "1")) == 0
     path = out / "checkpoint_0001.pt"
-    assert train.main(small_run(jpeg_tree, out, "--epochs", "2", "--resume", str(path), "--arch", "resnet34")) == 2
+    assert train.main(train_args(jpeg_tree, out, "--epochs", "2", "--resume", str(path), "--arch", "resnet34")) == 2
     assert f"checkpoint {path} is a resnet18, but --arch is resnet34" in capsys.readouterr().err
 
 
@@ -145,7 +124,7 @@ def test_timm_style_recipe_flags_reach_the_pipeline(jpeg_tree, tmp_path, monkeyp
         "--epochs",
         "2",
     ]
-    assert train.main(small_run(jpeg_tree, out, *flags)) == 0
+    assert train.main(train_args(jpeg_tree, out, *flags)) == 0
     assert seen["mixup_alpha"] == 0.2 and seen["cutmix_alpha"] == 1.0 and seen["mixup_switch_prob"] == 0.4
     assert seen["cutmix_mode"] == "elem" and seen["cutmix_minmax"] == [0.2, 0.8] and seen["mix_no_self"]
     schedule = seen["cutmix_prob"]
@@ -158,7 +137,7 @@ def test_timm_style_recipe_flags_reach_the_pipeline(jpeg_tree, tmp_path, monkeyp
 @pytest.mark.gpu
 def test_train_on_the_gpu_with_amp(jpeg_tree, tmp_path):
     out = tmp_path / "run"
-    train.main(small_run(jpeg_tree, out, "--epochs", "1", "--device", "gpu"))
+    train.main(train_args(jpeg_tree, out, "--epochs", "1", "--device", "gpu"))
     (row,) = read_rows(out)
     assert row["train_loss"] == row["train_loss"] and row["val_images"] == 9
     state = torch.load(out / "checkpoint_0001.pt", weights_only=True)
