@@ -36,6 +36,8 @@ def test_profiler_runs_every_section_and_reports(photo_data, tmp_path, capsys):
     names = {row["name"] for row in report["rows"]}
     assert {"torchvision DataLoader + v2.CutMix", "timm transforms + DataLoader + Mixup(cutmix)"} <= names
     assert any(line.startswith("verdict: ") for line in report["findings"])
+    counts = {row["name"]: row["note"] for row in report["rows"] if row["group"] == "cutmix op"}
+    assert counts["no CutMix"] == "1 DALI ops" and int(counts["native backend"].split()[0]) > 10
     assert (out / "bench.png").stat().st_size > 1000
     printed = capsys.readouterr().out
     assert "DALI + CutMix (native)" in printed and "target: DALI + CutMix is" in printed
