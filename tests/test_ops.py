@@ -211,3 +211,18 @@ def test_gpu_backend_matches_reference(backend, layout, recipe):
 
 def test_public_name():
     assert dali_cutmix.cutmix is not None and callable(dali_cutmix.cutmix)
+
+
+def test_python_backend_on_the_cpu_is_one_python_operator():
+    """Its speed rests on this: one Python operator and one DALI draw, not ~40 DALI operators."""
+    batch = [np.zeros((H, W, 3), np.uint8)] * 4
+
+    @pipeline_def(batch_size=4, num_threads=1, device_id=None, seed=0)
+    def pipe():
+        images = fn.external_source(source=[batch], cycle=True, layout="HWC")
+        labels = fn.external_source(source=[[np.array([0], np.int32)] * 4], cycle=True)
+        return tuple(dali_cutmix.cutmix(images, labels, backend="python", mixup_alpha=0.2))
+
+    p = pipe()
+    p.build()
+    assert len(p._ops) == 4  # two external sources, the draw, the Python operator
