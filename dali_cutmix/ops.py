@@ -242,7 +242,7 @@ _FULL_SHAPES = np.ones((2, 2), dtype=np.float32)
 
 
 def paste_python(images, sampled: Sampled, *, layout: str):
-    """The same mix as one batch-level Python operator (NumPy on CPU, torch on GPU)."""
+    """The mix of given parameters as one batch-level Python operator (NumPy on CPU, torch on GPU)."""
     params = [sampled.perm, sampled.boxes]
     if sampled.blend is not None:
         params += [sampled.lam, sampled.blend]

@@ -242,13 +242,20 @@ def run_until(cmd, out: Path, marker: str, timeout=180):
     return proc
 
 
-@pytest.mark.slow
-def test_sigterm_saves_mid_epoch_and_resume_is_exact(tmp_path, uninterrupted):
-    data, reference = uninterrupted
+def second_epoch(tmp_path, data: Path, seconds: float):
+    """Start the run of :func:`train_cmd`; return it ``seconds`` into its second epoch (30 steps of
+    ~0.05 s), with its command and output folder."""
     out = tmp_path / "run"
     cmd = train_cmd(data, out)
     proc = run_until(cmd, out, "checkpoint_0001.pt")
-    time.sleep(0.7)  # into the second epoch (30 steps of ~0.05 s)
+    time.sleep(seconds)
+    return proc, cmd, out
+
+
+@pytest.mark.slow
+def test_sigterm_saves_mid_epoch_and_resume_is_exact(tmp_path, uninterrupted):
+    data, reference = uninterrupted
+    proc, cmd, out = second_epoch(tmp_path, data, 0.7)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
@@ -268,10 +275,7 @@ def test_sigterm_saves_mid_epoch_and_resume_is_exact(tmp_path, uninterrupted):
 @pytest.mark.slow
 def test_sigkill_mid_epoch_resumes_from_the_last_complete_checkpoint_exactly(tmp_path, uninterrupted):
     data, reference = uninterrupted
-    out = tmp_path / "run"
-    cmd = train_cmd(data, out)
-    proc = run_until(cmd, out, "checkpoint_0001.pt")
-    time.sleep(0.5)
+    proc, cmd, out = second_epoch(tmp_path, data, 0.5)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert ckpt.latest(out) == out / "checkpoint_0001.pt"
