@@ -30,6 +30,7 @@ from dali_cutmix.data import export_fashion_mnist, load_imagenet
 from dali_cutmix.engine import autocast, nvtx, train_step
 from dali_cutmix.loader import mix_schedule, train_loader, val_loader
 from dali_cutmix.mix import MixConfig
+from dali_cutmix.ops import BACKENDS
 from dali_cutmix.report import plot_metrics
 from dali_cutmix.scan import drop_undecodable
 
@@ -67,7 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--cutmix-minmax", type=float, nargs=2, metavar=("MIN", "MAX"), help="box sides in [MIN, MAX)")
     p.add_argument("--mix-no-self", action="store_true", help="partners are never the sample itself")
-    p.add_argument("--cutmix-backend", choices=("python", "native"), default="native")
+    p.add_argument("--cutmix-backend", choices=BACKENDS, default="native")
     p.add_argument("--no-cutmix", action="store_true", help="train without any mixing (the baseline)")
     p.add_argument("--mix-off-epoch", "--mixup-off-epoch", type=int, help="no mixing from this epoch on")
     p.add_argument("--prob-schedule", type=parse_schedule, default={}, help="mixing chance by epoch: 0:1.0,100:0.5")

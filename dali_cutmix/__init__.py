@@ -2,11 +2,12 @@
 
 from .loss import mixed_cross_entropy, mixed_targets
 from .mix import CutMixParams, MixConfig, apply_cutmix, cutmix_box, sample_cutmix, sample_mix
-from .ops import cutmix
+from .ops import Normalize, cutmix
 
 __all__ = [
     "CutMixParams",
     "MixConfig",
+    "Normalize",
     "apply_cutmix",
     "cutmix",
     "cutmix_box",

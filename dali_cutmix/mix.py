@@ -234,9 +234,24 @@ def sample_cutmix(
 
 def sample_mix(batch_size: int, height: int, width: int, config: MixConfig, rng=None) -> CutMixParams:
     """:func:`sample_cutmix` for a checked :class:`MixConfig`."""
+    check_image_size(height, width)
+    draws, perm = draw_mix(batch_size, config, rng)
+    lo, hi, _, lam, blend = mix_from_draws(draws, np.array([height, width], np.float32), config)
+
+    def per_sample(x: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(x, (batch_size,) + x.shape[1:])
+
+    boxes = per_sample(np.concatenate([lo, hi], axis=1)).astype(np.int32)
+    blend = None if blend is None else per_sample(blend) > 0
+    return CutMixParams(perm=perm, boxes=boxes, lam=per_sample(lam).astype(np.float32), blend=blend)
+
+
+def draw_mix(batch_size: int, config: MixConfig, rng=None) -> tuple[SimpleNamespace, np.ndarray]:
+    """The random numbers of one batch, before the image size enters: the draws of
+    :func:`mix_from_draws` (one row per unit: 1 in ``"batch"`` mode, ``batch_size`` in ``"elem"``)
+    and the partners."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    check_image_size(height, width)
     rng = np.random.default_rng(rng)
     n = 1 if config.mode == "batch" else batch_size
     both = config.cutmix and config.mixup
@@ -254,15 +269,8 @@ def sample_mix(batch_size: int, height: int, width: int, config: MixConfig, rng=
         lam_mix=beta(config.mixup_alpha, 1.0),
         u=rng.random((n, 4 if config.minmax else 2), dtype=np.float32),
     )
-    lo, hi, _, lam, blend = mix_from_draws(draws, np.array([height, width], np.float32), config)
     perm = derangement(rng, batch_size) if config.no_self else rng.permutation(batch_size)
-
-    def per_sample(x: np.ndarray) -> np.ndarray:
-        return np.broadcast_to(x, (batch_size,) + x.shape[1:])
-
-    boxes = per_sample(np.concatenate([lo, hi], axis=1)).astype(np.int32)
-    blend = None if blend is None else per_sample(blend) > 0
-    return CutMixParams(perm=perm, boxes=boxes, lam=per_sample(lam).astype(np.float32), blend=blend)
+    return draws, perm
 
 
 def derangement(rng: np.random.Generator, n: int) -> np.ndarray:

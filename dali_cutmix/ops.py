@@ -4,32 +4,33 @@ Use it inside any ``@pipeline_def``::
 
     images, labels_a, labels_b, lam = dali_cutmix.cutmix(images, labels, alpha=1.0)
 
-The native backend draws with DALI's random operators (``fn.batch_permutation``,
-``fn.random.beta``, ``fn.random.uniform``, ``fn.random.coin_flip``) and evaluates the box formula,
-:func:`dali_cutmix.mix.cutmix_box`, on DataNodes; the python backend on the CPU draws with NumPy
-(:func:`dali_cutmix.mix.sample_mix`, the same formula), seeded per batch by a DALI draw. Either
-way the pipeline's seed governs the randomness and DALI's checkpoints capture it.
+Backends (``backend=``), all drawing from the pipeline's seed and captured by DALI's checkpoints:
 
-* ``"native"``: ``fn.slice`` cuts each giving sample's box, ``fn.permute_batch`` hands the
-  slices to their receivers and ``fn.multi_paste`` writes each own image with the received
-  slice; no Python runs per batch. ``multi_paste`` is HWC-only,
-  so CHW batches are transposed there and back (paste before the HWC->CHW switch to avoid it).
-* ``"python"``: one batch-level Python operator. On the CPU ``fn.python_function`` draws and
-  mixes with NumPy (one operator instead of ~40: on a CPU every DALI operator costs a fixed
-  ~0.05-0.1 ms per batch). On the GPU the parameters are drawn by DALI as for ``"native"`` and
-  ``fn.dl_tensor_python_function`` hands DLPack tensors to torch, which works on DALI's own CUDA
-  stream (``synchronize_stream=False``), so the host never waits for the device.
+* ``"native"``: on the CPU, one compiled DALI operator, ``fn.dali_cutmix.mix``
+  (:mod:`dali_cutmix.plugin`, built from ``csrc/mix_op.cc``): it draws the parameters itself,
+  seeded per batch by one DALI draw, and writes each output pixel once, from the own image or the
+  partner's; given ``normalize=``, it also does crop_mirror_normalize's work (mean/std, flip, HWC
+  -> CHW) in the same pass, so CutMix adds no pass over the data at all. On the GPU, DALI's own
+  operators (the ``"ops"`` graph below, where data movement is cheap).
+* ``"python"``: the parameters are drawn in Python with NumPy by :func:`dali_cutmix.mix.sample_mix`,
+  the reference's own sampler, in one batch-level ``fn.python_function``. On the CPU the pixels are
+  then written by the compiled operator (HWC input), or with NumPy when the plugin cannot be built
+  or the layout is CHW: the two give the same bytes. On the GPU ``fn.dl_tensor_python_function``
+  hands DLPack tensors to torch, which mixes on DALI's own CUDA stream (``synchronize_stream=False``).
+* ``"ops"``: DALI's stock operators only, nothing compiled: ``fn.random.*`` draws, the box formula
+  :func:`dali_cutmix.mix.cutmix_box` evaluated on DataNodes, ``fn.slice`` of each giving sample's
+  box, ``fn.permute_batch`` to the receivers, ``fn.multi_paste``. About 40 operators: on a CPU
+  each costs a fixed ~0.05-0.1 ms per batch, so this is the slow one there.
 
-Given the same parameters (``paste_native`` and ``paste_python`` on one :func:`sample_params`),
-the backends' outputs are identical byte for byte, MixUp blends included (computed in float32 and
-rounded half away from zero everywhere, as DALI's cast does).
+Given the same parameters, the backends' outputs are identical byte for byte, MixUp blends included
+(computed in float32 and rounded half away from zero everywhere, as DALI's cast does).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import nvidia.dali.fn as fn
@@ -43,13 +44,14 @@ from .mix import (
     blend_weight,
     check_image_size,
     check_layout,
+    draw_mix,
     mix_from_draws,
     mix_images,
     sample_mix,
     spatial_size,
 )
 
-BACKENDS = ("python", "native")
+BACKENDS = ("python", "native", "ops")
 
 DALI_OPS = SimpleNamespace(
     sqrt=dmath.sqrt,
@@ -62,6 +64,30 @@ DALI_OPS = SimpleNamespace(
 )
 
 
+@dataclass(frozen=True)
+class Normalize:
+    """crop_mirror_normalize's work on the mixed batch: ``(x - mean) / std`` per channel, a flip
+    (``mirror``: a bool, or a per-sample DataNode such as ``fn.random.coin_flip()``) and the output
+    layout. The native backend on the CPU does it in the same pass as the mix."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    mirror: Any = False
+    fp16: bool = False
+    output_layout: str = "CHW"
+
+    def apply(self, images):
+        """The stock operator, for the backends that mix in a pass of their own."""
+        return fn.crop_mirror_normalize(
+            images,
+            dtype=types.FLOAT16 if self.fp16 else types.FLOAT,
+            output_layout=self.output_layout,
+            mean=list(self.mean),
+            std=list(self.std),
+            mirror=self.mirror,
+        )
+
+
 def cutmix(
     images,
     labels,
@@ -69,26 +95,32 @@ def cutmix(
     alpha: float = 1.0,
     prob: float = 1.0,
     mode: str = "batch",
-    backend: str = "python",
+    backend: str = "native",
     layout: str = "HWC",
     return_params: bool = False,
+    normalize: Normalize | None = None,
     **recipe,
 ):
     """CutMix (optionally switching with MixUp) a uniformly shaped batch inside a DALI pipeline.
 
     Args:
         images: DataNode of ``HWC`` or ``CHW`` images (uint8 or float), CPU or GPU, all of one
-            shape (crop or resize before). The output keeps dtype, layout, device and shape.
+            shape (crop or resize before). The output keeps dtype, layout, device and shape
+            unless ``normalize`` is given.
         labels: DataNode of per-sample labels (CPU or GPU).
         alpha: ``lam ~ Beta(alpha, alpha)``.
         prob: probability that a batch (``mode="batch"``) or a sample (``mode="elem"``) is mixed;
             a number, or a float32 DataNode (one value per sample) for a schedule fed at run time.
         mode: ``"batch"`` draws one lambda and box for the batch, ``"elem"`` one per sample.
-        backend: ``"python"`` or ``"native"`` (see the module docstring).
+        backend: ``"native"``, ``"python"`` or ``"ops"`` (see the module docstring). ``"native"``
+            on the CPU takes HWC uint8 or float32 images and needs the compiled plugin
+            (:mod:`dali_cutmix.plugin`, built on first use).
         layout: ``"HWC"`` or ``"CHW"``.
         return_params: also return ``perm`` (int32 per sample) and ``boxes`` (int32 ``[4]``,
             ``y1, x1, y2, x2``), and ``blend`` (float32, 1.0 for MixUp samples) when MixUp is on,
             so the mix can be inspected or replayed.
+        normalize: a :class:`Normalize` to apply to the mixed images (fused with the mix where
+            the backend can).
         recipe: more of :class:`dali_cutmix.mix.MixConfig`: ``mixup_alpha`` (MixUp on when > 0),
             ``switch_prob``, ``minmax`` and ``no_self``.
 
@@ -101,28 +133,107 @@ def cutmix(
     check_layout(layout)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "python" and images.device == "cpu":
-        return _python_cpu(images, labels, config, layout, prob_node, return_params)
-    sampled = sample_params(images, config, layout=layout, prob=prob_node)
-    apply = paste_native if backend == "native" else paste_python
-    mixed = apply(images, sampled, layout=layout)
-    labels_b = fn.permute_batch(labels, indices=sampled.perm)
-    outputs = (mixed, labels, labels_b, sampled.lam)
-    if not return_params:
-        return outputs
-    return outputs + (sampled.perm, sampled.boxes) + ((sampled.blend,) if config.mixup else ())
+    from . import plugin  # here, so that `python -m dali_cutmix.plugin` runs the module once
+
+    cpu = images.device == "cpu"
+    if cpu and backend == "native":
+        if layout != "HWC":
+            raise ValueError("backend 'native' on the CPU takes HWC images; use backend 'ops' or 'python' for CHW")
+        plugin.load()
+        entropy = fn.random.uniform(range=[0.0, 1.0], shape=[2])
+        inputs = [images, labels, entropy] + ([prob_node] if prob_node is not None else [])
+        return _fused(inputs, config, normalize, return_params, _recipe_args(config))
+    if cpu and backend == "python":
+        entropy = fn.random.uniform(range=[0.0, 1.0], shape=[4])
+        draw_inputs = [entropy] + ([prob_node] if prob_node is not None else [])
+        if layout == "HWC" and plugin.available():
+            draws = fn.python_function(*draw_inputs, function=_PackedDraws(config), batch_processing=True)
+            args = {**_recipe_args(config), "draws": draws}  # the recipe says which formula applies
+            return _fused([images, labels], config, normalize, return_params, args)
+        outputs = _python_cpu(images, labels, draw_inputs, config, layout, return_params)
+    else:
+        sampled = sample_params(images, config, layout=layout, prob=prob_node)
+        apply = paste_native if backend != "python" else paste_python
+        mixed = apply(images, sampled, layout=layout)
+        labels_b = fn.permute_batch(labels, indices=sampled.perm)
+        outputs = (mixed, labels, labels_b, sampled.lam)
+        if return_params:
+            outputs += (sampled.perm, sampled.boxes) + ((sampled.blend,) if config.mixup else ())
+    if normalize is not None:
+        outputs = (normalize.apply(outputs[0]),) + tuple(outputs[1:])
+    return outputs
 
 
-def _python_cpu(images, labels, config: MixConfig, layout: str, prob: DataNode | None, return_params: bool):
-    """The whole mix as one Python operator: NumPy draws the parameters (:func:`sample_mix`) and
-    applies them. Its random numbers come from a DALI draw made per batch, so the pipeline's seed
-    governs them and DALI's checkpoints capture them; one operator instead of ~40 is what makes
-    this backend cheap on a CPU, where every DALI operator costs a fixed ~0.05-0.1 ms per batch."""
-    entropy = fn.random.uniform(range=[0.0, 1.0], shape=[4])
-    inputs = [images, labels, entropy] + ([prob] if prob is not None else [])
+def _recipe_args(config: MixConfig) -> dict:
+    args = {
+        "alpha": float(config.alpha),
+        "mixup_alpha": float(config.mixup_alpha),
+        "prob": float(config.prob),
+        "switch_prob": float(config.switch_prob),
+        "mode": config.mode,
+        "no_self": config.no_self,
+    }
+    if config.minmax is not None:
+        args["minmax"] = [float(v) for v in config.minmax]
+    return args
+
+
+def _fused(inputs: list, config: MixConfig, normalize: Normalize | None, return_params: bool, args: dict):
+    """``fn.dali_cutmix.mix`` on ``inputs`` (images, labels[, entropy[, prob]])."""
+    if normalize is not None:
+        if normalize.fp16:
+            raise ValueError("float16 output is for the GPU; the CPU operator writes float32")
+        args.update(
+            mean=[float(v) for v in normalize.mean],
+            std=[float(v) for v in normalize.std],
+            mirror=normalize.mirror,
+            output_layout=normalize.output_layout,
+            dtype=types.FLOAT,
+        )
+    mixed, labels_b, lam, perm, boxes, blend = fn.dali_cutmix.mix(*inputs, **args)
+    outputs = (mixed, inputs[1], labels_b, lam)
+    if return_params:
+        outputs += (perm, boxes) + ((blend,) if config.mixup else ())
+    return outputs
+
+
+def _rng(config: MixConfig, entropy, prob) -> tuple[MixConfig, np.random.Generator]:
+    """The python backend's generator, seeded by the batch's DALI draw (``entropy``), and the
+    config with this batch's ``prob`` when a schedule feeds it."""
+    rng = np.random.default_rng(np.asarray(entropy[0], np.float32).view(np.uint32))
+    return (config if prob is None else replace(config, prob=float(prob[0]))), rng
+
+
+class _PackedDraws:
+    """Batch callback: the batch's random numbers (:func:`dali_cutmix.mix.draw_mix`), one float32
+    vector per sample (``perm, mix, cut, lam_cut, lam_mix, u[0..3]``) for
+    ``fn.dali_cutmix.mix(draws=...)``, which applies the box formula. The images never enter
+    Python: handing a batch over costs ~0.5 ms even without a copy."""
+
+    def __init__(self, config: MixConfig):
+        self.config = config
+
+    def __call__(self, entropy, prob=None):
+        config, rng = _rng(self.config, entropy, prob)
+        n = len(entropy)
+        d, perm = draw_mix(n, config, rng)
+        packed = np.zeros((n, 9), np.float32)
+        packed[:, 0] = perm
+        for k, field in enumerate((d.mix, d.cut, d.lam_cut, d.lam_mix), start=1):
+            packed[:, k] = field  # (1,) in batch mode broadcasts to every sample
+        packed[:, 5 : 5 + d.u.shape[1]] = d.u
+        return list(packed)
+
+
+def _python_cpu(images, labels, draw_inputs: list, config: MixConfig, layout: str, return_params: bool):
+    """The python backend with NumPy mixing: one Python operator draws and mixes (CHW layout, or
+    no compiled plugin). The same draws as :class:`_PackedDraws` and the same formula, so the
+    same bytes out."""
     num_outputs = 3 + (2 + config.mixup if return_params else 0)
     outputs = fn.python_function(
-        *inputs,
+        images,
+        labels,
+        *draw_inputs,
         function=_SampleAndMix(config, layout, return_params),
         batch_processing=True,
         num_outputs=num_outputs,
@@ -277,10 +388,8 @@ class _SampleAndMix:
         self.config, self.layout, self.return_params = config, layout, return_params
 
     def __call__(self, images, labels, entropy, prob=None):
-        H, W = check_batch(images, self.layout)
-        rng = np.random.default_rng(np.asarray(entropy[0], np.float32).view(np.uint32))
-        config = self.config if prob is None else replace(self.config, prob=float(prob[0]))
-        p = sample_mix(len(images), H, W, config, rng)
+        config, rng = _rng(self.config, entropy, prob)
+        p = sample_mix(len(images), *check_batch(images, self.layout), config, rng)
         mixed = mix_samples(images, p.perm, p.boxes, p.lam, p.blend, self.layout)
         outputs = (mixed, [labels[j] for j in p.perm], _scalars(p.lam, np.float32))
         if self.return_params:

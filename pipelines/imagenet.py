@@ -19,7 +19,7 @@ from nvidia.dali import pipeline_def, types
 
 from dali_cutmix.data import Split, load_split
 from dali_cutmix.mix import MODES
-from dali_cutmix.ops import BACKENDS, cutmix
+from dali_cutmix.ops import BACKENDS, Normalize, cutmix
 
 READER_NAME = "Reader"
 MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
@@ -84,17 +84,16 @@ def normalize(images, *, image_size: int, mirror=False, fp16: bool = False):
 def _train_graph(split, *, image_size, device, shard_id, num_shards, shuffle_seed, fp16, mix, prob_source):
     jpegs, labels = read(split, shard_id=shard_id, num_shards=num_shards, shuffle=True, seed=shuffle_seed)
     images = decode_random_resized_crop(jpegs, device=device, image_size=image_size)  # (S, S, 3) uint8
-    if mix is None:
-        labels_b, lam = labels, fn.cast(labels * 0 + 1, dtype=types.FLOAT)[0]
-    else:
-        prob = mix["prob"]
-        if prob_source is not None:
-            prob = fn.external_source(source=prob_source, batch=True, batch_info=True, dtype=types.FLOAT)
-        images, labels, labels_b, lam = cutmix(images, labels, **{**mix, "prob": prob})
-    # The flip comes after the mix so it fuses into crop_mirror_normalize; flipping a mixed image
+    # The flip comes after the mix so it fuses into the normalisation; flipping a mixed image
     # equals mixing flipped images with a flipped box, so the distribution is the same.
-    images = normalize(images, image_size=image_size, mirror=fn.random.coin_flip(), fp16=fp16)
-    return images, labels, labels_b, lam
+    norm = Normalize(mean=MEAN, std=STD, mirror=fn.random.coin_flip(), fp16=fp16)
+    if mix is None:
+        return norm.apply(images), labels, labels, fn.cast(labels * 0 + 1, dtype=types.FLOAT)[0]
+    prob = mix["prob"]
+    if prob_source is not None:
+        prob = fn.external_source(source=prob_source, batch=True, batch_info=True, dtype=types.FLOAT)
+    # The native backend on the CPU mixes and normalises in one pass (dali_cutmix.ops).
+    return cutmix(images, labels, **{**mix, "prob": prob}, normalize=norm)
 
 
 @pipeline_def(enable_conditionals=False)
@@ -136,7 +135,7 @@ def train_pipeline(
     cutmix_alpha: float = 1.0,
     cutmix_prob: float | Callable[[int], float] = 1.0,
     cutmix_mode: str = "batch",
-    cutmix_backend: str = "python",
+    cutmix_backend: str = "native",
     cutmix_enabled: bool = True,
     mixup_alpha: float = 0.0,
     mixup_switch_prob: float = 0.5,

@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Real data for the demo (Fashion-MNIST) and real photos for the benchmark builder.
-packages=(dataset-fashion-mnist mate-backgrounds)
+# Real data for the demo (Fashion-MNIST), real photos for the benchmark builder, and a C++
+# compiler for the native backend's DALI operator.
+packages=(dataset-fashion-mnist mate-backgrounds g++)
 python3 -c "import ensurepip, venv" 2>/dev/null || packages+=(python3-venv)  # Debian splits venv out
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 && [ "$p" != python3-venv ] || missing+=("$p"); done
@@ -19,3 +20,9 @@ python3 -m venv .venv
 # torch first and on its own: pip (not uv) honours the machine's torch pins and local wheels.
 .venv/bin/python -m pip install -q torch torchvision
 .venv/bin/python -m pip install -q -e '.[test]'
+# The native backend's compiled DALI operator (dali_cutmix/csrc): DALI's headers need CUDA's for
+# type names; without a CUDA toolkit on the machine, PyPI's header packages do.
+if ! .venv/bin/python -m dali_cutmix.plugin --headers >/dev/null 2>&1; then
+    .venv/bin/python -m pip install -q nvidia-cuda-runtime-cu12 nvidia-cuda-nvcc-cu12 nvidia-cuda-cccl-cu12
+fi
+.venv/bin/python -m dali_cutmix.plugin >/dev/null

@@ -23,6 +23,11 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+BACKENDS = ["python", "native", "ops"]
+# The native backend on the CPU is its compiled operator, which takes HWC images (checked in test_ops).
+BACKEND_LAYOUTS = [(b, lay) for b in BACKENDS for lay in ("HWC", "CHW") if (b, lay) != ("native", "CHW")]
+
+
 def random_batch(rng, batch_size, shape, dtype=np.uint8):
     """Noise images: two different images share a pixel with negligible probability."""
     if np.issubdtype(dtype, np.integer):

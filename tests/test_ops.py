@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import random_batch, run_cutmix
+from conftest import BACKEND_LAYOUTS, BACKENDS, random_batch, run_cutmix
 from nvidia.dali import fn, pipeline_def, types
 
 import dali_cutmix
@@ -10,7 +10,6 @@ from dali_cutmix.mix import NUMPY_OPS, CutMixParams, MixConfig, apply_cutmix, cu
 from dali_cutmix.ops import DALI_OPS, paste_native, paste_python, sample_params
 
 H, W = 40, 72
-BACKENDS = ["python", "native"]
 
 
 def params_of(out):
@@ -18,8 +17,7 @@ def params_of(out):
     return CutMixParams(perm=perm.astype(np.int64), boxes=boxes, lam=lam)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+@pytest.mark.parametrize("backend, layout", BACKEND_LAYOUTS)
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32], ids=["uint8", "float32"])
 @pytest.mark.parametrize("mode", ["batch", "elem"])
 def test_backend_matches_reference(backend, layout, dtype, mode):
@@ -112,12 +110,13 @@ def test_box_formula_bit_identical_in_dali_and_numpy():
         np.testing.assert_array_equal(g.reshape(w.shape), w)
 
 
-def test_statistics_over_many_batches():
+@pytest.mark.parametrize("backend", ["native", "ops"])  # python draws with sample_mix, tested in test_mix
+def test_statistics_over_many_batches(backend):
     """Lambda and boxes on a non-square image, against the reference code's distribution."""
     rng = np.random.default_rng(5)
     batches = [random_batch(rng, 256, (H, W, 1)) for _ in range(1)] * 40
     lams, boxes = [], []
-    for out in run_cutmix(batches, backend="native", mode="elem", alpha=1.0):
+    for out in run_cutmix(batches, backend=backend, mode="elem", alpha=1.0):
         lams.append(out[4])
         boxes.append(out[6])
     lam, boxes = np.concatenate(lams), np.concatenate(boxes)
@@ -180,16 +179,25 @@ def test_bad_arguments_fail_at_build_time(kwargs, match):
     [([(H, W, 3), (H, W - 2, 3)], "one image shape"), ([(1, 5, 3), (1, 5, 3)], "at least 2x2")],
     ids=["mixed-shapes", "tiny"],
 )
-def test_bad_batches_fail_with_a_clear_message(shapes, match):
-    batch = [np.zeros(s, np.uint8) for s in shapes]
+@pytest.mark.parametrize("backend, layout", [("python", "HWC"), ("python", "CHW"), ("native", "HWC")])
+def test_bad_batches_fail_with_a_clear_message(shapes, match, backend, layout):
+    """Checked by the compiled operator (HWC) or by the Python one (CHW): the same words."""
+    batch = [np.zeros(s if layout == "HWC" else s[::-1], np.uint8) for s in shapes]
     with pytest.raises(RuntimeError, match=match):
-        list(run_cutmix([batch], backend="python"))
+        list(run_cutmix([batch], backend=backend, layout=layout))
 
 
-def test_native_backend_rejects_mixed_shapes():
+def test_native_backend_on_the_cpu_is_hwc_and_uint8_or_float32():
+    with pytest.raises(ValueError, match="backend 'native' on the CPU takes HWC images; use backend 'ops'"):
+        next(run_cutmix([random_batch(np.random.default_rng(0), 2, (3, H, W))], backend="native", layout="CHW"))
+    with pytest.raises(RuntimeError, match="takes uint8 or float32 images, got int16"):
+        list(run_cutmix([[np.zeros((H, W, 3), np.int16)] * 2], backend="native"))
+
+
+def test_ops_backend_rejects_mixed_shapes():
     batch = [np.zeros((H, W, 3), np.uint8), np.zeros((H, W - 2, 3), np.uint8)]
     with pytest.raises(RuntimeError, match="multi_paste"):
-        list(run_cutmix([batch], backend="native"))
+        list(run_cutmix([batch], backend="ops"))
 
 
 @pytest.mark.gpu
@@ -225,4 +233,5 @@ def test_python_backend_on_the_cpu_is_one_python_operator():
 
     p = pipe()
     p.build()
-    assert len(p._ops) == 4  # two external sources, the draw, the Python operator
+    # two external sources, the draw, the Python operator (draws), the compiled one (pixels)
+    assert len(p._ops) == 5

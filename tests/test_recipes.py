@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import random_batch, run_cutmix
+from conftest import BACKEND_LAYOUTS, BACKENDS, random_batch, run_cutmix
 from timm.data import mixup as timm_mixup
 
 from dali_cutmix import mixed_targets
@@ -11,7 +11,6 @@ from dali_cutmix.loader import mix_schedule
 from dali_cutmix.mix import CutMixParams, apply_cutmix, sample_cutmix
 
 H, W, K = 40, 72, 10
-BACKENDS = ["python", "native"]
 
 
 def flipped(params: CutMixParams) -> CutMixParams:
@@ -68,8 +67,7 @@ def test_timm_mixup_is_the_oracle_in_elem_mode(monkeypatch):
     torch.testing.assert_close(mixed_targets(la, lb, lam, K), theirs_y)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+@pytest.mark.parametrize("backend, layout", BACKEND_LAYOUTS)
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32], ids=["uint8", "float32"])
 def test_mixup_and_cutmix_switching_matches_the_reference(backend, layout, dtype):
     rng = np.random.default_rng(0)
@@ -90,11 +88,12 @@ def test_mixup_and_cutmix_switching_matches_the_reference(backend, layout, dtype
     assert kinds == {"mixup", "cutmix"}
 
 
-def test_mixup_pixels_are_the_rounded_blend():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mixup_pixels_are_the_rounded_blend(backend):
     rng = np.random.default_rng(1)
     batches = [random_batch(rng, 8, (H, W, 3)) for _ in range(2)]
     for images, mixed, _la, _lb, lam, perm, boxes, blend in run_cutmix(
-        batches, backend="native", alpha=0, mixup_alpha=1.0, mode="elem"
+        batches, backend=backend, alpha=0, mixup_alpha=1.0, mode="elem"
     ):
         assert (blend == 1).all() and (boxes[:, 2] == boxes[:, 0]).all()
         for i in range(8):

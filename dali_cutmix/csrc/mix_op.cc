@@ -1,0 +1,432 @@
+// dali_cutmix.mix: CutMix (and MixUp) fused with normalisation, one DALI CPU operator.
+//
+// Why one operator: on a CPU every DALI operator costs a fixed ~0.05-0.1 ms per batch whatever it
+// computes, and a paste done as its own pass reads and writes the whole batch once more. Here the
+// parameters are drawn inside the operator (from a per-batch DALI draw, so the pipeline's seed
+// governs them and DALI's checkpoints capture them: the operator itself holds no state), and the
+// pixels are written once, straight from the own image or the partner's, through a per-channel
+// lookup table that does what crop_mirror_normalize does: (x - mean) * (1 / std), flip, layout.
+//
+// The box formula is the one of dali_cutmix.mix.cutmix_box / minmax_box, in float32 operation for
+// operation (compiled with -ffp-contract=off), so NumPy given the same draws gets the same boxes.
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "dali/pipeline/operator/checkpointing/stateless_operator.h"
+#include "dali/pipeline/operator/operator.h"
+
+namespace dali_cutmix {
+
+using ::dali::CPUBackend;
+using ::dali::DALIDataType;
+using ::dali::OutputDesc;
+using ::dali::TensorLayout;
+using ::dali::TensorListShape;
+using ::dali::TensorShape;
+using ::dali::Workspace;
+
+// Everything random about one receiving sample, as in dali_cutmix.mix.CutMixParams.
+struct SampleParams {
+  int perm = 0;
+  int box[4] = {0, 0, 0, 0};  // y1, x1, y2, x2, half-open
+  float lam = 1.0f;
+  bool blend = false;
+};
+
+// The random numbers behind one unit (the batch, or a sample in mode "elem"): the fields of
+// dali_cutmix.mix.mix_from_draws. u: box placement (2 values; 4 with minmax: sides, then corner).
+struct Draws {
+  float mix = 1.0f, cut = 1.0f, lam_cut = 1.0f, lam_mix = 1.0f;
+  float u[4] = {0, 0, 0, 0};
+};
+
+class Mix : public ::dali::StatelessOperator<CPUBackend> {
+ public:
+  explicit Mix(const ::dali::OpSpec &spec)
+      : ::dali::StatelessOperator<CPUBackend>(spec),
+        alpha_(spec.GetArgument<float>("alpha")),
+        mixup_alpha_(spec.GetArgument<float>("mixup_alpha")),
+        prob_(spec.GetArgument<float>("prob")),
+        switch_prob_(spec.GetArgument<float>("switch_prob")),
+        per_sample_(spec.GetArgument<std::string>("mode") == "elem"),
+        no_self_(spec.GetArgument<bool>("no_self")),
+        minmax_(spec.GetRepeatedArgument<float>("minmax")),
+        normalize_(spec.HasArgument("mean") || spec.HasArgument("std")),
+        output_layout_(spec.GetArgument<std::string>("output_layout")) {
+    auto mode = spec.GetArgument<std::string>("mode");
+    DALI_ENFORCE(mode == "batch" || mode == "elem", "mode must be \"batch\" or \"elem\", got \"" + mode + "\"");
+    DALI_ENFORCE(alpha_ >= 0 && mixup_alpha_ >= 0, "alpha and mixup_alpha must be >= 0");
+    DALI_ENFORCE(prob_ >= 0 && prob_ <= 1 && switch_prob_ >= 0 && switch_prob_ <= 1,
+                 "prob and switch_prob must be in [0, 1]");
+    DALI_ENFORCE(minmax_.empty() || (minmax_.size() == 2 && 0 < minmax_[0] && minmax_[0] < minmax_[1] &&
+                                     minmax_[1] <= 1),
+                 "minmax must be empty or (min, max) with 0 < min < max <= 1");
+    cutmix_ = alpha_ > 0 || !minmax_.empty();
+    mixup_ = mixup_alpha_ > 0;
+    DALI_ENFORCE(cutmix_ || mixup_, "nothing to mix: alpha and mixup_alpha are both 0 and minmax is not set");
+    DALI_ENFORCE(output_layout_ == "HWC" || output_layout_ == "CHW",
+                 "output_layout must be \"HWC\" or \"CHW\", got \"" + output_layout_ + "\"");
+    dtype_ = spec.HasArgument("dtype") ? spec.GetArgument<DALIDataType>("dtype")
+                                       : (normalize_ ? DALIDataType::DALI_FLOAT : DALIDataType::DALI_UINT8);
+    DALI_ENFORCE(dtype_ == DALIDataType::DALI_FLOAT || (dtype_ == DALIDataType::DALI_UINT8 && !normalize_),
+                 "dtype must be FLOAT, or UINT8 without mean/std");
+    mean_ = spec.HasArgument("mean") ? spec.GetRepeatedArgument<float>("mean") : std::vector<float>{0.0f};
+    std_ = spec.HasArgument("std") ? spec.GetRepeatedArgument<float>("std") : std::vector<float>{1.0f};
+    for (float s : std_) DALI_ENFORCE(s != 0, "std must not contain 0");
+  }
+
+ protected:
+  bool SetupImpl(std::vector<OutputDesc> &out, const Workspace &ws) override {
+    const auto &images = ws.Input<CPUBackend>(0);
+    const auto &labels = ws.Input<CPUBackend>(1);
+    int n = images.num_samples();
+    DALI_ENFORCE(images.type() == DALIDataType::DALI_UINT8 || images.type() == DALIDataType::DALI_FLOAT,
+                 ::dali::make_string("dali_cutmix.mix takes uint8 or float32 images, got ", images.type()));
+    DALI_ENFORCE(images.type() == DALIDataType::DALI_UINT8 || dtype_ == DALIDataType::DALI_FLOAT ||
+                     !spec_.HasArgument("dtype"),
+                 "float32 images give float32 output (dtype=FLOAT)");
+    DALI_ENFORCE(images.sample_dim() == 3, "dali_cutmix.mix takes HWC images (3 dimensions)");
+    auto shape = images.tensor_shape(0);
+    for (int i = 1; i < n; i++) {
+      DALI_ENFORCE(images.tensor_shape(i) == shape,
+                   ::dali::make_string("CutMix needs a batch of one image shape (crop or resize first): sample 0 is ",
+                                       images.tensor_shape(0), ", sample ", i, " is ", images.tensor_shape(i)));
+    }
+    H_ = shape[0], W_ = shape[1], C_ = shape[2];
+    DALI_ENFORCE(H_ >= 2 && W_ >= 2,
+                 ::dali::make_string("images must be at least 2x2 (HxW) for CutMix, got ", H_, "x", W_));
+    for (auto *v : {&mean_, &std_}) {
+      DALI_ENFORCE(v->size() == 1 || static_cast<int64_t>(v->size()) == C_,
+                   ::dali::make_string("mean and std need 1 or ", C_, " values (one per channel)"));
+    }
+    if (spec_.HasTensorArgument("params")) {
+      Packed(ws, n);
+    } else if (spec_.HasTensorArgument("draws")) {
+      GivenDraws(ws, n);
+    } else {
+      DALI_ENFORCE(ws.NumInput() >= 3, "dali_cutmix.mix needs an entropy input, or the params or draws argument");
+      const auto &entropy = ws.Input<CPUBackend>(2);
+      DALI_ENFORCE(entropy.type() == DALIDataType::DALI_FLOAT && entropy.tensor_shape(0).num_elements() >= 2,
+                   "entropy must be float32 with at least 2 values per sample (fn.random.uniform(shape=[2]))");
+      probs_.assign(n, prob_);
+      if (ws.NumInput() > 3) {
+        const auto &prob = ws.Input<CPUBackend>(3);
+        DALI_ENFORCE(prob.type() == DALIDataType::DALI_FLOAT, "prob must be a float32 scalar per sample");
+        for (int i = 0; i < n; i++) probs_[i] = prob.tensor<float>(i)[0];
+      }
+      Sample(n, entropy.tensor<float>(0));
+    }
+
+    TensorListShape<> label_shape(n, labels.sample_dim());
+    for (int i = 0; i < n; i++) label_shape.set_tensor_shape(i, labels.tensor_shape(params_[i].perm));
+    TensorShape<> image_shape = output_layout_ == "CHW" ? TensorShape<>{C_, H_, W_} : TensorShape<>{H_, W_, C_};
+    out.resize(6);
+    bool float_out = dtype_ == DALIDataType::DALI_FLOAT || images.type() == DALIDataType::DALI_FLOAT;
+    out[0] = {::dali::uniform_list_shape(n, image_shape), float_out ? DALIDataType::DALI_FLOAT : dtype_};
+    out[1] = {label_shape, labels.type()};
+    out[2] = {::dali::uniform_list_shape(n, TensorShape<>{}), DALIDataType::DALI_FLOAT};  // lam
+    out[3] = {::dali::uniform_list_shape(n, TensorShape<>{}), DALIDataType::DALI_INT32};  // perm
+    out[4] = {::dali::uniform_list_shape(n, TensorShape<>{4}), DALIDataType::DALI_INT32};  // boxes
+    out[5] = {::dali::uniform_list_shape(n, TensorShape<>{}), DALIDataType::DALI_FLOAT};  // blend
+    return true;
+  }
+
+  void RunImpl(Workspace &ws) override {
+    const auto &images = ws.Input<CPUBackend>(0);
+    const auto &labels = ws.Input<CPUBackend>(1);
+    auto &out = ws.Output<CPUBackend>(0);
+    auto &labels_b = ws.Output<CPUBackend>(1);
+    int n = images.num_samples();
+    out.SetLayout(TensorLayout(output_layout_));
+    size_t label_bytes = labels.type_info().size();
+    for (int i = 0; i < n; i++) {
+      const auto &p = params_[i];
+      std::memcpy(labels_b.raw_mutable_tensor(i), labels.raw_tensor(p.perm),
+                  labels.tensor_shape(p.perm).num_elements() * label_bytes);
+      ws.Output<CPUBackend>(2).mutable_tensor<float>(i)[0] = p.lam;
+      ws.Output<CPUBackend>(3).mutable_tensor<int>(i)[0] = p.perm;
+      std::copy(p.box, p.box + 4, ws.Output<CPUBackend>(4).mutable_tensor<int>(i));
+      ws.Output<CPUBackend>(5).mutable_tensor<float>(i)[0] = p.blend ? 1.0f : 0.0f;
+    }
+    BuildTables();
+    auto &tp = ws.GetThreadPool();
+    bool float_in = images.type() == DALIDataType::DALI_FLOAT;
+    for (int i = 0; i < n; i++) {
+      bool mirror = spec_.GetArgument<int>("mirror", &ws, i) != 0;
+      tp.AddWork(
+          [&, i, mirror](int) {
+            const auto &p = params_[i];
+            if (float_in) {
+              Write(out.mutable_tensor<float>(i), images.tensor<float>(i), images.tensor<float>(p.perm), p, mirror);
+            } else if (dtype_ == DALIDataType::DALI_FLOAT) {
+              Write(out.mutable_tensor<float>(i), images.tensor<uint8_t>(i), images.tensor<uint8_t>(p.perm), p, mirror);
+            } else {
+              Write(out.mutable_tensor<uint8_t>(i), images.tensor<uint8_t>(i), images.tensor<uint8_t>(p.perm), p,
+                    mirror);
+            }
+          },
+          H_ * W_);
+    }
+    tp.RunAll();
+  }
+
+ private:
+  // Per channel: mean and 1/std rounded to float once, as crop_mirror_normalize does, and for uint8
+  // input a lookup table of (x - mean) * (1 / std) for each of the 256 values: one load per value.
+  void BuildTables() {
+    if (static_cast<int64_t>(table_.size()) == C_ * 256) return;
+    table_.resize(C_ * 256);
+    mean_c_.resize(C_);
+    inv_std_c_.resize(C_);
+    for (int c = 0; c < C_; c++) {
+      mean_c_[c] = mean_[c % mean_.size()];
+      inv_std_c_[c] = static_cast<float>(1.0 / static_cast<double>(std_[c % std_.size()]));
+      for (int v = 0; v < 256; v++) table_[c * 256 + v] = Convert(static_cast<float>(v), c);
+    }
+  }
+
+  float Convert(float v, int64_t c) const { return normalize_ ? (v - mean_c_[c]) * inv_std_c_[c] : v; }
+
+  // blend_images: w * own + (1 - w) * partner in float32; uint8 rounded half away from zero and clipped.
+  static uint8_t Blend(uint8_t own, uint8_t partner, float w, float w_partner) {
+    float a = static_cast<float>(own) * w;
+    float b = static_cast<float>(partner) * w_partner;
+    float v = std::floor((a + b) + 0.5f);
+    return static_cast<uint8_t>(std::min(std::max(v, 0.0f), 255.0f));
+  }
+
+  static float Blend(float own, float partner, float w, float w_partner) { return own * w + partner * w_partner; }
+
+  template <typename Out, typename In>
+  void Write(Out *out, const In *own, const In *partner, const SampleParams &p, bool mirror) const {
+    const int64_t H = H_, W = W_, C = C_;
+    const bool chw = output_layout_ == "CHW";
+    std::vector<In> row(p.blend ? W * C : 0);
+    for (int64_t y = 0; y < H; y++) {
+      const In *own_row = own + y * W * C;
+      const In *partner_row = partner + y * W * C;
+      // Three runs of columns: own, partner (inside the box's rows only), own.
+      int64_t x1 = 0, x2 = 0;
+      if (y >= p.box[0] && y < p.box[2]) x1 = p.box[1], x2 = p.box[3];
+      const In *src = own_row;
+      if (p.blend) {
+        float w = p.lam, wp = 1.0f - p.lam;
+        for (int64_t k = 0; k < W * C; k++) row[k] = Blend(own_row[k], partner_row[k], w, wp);
+        src = row.data();
+      }
+      Copy(out, src, y, 0, x1, mirror, chw);
+      Copy(out, partner_row, y, x1, x2, mirror, chw);
+      Copy(out, src, y, x2, W, mirror, chw);
+    }
+  }
+
+  // Columns [x0, x1) of row y from src (an HWC row) to the output.
+  template <typename Out, typename In>
+  void Copy(Out *out, const In *src, int64_t y, int64_t x0, int64_t x1, bool mirror, bool chw) const {
+    const int64_t H = H_, W = W_, C = C_;
+    if (x1 <= x0) return;
+    if constexpr (std::is_same_v<Out, In>) {
+      if (!normalize_ && !chw && !mirror) {
+        std::memcpy(out + (y * W + x0) * C, src + x0 * C, (x1 - x0) * C * sizeof(In));
+        return;
+      }
+    }
+    auto value = [&](int64_t x, int64_t c) -> Out {
+      if constexpr (std::is_same_v<In, uint8_t>) {
+        if constexpr (std::is_same_v<Out, uint8_t>) {
+          return src[x * C + c];
+        } else {
+          return table_[c * 256 + src[x * C + c]];
+        }
+      } else {
+        return Convert(src[x * C + c], c);
+      }
+    };
+    if (chw) {
+      for (int64_t c = 0; c < C; c++) {
+        Out *plane = out + c * H * W + y * W;
+        if (mirror) {
+          for (int64_t x = x0; x < x1; x++) plane[W - 1 - x] = value(x, c);
+        } else {
+          for (int64_t x = x0; x < x1; x++) plane[x] = value(x, c);
+        }
+      }
+    } else {
+      Out *line = out + y * W * C;
+      for (int64_t x = x0; x < x1; x++) {
+        int64_t ox = mirror ? W - 1 - x : x;
+        for (int64_t c = 0; c < C; c++) line[ox * C + c] = value(x, c);
+      }
+    }
+  }
+
+  // Given parameters, to replay a mix (the perm, boxes, lam and blend outputs of an earlier run),
+  // packed into one float32 vector per sample: perm, y1, x1, y2, x2, lam, blend (whole numbers
+  // below 2**24 are exact in float32).
+  void Packed(const Workspace &ws, int n) {
+    const auto &packed = ws.ArgumentInput("params");
+    params_.assign(n, SampleParams{});
+    for (int i = 0; i < n; i++) {
+      DALI_ENFORCE(packed.tensor_shape(i).num_elements() == 7, "params are 7 float32 values per sample");
+      const float *v = packed.tensor<float>(i);
+      auto &p = params_[i];
+      p.perm = static_cast<int>(v[0]);
+      DALI_ENFORCE(p.perm >= 0 && p.perm < n, ::dali::make_string("perm[", i, "] = ", p.perm, " is not in [0, ", n, ")"));
+      for (int k = 0; k < 4; k++) p.box[k] = static_cast<int>(v[1 + k]);
+      p.box[0] = std::clamp<int>(p.box[0], 0, H_), p.box[2] = std::clamp<int>(p.box[2], 0, H_);
+      p.box[1] = std::clamp<int>(p.box[1], 0, W_), p.box[3] = std::clamp<int>(p.box[3], 0, W_);
+      p.lam = v[5];
+      p.blend = v[6] > 0;
+    }
+  }
+
+  // ---- sampling: dali_cutmix.mix.sample_mix, with a C++ generator seeded by the batch's draw ----
+
+  float Uniform() { return static_cast<float>(rng_() >> 40) * (1.0f / 16777216.0f); }  // [0, 1), 24 bits
+
+  float Beta(float a) {
+    std::gamma_distribution<double> gamma(a, 1.0);
+    double x = gamma(rng_), y = gamma(rng_);
+    if (x + y == 0) return Uniform() < 0.5f ? 0.0f : 1.0f;  // both underflowed: a tiny alpha
+    return static_cast<float>(x / (x + y));
+  }
+
+  void Permutation(int n, bool no_self) {
+    std::vector<int> perm(n);
+    for (;;) {
+      for (int i = 0; i < n; i++) perm[i] = i;
+      for (int i = n - 1; i > 0; i--) {
+        std::uniform_int_distribution<int> pick(0, i);
+        std::swap(perm[i], perm[pick(rng_)]);
+      }
+      bool fixed = false;
+      for (int i = 0; i < n && no_self && n > 1; i++) fixed |= perm[i] == i;
+      if (!fixed) break;
+    }
+    for (int i = 0; i < n; i++) params_[i].perm = perm[i];
+  }
+
+  void Sample(int n, const float *entropy) {
+    uint32_t bits[2];
+    std::memcpy(bits, entropy, sizeof(bits));
+    std::seed_seq seq{bits[0], bits[1]};
+    rng_.seed(seq);
+    params_.assign(n, SampleParams{});
+    int units = per_sample_ ? n : 1;
+    for (int k = 0; k < units; k++) {
+      Draws d;
+      d.mix = Uniform() < probs_[k] ? 1.0f : 0.0f;
+      d.cut = cutmix_ && mixup_ ? (Uniform() < switch_prob_ ? 1.0f : 0.0f) : (cutmix_ ? 1.0f : 0.0f);
+      d.lam_cut = alpha_ > 0 && minmax_.empty() ? Beta(alpha_) : 1.0f;
+      d.lam_mix = mixup_ ? Beta(mixup_alpha_) : 1.0f;
+      for (int j = 0; j < (minmax_.empty() ? 2 : 4); j++) d.u[j] = Uniform();
+      Place(d, params_[k]);
+    }
+    for (int i = units; i < n; i++) params_[i] = params_[0];
+    Permutation(n, no_self_);
+  }
+
+  // Draws made elsewhere (the python backend draws with NumPy, dali_cutmix.mix.draw_mix), one
+  // float32 vector per sample: perm, mix, cut, lam_cut, lam_mix, u[0..3].
+  void GivenDraws(const Workspace &ws, int n) {
+    const auto &draws = ws.ArgumentInput("draws");
+    params_.assign(n, SampleParams{});
+    for (int i = 0; i < n; i++) {
+      DALI_ENFORCE(draws.tensor_shape(i).num_elements() == 9, "draws are 9 float32 values per sample");
+      const float *v = draws.tensor<float>(i);
+      Draws d{v[1], v[2], v[3], v[4], {v[5], v[6], v[7], v[8]}};
+      Place(d, params_[i]);
+      params_[i].perm = static_cast<int>(v[0]);
+      DALI_ENFORCE(params_[i].perm >= 0 && params_[i].perm < n,
+                   ::dali::make_string("perm[", i, "] = ", params_[i].perm, " is not in [0, ", n, ")"));
+    }
+  }
+
+  // Box, lambda and blend from the draws: dali_cutmix.mix.mix_from_draws, operation for operation.
+  void Place(const Draws &d, SampleParams &p) const {
+    const float hw[2] = {static_cast<float>(H_), static_cast<float>(W_)};
+    const float *u = d.u;
+    float c = d.mix * d.cut;
+    float lo[2] = {0, 0}, hi[2] = {0, 0}, lam = 1.0f;
+    if (!minmax_.empty()) {  // minmax_box
+      float size[2];
+      for (int k = 0; k < 2; k++) {
+        float low = std::floor(hw[k] * minmax_[0]), high = std::floor(hw[k] * minmax_[1]);
+        size[k] = (low + std::floor(u[k] * (high - low))) * c;
+        lo[k] = std::min(std::floor(u[2 + k] * ((hw[k] - size[k]) + 1.0f)), hw[k] - size[k]);
+        hi[k] = lo[k] + size[k];
+      }
+      lam = 1.0f - (size[0] * size[1]) / (hw[0] * hw[1]);
+    } else if (cutmix_) {  // cutmix_box
+      float half_cut = std::sqrt(1.0f - d.lam_cut) * (c * 0.5f);
+      for (int k = 0; k < 2; k++) {
+        float half = std::floor(hw[k] * half_cut);
+        float centre = std::min(std::floor(u[k] * hw[k]), hw[k] - 1.0f);
+        lo[k] = std::clamp(centre - half, 0.0f, hw[k]);
+        hi[k] = std::clamp(centre + half, 0.0f, hw[k]);
+      }
+      lam = 1.0f - ((hi[0] - lo[0]) * (hi[1] - lo[1])) / (hw[0] * hw[1]);
+    }
+    p.blend = false;
+    if (mixup_) {
+      float blend = d.mix - c;
+      lam = lam * (1.0f - blend) + d.lam_mix * blend;
+      p.blend = blend > 0;
+    }
+    p.box[0] = static_cast<int>(lo[0]), p.box[1] = static_cast<int>(lo[1]);
+    p.box[2] = static_cast<int>(hi[0]), p.box[3] = static_cast<int>(hi[1]);
+    p.lam = lam;
+  }
+
+  float alpha_, mixup_alpha_, prob_, switch_prob_;
+  bool per_sample_, no_self_;
+  std::vector<float> minmax_;
+  bool normalize_;
+  std::string output_layout_;
+  DALIDataType dtype_;
+  std::vector<float> mean_, std_;
+  bool cutmix_ = true, mixup_ = false;
+  int64_t H_ = 0, W_ = 0, C_ = 0;
+  std::vector<float> probs_;
+  std::vector<SampleParams> params_;
+  std::vector<float> table_, mean_c_, inv_std_c_;
+  std::mt19937_64 rng_;
+};
+
+}  // namespace dali_cutmix
+
+DALI_REGISTER_OPERATOR(dali_cutmix__Mix, ::dali_cutmix::Mix, ::dali::CPU);
+
+DALI_SCHEMA(dali_cutmix__Mix)
+    .DocStr(R"(CutMix (optionally switching with MixUp) of a uniformly shaped uint8 HWC batch, fused with
+normalisation, flip and layout change. Outputs: images, labels_b, lam, perm, boxes (y1, x1, y2, x2), blend.)")
+    .NumInput(2, 4)
+    .InputDox(0, "images", "TensorList of uint8 HWC", "The batch, one shape for all samples.")
+    .InputDox(1, "labels", "TensorList", "Per-sample labels; labels_b is them gathered through perm.")
+    .InputDox(2, "entropy", "TensorList of float32",
+              "A per-batch draw (sample 0's first two values seed the operator's generator).")
+    .InputDox(3, "prob", "TensorList of float32 scalars", "Optional per-sample probability of mixing.")
+    .NumOutput(6)
+    .AddOptionalArg("alpha", "CutMix's Beta(alpha, alpha); 0 turns CutMix off.", 1.0f)
+    .AddOptionalArg("mixup_alpha", "MixUp's Beta; 0 turns MixUp off.", 0.0f)
+    .AddOptionalArg("prob", "Probability that a batch (mode batch) or sample (mode elem) is mixed.", 1.0f)
+    .AddOptionalArg("switch_prob", "With both on, the probability of CutMix rather than MixUp.", 0.5f)
+    .AddOptionalArg("mode", "\"batch\": one draw for the batch; \"elem\": one per sample.", std::string("batch"))
+    .AddOptionalArg("no_self", "Partners are never the sample itself.", false)
+    .AddOptionalArg("minmax", "Box sides as fractions (min, max) of H and W, like timm.", std::vector<float>{})
+    .AddOptionalArg<std::vector<float>>("mean", "Subtracted per channel (turns normalisation on).", nullptr)
+    .AddOptionalArg<std::vector<float>>("std", "Divides per channel (turns normalisation on).", nullptr)
+    .AddOptionalArg<std::vector<float>>("params", "Given parameters packed per sample: perm, y1, x1, y2, x2, lam, blend.",
+                                        nullptr, true)
+    .AddOptionalArg<std::vector<float>>("draws",
+                                        "Given draws per sample: perm, mix, cut, lam_cut, lam_mix, u[0..3] (the box "
+                                        "and lambda follow from them and the image size, as when drawn here).",
+                                        nullptr, true)
+    .AddOptionalArg("mirror", "Flip horizontally (per sample), after mixing.", 0, true)
+    .AddOptionalArg("output_layout", "\"HWC\" or \"CHW\".", std::string("HWC"))
+    .AddOptionalTypeArg("dtype", "FLOAT, or UINT8 without normalisation (the default then).");
