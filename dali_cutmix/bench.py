@@ -4,10 +4,16 @@
 
 Measures, warm-up excluded, ``--reps`` repetitions of ``--steps`` batches each:
 
-* ``cutmix op``: the cost of the CutMix operator alone per batch, on in-memory uint8 batches;
-* ``stages``: the pipeline cut after each stage (read, decode+crop+resize, CutMix, normalise):
+* ``cutmix op``: the cost of CutMix alone per batch, on in-memory uint8 batches normalised as in
+  training (the native backend on the CPU mixes and normalises in one pass);
+* ``stages``: the pipeline cut after each stage (read, decode+crop+resize, normalise, CutMix):
   the marginal cost of each operator group, per batch;
-* ``pipeline``: the training pipeline through the PyTorch loader, CutMix off / python / native;
+* ``pipeline``: the training pipeline through the PyTorch loader, CutMix off / python / native /
+  ops, and the native operator with prob 0 (its normalisation alone);
+
+The DALI sections measure their configurations in turn, repetition by repetition, and the CutMix
+costs are medians of per-repetition ratios (see :func:`interleaved`): on a shared machine that is
+what resolves a difference of 1%.
 * ``trainer``: the training step alone on synthetic batches already on the device;
 * ``end to end``: the loader (native CutMix) feeding the training step;
 * ``peers``: torchvision ``ImageFolder`` + ``DataLoader`` + ``transforms.v2.CutMix``, and timm's
@@ -34,6 +40,7 @@ import numpy as np
 import torch
 
 from .data import load_imagenet
+from .ops import BACKENDS
 
 
 @dataclass
@@ -58,17 +65,44 @@ def throughput(
     batches: Iterator, batch_size: int, *, warmup: int, steps: int, reps: int, sync: Callable[[], None] = lambda: None
 ) -> list[float]:
     """Images per second of each repetition of ``steps`` batches, after ``warmup`` batches."""
-    for _ in itertools.islice(batches, warmup):
-        pass
-    sync()
-    rates = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        for _ in itertools.islice(batches, steps):
+    return interleaved({"": batches}, batch_size, warmup=warmup, steps=steps, reps=reps, sync=sync)[""]
+
+
+def interleaved(
+    sources: dict[str, Iterator],
+    batch_size: int,
+    *,
+    warmup: int,
+    steps: int,
+    reps: int,
+    sync: Callable[[], None] = lambda: None,
+) -> dict[str, list[float]]:
+    """:func:`throughput` of several sources, their repetitions taken in turn (A B C A B C ...).
+
+    On a shared machine the load drifts over seconds; measured in turn, repetition ``r`` of every
+    source sees about the same machine, so per-repetition ratios (see :func:`paired_cost`) resolve
+    differences of a few percent that medians of back-to-back blocks cannot.
+    """
+    for batches in sources.values():
+        for _ in itertools.islice(batches, warmup):
             pass
         sync()
-        rates.append(steps * batch_size / (time.perf_counter() - start))
+    rates: dict[str, list[float]] = {name: [] for name in sources}
+    for _ in range(reps):
+        for name, batches in sources.items():
+            start = time.perf_counter()
+            for _ in itertools.islice(batches, steps):
+                pass
+            sync()
+            rates[name].append(steps * batch_size / (time.perf_counter() - start))
     return rates
+
+
+def paired_cost(rates: list[float], base: list[float]) -> tuple[float, float, float]:
+    """Throughput lost against ``base``, in percent, from repetitions taken in turn: the median
+    of the per-repetition losses, and their min and max."""
+    losses = sorted(100 * (1 - r / b) for r, b in zip(rates, base))
+    return statistics.median(losses), losses[0], losses[-1]
 
 
 def operator_count(pipe) -> str:
@@ -87,10 +121,13 @@ def endless(loader) -> Iterator:
 
 
 def cutmix_op_rows(args) -> list[Row]:
-    """The CutMix operator alone: in-memory (B, S, S, 3) uint8 batches, with and without it."""
+    """The CutMix operator alone: in-memory (B, S, S, 3) uint8 batches, normalised as the training
+    pipeline does (flip, mean/std, HWC -> CHW), with and without CutMix in front."""
     from nvidia.dali import fn, pipeline_def
 
-    from .ops import cutmix
+    from pipelines.imagenet import MEAN, STD
+
+    from .ops import Normalize, cutmix
 
     rng = np.random.default_rng(0)
     S, B = args.image_size, args.batch_size
@@ -102,37 +139,45 @@ def cutmix_op_rows(args) -> list[Row]:
         images = fn.external_source(source=batches, cycle=True, layout="HWC")
         if args.device == "gpu":
             images = images.gpu()
+        norm = Normalize(mean=MEAN, std=STD, mirror=fn.random.coin_flip(), fp16=args.device == "gpu")
         if kind == "none":
-            return images
-        if kind == "copy":  # the floor of any out-of-place mix: one copy of the batch
-            return fn.copy(images)
-        return cutmix(images, fn.external_source(source=[labels], cycle=True), backend=kind)[0]
+            return norm.apply(images)
+        if kind == "copy":  # the floor of any mix done in a pass of its own: one copy of the batch
+            return norm.apply(fn.copy(images))
+        return cutmix(images, fn.external_source(source=[labels], cycle=True), backend=kind, normalize=norm)[0]
 
-    rows = []
     names = {
-        "none": "no CutMix",
-        "copy": "one batch copy (fn.copy)",
-        "python": "python backend",
-        "native": "native backend",
+        "none": "normalise, no CutMix",
+        "copy": "one batch copy + normalise",
+        "python": "python backend + normalise",
+        "native": "native backend + normalise",
+        "ops": "ops backend + normalise",
     }
+    pipes = {}
     for kind, name in names.items():
-        pipe = graph(kind, batch_size=B, num_threads=args.workers, device_id=_device_id(args), seed=0)
-        pipe.build()
-        rates = throughput(
-            iter(pipe.run, None), B, warmup=args.warmup, steps=args.steps * 20, reps=args.reps, sync=_sync(args)
-        )
-        rows.append(Row("cutmix op", name, rates, baseline="no CutMix", note=operator_count(pipe)))
-        del pipe
-    return rows
+        pipes[name] = graph(kind, batch_size=B, num_threads=args.workers, device_id=_device_id(args), seed=0)
+        pipes[name].build()
+    rates = interleaved(
+        {name: iter(pipe.run, None) for name, pipe in pipes.items()},
+        B,
+        warmup=args.warmup,
+        steps=args.steps * 20,
+        reps=args.reps,
+        sync=_sync(args),
+    )
+    return [
+        Row("cutmix op", name, rates[name], baseline="normalise, no CutMix", note=operator_count(pipes[name]))
+        for name in names.values()
+    ]
 
 
 def stage_rows(args, train_split) -> list[Row]:
     """The training pipeline cut after each stage; differences give each stage's cost."""
     from nvidia.dali import fn, pipeline_def
 
-    from pipelines.imagenet import decode_random_resized_crop, normalize, read
+    from pipelines.imagenet import MEAN, STD, decode_random_resized_crop, read
 
-    from .ops import cutmix
+    from .ops import Normalize, cutmix
 
     @pipeline_def(enable_conditionals=False)
     def graph(stop):
@@ -142,29 +187,33 @@ def stage_rows(args, train_split) -> list[Row]:
         images = decode_random_resized_crop(jpegs, device=args.device, image_size=args.image_size)
         if stop == "decode":
             return images, labels
-        if stop != "no-cutmix":
-            images, labels, *_ = cutmix(images, labels, backend=args.backend)
-        if stop == "cutmix":
-            return images, labels
-        return normalize(images, image_size=args.image_size, mirror=fn.random.coin_flip()), labels
+        norm = Normalize(mean=MEAN, std=STD, mirror=fn.random.coin_flip(), fp16=args.device == "gpu")
+        if stop == "normalise":
+            return norm.apply(images), labels
+        images, labels, *_ = cutmix(images, labels, backend=args.backend, normalize=norm)
+        return images, labels
 
-    rows, stages = (
-        [],
-        [
-            ("read", "read files"),
-            ("decode", "+ decode, crop, resize"),
-            ("cutmix", f"+ CutMix ({args.backend})"),
-            ("all", "+ normalise (full pipeline)"),
-            ("no-cutmix", "full pipeline without CutMix"),
-        ],
+    stages = {
+        "read": "read files",
+        "decode": "+ decode, crop, resize",
+        "normalise": "+ normalise (full pipeline, no CutMix)",
+        "cutmix": f"+ CutMix ({args.backend}; full pipeline)",
+    }
+    pipes = {}
+    for stop, name in stages.items():
+        pipes[name] = graph(stop, batch_size=args.batch_size, num_threads=args.workers, device_id=_device_id(args))
+        pipes[name].build()
+    rates = interleaved(
+        {name: iter(pipe.run, None) for name, pipe in pipes.items()},
+        args.batch_size,
+        warmup=args.warmup,
+        steps=args.steps,
+        reps=args.reps,
     )
-    for stop, name in stages:
-        pipe = graph(stop, batch_size=args.batch_size, num_threads=args.workers, device_id=_device_id(args), seed=0)
-        pipe.build()
-        rates = throughput(iter(pipe.run, None), args.batch_size, warmup=args.warmup, steps=args.steps, reps=args.reps)
-        rows.append(Row("stages", name, rates, baseline="read files", note=operator_count(pipe)))
-        del pipe
-    return rows
+    return [
+        Row("stages", name, rates[name], baseline="read files", note=operator_count(pipes[name]))
+        for name in stages.values()
+    ]
 
 
 def make_loader(args, train_split, **overrides):
@@ -176,23 +225,30 @@ def make_loader(args, train_split, **overrides):
     return train_loader(train_split, **{**settings, **overrides})
 
 
+PIPELINES = {
+    "DALI, no CutMix": {"cutmix_enabled": False},
+    "DALI + CutMix (python)": {"cutmix_backend": "python"},
+    "DALI + CutMix (native)": {"cutmix_backend": "native"},
+    "DALI + CutMix (ops)": {"cutmix_backend": "ops"},
+    # The native operator with nothing mixed: its normalisation against crop_mirror_normalize's.
+    "DALI + native operator, prob 0": {"cutmix_backend": "native", "cutmix_prob": 0.0},
+}
+
+
 def pipeline_rows(args, train_split) -> list[Row]:
-    rows = []
-    for backend in (None, "python", "native"):
-        loader = make_loader(args, train_split, cutmix_enabled=backend is not None, cutmix_backend=backend or "native")
-        rates = throughput(
-            endless(loader), args.batch_size, warmup=args.warmup, steps=args.steps, reps=args.reps, sync=_sync(args)
-        )
-        rows.append(
-            Row(
-                "pipeline",
-                "DALI, no CutMix" if backend is None else f"DALI + CutMix ({backend})",
-                rates,
-                baseline="DALI, no CutMix",
-            )
-        )
-        del loader
-    return rows
+    """The training loader in each configuration, measured in turn (see :func:`interleaved`)."""
+    loaders = {name: make_loader(args, train_split, **settings) for name, settings in PIPELINES.items()}
+    rates = interleaved(
+        {name: endless(loader) for name, loader in loaders.items()},
+        args.batch_size,
+        warmup=args.warmup,
+        steps=args.steps,
+        reps=args.reps,
+        sync=_sync(args),
+    )
+    for loader in loaders.values():
+        loader.close()
+    return [Row("pipeline", name, rates[name], baseline="DALI, no CutMix") for name in PIPELINES]
 
 
 # --- the trainer ----------------------------------------------------------------------------------
@@ -319,23 +375,35 @@ def findings(rows: list[Row], args) -> list[str]:
     def per_batch_ms(rate: float) -> float:
         return 1000 * args.batch_size / rate
 
-    if "no CutMix" in get:
+    by_name = {r.name: r for r in rows}
+    if "normalise, no CutMix" in get:
         full = per_batch_ms(get.get("DALI, no CutMix", float("nan")))
-        for name in ("one batch copy (fn.copy)", "python backend", "native backend"):
-            cost = per_batch_ms(get[name]) - per_batch_ms(get["no CutMix"])
+        for name in ("one batch copy + normalise", "python backend + normalise", "native backend + normalise"):
+            cost = per_batch_ms(get[name]) - per_batch_ms(get["normalise, no CutMix"])
             out.append(
-                f"{name}: {cost:.2f} ms per batch of {args.batch_size}, "
-                f"{100 * cost / full:.2f}% of a full pipeline batch ({full:.1f} ms)"
+                f"{name}: {cost:+.2f} ms per batch of {args.batch_size} over normalising alone, "
+                f"{100 * cost / full:+.2f}% of a full pipeline batch ({full:.1f} ms)"
             )
-    if "DALI, no CutMix" in get:
-        for backend, limit in (("python", 3.0), ("native", 1.0)):
-            key = f"DALI + CutMix ({backend})"
-            if key in get:
-                cost = 100 * (1 - get[key] / get["DALI, no CutMix"])
+    base = by_name.get("DALI, no CutMix")
+    if base:
+        for backend, limit in (("python", 3.0), ("native", 1.0), ("ops", None)):
+            row = by_name.get(f"DALI + CutMix ({backend})")
+            if row:
+                cost, low, high = paired_cost(row.images_per_s, base.images_per_s)
+                verdict = f"(at most {limit:.0f}%): {'met' if cost <= limit else 'MISSED'}" if limit else "(no target)"
                 out.append(
-                    f"target: CutMix ({backend}) costs {cost:.1f}% of pipeline throughput "
-                    f"(at most {limit:.0f}%): {'met' if cost <= limit else 'MISSED'}"
+                    f"target: CutMix ({backend}) costs {cost:+.1f}% of pipeline throughput "
+                    f"(median of {len(row.images_per_s)} paired repetitions, {low:+.1f}..{high:+.1f}) {verdict}"
                 )
+        native, idle = by_name.get("DALI + CutMix (native)"), by_name.get("DALI + native operator, prob 0")
+        if native and idle:
+            cost, low, high = paired_cost(native.images_per_s, idle.images_per_s)
+            normalise, nlow, nhigh = paired_cost(idle.images_per_s, base.images_per_s)
+            out.append(
+                f"native, split: the mixing itself costs {cost:+.1f}% ({low:+.1f}..{high:+.1f}) against the same "
+                f"operator with prob 0, whose normalising costs {normalise:+.1f}% ({nlow:+.1f}..{nhigh:+.1f}) "
+                "against crop_mirror_normalize"
+            )
     tv = get.get("torchvision DataLoader + v2.CutMix")
     ours = get.get(f"DALI + CutMix ({args.backend})")
     if tv and ours:
@@ -406,7 +474,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DALI threads = DataLoader workers")
     p.add_argument("--device", choices=("cpu", "gpu"), default="gpu" if torch.cuda.is_available() else "cpu")
     p.add_argument("--arch", default=None, help="trainer model (default: resnet50 on GPU, resnet18 on CPU)")
-    p.add_argument("--backend", choices=("python", "native"), default="native", help="CutMix backend of 'stages'")
+    p.add_argument("--backend", choices=BACKENDS, default="native", help="CutMix backend of 'stages'")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--steps", type=int, default=10, help="batches per repetition (pipelines and peers)")
     p.add_argument("--trainer-steps", type=int, default=3, help="batches per repetition (trainer, end to end)")
