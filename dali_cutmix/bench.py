@@ -19,8 +19,9 @@ what resolves a difference of 1%.
 * ``peers``: torchvision ``ImageFolder`` + ``DataLoader`` + ``transforms.v2.CutMix``, and timm's
   transforms + ``DataLoader`` + ``Mixup`` in CutMix-only mode, same files, batch and workers.
 
-Prints a table (median images/s, spread, ratio to the group's baseline), a verdict (data- or
-compute-bound) and the targets, and writes ``bench.json`` and ``bench.png`` to ``--output``.
+Prints a table (median images/s, spread, ratio to the group's baseline, CPU time per batch of
+the DALI sections), a verdict (data- or compute-bound) and the targets, and writes ``bench.json``
+and ``bench.png`` to ``--output``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,7 @@ class Row:
     images_per_s: list[float]
     baseline: str = ""  # the row of the same group this one is compared with
     note: str = ""
+    cpu_ms: list[float] = field(default_factory=list)  # process CPU time per batch, per repetition
 
     @property
     def median(self) -> float:
@@ -76,12 +78,18 @@ def interleaved(
     steps: int,
     reps: int,
     sync: Callable[[], None] = lambda: None,
+    settle: float = 0.0,
+    cpu: dict[str, list[float]] | None = None,
 ) -> dict[str, list[float]]:
     """:func:`throughput` of several sources, their repetitions taken in turn (A B C A B C ...).
 
     On a shared machine the load drifts over seconds; measured in turn, repetition ``r`` of every
     source sees about the same machine, so per-repetition ratios (see :func:`paired_cost`) resolve
-    differences of a few percent that medians of back-to-back blocks cannot.
+    differences of a few percent that medians of back-to-back blocks cannot. ``settle`` seconds
+    pass after each source's turn: a DALI pipeline refills its prefetch queue in the background,
+    which must not run into the next source's turn. ``cpu``, when given, receives each turn's
+    CPU time per batch (ms, all threads of this process): the work done, which other tenants'
+    load disturbs far less than the wall clock.
     """
     for batches in sources.values():
         for _ in itertools.islice(batches, warmup):
@@ -90,12 +98,22 @@ def interleaved(
     rates: dict[str, list[float]] = {name: [] for name in sources}
     for _ in range(reps):
         for name, batches in sources.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             for _ in itertools.islice(batches, steps):
                 pass
             sync()
             rates[name].append(steps * batch_size / (time.perf_counter() - start))
+            if cpu is not None:
+                cpu.setdefault(name, []).append(1000 * (time.process_time() - start_cpu) / steps)
+            time.sleep(settle)
     return rates
+
+
+def cpu_cost(cpu_ms: list[float], base: list[float]) -> tuple[float, float, float]:
+    """Extra CPU time per batch against ``base``, in percent, paired by repetition like
+    :func:`paired_cost`: median, min, max."""
+    extra = sorted(100 * (c / b - 1) for c, b in zip(cpu_ms, base))
+    return statistics.median(extra), extra[0], extra[-1]
 
 
 def paired_cost(rates: list[float], base: list[float]) -> tuple[float, float, float]:
@@ -118,6 +136,9 @@ def endless(loader) -> Iterator:
 
 
 # --- the DALI side ------------------------------------------------------------------------------
+
+
+SETTLE = 0.3  # seconds between turns: longer than a pipeline takes to refill its prefetch queue
 
 
 def cutmix_op_rows(args) -> list[Row]:
@@ -157,6 +178,7 @@ def cutmix_op_rows(args) -> list[Row]:
     for kind, name in names.items():
         pipes[name] = graph(kind, batch_size=B, num_threads=args.workers, device_id=_device_id(args), seed=0)
         pipes[name].build()
+    cpu: dict[str, list[float]] = {}
     rates = interleaved(
         {name: iter(pipe.run, None) for name, pipe in pipes.items()},
         B,
@@ -164,9 +186,12 @@ def cutmix_op_rows(args) -> list[Row]:
         steps=args.steps * 20,
         reps=args.reps,
         sync=_sync(args),
+        settle=SETTLE,
+        cpu=cpu,
     )
+    base = "normalise, no CutMix"
     return [
-        Row("cutmix op", name, rates[name], baseline="normalise, no CutMix", note=operator_count(pipes[name]))
+        Row("cutmix op", name, rates[name], baseline=base, note=operator_count(pipes[name]), cpu_ms=cpu[name])
         for name in names.values()
     ]
 
@@ -209,6 +234,7 @@ def stage_rows(args, train_split) -> list[Row]:
         warmup=args.warmup,
         steps=args.steps,
         reps=args.reps,
+        settle=SETTLE,
     )
     return [
         Row("stages", name, rates[name], baseline="read files", note=operator_count(pipes[name]))
@@ -238,6 +264,7 @@ PIPELINES = {
 def pipeline_rows(args, train_split) -> list[Row]:
     """The training loader in each configuration, measured in turn (see :func:`interleaved`)."""
     loaders = {name: make_loader(args, train_split, **settings) for name, settings in PIPELINES.items()}
+    cpu: dict[str, list[float]] = {}
     rates = interleaved(
         {name: endless(loader) for name, loader in loaders.items()},
         args.batch_size,
@@ -245,10 +272,12 @@ def pipeline_rows(args, train_split) -> list[Row]:
         steps=args.steps,
         reps=args.reps,
         sync=_sync(args),
+        settle=SETTLE,
+        cpu=cpu,
     )
     for loader in loaders.values():
         loader.close()
-    return [Row("pipeline", name, rates[name], baseline="DALI, no CutMix") for name in PIPELINES]
+    return [Row("pipeline", name, rates[name], baseline="DALI, no CutMix", cpu_ms=cpu[name]) for name in PIPELINES]
 
 
 # --- the trainer ----------------------------------------------------------------------------------
@@ -356,12 +385,14 @@ def peer_rows(args, train_root: Path, num_classes: int) -> list[Row]:
 
 def table(rows: list[Row]) -> str:
     by_name = {(r.group, r.name): r for r in rows}
-    lines = [f"{'group':<11} {'what':<46} {'img/s':>9} {'spread':>7} {'ratio':>7}  {'note':<13}  baseline"]
+    head = f"{'group':<11} {'what':<46} {'img/s':>9} {'spread':>7} {'ratio':>7} {'cpu ms':>7}  {'note':<13}  baseline"
+    lines = [head]
     for r in rows:
         base = by_name.get((r.group, r.baseline))
         ratio = f"{r.median / base.median:.3f}" if base else ""
+        cpu = f"{statistics.median(r.cpu_ms):.1f}" if r.cpu_ms else ""
         lines.append(
-            f"{r.group:<11} {r.name:<46} {r.median:>9.1f} {100 * r.spread:>6.1f}% {ratio:>7}  {r.note:<13}  "
+            f"{r.group:<11} {r.name:<46} {r.median:>9.1f} {100 * r.spread:>6.1f}% {ratio:>7} {cpu:>7}  {r.note:<13}  "
             f"{r.baseline if base and base is not r else ''}"
         )
     return "\n".join(lines)
@@ -395,6 +426,12 @@ def findings(rows: list[Row], args) -> list[str]:
                     f"target: CutMix ({backend}) costs {cost:+.1f}% of pipeline throughput "
                     f"(median of {len(row.images_per_s)} paired repetitions, {low:+.1f}..{high:+.1f}) {verdict}"
                 )
+                if row.cpu_ms and base.cpu_ms:
+                    extra, low, high = cpu_cost(row.cpu_ms, base.cpu_ms)
+                    out.append(
+                        f"        in CPU time: {extra:+.1f}% per batch ({low:+.1f}..{high:+.1f}; "
+                        f"{statistics.median(row.cpu_ms):.1f} vs {statistics.median(base.cpu_ms):.1f} ms)"
+                    )
         native, idle = by_name.get("DALI + CutMix (native)"), by_name.get("DALI + native operator, prob 0")
         if native and idle:
             cost, low, high = paired_cost(native.images_per_s, idle.images_per_s)
