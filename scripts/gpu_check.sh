@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU check in one go, for a machine with CUDA (under 5 minutes on one modern GPU):
-# the `gpu`-marked tests, then the profiler with GPU decode, both CutMix backends and an AMP
+# the `gpu`-marked tests, then the profiler with GPU decode, every CutMix backend and an AMP
 # ResNet-50 end to end. Results land in one folder: $OUT if set, else runs/gpu_check.
 #   bash scripts/gpu_check.sh            # after scripts/setup.sh, or with DALI and torch installed
 #
@@ -31,7 +31,7 @@ export PYTHONUNBUFFERED=1
 timeout 150 $py -m pytest -q -m gpu -rs 2>&1 | tee "$out/gpu_tests.txt"
 tests_rc=${PIPESTATUS[0]}
 
-# 2. the profiler on real-photo benchmark data: GPU decode, both backends, AMP ResNet-50
+# 2. the profiler on real-photo benchmark data: GPU decode, every backend, AMP ResNet-50
 timeout 120 $py -m dali_cutmix.benchdata --out /tmp/dali-cutmix-bench --images 2560 --classes 20 2>&1 | tee "$out/benchdata.txt"
 timeout 240 $py -m dali_cutmix.bench --data /tmp/dali-cutmix-bench --device gpu --batch-size 128 \
     --workers "$(nproc)" --reps 5 --steps 10 --trainer-steps 10 --arch resnet50 \
