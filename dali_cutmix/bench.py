@@ -81,7 +81,7 @@ def interleaved(
     settle: float = 0.0,
     cpu: dict[str, list[float]] | None = None,
 ) -> dict[str, list[float]]:
-    """:func:`throughput` of several sources, their repetitions taken in turn (A B C A B C ...).
+    """:func:`throughput` of several sources, their repetitions taken in turn (A B C, B C A, ...).
 
     On a shared machine the load drifts over seconds; measured in turn, repetition ``r`` of every
     source sees about the same machine, so per-repetition ratios (see :func:`paired_cost`) resolve
@@ -96,8 +96,11 @@ def interleaved(
             pass
         sync()
     rates: dict[str, list[float]] = {name: [] for name in sources}
-    for _ in range(reps):
-        for name, batches in sources.items():
+    names = list(sources)
+    for rep in range(reps):
+        # Each round starts one source later (A B C, B C A, ...): no source always follows the same one.
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
+            batches = sources[name]
             start, start_cpu = time.perf_counter(), time.process_time()
             for _ in itertools.islice(batches, steps):
                 pass
