@@ -113,6 +113,9 @@ def build(force: bool = False) -> Path:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    for stale in output.parent.glob("libdali_cutmix_*.so"):
+        if stale != output:  # builds of an earlier source or DALI; a process that loaded one keeps it
+            stale.unlink(missing_ok=True)
     return output
 
 

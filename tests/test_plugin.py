@@ -147,6 +147,13 @@ def test_the_box_formula_is_numpys_bit_for_bit(minmax):
     np.testing.assert_array_equal(perm, draws[:, 0].astype(np.int32))
 
 
+def test_a_build_replaces_older_builds(monkeypatch, tmp_path):
+    monkeypatch.setenv("DALI_CUTMIX_BUILD_DIR", str(tmp_path))
+    (tmp_path / "libdali_cutmix_0000000000000000.so").write_bytes(b"old")
+    built = plugin.build()
+    assert [p.name for p in tmp_path.glob("*.so")] == [built.name] and built.stat().st_size > 10000
+
+
 def test_a_missing_compiler_is_named(monkeypatch, tmp_path):
     monkeypatch.setenv("DALI_CUTMIX_BUILD_DIR", str(tmp_path))
     monkeypatch.setenv("CXX", "/nonexistent/g++")
