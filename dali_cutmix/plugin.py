@@ -19,6 +19,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import warnings
 from pathlib import Path
 
 SOURCE = Path(__file__).parent / "csrc" / "mix_op.cc"
@@ -33,6 +34,7 @@ PIP_HEADERS = {
 }
 
 _loaded: Path | None = None
+_unavailable_warned = False
 
 
 class PluginError(RuntimeError):
@@ -132,10 +134,15 @@ def load() -> Path:
 
 
 def available() -> bool:
-    """True when the plugin is loaded or can be built and loaded here."""
+    """True when the plugin is loaded or can be built and loaded here; else False, with a warning
+    that says why (once per process)."""
+    global _unavailable_warned
     try:
         load()
-    except PluginError:
+    except PluginError as e:
+        if not _unavailable_warned:
+            warnings.warn(f"{e}; the python backend mixes with NumPy instead (same output, slower)", stacklevel=2)
+            _unavailable_warned = True
         return False
     return True
 

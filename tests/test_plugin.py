@@ -147,6 +147,19 @@ def test_the_box_formula_is_numpys_bit_for_bit(minmax):
     np.testing.assert_array_equal(perm, draws[:, 0].astype(np.int32))
 
 
+def test_without_a_compiler_the_python_backend_says_why_and_falls_back(monkeypatch, tmp_path):
+    monkeypatch.setattr(plugin, "_loaded", None)
+    monkeypatch.setattr(plugin, "_unavailable_warned", False)
+    monkeypatch.setenv("DALI_CUTMIX_BUILD_DIR", str(tmp_path))
+    monkeypatch.setenv("CXX", "/nonexistent/g++")
+    batches = [random_batch(np.random.default_rng(5), 4, (H, W, 3))]
+    with pytest.warns(UserWarning, match="no C\\+\\+ compiler .* the python backend mixes with NumPy instead"):
+        (out,) = run_cutmix(batches, backend="python")
+    assert out[1].shape == (4, H, W, 3)
+    with pytest.raises(plugin.PluginError, match="no C\\+\\+ compiler"):
+        next(run_cutmix(batches, backend="native"))
+
+
 def test_a_build_replaces_older_builds(monkeypatch, tmp_path):
     monkeypatch.setenv("DALI_CUTMIX_BUILD_DIR", str(tmp_path))
     (tmp_path / "libdali_cutmix_0000000000000000.so").write_bytes(b"old")
