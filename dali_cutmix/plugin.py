@@ -33,8 +33,7 @@ PIP_HEADERS = {
     "nvidia-cuda-cccl-cu12": "cuda_cccl",  # nv/target
 }
 
-_loaded: Path | None = None
-_unavailable_warned = False
+_loaded: Path | None = None  # like DALI's registry of operators, once per process
 
 
 class PluginError(RuntimeError):
@@ -135,14 +134,11 @@ def load() -> Path:
 
 def available() -> bool:
     """True when the plugin is loaded or can be built and loaded here; else False, with a warning
-    that says why (once per process)."""
-    global _unavailable_warned
+    that says why (shown once: Python's default filter)."""
     try:
         load()
     except PluginError as e:
-        if not _unavailable_warned:
-            warnings.warn(f"{e}; the python backend mixes with NumPy instead (same output, slower)", stacklevel=2)
-            _unavailable_warned = True
+        warnings.warn(f"{e}; the python backend mixes with NumPy instead (same output, slower)", stacklevel=2)
         return False
     return True
 

@@ -149,7 +149,6 @@ def test_the_box_formula_is_numpys_bit_for_bit(minmax):
 
 def test_without_a_compiler_the_python_backend_says_why_and_falls_back(monkeypatch, tmp_path):
     monkeypatch.setattr(plugin, "_loaded", None)
-    monkeypatch.setattr(plugin, "_unavailable_warned", False)
     monkeypatch.setenv("DALI_CUTMIX_BUILD_DIR", str(tmp_path))
     monkeypatch.setenv("CXX", "/nonexistent/g++")
     batches = [random_batch(np.random.default_rng(5), 4, (H, W, 3))]
