@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import sys
@@ -27,7 +26,7 @@ import torchvision
 
 from dali_cutmix import checkpoint as ckpt
 from dali_cutmix.data import export_fashion_mnist, load_imagenet
-from dali_cutmix.engine import autocast, nvtx, train_step
+from dali_cutmix.engine import LRSchedule, Stop, check_finite, evaluate, nvtx, train_step
 from dali_cutmix.loader import mix_schedule, train_loader, val_loader
 from dali_cutmix.mix import MixConfig
 from dali_cutmix.ops import BACKENDS
@@ -254,22 +253,6 @@ def build_optimizer(args, model: torch.nn.Module, world: int, steps_per_epoch: i
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
-class LRSchedule:
-    """Per-step lr factor: linear warmup, then cosine to zero or x0.1 every ``lr_step`` epochs."""
-
-    def __init__(self, kind: str, warmup_epochs: float, epochs: int, lr_step: int, steps_per_epoch: int):
-        self.kind, self.lr_step, self.steps = kind, lr_step, steps_per_epoch
-        self.warmup, self.total = warmup_epochs * steps_per_epoch, epochs * steps_per_epoch
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / self.warmup
-        if self.kind == "step":
-            return 0.1 ** (step // (self.lr_step * self.steps))
-        progress = (step - self.warmup) / max(1, self.total - self.warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
 def train_one_epoch(
     model,
     loader,
@@ -326,65 +309,6 @@ def train_one_epoch(
         "train_images": seen,
         "steps": step,
     }
-
-
-class Stop:
-    """Set by SIGINT/SIGTERM; ranks agree on it each step, so they all stop after the same step."""
-
-    def __init__(self):
-        self.signal = 0
-
-    def __call__(self, signum, frame) -> None:
-        if self.signal:  # a second signal: stop at once
-            raise KeyboardInterrupt
-        self.signal = signum
-        print(f"\n{signal.Signals(signum).name}: finishing this step, saving, exiting", file=sys.stderr, flush=True)
-
-    def agreed(self, world: int, device: torch.device) -> bool:
-        if world == 1:
-            return bool(self.signal)
-        flag = torch.tensor([float(bool(self.signal))], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
-
-
-def check_finite(losses: list[torch.Tensor], epoch: int, start_step: int) -> None:
-    """Raise ``FloatingPointError`` naming the first step whose loss is NaN or infinite."""
-    if not losses:
-        return
-    bad = torch.nonzero(~torch.isfinite(torch.stack(losses))).flatten()
-    if len(bad):
-        first = bad[0].item()
-        raise FloatingPointError(
-            f"non-finite loss {losses[first].item()} at epoch {epoch}, step {start_step + first}; "
-            f"stopping, the last checkpoint is kept"
-        )
-
-
-@torch.no_grad()
-def evaluate(model, loader, device: torch.device, world: int) -> dict:
-    """Loss, top-1 and top-5 accuracy (%) over the whole validation set, summed across ranks."""
-    model.eval()
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top-1, top-5, count
-    for images, labels in loader:
-        if device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(device, enabled=True):
-            logits = model(images).float()
-        k = min(5, logits.shape[1])
-        top = logits.topk(k, dim=1).indices == labels[:, None]
-        totals += torch.stack(
-            [
-                torch.nn.functional.cross_entropy(logits, labels, reduction="sum").double(),
-                top[:, :1].sum().double(),
-                top.sum().double(),
-                torch.tensor(len(labels), dtype=torch.float64, device=device),
-            ]
-        )
-    if world > 1:
-        dist.all_reduce(totals)
-    loss, top1, top5, n = totals.tolist()
-    return {"val_loss": loss / n, "val_top1": 100 * top1 / n, "val_top5": 100 * top5 / n, "val_images": int(n)}
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,5 @@
-"""One training step, shared by train.py and the profiler, with NVTX ranges for Nsight Systems.
+"""The training engine: one step (shared by train.py and the profiler, with NVTX ranges for
+Nsight Systems), evaluation, the lr schedule, and the stop signal that ranks agree on.
 
 On a GPU each phase (``data``, ``forward``, ``backward``, ``optimizer``) is an NVTX range, so
 ``nsys profile python train.py ...`` shows where a step's time goes next to DALI's own ranges.
@@ -6,9 +7,13 @@ On a GPU each phase (``data``, ``forward``, ``backward``, ``optimizer``) is an N
 
 from __future__ import annotations
 
+import math
+import signal
+import sys
 from contextlib import contextmanager, nullcontext
 
 import torch
+import torch.distributed as dist
 
 from .loss import mixed_cross_entropy
 
@@ -53,3 +58,78 @@ def train_step(model, optimizer, scaler, batch, *, smoothing: float = 0.0) -> to
         else:
             optimizer.step()
     return loss.detach()
+
+
+class LRSchedule:
+    """Per-step lr factor: linear warmup, then cosine to zero or x0.1 every ``lr_step`` epochs."""
+
+    def __init__(self, kind: str, warmup_epochs: float, epochs: int, lr_step: int, steps_per_epoch: int):
+        self.kind, self.lr_step, self.steps = kind, lr_step, steps_per_epoch
+        self.warmup, self.total = warmup_epochs * steps_per_epoch, epochs * steps_per_epoch
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        if self.kind == "step":
+            return 0.1 ** (step // (self.lr_step * self.steps))
+        progress = (step - self.warmup) / max(1, self.total - self.warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+class Stop:
+    """Set by SIGINT/SIGTERM; ranks agree on it each step, so they all stop after the same step."""
+
+    def __init__(self):
+        self.signal = 0
+
+    def __call__(self, signum, frame) -> None:
+        if self.signal:  # a second signal: stop at once
+            raise KeyboardInterrupt
+        self.signal = signum
+        print(f"\n{signal.Signals(signum).name}: finishing this step, saving, exiting", file=sys.stderr, flush=True)
+
+    def agreed(self, world: int, device: torch.device) -> bool:
+        if world == 1:
+            return bool(self.signal)
+        flag = torch.tensor([float(bool(self.signal))], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def check_finite(losses: list[torch.Tensor], epoch: int, start_step: int) -> None:
+    """Raise ``FloatingPointError`` naming the first step whose loss is NaN or infinite."""
+    if not losses:
+        return
+    bad = torch.nonzero(~torch.isfinite(torch.stack(losses))).flatten()
+    if len(bad):
+        first = bad[0].item()
+        raise FloatingPointError(
+            f"non-finite loss {losses[first].item()} at epoch {epoch}, step {start_step + first}; "
+            f"stopping, the last checkpoint is kept"
+        )
+
+
+@torch.no_grad()
+def evaluate(model, loader, device: torch.device, world: int) -> dict:
+    """Loss, top-1 and top-5 accuracy (%) over the whole validation set, summed across ranks."""
+    model.eval()
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top-1, top-5, count
+    for images, labels in loader:
+        if device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(device, enabled=True):
+            logits = model(images).float()
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices == labels[:, None]
+        totals += torch.stack(
+            [
+                torch.nn.functional.cross_entropy(logits, labels, reduction="sum").double(),
+                top[:, :1].sum().double(),
+                top.sum().double(),
+                torch.tensor(len(labels), dtype=torch.float64, device=device),
+            ]
+        )
+    if world > 1:
+        dist.all_reduce(totals)
+    loss, top1, top5, n = totals.tolist()
+    return {"val_loss": loss / n, "val_top1": 100 * top1 / n, "val_top5": 100 * top5 / n, "val_images": int(n)}
