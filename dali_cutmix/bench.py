@@ -144,6 +144,25 @@ def endless(loader) -> Iterator:
 SETTLE = 0.3  # seconds between turns: longer than a pipeline takes to refill its prefetch queue
 
 
+def mix_and_normalise(images, kind: str, *, fp16: bool = False):
+    """The operator section's graph after its source of (S, S, 3) uint8 images: normalised as in
+    training, alone (``"none"``), after one batch copy (``"copy"``), or after CutMix with backend
+    ``kind``. Shared with :mod:`dali_cutmix.instructions`."""
+    from nvidia.dali import fn
+
+    from pipelines.imagenet import MEAN, STD
+
+    from .ops import Normalize, cutmix
+
+    norm = Normalize(mean=MEAN, std=STD, mirror=fn.random.coin_flip(), fp16=fp16)
+    if kind == "none":
+        return norm.apply(images)
+    if kind == "copy":  # the floor of any mix done in a pass of its own: one copy of the batch
+        return norm.apply(fn.copy(images))
+    labels = fn.random.uniform(range=[0, 10], shape=[1])
+    return cutmix(images, labels, backend=kind, normalize=norm)[0]
+
+
 def cutmix_op_rows(args) -> list[Row]:
     """The CutMix operator alone: (S, S, 3) uint8 images read from .npy files (no decoding, and no
     Python feeding the pipeline: a Python source would add GIL hand-offs to every row), normalised
@@ -151,10 +170,6 @@ def cutmix_op_rows(args) -> list[Row]:
     import tempfile
 
     from nvidia.dali import fn, pipeline_def
-
-    from pipelines.imagenet import MEAN, STD
-
-    from .ops import Normalize, cutmix
 
     rng = np.random.default_rng(0)
     S, B = args.image_size, args.batch_size
@@ -167,13 +182,7 @@ def cutmix_op_rows(args) -> list[Row]:
         images = fn.reshape(fn.readers.numpy(file_root=folder.name, file_filter="*.npy"), layout="HWC")
         if args.device == "gpu":
             images = images.gpu()
-        norm = Normalize(mean=MEAN, std=STD, mirror=fn.random.coin_flip(), fp16=args.device == "gpu")
-        if kind == "none":
-            return norm.apply(images)
-        if kind == "copy":  # the floor of any mix done in a pass of its own: one copy of the batch
-            return norm.apply(fn.copy(images))
-        labels = fn.random.uniform(range=[0, 10], shape=[1])
-        return cutmix(images, labels, backend=kind, normalize=norm)[0]
+        return mix_and_normalise(images, kind, fp16=args.device == "gpu")
 
     names = {
         "none": "normalise, no CutMix",

@@ -29,9 +29,9 @@ def drive(config: str, batches: int, data: str | None, batch_size: int, image_si
     """Run ``batches`` batches of one configuration (the process valgrind watches)."""
     from nvidia.dali import fn, pipeline_def
 
-    from pipelines.imagenet import MEAN, STD, train_pipeline
+    from pipelines.imagenet import train_pipeline
 
-    from .ops import Normalize, cutmix
+    from .bench import mix_and_normalise
 
     if data:
         settings = {"cutmix_enabled": False} if config == "none" else {"cutmix_backend": config}
@@ -43,15 +43,10 @@ def drive(config: str, batches: int, data: str | None, batch_size: int, image_si
         rng = np.random.default_rng(0)
         S, B = image_size, batch_size
         images = [[rng.integers(0, 256, (S, S, 3), dtype=np.uint8) for _ in range(B)] for _ in range(2)]
-        labels = [np.array([i % 10], dtype=np.int32) for i in range(B)]
 
         @pipeline_def(batch_size=B, num_threads=2, device_id=None, seed=0, prefetch_queue_depth=1)
         def graph():
-            x = fn.external_source(source=images, cycle=True, layout="HWC")
-            norm = Normalize(mean=MEAN, std=STD, mirror=fn.random.coin_flip())
-            if config == "none":
-                return norm.apply(x)
-            return cutmix(x, fn.external_source(source=[labels], cycle=True), backend=config, normalize=norm)[0]
+            return mix_and_normalise(fn.external_source(source=images, cycle=True, layout="HWC"), config)
 
         pipe = graph()
     pipe.build()

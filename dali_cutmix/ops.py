@@ -76,8 +76,9 @@ class Normalize:
     fp16: bool = False
     output_layout: str = "CHW"
 
-    def apply(self, images):
-        """The stock operator, for the backends that mix in a pass of their own."""
+    def apply(self, images, *, crop: tuple[int, int] | None = None):
+        """The stock operator, for the backends that mix in a pass of their own and for
+        validation, which takes a centre ``crop`` (H, W) in the same pass."""
         return fn.crop_mirror_normalize(
             images,
             dtype=types.FLOAT16 if self.fp16 else types.FLOAT,
@@ -85,6 +86,7 @@ class Normalize:
             mean=list(self.mean),
             std=list(self.std),
             mirror=self.mirror,
+            **({"crop": crop} if crop else {}),
         )
 
 

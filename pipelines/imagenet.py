@@ -67,19 +67,6 @@ def decode_center(jpegs, *, device: str, image_size: int):
     return fn.resize(images, resize_shorter=int(image_size / 0.875), interp_type=types.INTERP_TRIANGULAR)
 
 
-def normalize(images, *, image_size: int, mirror=False, fp16: bool = False):
-    """Centre crop, optional flip, normalise, HWC -> CHW: (3, S, S) float32 or float16."""
-    return fn.crop_mirror_normalize(
-        images,
-        dtype=types.FLOAT16 if fp16 else types.FLOAT,
-        output_layout="CHW",
-        crop=(image_size, image_size),
-        mean=MEAN,
-        std=STD,
-        mirror=mirror,
-    )
-
-
 @pipeline_def(enable_conditionals=False)
 def _train_graph(split, *, image_size, device, shard_id, num_shards, shuffle_seed, fp16, mix, prob_source):
     jpegs, labels = read(split, shard_id=shard_id, num_shards=num_shards, shuffle=True, seed=shuffle_seed)
@@ -100,7 +87,7 @@ def _train_graph(split, *, image_size, device, shard_id, num_shards, shuffle_see
 def _val_graph(split, *, image_size, device, shard_id, num_shards, fp16):
     jpegs, labels = read(split, shard_id=shard_id, num_shards=num_shards, shuffle=False, seed=0)
     images = decode_center(jpegs, device=device, image_size=image_size)
-    return normalize(images, image_size=image_size, fp16=fp16), labels
+    return Normalize(mean=MEAN, std=STD, fp16=fp16).apply(images, crop=(image_size, image_size)), labels
 
 
 def _common(data, batch_size, image_size, device, num_threads, shard_id, num_shards, fp16, classes):

@@ -9,6 +9,8 @@ import pytest
 import torch
 from nvidia.dali import fn, pipeline_def
 
+from dali_cutmix.mix import MixConfig
+
 
 def has_cuda() -> bool:
     return torch.cuda.is_available()
@@ -26,6 +28,10 @@ def pytest_collection_modifyitems(config, items):
 BACKENDS = ["python", "native", "ops"]
 # The native backend on the CPU is its compiled operator, which takes HWC images (checked in test_ops).
 BACKEND_LAYOUTS = [(b, lay) for b in BACKENDS for lay in ("HWC", "CHW") if (b, lay) != ("native", "CHW")]
+
+
+# Recipes for the tests that draw once and apply the same parameters in several ways.
+REPLAY_CONFIGS = [MixConfig(prob=0.8, mode="elem"), MixConfig(mixup_alpha=0.3, mode="elem", minmax=(0.2, 0.8))]
 
 
 def random_batch(rng, batch_size, shape, dtype=np.uint8):

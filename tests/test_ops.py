@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
-from conftest import BACKEND_LAYOUTS, BACKENDS, random_batch, run_cutmix
+from conftest import BACKEND_LAYOUTS, BACKENDS, REPLAY_CONFIGS, random_batch, run_cutmix
 from nvidia.dali import fn, pipeline_def, types
 
 import dali_cutmix
-from dali_cutmix.mix import NUMPY_OPS, CutMixParams, MixConfig, apply_cutmix, cutmix_box
+from dali_cutmix.mix import NUMPY_OPS, CutMixParams, apply_cutmix, cutmix_box
 from dali_cutmix.ops import DALI_OPS, paste_native, paste_python, sample_params
 
 H, W = 40, 72
@@ -33,11 +33,7 @@ def test_backend_matches_reference(backend, layout, dtype, mode):
         assert lam.dtype == np.float32 and lam.shape == (8,)
 
 
-@pytest.mark.parametrize(
-    "config",
-    [MixConfig(prob=0.8, mode="elem"), MixConfig(mixup_alpha=0.3, mode="elem", minmax=(0.2, 0.8))],
-    ids=["cutmix", "mixup-minmax"],
-)
+@pytest.mark.parametrize("config", REPLAY_CONFIGS, ids=["cutmix", "mixup-minmax"])
 def test_backends_identical_on_shared_params(config):
     """One pipeline, one sampling, both pastes: their outputs must be equal byte for byte."""
     rng = np.random.default_rng(1)

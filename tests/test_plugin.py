@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import random_batch, run_cutmix
+from conftest import REPLAY_CONFIGS, random_batch, run_cutmix
 from nvidia.dali import fn, pipeline_def, types
 
 from dali_cutmix import plugin
@@ -16,11 +16,7 @@ H, W = 40, 72
 MEAN, STD = [123.7, 116.3, 103.5], [58.4, 57.1, 57.4]
 
 
-@pytest.mark.parametrize(
-    "config",
-    [MixConfig(prob=0.8, mode="elem"), MixConfig(mixup_alpha=0.3, mode="elem", minmax=(0.2, 0.8))],
-    ids=["cutmix", "mixup-minmax"],
-)
+@pytest.mark.parametrize("config", REPLAY_CONFIGS, ids=["cutmix", "mixup-minmax"])
 def test_given_parameters_paste_like_the_ops_graph(config):
     """The ops graph draws and pastes; the compiled operator replays its draws: same bytes."""
     rng = np.random.default_rng(1)

@@ -53,13 +53,14 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
         mixup_alpha_(spec.GetArgument<float>("mixup_alpha")),
         prob_(spec.GetArgument<float>("prob")),
         switch_prob_(spec.GetArgument<float>("switch_prob")),
-        per_sample_(spec.GetArgument<std::string>("mode") == "elem"),
+
         no_self_(spec.GetArgument<bool>("no_self")),
         minmax_(spec.GetRepeatedArgument<float>("minmax")),
         normalize_(spec.HasArgument("mean") || spec.HasArgument("std")),
         output_layout_(spec.GetArgument<std::string>("output_layout")) {
     auto mode = spec.GetArgument<std::string>("mode");
     DALI_ENFORCE(mode == "batch" || mode == "elem", "mode must be \"batch\" or \"elem\", got \"" + mode + "\"");
+    per_sample_ = mode == "elem";
     DALI_ENFORCE(alpha_ >= 0 && mixup_alpha_ >= 0, "alpha and mixup_alpha must be >= 0");
     DALI_ENFORCE(prob_ >= 0 && prob_ <= 1 && switch_prob_ >= 0 && switch_prob_ <= 1,
                  "prob and switch_prob must be in [0, 1]");
@@ -265,6 +266,13 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
     }
   }
 
+  // Sample i's partner from a given float32 value, checked to be a sample of the batch.
+  static int Partner(float value, int i, int n) {
+    int perm = static_cast<int>(value);
+    DALI_ENFORCE(perm >= 0 && perm < n, ::dali::make_string("perm[", i, "] = ", perm, " is not in [0, ", n, ")"));
+    return perm;
+  }
+
   // Given parameters, to replay a mix (the perm, boxes, lam and blend outputs of an earlier run),
   // packed into one float32 vector per sample: perm, y1, x1, y2, x2, lam, blend (whole numbers
   // below 2**24 are exact in float32).
@@ -275,8 +283,7 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
       DALI_ENFORCE(packed.tensor_shape(i).num_elements() == 7, "params are 7 float32 values per sample");
       const float *v = packed.tensor<float>(i);
       auto &p = params_[i];
-      p.perm = static_cast<int>(v[0]);
-      DALI_ENFORCE(p.perm >= 0 && p.perm < n, ::dali::make_string("perm[", i, "] = ", p.perm, " is not in [0, ", n, ")"));
+      p.perm = Partner(v[0], i, n);
       for (int k = 0; k < 4; k++) p.box[k] = static_cast<int>(v[1 + k]);
       p.box[0] = std::clamp<int>(p.box[0], 0, H_), p.box[2] = std::clamp<int>(p.box[2], 0, H_);
       p.box[1] = std::clamp<int>(p.box[1], 0, W_), p.box[3] = std::clamp<int>(p.box[3], 0, W_);
@@ -341,9 +348,7 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
       const float *v = draws.tensor<float>(i);
       Draws d{v[1], v[2], v[3], v[4], {v[5], v[6], v[7], v[8]}};
       Place(d, params_[i]);
-      params_[i].perm = static_cast<int>(v[0]);
-      DALI_ENFORCE(params_[i].perm >= 0 && params_[i].perm < n,
-                   ::dali::make_string("perm[", i, "] = ", params_[i].perm, " is not in [0, ", n, ")"));
+      params_[i].perm = Partner(v[0], i, n);
     }
   }
 
