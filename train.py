@@ -67,7 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--cutmix-minmax", type=float, nargs=2, metavar=("MIN", "MAX"), help="box sides in [MIN, MAX)")
     p.add_argument("--mix-no-self", action="store_true", help="partners are never the sample itself")
-    p.add_argument("--cutmix-backend", choices=BACKENDS, default="native")
+    p.add_argument("--cutmix-backend", choices=BACKENDS, help="default: native on the CPU, python on the GPU")
     p.add_argument("--no-cutmix", action="store_true", help="train without any mixing (the baseline)")
     p.add_argument("--mix-off-epoch", "--mixup-off-epoch", type=int, help="no mixing from this epoch on")
     p.add_argument("--prob-schedule", type=parse_schedule, default={}, help="mixing chance by epoch: 0:1.0,100:0.5")
@@ -279,7 +279,7 @@ def train_one_epoch(
     bar = tqdm(total=total, initial=start_step, desc=f"epoch {epoch}", disable=not show, unit="batch", mininterval=1.0)
     batches = iter(loader)
     start = time.perf_counter()
-    while step < total and not stop.agreed(world, device):
+    while step < total and not stop.agreed(world, device, step):
         tick = time.perf_counter()
         with nvtx("data", on_gpu):
             batch = next(batches, None)
@@ -295,7 +295,8 @@ def train_one_epoch(
             check_finite(losses, epoch, start_step)
             bar.set_postfix(loss=f"{losses[-1].item():.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
     bar.close()
-    if stop.signal:
+    stopped = stop.agreed(world, device, 0)  # every rank leaves the epoch knowing the same
+    if stopped:
         loader.close()  # an interrupted run leaves the epoch where it is: no draining
     batches.close()  # drains the epoch if it was left early (--max-steps)
     check_finite(losses, epoch, start_step)
@@ -308,6 +309,7 @@ def train_one_epoch(
         "data_wait_s": waited,
         "train_images": seen,
         "steps": step,
+        "stopped": stopped,
     }
 
 
@@ -374,13 +376,13 @@ def main(argv=None) -> int:
             loaders = gather_states(train, world)
             save = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, config=config,
                         keep=args.keep_checkpoints, loaders=loaders)  # fmt: skip
-            if stop.signal:
+            if row.pop("stopped"):
                 if rank == 0:
                     path = ckpt.save(out, epoch, step=row["steps"], **save)
                     print(f"saved {path}; continue with --resume", file=sys.stderr)
-                return 128 + stop.signal
+                return 128 + (stop.signal or signal.SIGTERM)  # a rank told by another: as if SIGTERM
             start_step = 0
-            row |= evaluate(ddp, val, device, world)
+            row |= evaluate(ddp, val, device, world, amp=not args.no_amp)
             if rank == 0:
                 rows.append(row)
                 ckpt.save(out, epoch + 1, **save)

@@ -15,7 +15,7 @@ The DALI sections measure their configurations in turn, repetition by repetition
 costs are medians of per-repetition ratios (see :func:`interleaved`): on a shared machine that is
 what resolves a difference of 1%.
 * ``trainer``: the training step alone on synthetic batches already on the device;
-* ``end to end``: the loader (native CutMix) feeding the training step;
+* ``end to end``: the loader (CutMix with ``--backend``) feeding the training step;
 * ``peers``: torchvision ``ImageFolder`` + ``DataLoader`` + ``transforms.v2.CutMix``, and timm's
   transforms + ``DataLoader`` + ``Mixup`` in CutMix-only mode, same files, batch and workers.
 
@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from .data import load_imagenet
-from .ops import BACKENDS
+from .ops import BACKENDS, DEFAULT_BACKEND, REFUSED
 
 
 @dataclass
@@ -191,6 +191,7 @@ def cutmix_op_rows(args) -> list[Row]:
         "native": "native backend + normalise",
         "ops": "ops backend + normalise",
     }
+    names = {kind: name for kind, name in names.items() if (kind, args.device) not in REFUSED}
     pipes = {}
     for kind, name in names.items():
         pipes[name] = graph(kind, batch_size=B, num_threads=args.workers, device_id=_device_id(args), seed=0)
@@ -267,7 +268,7 @@ def make_loader(args, train_split, **overrides):
     from .loader import train_loader
 
     settings = dict(batch_size=args.batch_size, image_size=args.image_size, device=args.device,
-                    num_threads=args.workers, fp16=args.device == "gpu", cutmix_backend="native")  # fmt: skip
+                    num_threads=args.workers, fp16=args.device == "gpu", cutmix_backend=args.backend)  # fmt: skip
     return train_loader(train_split, **{**settings, **overrides})
 
 
@@ -283,7 +284,8 @@ PIPELINES = {
 
 def pipeline_rows(args, train_split) -> list[Row]:
     """The training loader in each configuration, measured in turn (see :func:`interleaved`)."""
-    loaders = {name: make_loader(args, train_split, **settings) for name, settings in PIPELINES.items()}
+    runs = {name: s for name, s in PIPELINES.items() if (s.get("cutmix_backend"), args.device) not in REFUSED}
+    loaders = {name: make_loader(args, train_split, **settings) for name, settings in runs.items()}
     cpu: dict[str, list[float]] = {}
     rates = interleaved(
         {name: endless(loader) for name, loader in loaders.items()},
@@ -297,7 +299,7 @@ def pipeline_rows(args, train_split) -> list[Row]:
     )
     for loader in loaders.values():
         loader.close()
-    return [Row("pipeline", name, rates[name], baseline="DALI, no CutMix", cpu_ms=cpu[name]) for name in PIPELINES]
+    return [Row("pipeline", name, rates[name], baseline="DALI, no CutMix", cpu_ms=cpu[name]) for name in runs]
 
 
 # --- the trainer ----------------------------------------------------------------------------------
@@ -340,7 +342,7 @@ def end_to_end_rows(args, train_split, step) -> list[Row]:
     rates = throughput(
         steps, args.batch_size, warmup=args.warmup, steps=args.trainer_steps, reps=args.reps, sync=_sync(args)
     )
-    return [Row("end to end", "DALI + CutMix (native) -> step", rates)]
+    return [Row("end to end", f"DALI + CutMix ({args.backend}) -> step", rates)]
 
 
 # --- the peers ----------------------------------------------------------------------------------
@@ -430,6 +432,8 @@ def findings(rows: list[Row], args) -> list[str]:
     if "normalise, no CutMix" in get:
         full = per_batch_ms(get["DALI, no CutMix"]) if "DALI, no CutMix" in get else None
         for name in ("one batch copy + normalise", "python backend + normalise", "native backend + normalise"):
+            if name not in get:
+                continue
             cost = per_batch_ms(get[name]) - per_batch_ms(get["normalise, no CutMix"])
             share = f", {100 * cost / full:+.2f}% of a full pipeline batch ({full:.1f} ms)" if full else ""
             out.append(f"{name}: {cost:+.2f} ms per batch of {args.batch_size} over normalising alone{share}")
@@ -467,8 +471,8 @@ def findings(rows: list[Row], args) -> list[str]:
             f"{'met' if ours >= 2 * tv else 'MISSED'}"
         )
     trainer = get.get(f"{args.arch} step, synthetic data")
-    e2e = get.get("DALI + CutMix (native) -> step")
-    pipe = get.get("DALI + CutMix (native)")
+    e2e = get.get(f"DALI + CutMix ({args.backend}) -> step")
+    pipe = get.get(f"DALI + CutMix ({args.backend})")
     if trainer and pipe:
         bound = "data-bound" if pipe < trainer else "compute-bound"
         out.append(
@@ -529,7 +533,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DALI threads = DataLoader workers")
     p.add_argument("--device", choices=("cpu", "gpu"), default="gpu" if torch.cuda.is_available() else "cpu")
     p.add_argument("--arch", default=None, help="trainer model (default: resnet50 on GPU, resnet18 on CPU)")
-    p.add_argument("--backend", choices=BACKENDS, default="native", help="CutMix backend of 'stages'")
+    p.add_argument(
+        "--backend", choices=BACKENDS, help="CutMix backend of 'stages' and 'end to end' (default: by device)"
+    )
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--steps", type=int, default=10, help="batches per repetition (pipelines and peers)")
     p.add_argument("--trainer-steps", type=int, default=3, help="batches per repetition (trainer, end to end)")
@@ -538,6 +544,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output", default="runs/bench")
     args = p.parse_args(argv)
     args.arch = args.arch or ("resnet50" if args.device == "gpu" else "resnet18")
+    args.backend = args.backend or DEFAULT_BACKEND[args.device]
+    if (args.backend, args.device) in REFUSED:
+        p.error(f"--backend {args.backend}: {REFUSED[(args.backend, args.device)]}")
     args.sections = args.sections.split(",")
     for s in args.sections:
         if s not in SECTIONS:

@@ -77,10 +77,16 @@ class LRSchedule:
 
 
 class Stop:
-    """Set by SIGINT/SIGTERM; ranks agree on it each step, so they all stop after the same step."""
+    """Set by SIGINT/SIGTERM; ranks agree on it, so they all stop after the same step.
 
-    def __init__(self):
+    Alone, a process reads its own flag every step (free). Under DDP agreeing takes an all-reduce
+    and reading its result back, which on CUDA waits for the device: ranks agree every ``every``
+    steps only, so the queue of kernels stays full in between.
+    """
+
+    def __init__(self, every: int = 20):
         self.signal = 0
+        self.every = every
 
     def __call__(self, signum, frame) -> None:
         if self.signal:  # a second signal: stop at once
@@ -88,9 +94,12 @@ class Stop:
         self.signal = signum
         print(f"\n{signal.Signals(signum).name}: finishing this step, saving, exiting", file=sys.stderr, flush=True)
 
-    def agreed(self, world: int, device: torch.device) -> bool:
+    def agreed(self, world: int, device: torch.device, step: int) -> bool:
+        """Whether every rank stops before ``step`` (all ranks call it with the same steps)."""
         if world == 1:
             return bool(self.signal)
+        if step % self.every:
+            return False
         flag = torch.tensor([float(bool(self.signal))], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
@@ -110,14 +119,15 @@ def check_finite(losses: list[torch.Tensor], epoch: int, start_step: int) -> Non
 
 
 @torch.no_grad()
-def evaluate(model, loader, device: torch.device, world: int) -> dict:
-    """Loss, top-1 and top-5 accuracy (%) over the whole validation set, summed across ranks."""
+def evaluate(model, loader, device: torch.device, world: int, *, amp: bool) -> dict:
+    """Loss, top-1 and top-5 accuracy (%) over the whole validation set, summed across ranks;
+    ``amp``: float16 autocast on CUDA, as in training."""
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top-1, top-5, count
     for images, labels in loader:
         if device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(device, enabled=True):
+        with autocast(device, enabled=amp):
             logits = model(images).float()
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices == labels[:, None]

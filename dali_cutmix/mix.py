@@ -232,10 +232,10 @@ def sample_cutmix(
     return sample_mix(batch_size, height, width, config, rng)
 
 
-def sample_mix(batch_size: int, height: int, width: int, config: MixConfig, rng=None) -> CutMixParams:
-    """:func:`sample_cutmix` for a checked :class:`MixConfig`."""
+def sample_mix(batch_size: int, height: int, width: int, config: MixConfig, rng=None, *, prob=None) -> CutMixParams:
+    """:func:`sample_cutmix` for a checked :class:`MixConfig`; ``prob`` as in :func:`draw_mix`."""
     check_image_size(height, width)
-    draws, perm = draw_mix(batch_size, config, rng)
+    draws, perm = draw_mix(batch_size, config, rng, prob=prob)
     lo, hi, _, lam, blend = mix_from_draws(draws, np.array([height, width], np.float32), config)
 
     def per_sample(x: np.ndarray) -> np.ndarray:
@@ -246,24 +246,36 @@ def sample_mix(batch_size: int, height: int, width: int, config: MixConfig, rng=
     return CutMixParams(perm=perm, boxes=boxes, lam=per_sample(lam).astype(np.float32), blend=blend)
 
 
-def draw_mix(batch_size: int, config: MixConfig, rng=None) -> tuple[SimpleNamespace, np.ndarray]:
+def draw_mix(batch_size: int, config: MixConfig, rng=None, *, prob=None) -> tuple[SimpleNamespace, np.ndarray]:
     """The random numbers of one batch, before the image size enters: the draws of
     :func:`mix_from_draws` (one row per unit: 1 in ``"batch"`` mode, ``batch_size`` in ``"elem"``)
-    and the partners."""
+    and the partners.
+
+    ``prob`` (optional, ``(batch_size,)``) replaces ``config.prob`` per sample: in ``"elem"`` mode
+    sample ``i`` is mixed with probability ``prob[i]``; in ``"batch"`` mode the batch is mixed with
+    probability ``prob[0]`` (a per-epoch schedule gives every sample the same value).
+    """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     rng = np.random.default_rng(rng)
     n = 1 if config.mode == "batch" else batch_size
     both = config.cutmix and config.mixup
+    if prob is None:
+        prob = np.float32(config.prob)
+    else:
+        prob = np.asarray(prob, np.float32).reshape(-1)
+        if prob.shape != (batch_size,) or not ((prob >= 0) & (prob <= 1)).all():
+            raise ValueError(f"prob must be {batch_size} values in [0, 1], got {prob.tolist()}")
+        prob = prob[:n]
 
-    def coin(p: float) -> np.ndarray:
+    def coin(p) -> np.ndarray:
         return (rng.random(n) < p).astype(np.float32)
 
     def beta(a: float, fallback: float) -> np.ndarray:
         return rng.beta(a, a, n).astype(np.float32) if a > 0 else np.full(n, fallback, np.float32)
 
     draws = SimpleNamespace(
-        mix=coin(config.prob),
+        mix=coin(prob),
         cut=coin(config.switch_prob) if both else np.full(n, float(config.cutmix), np.float32),
         lam_cut=beta(config.alpha, 1.0),
         lam_mix=beta(config.mixup_alpha, 1.0),
@@ -327,20 +339,41 @@ def apply_cutmix(images, labels, params: CutMixParams, layout: str = "HWC"):
 
 def mix_images(images, perm, boxes, lam, blend, layout: str):
     """The mixed batch from parameters of the same kind as ``images`` (NumPy, or torch on its
-    device); ``blend`` may be None. Vectorised: nothing here reads a value back to the host."""
+    device); ``blend`` may be None. Vectorised: nothing here reads a value back to the host, so on
+    a GPU it queues kernels and returns (this is the python backend's GPU code, run by CI on the CPU).
+    """
     H, W = spatial_size(tuple(images.shape[1:]), layout)
-    where = np.where
-    if _is_torch(images):
-        import torch
-
-        where = torch.where
-    partners = images[perm]
-    mask = box_mask(boxes, H, W)
-    mixed = where(mask[:, :, :, None] if layout == "HWC" else mask[:, None], partners, images)
+    torch_ = _is_torch(images)
+    partners = images.index_select(0, perm) if torch_ else images[perm]
+    if layout == "HWC":
+        # Rows of W*C values: the mask needs no broadcast over channels (a slow path on CPUs).
+        C = images.shape[3]
+        flat = (images.shape[0], H, W * C)
+        mask = box_mask(boxes * (boxes.new_tensor([1, C, 1, C]) if torch_ else np.array([1, C, 1, C])), H, W * C)
+        mixed = _select(mask, partners.reshape(flat), images.reshape(flat)).reshape(images.shape)
+    else:
+        mixed = _select(box_mask(boxes, H, W)[:, None], partners, images)
     if blend is not None:
-        weight = blend_weight(lam, blend.float() if _is_torch(blend) else blend.astype(np.float32))
+        weight = blend_weight(lam, blend.float() if torch_ else blend.astype(np.float32))
+        where = np.where
+        if torch_:
+            import torch
+
+            where = torch.where
         mixed = where(blend[:, None, None, None], blend_images(mixed, partners, weight), mixed)
     return mixed
+
+
+def _select(mask, a, b):
+    """``where(mask, a, b)``. torch on uint8: ``b + (a - b) * mask`` in uint8, exact (arithmetic
+    modulo 256) and several times faster than ``torch.where`` on a CPU."""
+    if not _is_torch(a):
+        return np.where(mask, a, b)
+    import torch
+
+    if a.dtype == torch.uint8:
+        return (a - b).mul_(mask).add_(b)
+    return torch.where(mask, a, b)
 
 
 def blend_images(own, partners, w):

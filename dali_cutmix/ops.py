@@ -4,31 +4,37 @@ Use it inside any ``@pipeline_def``::
 
     images, labels_a, labels_b, lam = dali_cutmix.cutmix(images, labels, alpha=1.0)
 
-Backends (``backend=``), all drawing from the pipeline's seed and captured by DALI's checkpoints:
+Backends (``backend=``; by default ``native`` on the CPU, ``python`` on the GPU), all drawing from
+the pipeline's seed and captured by DALI's checkpoints:
 
-* ``"native"``: on the CPU, one compiled DALI operator, ``fn.dali_cutmix.mix``
-  (:mod:`dali_cutmix.plugin`, built from ``csrc/mix_op.cc``): it draws the parameters itself,
-  seeded per batch by one DALI draw, and writes each output pixel once, from the own image or the
-  partner's; given ``normalize=``, it also does crop_mirror_normalize's work (mean/std, flip, HWC
-  -> CHW) in the same pass, so CutMix adds no pass over the data at all. On the GPU, DALI's own
-  operators (the ``"ops"`` graph below, where data movement is cheap).
-* ``"python"``: the parameters are drawn in Python with NumPy by :func:`dali_cutmix.mix.sample_mix`,
-  the reference's own sampler, in one batch-level ``fn.python_function``. On the CPU the pixels are
-  then written by the compiled operator (HWC input), or with NumPy when the plugin cannot be built
-  or the layout is CHW: the two give the same bytes. On the GPU ``fn.dl_tensor_python_function``
-  hands DLPack tensors to torch, which mixes on DALI's own CUDA stream (``synchronize_stream=False``).
-* ``"ops"``: DALI's stock operators only, nothing compiled: ``fn.random.*`` draws, the box formula
-  :func:`dali_cutmix.mix.cutmix_box` evaluated on DataNodes, ``fn.slice`` of each giving sample's
-  box, ``fn.permute_batch`` to the receivers, ``fn.multi_paste``. About 40 operators: on a CPU
-  each costs a fixed ~0.05-0.1 ms per batch, so this is the slow one there.
+==========  =====  =====  ==================================================================
+backend     CPU    GPU    what it is
+==========  =====  =====  ==================================================================
+``native``  yes    no     one compiled DALI operator, ``fn.dali_cutmix.mix``
+                          (:mod:`dali_cutmix.plugin`, ``csrc/mix_op.cc``): draws the parameters
+                          itself and writes each pixel once, fused with ``normalize=``
+``python``  yes    yes    the reference sampler (:func:`dali_cutmix.mix.sample_mix`, NumPy) in one
+                          ``fn.python_function``; the pixels by torch in one
+                          ``fn.dl_tensor_python_function`` (:func:`dali_cutmix.mix.mix_images`,
+                          vectorised, no host sync): the *same* callback on CPU tensors (what CI
+                          runs) and on CUDA tensors on DALI's stream (what a GPU runs)
+``ops``     yes    no     DALI's stock operators only (``batch_permutation``, ``random.*``, the box
+                          formula on DataNodes, ``slice``, ``multi_paste``); ~40 operators
+==========  =====  =====  ==================================================================
+
+Why ``ops`` refuses the GPU: DALI's GPU ``multi_paste`` (``paste_gpu.h``) reads every input with
+the row pitch of input 0 and its region sweep never closes an empty region, so a pasted box slice
+of another shape, or an unmixed sample's empty box, comes out wrong; DALI's own tests paste only
+same-shaped inputs with non-empty regions. Nothing else here touches pixels on the GPU.
 
 Given the same parameters, the backends' outputs are identical byte for byte, MixUp blends included
-(computed in float32 and rounded half away from zero everywhere, as DALI's cast does).
+(computed in float32 and rounded half away from zero explicitly, never by a cast).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from contextlib import nullcontext
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, NamedTuple
 
@@ -38,20 +44,20 @@ import nvidia.dali.math as dmath
 from nvidia.dali import types
 from nvidia.dali.data_node import DataNode
 
-from .mix import (
-    MixConfig,
-    blend_images,
-    blend_weight,
-    check_image_size,
-    check_layout,
-    draw_mix,
-    mix_from_draws,
-    mix_images,
-    sample_mix,
-    spatial_size,
-)
+from .mix import MixConfig, blend_weight, check_image_size, check_layout, mix_from_draws, mix_images, sample_mix
 
-BACKENDS = ("python", "native", "ops")
+BACKENDS = ("native", "python", "ops")
+DEFAULT_BACKEND = {"cpu": "native", "gpu": "python"}
+# (backend, device or layout) -> why not: one line each, raised when the graph is built.
+REFUSED = {
+    ("native", "gpu"): "backend 'native' is a CPU operator (fn.dali_cutmix.mix); on the GPU use backend 'python'",
+    ("native", "CHW"): "backend 'native' takes HWC images; use backend 'python' or 'ops' for CHW",
+    ("ops", "gpu"): (
+        "backend 'ops' does not run on the GPU: DALI's GPU multi_paste reads every input with input 0's row "
+        "pitch and never closes an empty region (paste_gpu.h), so box slices and unmixed samples come out "
+        "wrong; use backend 'python'"
+    ),
+}
 
 DALI_OPS = SimpleNamespace(
     sqrt=dmath.sqrt,
@@ -97,7 +103,7 @@ def cutmix(
     alpha: float = 1.0,
     prob: float = 1.0,
     mode: str = "batch",
-    backend: str = "native",
+    backend: str | None = None,
     layout: str = "HWC",
     return_params: bool = False,
     normalize: Normalize | None = None,
@@ -107,22 +113,24 @@ def cutmix(
 
     Args:
         images: DataNode of ``HWC`` or ``CHW`` images (uint8 or float), CPU or GPU, all of one
-            shape (crop or resize before). The output keeps dtype, layout, device and shape
-            unless ``normalize`` is given.
+            shape (crop or resize before), at least 2x2. The output keeps dtype, layout, device
+            and shape unless ``normalize`` is given.
         labels: DataNode of per-sample labels (CPU or GPU).
         alpha: ``lam ~ Beta(alpha, alpha)``.
         prob: probability that a batch (``mode="batch"``) or a sample (``mode="elem"``) is mixed;
-            a number, or a float32 DataNode (one value per sample) for a schedule fed at run time.
+            a number, or a float32 DataNode with one value per sample (a schedule fed at run
+            time): in ``"elem"`` mode sample ``i`` is mixed with probability ``prob[i]``, in
+            ``"batch"`` mode the batch with probability ``prob[0]``, on every backend.
         mode: ``"batch"`` draws one lambda and box for the batch, ``"elem"`` one per sample.
-        backend: ``"native"``, ``"python"`` or ``"ops"`` (see the module docstring). ``"native"``
-            on the CPU takes HWC uint8 or float32 images and needs the compiled plugin
-            (:mod:`dali_cutmix.plugin`, built on first use).
+        backend: ``"native"``, ``"python"`` or ``"ops"`` (see the module docstring); None picks
+            ``DEFAULT_BACKEND`` for the images' device. A combination in ``REFUSED`` is a
+            ``ValueError`` that says why.
         layout: ``"HWC"`` or ``"CHW"``.
         return_params: also return ``perm`` (int32 per sample) and ``boxes`` (int32 ``[4]``,
             ``y1, x1, y2, x2``), and ``blend`` (float32, 1.0 for MixUp samples) when MixUp is on,
             so the mix can be inspected or replayed.
-        normalize: a :class:`Normalize` to apply to the mixed images (fused with the mix where
-            the backend can).
+        normalize: a :class:`Normalize` to apply to the mixed images (fused with the mix by the
+            native backend, ``crop_mirror_normalize`` after it otherwise).
         recipe: more of :class:`dali_cutmix.mix.MixConfig`: ``mixup_alpha`` (MixUp on when > 0),
             ``switch_prob``, ``minmax`` and ``no_self``.
 
@@ -133,34 +141,29 @@ def cutmix(
     prob_node = prob if _is_node(prob) else None
     config = MixConfig(alpha=alpha, prob=1.0 if prob_node is not None else prob, mode=mode, **recipe)
     check_layout(layout)
+    device = images.device
+    backend = DEFAULT_BACKEND[device] if backend is None else backend
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    from . import plugin  # here, so that `python -m dali_cutmix.plugin` runs the module once
+    for key in ((backend, device), (backend, layout)):
+        if key in REFUSED:
+            raise ValueError(REFUSED[key])
+    if backend == "native":
+        from . import plugin  # here, so that `python -m dali_cutmix.plugin` runs the module once
 
-    cpu = images.device == "cpu"
-    if cpu and backend == "native":
-        if layout != "HWC":
-            raise ValueError("backend 'native' on the CPU takes HWC images; use backend 'ops' or 'python' for CHW")
         plugin.load()
         entropy = fn.random.uniform(range=[0.0, 1.0], shape=[2])
         inputs = [images, labels, entropy] + ([prob_node] if prob_node is not None else [])
         return _fused(inputs, config, normalize, return_params, _recipe_args(config))
-    if cpu and backend == "python":
-        entropy = fn.random.uniform(range=[0.0, 1.0], shape=[4])
-        draw_inputs = [entropy] + ([prob_node] if prob_node is not None else [])
-        if layout == "HWC" and plugin.available():
-            draws = fn.python_function(*draw_inputs, function=_PackedDraws(config), batch_processing=True)
-            args = {**_recipe_args(config), "draws": draws}  # the recipe says which formula applies
-            return _fused([images, labels], config, normalize, return_params, args)
-        outputs = _python_cpu(images, labels, draw_inputs, config, layout, return_params)
+    if backend == "python":
+        params = python_params(images, config, layout=layout, prob=prob_node)
+        mixed = torch_mix(images, params, layout=layout)
     else:
-        sampled = sample_params(images, config, layout=layout, prob=prob_node)
-        apply = paste_native if backend != "python" else paste_python
-        mixed = apply(images, sampled, layout=layout)
-        labels_b = fn.permute_batch(labels, indices=sampled.perm)
-        outputs = (mixed, labels, labels_b, sampled.lam)
-        if return_params:
-            outputs += (sampled.perm, sampled.boxes) + ((sampled.blend,) if config.mixup else ())
+        sampled = ops_params(images, config, layout=layout, prob=prob_node)
+        params, mixed = sampled.params, paste_ops(images, sampled, layout=layout)
+    outputs = (mixed, labels, fn.permute_batch(labels, indices=params.perm), params.lam)
+    if return_params:
+        outputs += (params.perm, params.boxes) + ((params.blend,) if config.mixup else ())
     if normalize is not None:
         outputs = (normalize.apply(outputs[0]),) + tuple(outputs[1:])
     return outputs
@@ -181,7 +184,7 @@ def _recipe_args(config: MixConfig) -> dict:
 
 
 def _fused(inputs: list, config: MixConfig, normalize: Normalize | None, return_params: bool, args: dict):
-    """``fn.dali_cutmix.mix`` on ``inputs`` (images, labels[, entropy[, prob]])."""
+    """``fn.dali_cutmix.mix`` on ``inputs`` (images, labels, entropy[, prob])."""
     if normalize is not None:
         if normalize.fp16:
             raise ValueError("float16 output is for the GPU; the CPU operator writes float32")
@@ -199,81 +202,157 @@ def _fused(inputs: list, config: MixConfig, normalize: Normalize | None, return_
     return outputs
 
 
-def _rng(config: MixConfig, entropy, prob) -> tuple[MixConfig, np.random.Generator]:
-    """The python backend's generator, seeded by the batch's DALI draw (``entropy``), and the
-    config with this batch's ``prob`` when a schedule feeds it."""
-    rng = np.random.default_rng(np.asarray(entropy[0], np.float32).view(np.uint32))
-    return (config if prob is None else replace(config, prob=float(prob[0]))), rng
+class Params(NamedTuple):
+    """Per-sample CPU DataNodes of one mixed batch: :class:`dali_cutmix.mix.CutMixParams` in DALI.
 
-
-class _PackedDraws:
-    """Batch callback: the batch's random numbers (:func:`dali_cutmix.mix.draw_mix`), one float32
-    vector per sample (``perm, mix, cut, lam_cut, lam_mix, u[0..3]``) for
-    ``fn.dali_cutmix.mix(draws=...)``, which applies the box formula. The images never enter
-    Python: handing a batch over costs ~0.5 ms even without a copy."""
-
-    def __init__(self, config: MixConfig):
-        self.config = config
-
-    def __call__(self, entropy, prob=None):
-        config, rng = _rng(self.config, entropy, prob)
-        n = len(entropy)
-        d, perm = draw_mix(n, config, rng)
-        packed = np.zeros((n, 9), np.float32)
-        packed[:, 0] = perm
-        for k, field in enumerate((d.mix, d.cut, d.lam_cut, d.lam_mix), start=1):
-            packed[:, k] = field  # (1,) in batch mode broadcasts to every sample
-        packed[:, 5 : 5 + d.u.shape[1]] = d.u
-        return list(packed)
-
-
-def _python_cpu(images, labels, draw_inputs: list, config: MixConfig, layout: str, return_params: bool):
-    """The python backend with NumPy mixing: one Python operator draws and mixes (CHW layout, or
-    no compiled plugin). The same draws as :class:`_PackedDraws` and the same formula, so the
-    same bytes out."""
-    num_outputs = 3 + (2 + config.mixup if return_params else 0)
-    outputs = fn.python_function(
-        images,
-        labels,
-        *draw_inputs,
-        function=_SampleAndMix(config, layout, return_params),
-        batch_processing=True,
-        num_outputs=num_outputs,
-        output_layouts=[layout],
-    )
-    mixed, labels_b, lam, *params = outputs
-    return (mixed, labels, labels_b, lam, *params)
-
-
-class Sampled(NamedTuple):
-    """Per-sample DataNodes of one mixed batch (int32 unless said otherwise).
-
-    perm: the partner of each sample; boxes: ``y1, x1, y2, x2`` of the box each sample receives;
-    lam: float32; give_start, give_shape: ``(y1, x1)`` and ``(h, w)`` of the box each sample
-    *gives*, so that ``boxes[i]`` is the box given by ``perm[i]``; blend: float32, 1.0 where
-    the sample is a MixUp blend, or None when MixUp is off; hw: the images' ``(H, W)``.
+    perm (int32): the partner of each sample; boxes (int32 ``[4]``): ``y1, x1, y2, x2`` of the box
+    each sample receives; lam (float32); blend (float32, 1.0 for MixUp samples, or None when MixUp
+    is off).
     """
 
     perm: DataNode
     boxes: DataNode
     lam: DataNode
-    give_start: DataNode
-    give_shape: DataNode
     blend: DataNode | None
+
+
+# ---- backend python: NumPy draws the parameters, torch writes the pixels ----------------------
+
+
+def python_params(images, config: MixConfig, *, layout: str, prob: DataNode | None = None) -> Params:
+    """The parameters drawn by :func:`dali_cutmix.mix.sample_mix` in one CPU Python operator.
+
+    Its generator is seeded per batch by one DALI draw, so the pipeline's seed governs it and
+    DALI's checkpoints capture it (the operator itself is stateless). The image size comes from
+    ``DataNode.shape()``: metadata, also for GPU images (DALI's documented way; a GPU -> CPU
+    transition the default executor allows).
+    """
+    entropy = fn.random.uniform(range=[0.0, 1.0], shape=[2])
+    inputs = [entropy, images.shape(device="cpu")] + ([prob] if prob is not None else [])
+    perm, boxes, lam, blend = fn.python_function(
+        *inputs, function=_Sample(config, layout), batch_processing=True, num_outputs=4
+    )
+    return Params(perm, boxes, lam, blend if config.mixup else None)
+
+
+class _Sample:
+    """Batch callback: ``entropy, shapes[, prob] -> perm, boxes, lam, blend`` (one array per sample)."""
+
+    def __init__(self, config: MixConfig, layout: str):
+        self.config, self.layout = config, layout
+
+    def __call__(self, entropy, shapes, prob=None):
+        rng = np.random.default_rng(np.asarray(entropy[0], np.float32).view(np.uint32))
+        hw = check_shapes(shapes, self.layout)
+        p = sample_mix(
+            len(shapes),
+            *hw,
+            self.config,
+            rng,
+            prob=None if prob is None else np.concatenate([np.asarray(v, np.float32).reshape(-1) for v in prob]),
+        )
+        blend = np.zeros(len(shapes), np.float32) if p.blend is None else p.blend.astype(np.float32)
+        return (
+            [np.asarray(v, np.int32) for v in p.perm],  # 0-d arrays: DALI takes arrays, not scalars
+            list(p.boxes),
+            [np.asarray(v, np.float32) for v in p.lam],
+            [np.asarray(v, np.float32) for v in blend],
+        )
+
+
+def check_shapes(shapes, layout: str) -> tuple[int, int]:
+    """(H, W) of a batch that CutMix can take, from its per-sample shapes: one shape, at least
+    2x2; else ``ValueError`` (DALI reports it with the operator's name)."""
+    first = tuple(int(v) for v in shapes[0])
+    for i, shape in enumerate(shapes):
+        if tuple(int(v) for v in shape) != first:
+            raise ValueError(
+                f"CutMix needs a batch of one image shape (crop or resize first): "
+                f"sample 0 is {first}, sample {i} is {tuple(int(v) for v in shape)}"
+            )
+    if len(first) != 3:
+        raise ValueError(f"expected 3-D {layout} images, got shape {first}")
+    hw = (first[0], first[1]) if layout == "HWC" else (first[1], first[2])
+    check_image_size(*hw)
+    return hw
+
+
+def torch_mix(images, params: Params, *, layout: str):
+    """The pixels of given parameters: one ``fn.dl_tensor_python_function`` running
+    :class:`TorchMix` on the images' device (CPU tensors in CI, CUDA tensors on a GPU)."""
+    gpu = images.device == "gpu"
+    tensors = [params.perm, params.boxes] + ([params.lam, params.blend] if params.blend is not None else [])
+    return fn.dl_tensor_python_function(
+        images,
+        *(t.gpu() if gpu else t for t in tensors),
+        function=TorchMix(layout),
+        batch_processing=True,
+        synchronize_stream=False,  # the callback queues its kernels on DALI's stream itself
+        device=images.device,
+        output_layouts=layout,
+    )
+
+
+class TorchMix:
+    """Batch callback of ``fn.dl_tensor_python_function``: DLPack samples in, mixed samples out.
+
+    The same code on both devices: :func:`dali_cutmix.mix.mix_images` in torch (a gather of the
+    partners, a box mask, a select; MixUp blended in float32 and rounded half away from zero
+    explicitly), which never reads a value back to the host. On CUDA tensors it runs on DALI's
+    own stream, so nothing blocks on the device.
+    """
+
+    def __init__(self, layout: str):
+        self.layout = layout
+
+    def __call__(self, images, perm, boxes, lam=None, blend=None):
+        import torch
+        from torch.utils.dlpack import to_dlpack
+
+        samples = [torch.from_dlpack(t) for t in images]
+        if samples[0].is_cuda:
+            from nvidia.dali.python_function_plugin import current_dali_stream
+
+            stream = torch.cuda.stream(torch.cuda.ExternalStream(current_dali_stream(), device=samples[0].device))
+        else:
+            stream = nullcontext()
+
+        def batch(capsules):
+            return torch.stack([torch.from_dlpack(t) for t in capsules])
+
+        with stream:
+            x = torch.stack(samples)  # (B, H, W, C) or (B, C, H, W): one copy, DALI's samples stay untouched
+            params = [batch(perm).long().reshape(-1), batch(boxes).reshape(-1, 4).long()]
+            if blend is not None:
+                params += [batch(lam).reshape(-1), batch(blend).reshape(-1) > 0]
+            else:
+                params += [None, None]
+            out = mix_images(x, *params, self.layout)
+            return [to_dlpack(o) for o in out]
+
+
+# ---- backend ops: DALI's stock operators ----------------------------------------------------
+
+
+class Sampled(NamedTuple):
+    """:class:`Params` plus what the stock paste needs: ``start``, ``size`` (int32 ``(y1, x1)``
+    and ``(h, w)`` of each sample's box) and ``hw`` (int32, the images' ``(H, W)``)."""
+
+    params: Params
+    start: DataNode
+    size: DataNode
     hw: DataNode
 
 
-def sample_params(images, config: MixConfig, *, layout: str, prob: DataNode | None = None) -> Sampled:
-    """Draw the partners, boxes and blends of a batch with DALI's random operators.
-
-    Everything is drawn per *giving* sample and gathered to the receivers through ``perm``; the
-    draws are independent, so the receivers' parameters have exactly the distribution of drawing
-    them per receiver, and every later step (slicing the partners, labels, lambda) is a gather.
-    ``prob``, when given, is a per-sample DataNode that replaces ``config.prob``.
-    """
+def ops_params(images, config: MixConfig, *, layout: str, prob: DataNode | None = None) -> Sampled:
+    """Draw the partners, boxes and blends of a batch with DALI's random operators, per
+    receiving sample (so a per-sample ``prob`` is the receiver's), and evaluate the box formula
+    :func:`dali_cutmix.mix.mix_from_draws` on DataNodes."""
     perm = fn.batch_permutation(no_fixed_points=config.no_self)
-    shape = images.shape(dtype=types.FLOAT, device="cpu")
-    hw = shape[0:2] if layout == "HWC" else shape[1:3]
+    # The shape check (one shape, >= 2x2) is the one thing stock operators cannot say in words.
+    hw = fn.python_function(
+        images.shape(device="cpu"), function=_UniformHW(layout), batch_processing=True, output_layouts=""
+    )
 
     def coin(p):
         # Integer 0/1: DALI's arithmetic promotes it to float32 exactly where it meets a float.
@@ -297,50 +376,52 @@ def sample_params(images, config: MixConfig, *, layout: str, prob: DataNode | No
         draws = {k: fn.permute_batch(d, indices=first) if _is_node(d) else d for k, d in draws.items()}
     lo, hi, size, lam, blend = mix_from_draws(SimpleNamespace(**draws), hw, config, ops=DALI_OPS)
 
-    def gather(x):
-        return fn.permute_batch(x, indices=perm)
-
     def int32(x):
         return fn.cast(x, dtype=types.INT32)
 
-    boxes = gather(int32(fn.cat(lo, hi)))
-    blend = gather(blend) if blend is not None else None
-    return Sampled(perm, boxes, gather(lam), int32(lo), int32(size), blend, int32(hw))
+    params = Params(perm, int32(fn.cat(lo, hi)), lam, blend)
+    return Sampled(params, int32(lo), int32(size), int32(hw))
+
+
+class _UniformHW:
+    def __init__(self, layout: str):
+        self.layout = layout
+
+    def __call__(self, shapes):
+        hw = np.array(check_shapes(shapes, self.layout), np.float32)
+        return [hw.copy() for _ in shapes]
 
 
 def _is_node(x) -> bool:
     return isinstance(x, DataNode)
 
 
-def paste_native(images, sampled: Sampled, *, layout: str):
-    """Each sample's own pixels with its partner's box pasted in; DALI operators only.
+def paste_ops(images, sampled: Sampled, *, layout: str):
+    """Each sample's own pixels with its partner's box pasted in; DALI's CPU operators only.
 
-    Only the boxes travel between samples: each sample's given box is sliced out, the slices are
-    gathered through ``perm``, and one ``multi_paste`` writes the own image and the received
-    slice. Gathering whole images instead would copy the batch once more; and the paste sizes
-    are relative (``shapes_rel`` of 1: each source in full), so the only per-sample argument is
-    where the slice lands. Every extra small operator costs ~0.1 ms per batch of 64 on the CPU.
+    The partners are gathered whole (``permute_batch``), each receiver's box is sliced out of its
+    partner, and one ``multi_paste`` writes the own (or MixUp-blended) image and the slice; the
+    paste sizes are relative (``shapes_rel`` of 1: each source in full), so the only per-sample
+    argument is where the slice lands.
     """
+    params = sampled.params
     if layout == "CHW":
         # multi_paste is HWC-only (its FHWC path fails on the CPU in DALI 2.4), so go round.
         images = fn.transpose(images, perm=[1, 2, 0], output_layout="HWC")
-    given = fn.slice(images, sampled.give_start, sampled.give_shape, axes=[0, 1])
-    received = fn.permute_batch(given, indices=sampled.perm)
+    partners = fn.permute_batch(images, indices=params.perm)
+    received = fn.slice(partners, sampled.start, sampled.size, axes=[0, 1])
     base = images
-    if sampled.blend is not None:
-        # MixUp needs whole partners. A CutMix or unmixed sample has weight exactly 1.0, so its
-        # blend is its own image bit for bit; MixUp samples have empty boxes, so the paste
-        # below leaves them as blended.
-        w = blend_weight(sampled.lam, sampled.blend)
-        if images.device == "gpu":
-            w = w.gpu()  # arithmetic takes its operands on one device
-        partners = fn.permute_batch(images, indices=sampled.perm)
+    if params.blend is not None:
+        # A CutMix or unmixed sample has weight exactly 1.0, so its blend is its own image bit
+        # for bit; MixUp samples have empty boxes, so the paste below leaves them as blended.
+        # DALI's CPU cast rounds half away from zero, like blend_images.
+        w = blend_weight(params.lam, params.blend)
         base = fn.cast_like(images * w + partners * (1.0 - w), images)
     mixed = fn.multi_paste(
         base,
         received,
         in_anchors=_ZERO_ANCHORS,
-        out_anchors=sampled.boxes[0:2] * types.Constant(_SECOND_ROW),  # [[0, 0], [y1, x1]]
+        out_anchors=params.boxes[0:2] * types.Constant(_SECOND_ROW),  # [[0, 0], [y1, x1]]
         shapes_rel=_FULL_SHAPES,
         output_size=sampled.hw,
     )
@@ -352,112 +433,3 @@ def paste_native(images, sampled: Sampled, *, layout: str):
 _ZERO_ANCHORS = np.zeros((2, 2), dtype=np.int32)
 _SECOND_ROW = np.array([[0, 0], [1, 1]], dtype=np.int32)  # made a Constant in the graph: checkpointable
 _FULL_SHAPES = np.ones((2, 2), dtype=np.float32)
-
-
-def paste_python(images, sampled: Sampled, *, layout: str):
-    """The mix of given parameters as one batch-level Python operator (NumPy on CPU, torch on GPU)."""
-    params = [sampled.perm, sampled.boxes]
-    if sampled.blend is not None:
-        params += [sampled.lam, sampled.blend]
-    if images.device == "gpu":
-        return fn.dl_tensor_python_function(
-            images,
-            *(p.gpu() for p in params),
-            function=_TorchMix(layout),
-            batch_processing=True,
-            synchronize_stream=False,
-            device="gpu",
-            output_layouts=layout,
-        )
-    return fn.python_function(images, *params, function=_NumpyMix(layout), batch_processing=True, output_layouts=layout)
-
-
-class _NumpyMix:
-    """Batch callback for ``fn.python_function``: copies, pastes each box, blends MixUp samples."""
-
-    def __init__(self, layout: str):
-        self.layout = layout
-
-    def __call__(self, images, perm, boxes, lam=None, blend=None):
-        check_batch(images, self.layout)
-        return mix_samples(images, perm, boxes, lam, blend, self.layout)
-
-
-class _SampleAndMix:
-    """Batch callback of the CPU python backend: draw with NumPy, then mix (see ``_python_cpu``)."""
-
-    def __init__(self, config: MixConfig, layout: str, return_params: bool):
-        self.config, self.layout, self.return_params = config, layout, return_params
-
-    def __call__(self, images, labels, entropy, prob=None):
-        config, rng = _rng(self.config, entropy, prob)
-        p = sample_mix(len(images), *check_batch(images, self.layout), config, rng)
-        mixed = mix_samples(images, p.perm, p.boxes, p.lam, p.blend, self.layout)
-        outputs = (mixed, [labels[j] for j in p.perm], _scalars(p.lam, np.float32))
-        if self.return_params:
-            outputs += (_scalars(p.perm, np.int32), list(p.boxes))
-            if p.blend is not None:
-                outputs += (_scalars(p.blend, np.float32),)
-        return outputs
-
-
-def _scalars(values: np.ndarray, dtype) -> list[np.ndarray]:
-    """One 0-d array per sample: DALI takes arrays, not NumPy scalars."""
-    return [np.asarray(v, dtype) for v in values]
-
-
-def check_batch(images, layout: str) -> tuple[int, int]:
-    """(H, W) of a batch that CutMix can take: one shape, at least 2x2; else ``ValueError``."""
-    shape = images[0].shape
-    for i, image in enumerate(images):
-        if image.shape != shape:
-            raise ValueError(
-                f"CutMix needs a batch of one image shape (crop or resize first): "
-                f"sample 0 is {shape}, sample {i} is {image.shape}"
-            )
-    hw = spatial_size(shape, layout)
-    check_image_size(*hw)
-    return hw
-
-
-def mix_samples(images, perm, boxes, lam, blend, layout: str) -> list[np.ndarray]:
-    """A copy of the batch with each box pasted from its partner and MixUp samples blended;
-    a NumPy loop over the samples, the fastest way on a CPU (only the boxes are touched twice)."""
-    out = np.stack(images)  # (B, ...) a copy: inputs must not be modified
-    region = (slice(None),) if layout == "CHW" else ()
-    for i, (j, (y1, x1, y2, x2)) in enumerate(zip(perm, boxes)):
-        if y2 > y1 and x2 > x1:
-            box = region + (slice(y1, y2), slice(x1, x2))
-            out[i][box] = images[int(j)][box]
-        elif blend is not None and blend[i]:
-            out[i] = blend_images(out[i : i + 1], images[int(j)][None], lam[i])[0]
-    return list(out)
-
-
-class _TorchMix:
-    """Batch callback for ``fn.dl_tensor_python_function`` on the GPU.
-
-    Runs torch on DALI's CUDA stream; the mask-and-gather formulation (:func:`mix_images`) never
-    reads a parameter back to the host, so nothing blocks on the device.
-    """
-
-    def __init__(self, layout: str):
-        self.layout = layout
-
-    def __call__(self, images, perm, boxes, lam=None, blend=None):
-        import torch
-        from nvidia.dali.python_function_plugin import current_dali_stream
-        from torch.utils.dlpack import to_dlpack
-
-        def batch(samples):
-            return torch.stack([torch.from_dlpack(t) for t in samples])
-
-        with torch.cuda.stream(torch.cuda.ExternalStream(current_dali_stream())):
-            x = batch(images)
-            params = [batch(perm).long().reshape(-1), batch(boxes).reshape(-1, 4)]
-            if blend is not None:
-                params += [batch(lam).reshape(-1), batch(blend).reshape(-1) > 0]
-            else:
-                params += [None, None]
-            out = mix_images(x, *params, self.layout)
-            return [to_dlpack(o) for o in out]

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import warnings
 from pathlib import Path
 
 SOURCE = Path(__file__).parent / "csrc" / "mix_op.cc"
@@ -130,17 +129,6 @@ def load() -> Path:
         plugin_manager.load_library(str(path))
         _loaded = path
     return _loaded
-
-
-def available() -> bool:
-    """True when the plugin is loaded or can be built and loaded here; else False, with a warning
-    that says why (shown once: Python's default filter)."""
-    try:
-        load()
-    except PluginError as e:
-        warnings.warn(f"{e}; the python backend mixes with NumPy instead (same output, slower)", stacklevel=2)
-        return False
-    return True
 
 
 if __name__ == "__main__":

@@ -18,8 +18,7 @@ import nvidia.dali.fn as fn
 from nvidia.dali import pipeline_def, types
 
 from dali_cutmix.data import Split, load_split
-from dali_cutmix.mix import MODES
-from dali_cutmix.ops import BACKENDS, Normalize, cutmix
+from dali_cutmix.ops import Normalize, cutmix
 
 READER_NAME = "Reader"
 MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
@@ -79,7 +78,7 @@ def _train_graph(split, *, image_size, device, shard_id, num_shards, shuffle_see
     prob = mix["prob"]
     if prob_source is not None:
         prob = fn.external_source(source=prob_source, batch=True, batch_info=True, dtype=types.FLOAT)
-    # The native backend on the CPU mixes and normalises in one pass (dali_cutmix.ops).
+    # The native backend (the CPU default) mixes and normalises in one pass (dali_cutmix.ops).
     return cutmix(images, labels, **{**mix, "prob": prob}, normalize=norm)
 
 
@@ -122,7 +121,7 @@ def train_pipeline(
     cutmix_alpha: float = 1.0,
     cutmix_prob: float | Callable[[int], float] = 1.0,
     cutmix_mode: str = "batch",
-    cutmix_backend: str = "native",
+    cutmix_backend: str | None = None,
     cutmix_enabled: bool = True,
     mixup_alpha: float = 0.0,
     mixup_switch_prob: float = 0.5,
@@ -150,10 +149,6 @@ def train_pipeline(
     that earlier pipeline started).
     """
     split = _common(data_dir, batch_size, image_size, device, num_threads, shard_id, num_shards, fp16, None)
-    if cutmix_backend not in BACKENDS:
-        raise ValueError(f"cutmix_backend must be one of {BACKENDS}, got {cutmix_backend!r}")
-    if cutmix_mode not in MODES:
-        raise ValueError(f"cutmix_mode must be one of {MODES}, got {cutmix_mode!r}")
     prob_source = None
     mix = None
     if cutmix_enabled:

@@ -7,9 +7,10 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from nvidia.dali import fn, pipeline_def
+from nvidia.dali import fn, pipeline_def, types
 
-from dali_cutmix.mix import MixConfig
+from dali_cutmix import ops
+from dali_cutmix.mix import CutMixParams, MixConfig
 
 
 def has_cuda() -> bool:
@@ -25,13 +26,35 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-BACKENDS = ["python", "native", "ops"]
-# The native backend on the CPU is its compiled operator, which takes HWC images (checked in test_ops).
-BACKEND_LAYOUTS = [(b, lay) for b in BACKENDS for lay in ("HWC", "CHW") if (b, lay) != ("native", "CHW")]
+BACKENDS = list(ops.BACKENDS)
+# Every (backend, layout) the library accepts on the CPU, from its own table of refusals.
+BACKEND_LAYOUTS = [(b, lay) for b in BACKENDS for lay in ("HWC", "CHW") if (b, lay) not in ops.REFUSED]
 
 
 # Recipes for the tests that draw once and apply the same parameters in several ways.
 REPLAY_CONFIGS = [MixConfig(prob=0.8, mode="elem"), MixConfig(mixup_alpha=0.3, mode="elem", minmax=(0.2, 0.8))]
+
+
+def reference_mix(images: np.ndarray, params: CutMixParams, layout: str = "HWC") -> np.ndarray:
+    """An independent oracle: a plain loop over the samples that copies each box from the
+    partner and blends MixUp samples as ``floor(w * own + (1 - w) * partner + 0.5)`` in float32."""
+    out = images.copy()
+    for i, (j, (y1, x1, y2, x2)) in enumerate(zip(params.perm, params.boxes)):
+        box = (slice(y1, y2), slice(x1, x2)) if layout == "HWC" else (slice(None), slice(y1, y2), slice(x1, x2))
+        if params.blend is not None and params.blend[i]:
+            w = np.float32(params.lam[i])
+            mixed = images[i].astype(np.float32) * w + images[j].astype(np.float32) * (np.float32(1) - w)
+            if np.issubdtype(images.dtype, np.integer):
+                mixed = np.clip(np.floor(mixed + np.float32(0.5)), 0, np.iinfo(images.dtype).max)
+            out[i] = mixed.astype(images.dtype)
+        out[i][box] = images[j][box]
+    return out
+
+
+def box_lam(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """1 - box area / image area, in float32 as the library computes it."""
+    area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).astype(np.float32)
+    return np.float32(1) - area / np.float32(height * width)
 
 
 def random_batch(rng, batch_size, shape, dtype=np.uint8):
@@ -44,7 +67,8 @@ def random_batch(rng, batch_size, shape, dtype=np.uint8):
 def run_cutmix(batches, *, device="cpu", seed=0, layout="HWC", **cutmix_kwargs):
     """Feed ``batches`` (lists of arrays) through ``dali_cutmix.cutmix``; yield NumPy outputs.
 
-    Each item: (images, mixed, labels_a, labels_b, lam, perm, boxes).
+    Each item: (images, mixed, labels_a, labels_b, lam, perm, boxes[, blend]). A NumPy ``prob``
+    is fed as a per-sample DataNode.
     """
     import dali_cutmix
 
@@ -56,7 +80,11 @@ def run_cutmix(batches, *, device="cpu", seed=0, layout="HWC", **cutmix_kwargs):
     def pipe():
         images = fn.external_source(source=lambda: next(feed), layout=layout, device=device)
         lab = fn.external_source(source=lambda: labels)
-        return (images,) + dali_cutmix.cutmix(images, lab, layout=layout, return_params=True, **cutmix_kwargs)
+        kwargs = dict(cutmix_kwargs)
+        if isinstance(kwargs.get("prob"), np.ndarray):
+            probs = [np.asarray(p, np.float32) for p in kwargs["prob"]]
+            kwargs["prob"] = fn.external_source(source=lambda: probs, dtype=types.FLOAT)
+        return (images,) + dali_cutmix.cutmix(images, lab, layout=layout, return_params=True, **kwargs)
 
     p = pipe(prefetch_queue_depth=1)
     p.build()

@@ -2,40 +2,69 @@
 
 import numpy as np
 import pytest
-from conftest import BACKEND_LAYOUTS, BACKENDS, REPLAY_CONFIGS, random_batch, run_cutmix
+from conftest import BACKEND_LAYOUTS, BACKENDS, REPLAY_CONFIGS, box_lam, random_batch, reference_mix, run_cutmix
 from nvidia.dali import fn, pipeline_def, types
 
 import dali_cutmix
-from dali_cutmix.mix import NUMPY_OPS, CutMixParams, apply_cutmix, cutmix_box
-from dali_cutmix.ops import DALI_OPS, paste_native, paste_python, sample_params
+from dali_cutmix.mix import NUMPY_OPS, CutMixParams, cutmix_box
+from dali_cutmix.ops import DALI_OPS, DEFAULT_BACKEND, REFUSED, ops_params, paste_ops, torch_mix
 
 H, W = 40, 72
 
 
-def params_of(out):
-    _, _, _, _, lam, perm, boxes = out
-    return CutMixParams(perm=perm.astype(np.int64), boxes=boxes, lam=lam)
+def params_of(out, mixup=False):
+    lam, perm, boxes = out[4], out[5], out[6]
+    blend = out[7] > 0 if mixup else None
+    return CutMixParams(perm=perm.astype(np.int64), boxes=boxes, lam=lam, blend=blend)
 
 
 @pytest.mark.parametrize("backend, layout", BACKEND_LAYOUTS)
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32], ids=["uint8", "float32"])
 @pytest.mark.parametrize("mode", ["batch", "elem"])
-def test_backend_matches_reference(backend, layout, dtype, mode):
+def test_backend_pixels_follow_its_own_params_and_lam_its_boxes(backend, layout, dtype, mode):
+    """Pixels: the independent loop oracle fed the backend's own parameters; lam: from the boxes."""
     rng = np.random.default_rng(0)
     shape = (H, W, 3) if layout == "HWC" else (3, H, W)
     batches = [random_batch(rng, 8, shape, dtype) for _ in range(3)]
     for out in run_cutmix(batches, backend=backend, layout=layout, mode=mode):
-        images, mixed, la, lb, lam = out[:5]
+        images, mixed, la, lb, lam, perm, boxes = out
         assert mixed.dtype == images.dtype and mixed.shape == images.shape
-        ref_images, ref_la, ref_lb, ref_lam = apply_cutmix(images, la, params_of(out), layout)
-        np.testing.assert_array_equal(mixed, ref_images)
-        np.testing.assert_array_equal(lb, ref_lb)
+        np.testing.assert_array_equal(mixed, reference_mix(images, params_of(out), layout))
+        np.testing.assert_array_equal(lb, la[perm])
         assert lam.dtype == np.float32 and lam.shape == (8,)
+        np.testing.assert_array_equal(lam, box_lam(boxes, H, W))
+
+
+RECIPES = {
+    "cutmix": {},
+    "prob-0.5": {"prob": 0.5},
+    "mixup-switch": {"mixup_alpha": 0.4, "switch_prob": 0.5},
+    "mixup-only": {"alpha": 0.0, "mixup_alpha": 0.4},
+    "minmax": {"minmax": (0.2, 0.8)},
+    "no-self": {"no_self": True},
+}
+
+
+@pytest.mark.parametrize("recipe", RECIPES.values(), ids=RECIPES.keys())
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32], ids=["uint8", "float32"])
+def test_the_gpu_callback_on_cpu_tensors_is_the_oracle(recipe, mode, layout, dtype):
+    """The python backend's pixels are TorchMix, one callback for both devices: run here on CPU
+    tensors, it must equal the loop oracle byte for byte for every recipe and mode."""
+    rng = np.random.default_rng(9)
+    shape = (H, W, 3) if layout == "HWC" else (3, H, W)
+    batches = [random_batch(rng, 12, shape, dtype) for _ in range(3)]
+    mixup = "mixup_alpha" in recipe
+    for out in run_cutmix(batches, backend="python", layout=layout, mode=mode, seed=3, **recipe):
+        images, mixed, la, lb = out[:4]
+        np.testing.assert_array_equal(mixed, reference_mix(images, params_of(out, mixup), layout))
+        np.testing.assert_array_equal(lb, la[out[5]])
 
 
 @pytest.mark.parametrize("config", REPLAY_CONFIGS, ids=["cutmix", "mixup-minmax"])
-def test_backends_identical_on_shared_params(config):
-    """One pipeline, one sampling, both pastes: their outputs must be equal byte for byte."""
+def test_torch_and_stock_pastes_identical_on_shared_params(config):
+    """One pipeline, one sampling (DALI's draws), two pastes: equal byte for byte."""
     rng = np.random.default_rng(1)
     batches = [random_batch(rng, 16, (H, W, 3)) for _ in range(4)]
     feed = iter(batches * 2)
@@ -43,14 +72,53 @@ def test_backends_identical_on_shared_params(config):
     @pipeline_def(batch_size=16, num_threads=1, device_id=None, seed=7)
     def pipe():
         images = fn.external_source(source=lambda: next(feed), layout="HWC")
-        sampled = sample_params(images, config, layout="HWC")
-        return paste_native(images, sampled, layout="HWC"), paste_python(images, sampled, layout="HWC")
+        sampled = ops_params(images, config, layout="HWC")
+        return paste_ops(images, sampled, layout="HWC"), torch_mix(images, sampled.params, layout="HWC")
 
     p = pipe(prefetch_queue_depth=1)
     p.build()
     for _ in range(4):
-        native, python = (o.as_array() for o in p.run())
-        np.testing.assert_array_equal(native, python)
+        stock, torch_ = (o.as_array() for o in p.run())
+        np.testing.assert_array_equal(stock, torch_)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+def test_a_per_sample_prob_means_the_same_on_every_backend(backend, mode):
+    """elem: sample i is mixed with probability prob[i]; batch: the batch with prob[0]."""
+    batch_size = 8
+    rng = np.random.default_rng(10)
+    batches = [random_batch(rng, batch_size, (H, W, 3)) for _ in range(12)]
+    if mode == "elem":
+        prob = np.array([1, 0] * (batch_size // 2), np.float32)
+    else:
+        prob = np.array([0] + [1] * (batch_size - 1), np.float32)  # only sample 0's value counts
+    mixed_count = np.zeros(batch_size)
+    for out in run_cutmix(batches, backend=backend, mode=mode, prob=prob, minmax=(0.3, 0.6)):
+        mixed_count += out[4] < 1.0
+    if mode == "elem":
+        assert (mixed_count[1::2] == 0).all() and (mixed_count[0::2] == len(batches)).all()
+    else:
+        assert (mixed_count == 0).all()
+
+
+@pytest.mark.parametrize(
+    "backend, match",
+    [("native", "backend 'native' is a CPU operator"), ("ops", "backend 'ops' does not run on the GPU: .*paste_gpu.h")],
+)
+def test_backends_that_cannot_run_on_the_gpu_refuse_with_the_reason(backend, match):
+    @pipeline_def(batch_size=2, num_threads=1, device_id=0)
+    def pipe():
+        images = fn.external_source(name="images", device="gpu", layout="HWC")
+        return tuple(dali_cutmix.cutmix(images, fn.external_source(name="labels"), backend=backend))
+
+    with pytest.raises(ValueError, match=match):
+        pipe()
+
+
+def test_the_default_backend_follows_the_device():
+    assert DEFAULT_BACKEND == {"cpu": "native", "gpu": "python"}
+    assert all((DEFAULT_BACKEND[d], d) not in REFUSED for d in DEFAULT_BACKEND)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -175,59 +243,31 @@ def test_bad_arguments_fail_at_build_time(kwargs, match):
     [([(H, W, 3), (H, W - 2, 3)], "one image shape"), ([(1, 5, 3), (1, 5, 3)], "at least 2x2")],
     ids=["mixed-shapes", "tiny"],
 )
-@pytest.mark.parametrize("backend, layout", [("python", "HWC"), ("python", "CHW"), ("native", "HWC")])
+@pytest.mark.parametrize("backend, layout", BACKEND_LAYOUTS)
 def test_bad_batches_fail_with_a_clear_message(shapes, match, backend, layout):
-    """Checked by the compiled operator (HWC) or by the Python one (CHW): the same words."""
+    """Checked by the compiled operator or by the Python sampler: the same words on every backend."""
     batch = [np.zeros(s if layout == "HWC" else s[::-1], np.uint8) for s in shapes]
     with pytest.raises(RuntimeError, match=match):
         list(run_cutmix([batch], backend=backend, layout=layout))
 
 
-def test_native_backend_on_the_cpu_is_hwc_and_uint8_or_float32():
-    with pytest.raises(ValueError, match="backend 'native' on the CPU takes HWC images; use backend 'ops'"):
+def test_native_backend_is_hwc_and_uint8_or_float32():
+    with pytest.raises(ValueError, match="backend 'native' takes HWC images; use backend 'python' or 'ops'"):
         next(run_cutmix([random_batch(np.random.default_rng(0), 2, (3, H, W))], backend="native", layout="CHW"))
     with pytest.raises(RuntimeError, match="takes uint8 or float32 images, got int16"):
         list(run_cutmix([[np.zeros((H, W, 3), np.int16)] * 2], backend="native"))
 
 
-def test_ops_backend_rejects_mixed_shapes():
-    batch = [np.zeros((H, W, 3), np.uint8), np.zeros((H, W - 2, 3), np.uint8)]
-    with pytest.raises(RuntimeError, match="multi_paste"):
-        list(run_cutmix([batch], backend="ops"))
-
-
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("recipe", RECIPES.values(), ids=RECIPES.keys())
+@pytest.mark.parametrize("mode", ["batch", "elem"])
 @pytest.mark.parametrize("layout", ["HWC", "CHW"])
-@pytest.mark.parametrize("recipe", [{}, {"mixup_alpha": 0.4}], ids=["cutmix", "with-mixup"])
-def test_gpu_backend_matches_reference(backend, layout, recipe):
+def test_gpu_python_backend_is_the_oracle(recipe, mode, layout):
     rng = np.random.default_rng(8)
     shape = (H, W, 3) if layout == "HWC" else (3, H, W)
     batches = [random_batch(rng, 8, shape) for _ in range(3)]
-    for out in run_cutmix(batches, device="gpu", backend=backend, layout=layout, mode="elem", **recipe):
-        images, mixed, la, lb, lam, perm, boxes = out[:7]
-        blend = out[7] > 0 if recipe else None
-        params = CutMixParams(perm=perm.astype(np.int64), boxes=boxes, lam=lam, blend=blend)
-        ref = apply_cutmix(images, la, params, layout)
-        np.testing.assert_array_equal(mixed, ref[0])
-        np.testing.assert_array_equal(lb, ref[2])
-
-
-def test_public_name():
-    assert dali_cutmix.cutmix is not None and callable(dali_cutmix.cutmix)
-
-
-def test_python_backend_on_the_cpu_is_one_python_operator():
-    """Its speed rests on this: one Python operator and one DALI draw, not ~40 DALI operators."""
-    batch = [np.zeros((H, W, 3), np.uint8)] * 4
-
-    @pipeline_def(batch_size=4, num_threads=1, device_id=None, seed=0)
-    def pipe():
-        images = fn.external_source(source=[batch], cycle=True, layout="HWC")
-        labels = fn.external_source(source=[[np.array([0], np.int32)] * 4], cycle=True)
-        return tuple(dali_cutmix.cutmix(images, labels, backend="python", mixup_alpha=0.2))
-
-    p = pipe()
-    p.build()
-    # two external sources, the draw, the Python operator (draws), the compiled one (pixels)
-    assert len(p._ops) == 5
+    mixup = "mixup_alpha" in recipe
+    for out in run_cutmix(batches, device="gpu", backend="python", layout=layout, mode=mode, **recipe):
+        images, mixed, la, lb = out[:4]
+        np.testing.assert_array_equal(mixed, reference_mix(images, params_of(out, mixup), layout))
+        np.testing.assert_array_equal(lb, la[out[5]])

@@ -105,7 +105,7 @@ def test_file_list_is_accepted(jpeg_tree):
         ({"batch_size": 0}, "batch_size must be an int >= 1, got 0"),
         ({"image_size": 4}, "image_size must be an int >= 8, got 4"),
         ({"device": "tpu"}, "device must be one of .*, got 'tpu'"),
-        ({"cutmix_backend": "cupy"}, "cutmix_backend must be one of .*, got 'cupy'"),
+        ({"cutmix_backend": "cupy"}, "backend must be one of .*, got 'cupy'"),
         ({"shard_id": 2, "num_shards": 2}, r"shard_id must be in \[0, num_shards=2\), got 2"),
     ],
     ids=["batch", "size", "device", "backend", "shard"],
@@ -162,7 +162,7 @@ def test_demo_export_of_the_real_fashion_mnist(tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["python", "native"])
+@pytest.mark.parametrize("backend", [None, "python"], ids=["default", "python"])
 def test_gpu_train_loader_decodes_on_the_gpu(jpeg_tree, backend):
     loader = train_loader(
         jpeg_tree / "train",

@@ -105,23 +105,25 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
       DALI_ENFORCE(v->size() == 1 || static_cast<int64_t>(v->size()) == C_,
                    ::dali::make_string("mean and std need 1 or ", C_, " values (one per channel)"));
     }
-    if (spec_.HasTensorArgument("params")) {
-      Packed(ws, n);
-    } else if (spec_.HasTensorArgument("draws")) {
-      GivenDraws(ws, n);
-    } else {
-      DALI_ENFORCE(ws.NumInput() >= 3, "dali_cutmix.mix needs an entropy input, or the params or draws argument");
-      const auto &entropy = ws.Input<CPUBackend>(2);
-      DALI_ENFORCE(entropy.type() == DALIDataType::DALI_FLOAT && entropy.tensor_shape(0).num_elements() >= 2,
-                   "entropy must be float32 with at least 2 values per sample (fn.random.uniform(shape=[2]))");
-      probs_.assign(n, prob_);
-      if (ws.NumInput() > 3) {
-        const auto &prob = ws.Input<CPUBackend>(3);
-        DALI_ENFORCE(prob.type() == DALIDataType::DALI_FLOAT, "prob must be a float32 scalar per sample");
-        for (int i = 0; i < n; i++) probs_[i] = prob.tensor<float>(i)[0];
+    const auto &entropy = ws.Input<CPUBackend>(2);
+    DALI_ENFORCE(entropy.type() == DALIDataType::DALI_FLOAT && entropy.num_samples() == n &&
+                     entropy.tensor_shape(0).num_elements() >= 2,
+                 "entropy must be float32 with at least 2 values per sample (fn.random.uniform(shape=[2]))");
+    probs_.assign(n, prob_);
+    if (ws.NumInput() > 3) {
+      const auto &prob = ws.Input<CPUBackend>(3);
+      DALI_ENFORCE(prob.type() == DALIDataType::DALI_FLOAT && prob.num_samples() == n,
+                   ::dali::make_string("prob must be a float32 scalar per sample, got ", prob.type()));
+      for (int i = 0; i < n; i++) {
+        DALI_ENFORCE(prob.tensor_shape(i).num_elements() == 1,
+                     ::dali::make_string("prob must be a float32 scalar per sample, sample ", i, " has shape ",
+                                         prob.tensor_shape(i)));
+        float p = prob.tensor<float>(i)[0];
+        DALI_ENFORCE(p >= 0 && p <= 1, ::dali::make_string("prob[", i, "] = ", p, " is not in [0, 1]"));
+        probs_[i] = p;
       }
-      Sample(n, entropy.tensor<float>(0));
     }
+    Sample(n, entropy.tensor<float>(0));
 
     TensorListShape<> label_shape(n, labels.sample_dim());
     for (int i = 0; i < n; i++) label_shape.set_tensor_shape(i, labels.tensor_shape(params_[i].perm));
@@ -266,32 +268,6 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
     }
   }
 
-  // Sample i's partner from a given float32 value, checked to be a sample of the batch.
-  static int Partner(float value, int i, int n) {
-    int perm = static_cast<int>(value);
-    DALI_ENFORCE(perm >= 0 && perm < n, ::dali::make_string("perm[", i, "] = ", perm, " is not in [0, ", n, ")"));
-    return perm;
-  }
-
-  // Given parameters, to replay a mix (the perm, boxes, lam and blend outputs of an earlier run),
-  // packed into one float32 vector per sample: perm, y1, x1, y2, x2, lam, blend (whole numbers
-  // below 2**24 are exact in float32).
-  void Packed(const Workspace &ws, int n) {
-    const auto &packed = ws.ArgumentInput("params");
-    params_.assign(n, SampleParams{});
-    for (int i = 0; i < n; i++) {
-      DALI_ENFORCE(packed.tensor_shape(i).num_elements() == 7, "params are 7 float32 values per sample");
-      const float *v = packed.tensor<float>(i);
-      auto &p = params_[i];
-      p.perm = Partner(v[0], i, n);
-      for (int k = 0; k < 4; k++) p.box[k] = static_cast<int>(v[1 + k]);
-      p.box[0] = std::clamp<int>(p.box[0], 0, H_), p.box[2] = std::clamp<int>(p.box[2], 0, H_);
-      p.box[1] = std::clamp<int>(p.box[1], 0, W_), p.box[3] = std::clamp<int>(p.box[3], 0, W_);
-      p.lam = v[5];
-      p.blend = v[6] > 0;
-    }
-  }
-
   // ---- sampling: dali_cutmix.mix.sample_mix, with a C++ generator seeded by the batch's draw ----
 
   float Uniform() { return static_cast<float>(rng_() >> 40) * (1.0f / 16777216.0f); }  // [0, 1), 24 bits
@@ -336,20 +312,6 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
     }
     for (int i = units; i < n; i++) params_[i] = params_[0];
     Permutation(n, no_self_);
-  }
-
-  // Draws made elsewhere (the python backend draws with NumPy, dali_cutmix.mix.draw_mix), one
-  // float32 vector per sample: perm, mix, cut, lam_cut, lam_mix, u[0..3].
-  void GivenDraws(const Workspace &ws, int n) {
-    const auto &draws = ws.ArgumentInput("draws");
-    params_.assign(n, SampleParams{});
-    for (int i = 0; i < n; i++) {
-      DALI_ENFORCE(draws.tensor_shape(i).num_elements() == 9, "draws are 9 float32 values per sample");
-      const float *v = draws.tensor<float>(i);
-      Draws d{v[1], v[2], v[3], v[4], {v[5], v[6], v[7], v[8]}};
-      Place(d, params_[i]);
-      params_[i].perm = Partner(v[0], i, n);
-    }
   }
 
   // Box, lambda and blend from the draws: dali_cutmix.mix.mix_from_draws, operation for operation.
@@ -410,12 +372,13 @@ DALI_REGISTER_OPERATOR(dali_cutmix__Mix, ::dali_cutmix::Mix, ::dali::CPU);
 DALI_SCHEMA(dali_cutmix__Mix)
     .DocStr(R"(CutMix (optionally switching with MixUp) of a uniformly shaped uint8 HWC batch, fused with
 normalisation, flip and layout change. Outputs: images, labels_b, lam, perm, boxes (y1, x1, y2, x2), blend.)")
-    .NumInput(2, 4)
+    .NumInput(3, 4)
     .InputDox(0, "images", "TensorList of uint8 HWC", "The batch, one shape for all samples.")
     .InputDox(1, "labels", "TensorList", "Per-sample labels; labels_b is them gathered through perm.")
     .InputDox(2, "entropy", "TensorList of float32",
               "A per-batch draw (sample 0's first two values seed the operator's generator).")
-    .InputDox(3, "prob", "TensorList of float32 scalars", "Optional per-sample probability of mixing.")
+    .InputDox(3, "prob", "TensorList of float32 scalars",
+              "Optional per-sample probability of mixing (mode elem: sample i's; mode batch: sample 0's).")
     .NumOutput(6)
     .AddOptionalArg("alpha", "CutMix's Beta(alpha, alpha); 0 turns CutMix off.", 1.0f)
     .AddOptionalArg("mixup_alpha", "MixUp's Beta; 0 turns MixUp off.", 0.0f)
@@ -426,12 +389,6 @@ normalisation, flip and layout change. Outputs: images, labels_b, lam, perm, box
     .AddOptionalArg("minmax", "Box sides as fractions (min, max) of H and W, like timm.", std::vector<float>{})
     .AddOptionalArg<std::vector<float>>("mean", "Subtracted per channel (turns normalisation on).", nullptr)
     .AddOptionalArg<std::vector<float>>("std", "Divides per channel (turns normalisation on).", nullptr)
-    .AddOptionalArg<std::vector<float>>("params", "Given parameters packed per sample: perm, y1, x1, y2, x2, lam, blend.",
-                                        nullptr, true)
-    .AddOptionalArg<std::vector<float>>("draws",
-                                        "Given draws per sample: perm, mix, cut, lam_cut, lam_mix, u[0..3] (the box "
-                                        "and lambda follow from them and the image size, as when drawn here).",
-                                        nullptr, true)
     .AddOptionalArg("mirror", "Flip horizontally (per sample), after mixing.", 0, true)
     .AddOptionalArg("output_layout", "\"HWC\" or \"CHW\".", std::string("HWC"))
     .AddOptionalTypeArg("dtype", "FLOAT, or UINT8 without normalisation (the default then).");
