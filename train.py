@@ -13,11 +13,13 @@ folders and used. ``--output DIR`` receives ``config.json``, a checkpoint per ep
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import torch
@@ -28,7 +30,7 @@ from dali_cutmix import checkpoint as ckpt
 from dali_cutmix.data import export_fashion_mnist, load_imagenet
 from dali_cutmix.engine import LRSchedule, Stop, check_finite, evaluate, nvtx, train_step
 from dali_cutmix.loader import mix_schedule, train_loader, val_loader
-from dali_cutmix.mix import MixConfig
+from dali_cutmix.mix import LoopMixer, MixConfig
 from dali_cutmix.ops import BACKENDS
 from dali_cutmix.report import plot_metrics
 from dali_cutmix.scan import drop_undecodable
@@ -36,6 +38,11 @@ from dali_cutmix.scan import drop_undecodable
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 # Flags whose default differs between the demo (no --data) and real data.
 DEMO_DEFAULTS = {"epochs": 10, "batch_size": 128, "image_size": 32, "arch": "resnet18", "warmup_epochs": 0}
+# What may differ between a run and its resumption (the lr schedule is rebuilt from the flags and
+# continues from the checkpoint's step); every other flag must match the checkpoint's.
+RESUMABLE = ("epochs", "lr", "lr_schedule", "lr_step", "warmup_epochs", "workers", "keep_checkpoints",
+             "scan", "strict", "max_steps", "device", "no_amp")  # fmt: skip
+NOT_FLAGS = ("output", "resume", "overwrite", "data", "recipe")  # where, how, or checked another way
 DATA_DEFAULTS = {"epochs": 90, "batch_size": 256, "image_size": 224, "arch": "resnet50", "warmup_epochs": 5}
 CACHE = Path(os.environ.get("DALI_CUTMIX_CACHE", Path.home() / ".cache" / "dali-cutmix"))
 
@@ -69,10 +76,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mix-no-self", action="store_true", help="partners are never the sample itself")
     p.add_argument("--cutmix-backend", choices=BACKENDS, help="default: native on the CPU, python on the GPU")
     p.add_argument("--no-cutmix", action="store_true", help="train without any mixing (the baseline)")
+    p.add_argument(
+        "--mix-in",
+        choices=("pipeline", "loop"),
+        default="pipeline",
+        help="mix inside the DALI pipeline, or in the training loop on the device (the paper's way)",
+    )
     p.add_argument("--mix-off-epoch", "--mixup-off-epoch", type=int, help="no mixing from this epoch on")
     p.add_argument("--prob-schedule", type=parse_schedule, default={}, help="mixing chance by epoch: 0:1.0,100:0.5")
     p.add_argument("--output", type=str, default="runs/latest", help="where config, checkpoints and metrics go")
     p.add_argument("--resume", nargs="?", const="latest", default=None, help="continue: latest in --output, or PATH")
+    p.add_argument(
+        "--overwrite", action="store_true", help="start afresh in a used --output (the old run is moved aside)"
+    )
     p.add_argument("--keep-checkpoints", type=int, default=3, help="how many epoch checkpoints to keep")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     p.add_argument("--no-amp", action="store_true", help="GPU: train in float32 instead of float16 autocast")
@@ -108,8 +124,7 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--arch must be one of {', '.join(ARCHS)}, got {args.arch!r}")
     if not 0 <= args.cutmix_prob <= 1:
         p.error(f"--cutmix-prob must be in [0, 1], got {args.cutmix_prob}")
-    if not args.no_cutmix:
-        check_recipe(p, args)
+    args.recipe = None if args.no_cutmix else recipe_from_args(p, args)
     if not 0 <= args.smoothing < 1:
         p.error(f"--smoothing must be in [0, 1), got {args.smoothing}")
     if args.lr <= 0 or args.warmup_epochs < 0:
@@ -122,14 +137,16 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--resume {args.resume!r}: no such checkpoint file")
 
 
-def check_recipe(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """The mixing flags, checked by the library and reported with the flags' names."""
+def recipe_from_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> MixConfig:
+    """The mixing flags as one checked recipe; errors are reported with the flags' names."""
     try:
-        MixConfig(
+        return MixConfig(
             alpha=args.cutmix_alpha,
+            mode=args.cutmix_mode,
             mixup_alpha=args.mixup_alpha,
             switch_prob=args.mixup_switch_prob,
             minmax=tuple(args.cutmix_minmax) if args.cutmix_minmax else None,
+            no_self=args.mix_no_self,
         )
     except ValueError as e:
         field, _, rest = str(e).partition(" must ")
@@ -177,9 +194,7 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
     """
     if world > 1 and rank != 0:
         dist.barrier()
-    root = args.data or export_fashion_mnist(
-        CACHE / f"fashion-mnist-{args.demo_per_class}", per_class_train=args.demo_per_class
-    )
+    root = args.data or demo_root(args.demo_per_class)
     train_split, val_split = load_imagenet(root)
     if args.scan != "off":
         train_split, val_split = (
@@ -214,9 +229,9 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
         seed=args.seed + 7919 * (loader_state["origin"] if loader_state else start_epoch),
         start_epoch=start_epoch,
         state=loader_state,
-        cutmix_enabled=not args.no_cutmix,
+        cutmix_enabled=args.recipe is not None and args.mix_in == "pipeline",
         cutmix_alpha=args.cutmix_alpha,
-        cutmix_prob=mix_schedule(args.cutmix_prob, mix_off_epoch=args.mix_off_epoch, changes=args.prob_schedule),
+        cutmix_prob=prob_schedule(args),
         cutmix_mode=args.cutmix_mode,
         cutmix_backend=args.cutmix_backend,
         mixup_alpha=args.mixup_alpha,
@@ -232,11 +247,21 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
             f"--batch-size {args.batch_size} is larger than this rank's share of {len(train_split)} training images"
         )
     val = val_loader(val_split, classes=train_split.classes, **common)
-    return train, val, train_split.classes
+    return train, val, train_split.classes, train_split.fingerprint(root)
 
 
-def build_model(args, num_classes: int, device: torch.device) -> torch.nn.Module:
-    model = torchvision.models.get_model(args.arch, weights=None, num_classes=num_classes).to(device)
+def prob_schedule(args):
+    """The chance of mixing, a number or an ``epoch -> prob`` schedule, from the flags."""
+    return mix_schedule(args.cutmix_prob, mix_off_epoch=args.mix_off_epoch, changes=args.prob_schedule)
+
+
+def demo_root(per_class: int) -> Path:
+    """The demo data (Fashion-MNIST, ``per_class`` training images a class) as JPEG folders."""
+    return export_fashion_mnist(CACHE / f"fashion-mnist-{per_class}", per_class_train=per_class)
+
+
+def build_model(arch: str, num_classes: int, device: torch.device) -> torch.nn.Module:
+    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return model
@@ -267,6 +292,7 @@ def train_one_epoch(
     stop: Stop,
     world: int,
     show: bool,
+    mixer: LoopMixer | None = None,
 ) -> dict:
     """Steps ``start_step..`` of one epoch; returns the mean loss, speed, data-wait time and the
     number of steps done, which is short of ``len(loader)`` only when ``stop`` was set."""
@@ -286,6 +312,9 @@ def train_one_epoch(
         waited += time.perf_counter() - tick
         if batch is None:
             break
+        if mixer is not None:  # --mix-in loop: the plain batch is mixed here, on its device
+            schedule = prob_schedule(args)
+            batch = mixer(batch[0], batch[1], prob=schedule(epoch) if callable(schedule) else schedule)
         losses.append(train_step(model, optimizer, scaler, batch, smoothing=args.smoothing))
         scheduler.step()
         seen += len(batch[0])
@@ -319,16 +348,24 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     out = Path(args.output)
     try:
-        state, train, val, classes = prepare(args, rank, world, device, out)
+        state, train, val, classes, fingerprint = prepare(args, rank, world, device, out)
     except (ValueError, FileNotFoundError) as e:  # bad data or checkpoint: one line, exit code 2
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
-    model = build_model(args, len(classes), device)
+    model = build_model(args.arch, len(classes), device)
     optimizer, scheduler = build_optimizer(args, model, world, len(train))
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and not args.no_amp else None
+    mixer = None
+    if args.recipe is not None and args.mix_in == "loop":
+        mixer = LoopMixer(args.recipe, seed=args.seed * 1000 + rank + 1)
+        saved = (state or {}).get("loaders") or []
+        if len(saved) == world and saved[rank].get("mixer"):
+            mixer.load_state(saved[rank]["mixer"])
     if state:
         try:
-            ckpt.restore(state, model, optimizer, scheduler, scaler, num_classes=len(classes))
+            ckpt.restore(
+                state, model, optimizer, scheduler, scaler, num_classes=len(classes), steps_per_epoch=len(train)
+            )
         except ValueError as e:
             print(f"train.py: error: {e}", file=sys.stderr)
             return 2
@@ -337,7 +374,18 @@ def main(argv=None) -> int:
         if world > 1
         else model
     )
-    config = {**vars(args), "world_size": world, "device": str(device), "num_classes": len(classes), "classes": classes}
+    recipe = dataclasses.asdict(args.recipe) if args.recipe else None
+    config = {
+        **vars(args),
+        "recipe": recipe,
+        "run_id": (state["config"].get("run_id") if state else None) or uuid.uuid4().hex[:12],
+        "data_fingerprint": fingerprint,
+        "train_files": int(fingerprint.split(":")[0]),
+        "world_size": world,
+        "device": str(device),
+        "num_classes": len(classes),
+        "classes": classes,
+    }
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         ckpt.write_json(out / "config.json", config)
@@ -369,11 +417,12 @@ def main(argv=None) -> int:
                     stop=stop,
                     world=world,
                     show=rank == 0,
+                    mixer=mixer,
                 )
             except FloatingPointError as e:
                 print(f"train.py: error: {e}", file=sys.stderr)
                 return 1
-            loaders = gather_states(train, world)
+            loaders = gather_states(train, mixer, world)
             save = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, config=config,
                         keep=args.keep_checkpoints, loaders=loaders)  # fmt: skip
             if row.pop("stopped"):
@@ -397,24 +446,36 @@ def main(argv=None) -> int:
             dist.destroy_process_group()
 
 
-def gather_states(loader, world: int) -> list[dict]:
-    """Every rank's loader state, in rank order (a collective: all ranks call it together)."""
+def gather_states(loader, mixer: LoopMixer | None, world: int) -> list[dict]:
+    """Every rank's loader (and loop mixer) state, in rank order (a collective: all ranks call it
+    together)."""
+    mine = loader.state() | ({"mixer": mixer.state()} if mixer is not None else {})
     states = [None] * world
     if world > 1:
-        dist.all_gather_object(states, loader.state())
+        dist.all_gather_object(states, mine)
     else:
-        states[0] = loader.state()
+        states[0] = mine
     return states
 
 
 def prepare(args, rank: int, world: int, device: torch.device, out: Path):
-    """The checkpoint to resume from (or None) and the loaders; ValueError on bad input."""
+    """The checkpoint to resume from (or None), the loaders, the classes and the data's
+    fingerprint; ValueError on bad input, before anything in ``out`` changes."""
     state, loader_state = None, None
+    say = print if rank == 0 else lambda *a, **k: None
+    if rank == 0:
+        for partial in ckpt.remove_partial(out):
+            say(f"removed {partial}, left by a write that never finished")
     if args.resume:
-        path = ckpt.latest(out) if args.resume == "latest" else Path(args.resume)
-        if path is None:
-            raise ValueError(f"--resume: no checkpoint in {out}")
-        state = ckpt.load(path, args.arch)
+        if args.resume == "latest":
+            found = ckpt.newest_loadable(out, args.arch, say=say)
+            if found is None:
+                raise ValueError(f"--resume: no loadable checkpoint in {out}")
+            path, state = found
+        else:
+            path = Path(args.resume)
+            state = ckpt.load(path, args.arch)
+        ckpt.check_flags(state.get("config") or {}, vars(args), path, may_change=RESUMABLE, skip=NOT_FLAGS)
         saved = state["loaders"] or []
         loader_state = saved[rank] if len(saved) == world else None
         if rank == 0:
@@ -424,8 +485,23 @@ def prepare(args, rank: int, world: int, device: torch.device, out: Path):
                 else "a fresh data order (no loader state for this world size)"
             )
             print(f"resuming from {path}: epoch {state['epoch']}, step {state['step']}, with {exact}")
+    elif ckpt.holds_run(out) and not args.overwrite:
+        raise ValueError(
+            f"--output {out} already holds a run: continue it with --resume, or start afresh with --overwrite "
+            f"(the old run is moved to {out}.old-N)"
+        )
     start_epoch = state["epoch"] if state else 0
-    return (state, *load_data(args, rank, world, device, start_epoch, out, loader_state))
+    train, val, classes, fingerprint = load_data(args, rank, world, device, start_epoch, out, loader_state)
+    if state and state["num_classes"] != len(classes):
+        raise ValueError(f"checkpoint has {state['num_classes']} classes, but the data has {len(classes)}")
+    if state and state["config"].get("data_fingerprint", fingerprint) != fingerprint:
+        raise ValueError(
+            f"--resume: {path} was trained on other data ({state['config'].get('train_files')} training files, "
+            f"now {fingerprint.split(':')[0]}, or other names or labels)"
+        )
+    if not state and args.overwrite and ckpt.holds_run(out) and rank == 0:
+        say(f"moved the earlier run in {out} to {ckpt.move_aside(out)}")
+    return state, train, val, classes, fingerprint
 
 
 if __name__ == "__main__":

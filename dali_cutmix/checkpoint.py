@@ -18,6 +18,10 @@ import torch
 # checkpoint_0003.pt: 3 epochs done; checkpoint_0003_step000120.pt: interrupted 120 steps into
 # epoch index 3. Sorting by (epoch, step) puts the newest last.
 CHECKPOINT = re.compile(r"^checkpoint_(\d+)(?:_step(\d+))?\.pt$")
+# What atomic_write leaves behind when the process dies mid-write (SIGKILL, power loss).
+PARTIAL = re.compile(r"^\.(checkpoint_\d+(?:_step\d+)?\.pt|config\.json|metrics\.jsonl)\..+\.tmp$")
+# The files that make a folder a run folder.
+RUN_FILES = ("config.json", "metrics.jsonl")
 
 
 def atomic_write(path: Path, write) -> None:
@@ -33,6 +37,38 @@ def atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    # The rename itself is durable only once the folder's entry is on disk.
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def remove_partial(out: Path) -> list[Path]:
+    """Delete the temporary files of writes that never finished; returns them."""
+    if not Path(out).is_dir():
+        return []
+    partial = [p for p in Path(out).iterdir() if PARTIAL.match(p.name)]
+    for p in partial:
+        p.unlink(missing_ok=True)
+    return partial
+
+
+def holds_run(out: Path) -> bool:
+    """Whether ``out`` holds (part of) a training run: its config, metrics or a checkpoint."""
+    out = Path(out)
+    return out.is_dir() and (any((out / name).exists() for name in RUN_FILES) or bool(_checkpoints(out)))
+
+
+def move_aside(out: Path) -> Path:
+    """Rename a run folder to the first free ``<out>.old-N``; returns the new name."""
+    out = Path(out)
+    n = 1
+    while (target := out.with_name(f"{out.name}.old-{n}")).exists():
+        n += 1
+    out.rename(target)
+    return target
 
 
 def write_json(path: Path, obj) -> None:
@@ -75,7 +111,7 @@ def save(
         "num_classes": config["num_classes"],
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
+        "scheduler": {"last_epoch": scheduler.last_epoch},  # the step count; the schedule comes from the flags
         "scaler": scaler.state_dict() if scaler is not None else None,
         "torch_rng": torch.get_rng_state(),
         "config": config,
@@ -105,12 +141,25 @@ def latest(out: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+def newest_loadable(out: Path, arch: str, say=print) -> tuple[Path, dict] | None:
+    """The newest checkpoint in ``out`` that loads, skipping (and saying so) any that does not."""
+    for _, path in reversed(_checkpoints(out)):
+        try:
+            return path, load(path, arch)
+        except ValueError as e:
+            if "cannot be loaded" not in str(e) and "not a dali-cutmix" not in str(e):
+                raise  # a readable checkpoint of another kind of run: not for skipping
+            say(f"skipping {path}: unreadable ({str(e).split(': ', 1)[-1][:120]}); trying the one before")
+    return None
+
+
 def load(path: Path, arch: str) -> dict:
     """Load safely and check the architecture; raises ``ValueError`` naming the file."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file
-        raise ValueError(f"checkpoint {path} cannot be loaded: {type(e).__name__}: {e}") from e
+        first = (str(e).strip().splitlines() or ["?"])[0]
+        raise ValueError(f"checkpoint {path} cannot be loaded: {type(e).__name__}: {first}") from e
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
         raise ValueError(f"checkpoint {path} is not a dali-cutmix training checkpoint")
     state.setdefault("step", 0)
@@ -120,12 +169,32 @@ def load(path: Path, arch: str) -> dict:
     return state
 
 
-def restore(state: dict, model, optimizer, scheduler, scaler, *, num_classes: int) -> None:
+def check_flags(saved: dict, flags: dict, path: Path, *, may_change, skip) -> None:
+    """A one-line ValueError naming the first flag that differs from the run ``saved`` describes
+    (a checkpoint's config), other than those that ``may_change`` on resume or are ``skip``ped."""
+    for key, value in flags.items():
+        if key in may_change or key in skip or key not in saved:
+            continue
+        if json.dumps(saved[key], sort_keys=True, default=str) != json.dumps(value, sort_keys=True, default=str):
+            allowed = ", ".join("--" + k.replace("_", "-") for k in may_change)
+            raise ValueError(
+                f"--resume: {path} was trained with --{key.replace('_', '-')} {saved[key]!r}, this command has "
+                f"{value!r}; on resume only {allowed} may change"
+            )
+
+
+def restore(state: dict, model, optimizer, scheduler, scaler, *, num_classes: int, steps_per_epoch: int) -> None:
+    """Load the weights, optimizer and scaler state; the lr schedule is the one built from this
+    run's flags (its total, warmup and lr scaling), moved to the step where the checkpoint is."""
     if state["num_classes"] != num_classes:
         raise ValueError(f"checkpoint has {state['num_classes']} classes, but the data has {num_classes}")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    scheduler.last_epoch = state["epoch"] * steps_per_epoch + state["step"]
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["initial_lr"] = base
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
     if scaler is not None and state["scaler"] is not None:
         scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["torch_rng"])

@@ -8,6 +8,7 @@ the sorted folder names of ``train``. A split may instead be a text file list of
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,15 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def fingerprint(self, root: str | os.PathLike) -> str:
+        """``"<count>:<hash>"`` of the files (paths under ``root``), labels and classes: what a
+        checkpoint was trained on, wherever the folder has moved since."""
+        digest = hashlib.sha1("\n".join(self.classes).encode())
+        skip = len(str(root))
+        for f, label in zip(self.files, self.labels):
+            digest.update(f"{f[skip:]} {label}\n".encode())
+        return f"{len(self)}:{digest.hexdigest()[:16]}"
 
 
 def list_classes(split_dir: Path) -> list[str]:

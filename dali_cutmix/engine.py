@@ -119,12 +119,16 @@ def check_finite(losses: list[torch.Tensor], epoch: int, start_step: int) -> Non
 
 
 @torch.no_grad()
-def evaluate(model, loader, device: torch.device, world: int, *, amp: bool) -> dict:
+def evaluate(model, loader, device: torch.device, world: int, *, amp: bool, occlude: float = 0.0) -> dict:
     """Loss, top-1 and top-5 accuracy (%) over the whole validation set, summed across ranks;
-    ``amp``: float16 autocast on CUDA, as in training."""
+    ``amp``: float16 autocast on CUDA, as in training. ``occlude``: the share of the image area
+    hidden by a centred box of the image's aspect, set to the mean colour (0 after normalising),
+    as in the CutMix paper's occlusion test."""
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top-1, top-5, count
     for images, labels in loader:
+        if occlude:
+            images = occluded(images, occlude)
         if device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device, enabled=amp):
@@ -143,3 +147,13 @@ def evaluate(model, loader, device: torch.device, world: int, *, amp: bool) -> d
         dist.all_reduce(totals)
     loss, top1, top5, n = totals.tolist()
     return {"val_loss": loss / n, "val_top1": 100 * top1 / n, "val_top5": 100 * top5 / n, "val_images": int(n)}
+
+
+def occluded(images: torch.Tensor, share: float) -> torch.Tensor:
+    """A copy of normalised (B, C, H, W) images with a centred box of ``share`` of the area zeroed."""
+    H, W = images.shape[-2:]
+    h, w = round(H * math.sqrt(share)), round(W * math.sqrt(share))
+    y, x = (H - h) // 2, (W - w) // 2
+    out = images.clone()
+    out[..., y : y + h, x : x + w] = 0
+    return out

@@ -18,7 +18,8 @@ Conventions: ``H`` is the image height and ``W`` its width, everywhere. Boxes ar
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -396,3 +397,30 @@ def blend_images(own, partners, w):
 
 def _is_torch(x) -> bool:
     return type(x).__module__.startswith("torch")
+
+
+class LoopMixer:
+    """CutMix (and MixUp) in the training loop, as the reference code does it: the loader gives
+    plain batches and this mixes each one on its device after loading.
+
+    The same recipe and sampler as in the pipeline (:func:`sample_mix`, then :func:`apply_cutmix`
+    on the batch, CHW), drawn from a NumPy generator of its own; :meth:`state` and
+    :meth:`load_state` carry that generator through checkpoints, so a resumed run mixes as an
+    uninterrupted one. ``prob`` per call overrides ``config.prob`` (a per-epoch schedule).
+    """
+
+    def __init__(self, config: MixConfig, seed: int):
+        self.config = config
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, images, labels, prob: float | None = None):
+        """``(B, C, H, W)`` images and ``(B,)`` labels -> ``images, labels_a, labels_b, lam``."""
+        config = self.config if prob is None else replace(self.config, prob=float(prob))
+        B, _, H, W = images.shape
+        return apply_cutmix(images, labels, sample_mix(B, H, W, config, self.rng), "CHW")
+
+    def state(self) -> str:
+        return json.dumps(self.rng.bit_generator.state)
+
+    def load_state(self, state: str) -> None:
+        self.rng.bit_generator.state = json.loads(state)

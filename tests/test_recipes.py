@@ -21,8 +21,9 @@ def flipped(params: CutMixParams) -> CutMixParams:
 
 @pytest.mark.parametrize("kind", ["cutmix", "mixup"])
 @pytest.mark.parametrize("smoothing", [0.0, 0.1], ids=["plain", "smoothed"])
-def test_timm_mixup_is_the_oracle_in_batch_mode(monkeypatch, kind, smoothing):
-    """timm draws its own numbers; we hand it ours and compare images, targets and lambda."""
+def test_timm_given_our_draws_mixes_like_us_in_batch_mode(monkeypatch, kind, smoothing):
+    """timm draws its own numbers; we hand it ours and compare images, targets and lambda (the
+    draws come from our sampler: test_our_draws_follow_timms_own_distribution checks those)."""
     B = 8
     x = torch.rand(B, 3, H, W)
     target = torch.arange(B) % K
@@ -45,7 +46,7 @@ def test_timm_mixup_is_the_oracle_in_batch_mode(monkeypatch, kind, smoothing):
     torch.testing.assert_close(mixed_targets(la, lb, lam, K, label_smoothing=smoothing), theirs_y)
 
 
-def test_timm_mixup_is_the_oracle_in_elem_mode(monkeypatch):
+def test_timm_given_our_draws_mixes_like_us_in_elem_mode(monkeypatch):
     B = 8
     x = torch.rand(B, 3, H, W)
     target = torch.arange(B)
@@ -99,6 +100,20 @@ def test_mixup_pixels_are_the_rounded_blend(backend):
         for i in range(8):
             exact = lam[i] * images[i].astype(np.float64) + (1 - lam[i]) * images[perm[i]].astype(np.float64)
             assert np.abs(mixed[i] - exact).max() <= 0.5 + 1e-3
+
+
+def test_our_draws_follow_timms_own_distribution():
+    """Independent of our parameters: timm's own sampler (unpatched) against ours, 20,000 draws."""
+    n = 20000
+    np.random.seed(0)
+    timm = timm_mixup.Mixup(mixup_alpha=0.4, cutmix_alpha=1.0, mode="elem", switch_prob=0.5, num_classes=K)
+    lam_raw, use_cutmix = timm._params_per_elem(n)
+    theirs_cut = [timm_mixup.cutmix_bbox_and_lam((3, H, W), float(lam), correct_lam=True)[1]
+                  for lam in lam_raw[use_cutmix]]  # fmt: skip
+    ours = sample_cutmix(n, H, W, mode="elem", rng=0, alpha=1.0, mixup_alpha=0.4, switch_prob=0.5)
+    assert abs(ours.blend.mean() - (~use_cutmix).mean()) < 0.02  # the share of MixUp samples
+    assert abs(ours.lam[~ours.blend].mean() - np.mean(theirs_cut)) < 0.01  # CutMix lam after clipping
+    assert abs(ours.lam[ours.blend].std() - lam_raw[~use_cutmix].std()) < 0.01  # Beta(0.4, 0.4)
 
 
 def test_switch_prob_sets_the_share_of_cutmix():

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -129,8 +128,9 @@ def test_scan_leaves_bad_files_out_and_caches(tmp_path):
     assert {Path(p).stem for p, _ in result.bad} == set(bad)
     again = scan(split, cache_dir=tmp_path / "cache", workers=2)
     assert again.scanned == 0 and again.good == result.good  # all from the cache
-    time.sleep(0.01)
     bad["zero-byte"].write_bytes(jpeg_bytes(photo()))  # fixed: size and mtime change
+    stat = bad["zero-byte"].stat()
+    os.utime(bad["zero-byte"], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a later mtime, without a sleep
     fixed = scan(split, cache_dir=tmp_path / "cache", workers=2)
     assert fixed.scanned == 1 and len(fixed.good) == 19
 
@@ -184,6 +184,21 @@ def test_checkpoint_writes_are_atomic(tmp_path):
     assert target.read_bytes() == b"old" and list(tmp_path.iterdir()) == [target]
 
 
+def test_checkpoint_writes_sync_the_folder_after_the_rename(tmp_path, monkeypatch):
+    import stat
+
+    synced = []
+    real = os.fsync
+
+    def spy(fd):
+        synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    ckpt.atomic_write(tmp_path / "c.pt", lambda f: f.write(b"data"))
+    assert synced == [False, True]  # the file's bytes, then the folder's entry
+
+
 def test_a_foreign_or_broken_checkpoint_is_a_clear_error(tmp_path):
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"PK not a checkpoint at all")
@@ -200,10 +215,10 @@ def test_non_finite_loss_stops_naming_the_step(jpeg_tree, tmp_path, capsys):
     base = train_args(jpeg_tree, out)
     assert train.main([*base, "--epochs", "1"]) == 0
     good = (out / "checkpoint_0001.pt").read_bytes()
-    # A fresh run into the same folder blows up at once; the earlier checkpoint must survive.
-    assert train.main([*base, "--epochs", "2", "--lr", "1e30"]) == 1
+    # Resumed with an absurd lr, the run blows up at once; the earlier checkpoint must survive.
+    assert train.main([*base, "--epochs", "2", "--lr", "1e30", "--resume"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("train.py: error: non-finite loss") and "at epoch 0, step 1;" in err
+    assert err.startswith("train.py: error: non-finite loss") and "at epoch 1, step 1;" in err
     assert (out / "checkpoint_0001.pt").read_bytes() == good and ckpt.latest(out) == out / "checkpoint_0001.pt"
 
 
@@ -229,45 +244,48 @@ def assert_same_weights(out: Path, reference: dict) -> None:
         torch.testing.assert_close(final[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def run_until(cmd, out: Path, marker: str, timeout=180):
-    """Start ``cmd``; return the process once ``marker`` (a file name in ``out``) exists."""
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    deadline = time.time() + timeout
-    while not (out / marker).exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.2)
-    return proc
+# train.py, with a signal sent to itself right after the Nth training step of the run: the
+# interruption lands at a known step, whatever the machine's speed.
+SIGNAL_AT_STEP = """
+import os, sys
+import train
+signum, at = int(sys.argv[1]), int(sys.argv[2])
+real, done = train.train_step, [0]
+def step(*args, **kwargs):
+    loss = real(*args, **kwargs)
+    done[0] += 1
+    if done[0] == at:
+        os.kill(os.getpid(), signum)
+    return loss
+train.train_step = step
+sys.exit(train.main(sys.argv[3:]))
+"""
 
 
-def second_epoch(tmp_path, data: Path, seconds: float):
-    """Start the run of :func:`train_cmd`; return it ``seconds`` into its second epoch (30 steps of
-    ~0.05 s), with its command and output folder."""
+def interrupted(tmp_path, data: Path, signum: int, at_step: int):
+    """Run :func:`train_cmd` until ``signum`` after its ``at_step``-th step; return the finished
+    process, the command and the output folder."""
     out = tmp_path / "run"
     cmd = train_cmd(data, out)
-    proc = run_until(cmd, out, "checkpoint_0001.pt")
-    time.sleep(seconds)
+    driver = [sys.executable, "-c", SIGNAL_AT_STEP, str(signum), str(at_step), *cmd[2:]]
+    proc = subprocess.run(driver, cwd=ROOT, capture_output=True, text=True, timeout=300)
     return proc, cmd, out
 
 
 @pytest.mark.slow
 def test_sigterm_saves_mid_epoch_and_resume_is_exact(tmp_path, uninterrupted):
     data, reference = uninterrupted
-    proc, cmd, out = second_epoch(tmp_path, data, 0.7)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err
+    proc, cmd, out = interrupted(tmp_path, data, signal.SIGTERM, at_step=30 + 12)  # epoch 1, its 12th step
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
     saved = ckpt.latest(out)
     state = torch.load(saved, weights_only=True)
-    assert saved.name.startswith("checkpoint_0001_step") and state["epoch"] == 1 and 0 < state["step"] < 30
+    assert saved.name == "checkpoint_0001_step000012.pt" and state["epoch"] == 1 and state["step"] == 12
     proc = subprocess.run([*cmd, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert f"resuming from {saved}: epoch 1, step {state['step']}, with the data stream exactly" in proc.stdout
+    assert f"resuming from {saved}: epoch 1, step 12, with the data stream exactly" in proc.stdout
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
-    assert rows[1]["steps"] == 30 and rows[1]["train_images"] == 4 * (30 - state["step"])
+    assert rows[1]["steps"] == 30 and rows[1]["train_images"] == 4 * (30 - 12)
     assert not saved.exists()  # superseded by checkpoint_0002.pt
     assert_same_weights(out, reference)  # the same batches, mixes and updates as without the signal
 
@@ -275,9 +293,8 @@ def test_sigterm_saves_mid_epoch_and_resume_is_exact(tmp_path, uninterrupted):
 @pytest.mark.slow
 def test_sigkill_mid_epoch_resumes_from_the_last_complete_checkpoint_exactly(tmp_path, uninterrupted):
     data, reference = uninterrupted
-    proc, cmd, out = second_epoch(tmp_path, data, 0.5)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    proc, cmd, out = interrupted(tmp_path, data, signal.SIGKILL, at_step=30 + 10)
+    assert proc.returncode == -signal.SIGKILL
     assert ckpt.latest(out) == out / "checkpoint_0001.pt"
     torch.load(out / "checkpoint_0001.pt", weights_only=True)  # whole, loadable
     proc = subprocess.run([*cmd, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -1,14 +1,16 @@
 """train.py end to end on the CPU: a few steps, metrics, checkpoints, resume, bad input."""
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import train_args
+from conftest import train_args, write_jpeg_tree
 
 import train
 
@@ -30,15 +32,97 @@ def test_train_then_resume(jpeg_tree, tmp_path):
         assert r["val_images"] == 9 and r["train_images"] == 18
         assert 0 <= r["val_top1"] <= r["val_top5"] <= 100
     config = json.loads((out / "config.json").read_text())
-    assert config["arch"] == "resnet18" and config["num_classes"] == 3
+    assert config["arch"] == "resnet18" and config["num_classes"] == 3 and config["train_files"] == 18
     assert (out / "curves.png").stat().st_size > 1000
     state = torch.load(out / "checkpoint_0002.pt", weights_only=True)
     assert state["epoch"] == 2 and state["arch"] == "resnet18"
 
-    train.main(train_args(jpeg_tree, out, "--epochs", "3", "--resume"))
+    assert train.main(train_args(jpeg_tree, out, "--epochs", "3", "--resume")) == 0
     rows = read_rows(out)
     assert [r["epoch"] for r in rows] == [0, 1, 2]
-    assert torch.load(out / "checkpoint_0003.pt", weights_only=True)["epoch"] == 3
+    resumed = torch.load(out / "checkpoint_0003.pt", weights_only=True)
+    assert resumed["epoch"] == 3 and resumed["config"]["run_id"] == state["config"]["run_id"]
+    assert rows[2]["lr"] > 0
+    moved = [k for k, v in resumed["model"].items() if v.is_floating_point() and not torch.equal(v, state["model"][k])]
+    assert "fc.weight" in moved and "conv1.weight" in moved  # the resumed epoch trained
+
+
+def test_a_longer_schedule_on_resume_follows_the_longer_curve(jpeg_tree, tmp_path):
+    """--epochs 2, then --resume --epochs 4: from epoch 2 on, the lr of a 4-epoch run."""
+    resumed, fresh = tmp_path / "resumed", tmp_path / "fresh"
+    assert train.main(train_args(jpeg_tree, resumed, "--epochs", "2")) == 0
+    assert train.main(train_args(jpeg_tree, resumed, "--epochs", "4", "--resume")) == 0
+    assert train.main(train_args(jpeg_tree, fresh, "--epochs", "4")) == 0
+    lr_resumed, lr_fresh = ([r["lr"] for r in read_rows(out)] for out in (resumed, fresh))
+    assert lr_resumed[2:] == pytest.approx(lr_fresh[2:], rel=1e-12) and min(lr_resumed[2:]) > 0
+    final = torch.load(resumed / "checkpoint_0004.pt", weights_only=True)
+    want = torch.load(fresh / "checkpoint_0004.pt", weights_only=True)
+    assert final["optimizer"]["param_groups"][0]["lr"] == pytest.approx(want["optimizer"]["param_groups"][0]["lr"])
+
+
+def test_a_fresh_run_into_a_used_folder_refuses_and_overwrite_moves_it_aside(jpeg_tree, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main(train_args(jpeg_tree, out, "--epochs", "1")) == 0
+    first = json.loads((out / "config.json").read_text())["run_id"]
+    assert train.main(train_args(jpeg_tree, out, "--epochs", "1", "--no-cutmix")) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (
+        f"train.py: error: --output {out} already holds a run: continue it with --resume, or start afresh with "
+        f"--overwrite (the old run is moved to {out}.old-N)"
+    )
+    assert sorted(p.name for p in out.glob("checkpoint_*.pt")) == ["checkpoint_0001.pt"]  # nothing pruned
+    assert train.main(train_args(jpeg_tree, out, "--epochs", "1", "--no-cutmix", "--overwrite")) == 0
+    assert json.loads((tmp_path / "run.old-1" / "config.json").read_text())["run_id"] == first
+    assert (tmp_path / "run.old-1" / "checkpoint_0001.pt").is_file()
+    assert json.loads((out / "config.json").read_text())["run_id"] != first
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--batch-size", "4"], "was trained with --batch-size 6, this command has 4; on resume only --epochs"),
+        (["--seed", "3"], "was trained with --seed 0, this command has 3"),
+        (["--image-size", "48"], "was trained with --image-size 32, this command has 48"),
+        (["--no-cutmix"], "was trained with --no-cutmix False, this command has True"),
+    ],
+    ids=["batch", "seed", "size", "recipe"],
+)
+def test_resume_refuses_a_checkpoint_of_another_run(jpeg_tree, tmp_path, capsys, extra, message):
+    out = tmp_path / "run"
+    assert train.main(train_args(jpeg_tree, out, "--epochs", "1", "--max-steps", "1")) == 0
+    assert train.main([*train_args(jpeg_tree, out, "--epochs", "2", "--resume"), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"train.py: error: --resume: {out / 'checkpoint_0001.pt'} ") and message in err
+
+
+def test_resume_refuses_other_data_with_the_same_classes(tmp_path, capsys):
+    first = write_jpeg_tree(tmp_path / "first", seed=0)
+    other = write_jpeg_tree(tmp_path / "other", seed=0, train_per_class=7)
+    out = tmp_path / "run"
+    assert train.main(train_args(first, out, "--epochs", "1", "--max-steps", "1")) == 0
+    assert train.main(train_args(other, out, "--epochs", "2", "--resume")) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "was trained on other data (18 training files, now 21" in err
+    moved = tmp_path / "moved"
+    first.rename(moved)  # the same data elsewhere is the same data
+    assert train.main(train_args(moved, out, "--epochs", "2", "--resume")) == 0
+
+
+def test_resume_skips_an_unreadable_newest_checkpoint_and_cleans_partial_writes(jpeg_tree, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main(train_args(jpeg_tree, out, "--epochs", "2", "--keep-checkpoints", "2")) == 0
+    newest = out / "checkpoint_0002.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a full disk
+    partial = out / ".checkpoint_0003.pt.x1y2.tmp"  # as left by a SIGKILL during a save
+    partial.write_bytes(b"half")
+    capsys.readouterr()
+    assert train.main(train_args(jpeg_tree, out, "--epochs", "2", "--resume")) == 0
+    said = capsys.readouterr().out
+    assert f"removed {partial}, left by a write that never finished" in said and not partial.exists()
+    assert f"skipping {newest}: unreadable" in said and f"resuming from {out / 'checkpoint_0001.pt'}: epoch 1" in said
+    newest.write_bytes(b"garbage")
+    assert train.main(train_args(jpeg_tree, out, "--epochs", "3", "--resume", str(newest))) == 2
+    assert f"checkpoint {newest} cannot be loaded" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_resume_from_a_path_and_arch_mismatch(jpeg_tree, tmp_path, capsys):
@@ -132,6 +216,51 @@ def test_timm_style_recipe_flags_reach_the_pipeline(jpeg_tree, tmp_path, monkeyp
     config = json.loads((out / "config.json").read_text())
     assert config["mixup_alpha"] == 0.2 and config["smoothing"] == 0.1 and config["prob_schedule"] == {"1": 0.5}
     assert len(read_rows(out)) == 2
+
+
+def test_mixing_in_the_loop_trains_and_resumes_exactly(jpeg_tree, tmp_path, monkeypatch):
+    """--mix-in loop: plain batches from the pipeline, mixed by the trainer; its generator is in
+    the checkpoint, so a run stopped mid-epoch and resumed ends with the weights of one that was not."""
+    flags = ["--epochs", "2", "--mix-in", "loop", "--mixup", "0.3", "--cutmix-mode", "elem"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert train.main(train_args(jpeg_tree, whole, *flags)) == 0
+    real, done = train.train_step, [0]
+
+    def step(*args, **kwargs):  # SIGTERM right after the 4th step: epoch 1, step 1
+        loss = real(*args, **kwargs)
+        done[0] += 1
+        if done[0] == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss
+
+    monkeypatch.setattr(train, "train_step", step)
+    assert train.main(train_args(jpeg_tree, parts, *flags)) == 128 + signal.SIGTERM
+    assert (parts / "checkpoint_0001_step000001.pt").is_file()
+    monkeypatch.setattr(train, "train_step", real)
+    assert train.main(train_args(jpeg_tree, parts, *flags, "--resume")) == 0
+    a, b = (torch.load(out / "checkpoint_0002.pt", weights_only=True) for out in (whole, parts))
+    assert a["loaders"][0]["mixer"] == b["loaders"][0]["mixer"]
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(b["model"][name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_the_loop_mixer_is_the_oracle_on_the_loaded_batch(jpeg_tree, monkeypatch):
+    """What the trainer feeds the model in loop mode is apply_cutmix of the plain batch."""
+    from dali_cutmix.mix import LoopMixer, MixConfig, apply_cutmix, sample_mix
+
+    mixer = LoopMixer(MixConfig(mode="elem", prob=0.7), seed=5)
+    images, labels = torch.rand(6, 3, 16, 24), torch.arange(6)
+    want = apply_cutmix(images, labels, sample_mix(6, 16, 24, MixConfig(mode="elem", prob=0.7), 5), "CHW")
+    for got, expected in zip(mixer(images, labels), want):
+        assert torch.equal(torch.as_tensor(got), torch.as_tensor(expected))
+
+
+def test_occlusion_hides_a_centred_quarter():
+    from dali_cutmix.engine import occluded
+
+    images = torch.ones(2, 3, 32, 48)
+    out = occluded(images, 0.25)
+    assert (out == 0).float().mean() == 0.25 and (out[..., 8:24, 12:36] == 0).all() and (images == 1).all()
 
 
 @pytest.mark.gpu
