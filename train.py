@@ -29,11 +29,12 @@ import torchvision
 from dali_cutmix import checkpoint as ckpt
 from dali_cutmix.data import export_fashion_mnist, load_imagenet
 from dali_cutmix.engine import LRSchedule, Stop, check_finite, evaluate, nvtx, train_step
-from dali_cutmix.loader import mix_schedule, train_loader, val_loader
+from dali_cutmix.loader import mix_schedule
 from dali_cutmix.mix import LoopMixer, MixConfig
 from dali_cutmix.ops import BACKENDS
 from dali_cutmix.report import plot_metrics
 from dali_cutmix.scan import drop_undecodable
+from pipelines.loaders import train_loader, val_loader
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 # Flags whose default differs between the demo (no --data) and real data.
@@ -56,6 +57,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None, help="per process (demo 128, else 256)")
     p.add_argument("--arch", default=None, help=f"one of {', '.join(ARCHS)} (demo resnet18, else resnet50)")
     p.add_argument("--image-size", type=int, default=None, help="train crop side (demo 32, else 224)")
+    p.add_argument(
+        "--random-area",
+        type=float,
+        nargs=2,
+        default=(0.08, 1.0),
+        metavar=("MIN", "MAX"),
+        help="the random crop's share of the image (timm's --scale)",
+    )
     p.add_argument("--lr", type=float, default=0.1, help="learning rate for a global batch of 256")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=1e-4)
@@ -74,7 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--cutmix-minmax", type=float, nargs=2, metavar=("MIN", "MAX"), help="box sides in [MIN, MAX)")
     p.add_argument("--mix-no-self", action="store_true", help="partners are never the sample itself")
-    p.add_argument("--cutmix-backend", choices=BACKENDS, help="default: native on the CPU, python on the GPU")
+    p.add_argument("--cutmix-backend", choices=tuple(BACKENDS), help="default: native on the CPU, python on the GPU")
     p.add_argument("--no-cutmix", action="store_true", help="train without any mixing (the baseline)")
     p.add_argument(
         "--mix-in",
@@ -120,10 +129,10 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             p.error(f"{flag} must be >= 1, got {value}")
     if args.image_size < 16:
         p.error(f"--image-size must be >= 16, got {args.image_size}")
+    if not 0 < args.random_area[0] <= args.random_area[1] <= 1:
+        p.error(f"--random-area must be MIN MAX with 0 < MIN <= MAX <= 1, got {' '.join(map(str, args.random_area))}")
     if args.arch not in ARCHS:
         p.error(f"--arch must be one of {', '.join(ARCHS)}, got {args.arch!r}")
-    if not 0 <= args.cutmix_prob <= 1:
-        p.error(f"--cutmix-prob must be in [0, 1], got {args.cutmix_prob}")
     args.recipe = None if args.no_cutmix else recipe_from_args(p, args)
     if not 0 <= args.smoothing < 1:
         p.error(f"--smoothing must be in [0, 1), got {args.smoothing}")
@@ -142,6 +151,7 @@ def recipe_from_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> Mi
     try:
         return MixConfig(
             alpha=args.cutmix_alpha,
+            prob=args.cutmix_prob,
             mode=args.cutmix_mode,
             mixup_alpha=args.mixup_alpha,
             switch_prob=args.mixup_switch_prob,
@@ -152,6 +162,7 @@ def recipe_from_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> Mi
         field, _, rest = str(e).partition(" must ")
         flags = {
             "alpha": "--cutmix-alpha",
+            "prob": "--cutmix-prob",
             "mixup_alpha": "--mixup",
             "switch_prob": "--mixup-switch-prob",
             "minmax": "--cutmix-minmax",
@@ -229,15 +240,10 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
         seed=args.seed + 7919 * (loader_state["origin"] if loader_state else start_epoch),
         start_epoch=start_epoch,
         state=loader_state,
-        cutmix_enabled=args.recipe is not None and args.mix_in == "pipeline",
-        cutmix_alpha=args.cutmix_alpha,
-        cutmix_prob=prob_schedule(args),
-        cutmix_mode=args.cutmix_mode,
-        cutmix_backend=args.cutmix_backend,
-        mixup_alpha=args.mixup_alpha,
-        mixup_switch_prob=args.mixup_switch_prob,
-        cutmix_minmax=args.cutmix_minmax,
-        mix_no_self=args.mix_no_self,
+        recipe=args.recipe if args.mix_in == "pipeline" else None,  # loop: plain batches, mixed by the trainer
+        backend=args.cutmix_backend,
+        prob_schedule=prob_schedule(args),
+        random_area=tuple(args.random_area),
         fp16=dali_device == "gpu" and not args.no_amp,
         last_batch="drop",  # equal batches on every rank, and no batch of 1 for BatchNorm
         **common,
@@ -251,8 +257,9 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
 
 
 def prob_schedule(args):
-    """The chance of mixing, a number or an ``epoch -> prob`` schedule, from the flags."""
-    return mix_schedule(args.cutmix_prob, mix_off_epoch=args.mix_off_epoch, changes=args.prob_schedule)
+    """The chance of mixing by epoch from the flags, or None when it is the recipe's ``prob`` throughout."""
+    schedule = mix_schedule(args.cutmix_prob, mix_off_epoch=args.mix_off_epoch, changes=args.prob_schedule)
+    return schedule if callable(schedule) else None
 
 
 def demo_root(per_class: int) -> Path:
@@ -314,7 +321,7 @@ def train_one_epoch(
             break
         if mixer is not None:  # --mix-in loop: the plain batch is mixed here, on its device
             schedule = prob_schedule(args)
-            batch = mixer(batch[0], batch[1], prob=schedule(epoch) if callable(schedule) else schedule)
+            batch = mixer(batch[0], batch[1], prob=schedule(epoch) if schedule else None)
         losses.append(train_step(model, optimizer, scaler, batch, smoothing=args.smoothing))
         scheduler.step()
         seen += len(batch[0])

@@ -1,9 +1,5 @@
-"""PyTorch loaders over the DALI pipelines: what any trainer consumes, train.py or another.
-
-    loader = train_loader("/data/imagenet/train", batch_size=256, device="gpu")
-    for epoch in range(epochs):
-        for images, labels_a, labels_b, lam in loader:   # torch tensors on the device
-            loss = mixed_cross_entropy(model(images), labels_a, labels_b, lam)
+"""A PyTorch loader over any built DALI pipeline (:class:`DALILoader`), and the per-epoch mixing
+schedule (:func:`mix_schedule`). ``pipelines.loaders`` builds the ImageNet ones.
 
 Each ``for`` over a loader is one epoch; the DALI iterator is reset after it. DALI reuses its
 output buffers, so a batch is valid until the next one is drawn (copy what you keep).
@@ -12,16 +8,11 @@ output buffers, so a batch is valid until the next one is drawn (copy what you k
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
-
-from pipelines.imagenet import READER_NAME, train_pipeline, val_pipeline
-
-from .data import Split, load_split
 
 POLICIES = {"partial": LastBatchPolicy.PARTIAL, "drop": LastBatchPolicy.DROP, "fill": LastBatchPolicy.FILL}
 
@@ -47,6 +38,7 @@ class DALILoader:
         last_batch: str = "partial",
         start_epoch: int = 0,
         origin: int | None = None,
+        reader_name: str = "Reader",
     ):
         if last_batch not in POLICIES:
             raise ValueError(f"last_batch must be one of {tuple(POLICIES)}, got {last_batch!r}")
@@ -58,7 +50,7 @@ class DALILoader:
         self.origin = start_epoch if origin is None else origin  # the epoch of the pipeline's first batch
         self._closed = False
         self._it = DALIGenericIterator(
-            [pipeline], self.output_map, reader_name=READER_NAME, last_batch_policy=POLICIES[last_batch]
+            [pipeline], self.output_map, reader_name=reader_name, last_batch_policy=POLICIES[last_batch]
         )
 
     def __len__(self) -> int:
@@ -132,74 +124,3 @@ class _Schedule:
             if epoch >= start:
                 prob = p
         return prob
-
-
-def train_loader(
-    data: str | os.PathLike | Split,
-    *,
-    batch_size: int,
-    device: str = "cpu",
-    torch_device: torch.device | str | None = None,
-    shard_id: int = 0,
-    num_shards: int = 1,
-    start_epoch: int = 0,
-    cutmix_prob: float | Callable[[int], float] = 1.0,
-    last_batch: str = "partial",
-    state: dict | None = None,
-    **pipeline_kwargs,
-) -> DALILoader:
-    """A loader of ``(images, labels_a, labels_b, lam)`` over the training pipeline.
-
-    ``cutmix_prob`` may be an ``epoch -> prob`` schedule (see :func:`mix_schedule`); the epoch is
-    counted from ``start_epoch``, so a resumed run sees the schedule where it left it.
-    ``state`` (from :meth:`DALILoader.state`, with the same arguments) continues exactly where
-    that loader was, mid-epoch too. Other keyword arguments go to
-    :func:`pipelines.imagenet.train_pipeline`.
-    """
-    origin = state["origin"] if state else start_epoch
-    split = data if isinstance(data, Split) else load_split(data)
-    # The pipeline runs ceil(shard / batch) times an epoch whatever the policy: "drop" runs the
-    # last, short batch too and throws it away. The schedule counts pipeline runs.
-    runs_per_epoch = steps_per_epoch(len(split), batch_size, num_shards, "partial")
-    pipe = train_pipeline(
-        split,
-        batch_size=batch_size,
-        device=device,
-        shard_id=shard_id,
-        num_shards=num_shards,
-        cutmix_prob=cutmix_prob,
-        steps_per_epoch=runs_per_epoch,
-        start_epoch=origin,
-        checkpoint=state["dali"] if state else None,
-        **pipeline_kwargs,
-    )
-    return DALILoader(
-        pipe,
-        ("images", "labels_a", "labels_b", "lam"),
-        device=torch_device or _default_torch_device(device, pipeline_kwargs.get("device_id")),
-        last_batch=last_batch,
-        start_epoch=start_epoch,
-        origin=origin,
-    )
-
-
-def val_loader(
-    data: str | os.PathLike | Split,
-    *,
-    batch_size: int,
-    device: str = "cpu",
-    torch_device: torch.device | str | None = None,
-    **pipeline_kwargs,
-) -> DALILoader:
-    """A loader of ``(images, labels)`` over the validation pipeline (every sample once)."""
-    pipe = val_pipeline(data, batch_size=batch_size, device=device, **pipeline_kwargs)
-    return DALILoader(
-        pipe,
-        ("images", "labels"),
-        device=torch_device or _default_torch_device(device, pipeline_kwargs.get("device_id")),
-        last_batch="partial",
-    )
-
-
-def _default_torch_device(device: str, device_id: int | None) -> torch.device:
-    return torch.device("cuda", device_id or 0) if device == "gpu" else torch.device("cpu")

@@ -18,12 +18,14 @@ import nvidia.dali.fn as fn
 from nvidia.dali import pipeline_def, types
 
 from dali_cutmix.data import Split, load_split
+from dali_cutmix.mix import MixConfig
 from dali_cutmix.ops import Normalize, cutmix
 
 READER_NAME = "Reader"
 MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
 STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
 DEVICES = ("cpu", "gpu")
+DEFAULT_RECIPE = MixConfig()  # CutMix as in the paper: Beta(1, 1), every batch
 
 
 def read(split: Split, *, shard_id: int, num_shards: int, shuffle: bool, seed: int):
@@ -47,12 +49,13 @@ def _decoder_kwargs(device: str) -> dict:
     return {"device": "cpu"}
 
 
-def decode_random_resized_crop(jpegs, *, device: str, image_size: int):
-    """Decode only the random crop (area 8%-100%, aspect 3/4-4/3), then resize: (S, S, 3) uint8."""
+def decode_random_resized_crop(jpegs, *, device: str, image_size: int, random_area=(0.08, 1.0)):
+    """Decode only the random crop (``random_area`` of the image, 8%-100% by default; aspect
+    3/4-4/3), then resize: (S, S, 3) uint8."""
     images = fn.decoders.image_random_crop(
         jpegs,
         output_type=types.RGB,
-        random_area=[0.08, 1.0],
+        random_area=[float(v) for v in random_area],
         random_aspect_ratio=[3 / 4, 4 / 3],
         num_attempts=100,
         **_decoder_kwargs(device),
@@ -67,19 +70,20 @@ def decode_center(jpegs, *, device: str, image_size: int):
 
 
 @pipeline_def(enable_conditionals=False)
-def _train_graph(split, *, image_size, device, shard_id, num_shards, shuffle_seed, fp16, mix, prob_source):
+def _train_graph(split, *, image_size, random_area, device, shard_id, num_shards, shuffle_seed, fp16, mix, prob_source):
     jpegs, labels = read(split, shard_id=shard_id, num_shards=num_shards, shuffle=True, seed=shuffle_seed)
-    images = decode_random_resized_crop(jpegs, device=device, image_size=image_size)  # (S, S, 3) uint8
+    images = decode_random_resized_crop(jpegs, device=device, image_size=image_size, random_area=random_area)
     # The flip comes after the mix so it fuses into the normalisation; flipping a mixed image
     # equals mixing flipped images with a flipped box, so the distribution is the same.
     norm = Normalize(mean=MEAN, std=STD, mirror=fn.random.coin_flip(), fp16=fp16)
     if mix is None:
         return norm.apply(images), labels, labels, fn.cast(labels * 0 + 1, dtype=types.FLOAT)[0]
-    prob = mix["prob"]
+    recipe, backend = mix
+    prob = None
     if prob_source is not None:
         prob = fn.external_source(source=prob_source, batch=True, batch_info=True, dtype=types.FLOAT)
     # The native backend (the CPU default) mixes and normalises in one pass (dali_cutmix.ops).
-    return cutmix(images, labels, **{**mix, "prob": prob}, normalize=norm)
+    return cutmix(images, labels, recipe, prob=prob, backend=backend, normalize=norm)
 
 
 @pipeline_def(enable_conditionals=False)
@@ -111,22 +115,17 @@ def train_pipeline(
     data_dir: str | os.PathLike | Split,
     *,
     batch_size: int,
+    recipe: MixConfig | None = DEFAULT_RECIPE,
+    backend: str | None = None,
+    prob_schedule: Callable[[int], float] | None = None,
     image_size: int = 224,
+    random_area: tuple[float, float] = (0.08, 1.0),
     device: str = "cpu",
     device_id: int | None = None,
     num_threads: int = 4,
     seed: int = 0,
     shard_id: int = 0,
     num_shards: int = 1,
-    cutmix_alpha: float = 1.0,
-    cutmix_prob: float | Callable[[int], float] = 1.0,
-    cutmix_mode: str = "batch",
-    cutmix_backend: str | None = None,
-    cutmix_enabled: bool = True,
-    mixup_alpha: float = 0.0,
-    mixup_switch_prob: float = 0.5,
-    cutmix_minmax: tuple[float, float] | None = None,
-    mix_no_self: bool = False,
     fp16: bool = False,
     steps_per_epoch: int | None = None,
     start_epoch: int = 0,
@@ -135,13 +134,11 @@ def train_pipeline(
 ):
     """The training pipeline on ``data_dir`` (a ``<class>/<image>`` folder, a file list or a Split).
 
-    Mixing (``cutmix_enabled``): CutMix with ``cutmix_alpha`` (0 turns it off), MixUp with
-    ``mixup_alpha`` (> 0 turns it on), ``mixup_switch_prob`` the chance of CutMix when both are on,
-    ``cutmix_minmax`` box side limits, ``mix_no_self`` partners other than the sample itself; see
-    :class:`dali_cutmix.mix.MixConfig`, which checks them when the pipeline is built.
-    ``cutmix_prob`` is a number or a schedule ``epoch -> prob``; a schedule needs
+    ``recipe``: the mixing, one :class:`dali_cutmix.mix.MixConfig` passed untouched to
+    :func:`dali_cutmix.cutmix` (None: no mixing, ``lam`` is 1); ``backend`` as there.
+    ``prob_schedule``: ``epoch -> prob``, replacing the recipe's ``prob`` per epoch; it needs
     ``steps_per_epoch`` (the loader passes it) and is fed per batch by a tiny external source.
-    ``seed`` drives augmentation and CutMix; the shuffle is seeded by ``seed`` alone so that all
+    ``seed`` drives augmentation and mixing; the shuffle is seeded by ``seed`` alone so that all
     shards agree on the global order and together cover the dataset once per epoch.
     The pipeline is checkpointable (DALI's ``enable_checkpointing``): ``checkpoint``, a string from
     an earlier pipeline of the same arguments, resumes its reader position and random streams
@@ -149,34 +146,24 @@ def train_pipeline(
     that earlier pipeline started).
     """
     split = _common(data_dir, batch_size, image_size, device, num_threads, shard_id, num_shards, fp16, None)
+    lo, hi = random_area
+    if not 0 < lo <= hi <= 1:
+        raise ValueError(f"random_area must be (min, max) with 0 < min <= max <= 1, got {tuple(random_area)}")
     prob_source = None
-    mix = None
-    if cutmix_enabled:
-        mix = {
-            "alpha": cutmix_alpha,
-            "prob": 1.0,
-            "mode": cutmix_mode,
-            "backend": cutmix_backend,
-            "mixup_alpha": mixup_alpha,
-            "switch_prob": mixup_switch_prob,
-            "minmax": tuple(cutmix_minmax) if cutmix_minmax else None,
-            "no_self": mix_no_self,
-        }
-        if callable(cutmix_prob):
-            if not steps_per_epoch:
-                raise ValueError("a cutmix_prob schedule needs steps_per_epoch")
-            prob_source = ProbSchedule(cutmix_prob, batch_size, steps_per_epoch, start_epoch)
-        else:
-            mix["prob"] = cutmix_prob
+    if recipe is not None and prob_schedule is not None:
+        if not steps_per_epoch:
+            raise ValueError("a prob_schedule needs steps_per_epoch")
+        prob_source = ProbSchedule(prob_schedule, batch_size, steps_per_epoch, start_epoch)
     pipe = _train_graph(
         split,
         image_size=image_size,
+        random_area=(lo, hi),
         device=device,
         shard_id=shard_id,
         num_shards=num_shards,
         shuffle_seed=seed,
         fp16=fp16,
-        mix=mix,
+        mix=None if recipe is None else (recipe, backend),
         prob_source=prob_source,
         batch_size=batch_size,
         num_threads=num_threads,

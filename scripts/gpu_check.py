@@ -6,7 +6,7 @@
    (float16 on the GPU) against the oracle's float32 normalisation.
 2. ``cross-device``: the python backend on the CPU and on the GPU from one seed draw the same
    parameters and write the same pixels (GPU only).
-3. ``throughput``: the profiler (``dali_cutmix.bench``) on real-photo data: decode+resize, each
+3. ``throughput``: the profiler (``benchmarks.bench``) on real-photo data: decode+resize, each
    backend, torchvision + v2.CutMix, the trainer and end to end (ResNet-50, AMP, channels_last,
    batch 256 on a GPU).
 4. ``training``: a short train.py run on the demo data (AMP on a GPU) that must end with a finite
@@ -137,7 +137,7 @@ def run(command: list[str], log: Path, timeout: float) -> tuple[int, str, float]
 def check_throughput(device: str, out: Path, cpu: bool) -> list[dict]:
     data = out / "benchdata"
     size = ["--images", "64", "--classes", "4"] if cpu else ["--images", "1024", "--classes", "8"]
-    code, text, _ = run([sys.executable, "-m", "dali_cutmix.benchdata", "--out", str(data), *size],
+    code, text, _ = run([sys.executable, "-m", "benchmarks.benchdata", "--out", str(data), *size],
                         out / "benchdata.log", 300)  # fmt: skip
     if code:
         return [_result("throughput", "benchmark data", device, False, text.strip().splitlines()[-1])]
@@ -145,7 +145,7 @@ def check_throughput(device: str, out: Path, cpu: bool) -> list[dict]:
         flags = "--batch-size 8 --image-size 64 --workers 2 --reps 1 --steps 2 --trainer-steps 1 --warmup 1"
     else:
         flags = "--batch-size 256 --image-size 224 --workers 16 --reps 3 --steps 4 --trainer-steps 4 --warmup 2"
-    command = [sys.executable, "-m", "dali_cutmix.bench", "--data", str(data), "--device", device,
+    command = [sys.executable, "-m", "benchmarks.bench", "--data", str(data), "--device", device,
                "--output", str(out / "bench"), *flags.split()]  # fmt: skip
     if not cpu:
         command += ["--arch", "resnet50"]

@@ -5,7 +5,7 @@ import json
 import pytest
 from PIL import Image
 
-from dali_cutmix import bench, benchdata
+from benchmarks import bench, benchdata
 from dali_cutmix.data import load_imagenet
 
 

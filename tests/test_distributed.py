@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import train_args, write_jpeg_tree
 
-from dali_cutmix.loader import train_loader
+from pipelines.loaders import train_loader
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]

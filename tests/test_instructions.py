@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from dali_cutmix import instructions
+from benchmarks import instructions
 
 
 @pytest.mark.parametrize("config", instructions.CONFIGS)

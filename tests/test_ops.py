@@ -6,8 +6,11 @@ from conftest import BACKEND_LAYOUTS, BACKENDS, REPLAY_CONFIGS, box_lam, random_
 from nvidia.dali import fn, pipeline_def, types
 
 import dali_cutmix
+from dali_cutmix.backends.graph import DALI_OPS
+from dali_cutmix.backends.ops import ops_params, paste_ops
+from dali_cutmix.backends.python import torch_mix
 from dali_cutmix.mix import NUMPY_OPS, CutMixParams, cutmix_box
-from dali_cutmix.ops import DALI_OPS, DEFAULT_BACKEND, REFUSED, ops_params, paste_ops, torch_mix
+from dali_cutmix.ops import DEFAULT_BACKEND, REFUSED
 
 H, W = 40, 72
 

@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from dali_cutmix.data import export_fashion_mnist, load_imagenet, load_split, read_idx
-from dali_cutmix.loader import mix_schedule, steps_per_epoch, train_loader, val_loader
+from dali_cutmix.loader import mix_schedule, steps_per_epoch
+from dali_cutmix.mix import MixConfig
 from pipelines import train_pipeline
 from pipelines.imagenet import MEAN, STD
+from pipelines.loaders import train_loader, val_loader
 
 LOW = min((0 - m) / s for m, s in zip(MEAN, STD))
 HIGH = max((255 - m) / s for m, s in zip(MEAN, STD))
@@ -19,7 +21,7 @@ HIGH = max((255 - m) / s for m, s in zip(MEAN, STD))
 
 @pytest.mark.parametrize("backend", ["python", "native"])
 def test_train_loader_outputs(jpeg_tree, backend):
-    loader = train_loader(jpeg_tree / "train", batch_size=8, image_size=32, num_threads=1, cutmix_backend=backend)
+    loader = train_loader(jpeg_tree / "train", batch_size=8, image_size=32, num_threads=1, backend=backend)
     assert len(loader) == 3  # 18 images, batch 8, last batch partial
     seen = 0
     for images, labels_a, labels_b, lam in loader:
@@ -34,7 +36,7 @@ def test_train_loader_outputs(jpeg_tree, backend):
 
 
 def test_cutmix_disabled_gives_lam_one(jpeg_tree):
-    loader = train_loader(jpeg_tree / "train", batch_size=6, image_size=32, num_threads=1, cutmix_enabled=False)
+    loader = train_loader(jpeg_tree / "train", batch_size=6, image_size=32, num_threads=1, recipe=None)
     for _, labels_a, labels_b, lam in loader:
         assert (lam == 1).all() and torch.equal(labels_a, labels_b)
 
@@ -49,8 +51,8 @@ def test_schedule_switches_cutmix_off_for_chosen_epochs(jpeg_tree, batch_size, l
         last_batch=last_batch,
         image_size=32,
         num_threads=1,
-        cutmix_prob=schedule,
-        cutmix_mode="elem",
+        recipe=MixConfig(mode="elem"),
+        prob_schedule=schedule,
     )
     mixed = []
     for _ in range(4):
@@ -105,10 +107,11 @@ def test_file_list_is_accepted(jpeg_tree):
         ({"batch_size": 0}, "batch_size must be an int >= 1, got 0"),
         ({"image_size": 4}, "image_size must be an int >= 8, got 4"),
         ({"device": "tpu"}, "device must be one of .*, got 'tpu'"),
-        ({"cutmix_backend": "cupy"}, "backend must be one of .*, got 'cupy'"),
+        ({"backend": "cupy"}, "backend must be one of .*, got 'cupy'"),
+        ({"random_area": (0.5, 0.2)}, r"random_area must be \(min, max\) with 0 < min <= max <= 1, got \(0.5, 0.2\)"),
         ({"shard_id": 2, "num_shards": 2}, r"shard_id must be in \[0, num_shards=2\), got 2"),
     ],
-    ids=["batch", "size", "device", "backend", "shard"],
+    ids=["batch", "size", "device", "backend", "area", "shard"],
 )
 def test_pipeline_argument_errors(jpeg_tree, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -170,8 +173,8 @@ def test_gpu_train_loader_decodes_on_the_gpu(jpeg_tree, backend):
         image_size=32,
         num_threads=1,
         device="gpu",
-        cutmix_backend=backend,
-        cutmix_mode="elem",
+        backend=backend,
+        recipe=MixConfig(mode="elem"),
         fp16=True,
     )
     seen = 0
@@ -187,9 +190,9 @@ def test_gpu_train_loader_decodes_on_the_gpu(jpeg_tree, backend):
 @pytest.mark.parametrize("backend", ["python", "native"])
 def test_loader_state_resumes_the_exact_stream(jpeg_tree, backend):
     def make(state=None):
-        return train_loader(jpeg_tree / "train", batch_size=4, image_size=16, num_threads=1, cutmix_backend=backend,
-                            mixup_alpha=0.3, cutmix_mode="elem", cutmix_prob=mix_schedule(1.0, off_epochs=[1]),
-                            state=state)  # fmt: skip
+        return train_loader(jpeg_tree / "train", batch_size=4, image_size=16, num_threads=1, backend=backend,
+                            recipe=MixConfig(mixup_alpha=0.3, mode="elem"),
+                            prob_schedule=mix_schedule(1.0, off_epochs=[1]), state=state)  # fmt: skip
 
     loader = make()
     batches = iter(loader)

@@ -17,8 +17,8 @@ from PIL import Image
 import train
 from dali_cutmix import checkpoint as ckpt
 from dali_cutmix.data import load_split
-from dali_cutmix.loader import train_loader, val_loader
 from dali_cutmix.scan import check_file, scan
+from pipelines.loaders import train_loader, val_loader
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,7 +91,7 @@ def test_check_file_tells_good_from_bad(tmp_path):
 @pytest.mark.parametrize("backend", ["python", "native"])
 def test_odd_but_valid_images_decode_to_rgb_crops(tmp_path, backend):
     write_odd_images(tmp_path / "train" / "a")
-    loader = train_loader(tmp_path / "train", batch_size=7, image_size=32, num_threads=1, cutmix_backend=backend)
+    loader = train_loader(tmp_path / "train", batch_size=7, image_size=32, num_threads=1, backend=backend)
     ((images, *_),) = list(loader)
     assert images.shape == (7, 3, 32, 32) and torch.isfinite(images).all()
     val = val_loader(tmp_path / "train", batch_size=7, image_size=32, num_threads=1)

@@ -13,6 +13,7 @@ import torch
 from conftest import train_args, write_jpeg_tree
 
 import train
+from dali_cutmix.mix import MixConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -142,7 +143,7 @@ def test_resume_from_a_path_and_arch_mismatch(jpeg_tree, tmp_path, capsys):
         (["--image-size", "8"], "--image-size must be >= 16, got 8"),
         (["--arch", "vgg16"], "--arch must be one of resnet18, .*, got 'vgg16'"),
         (["--data", "/nonexistent/imagenet"], "--data '/nonexistent/imagenet' is not a directory"),
-        (["--cutmix-prob", "1.5"], r"--cutmix-prob must be in \[0, 1\], got 1.5"),
+        (["--cutmix-prob", "1.5"], r"--cutmix-prob must be a number in \[0, 1\], got 1.5"),
         (["--resume", "/nonexistent.pt"], "--resume '/nonexistent.pt': no such checkpoint file"),
         (["--mixup", "-1"], r"--mixup must be a number >= 0, got -1.0"),
         (["--mixup", "0.2", "--mixup-switch-prob", "2"], r"--mixup-switch-prob must be a number in \[0, 1\], got 2.0"),
@@ -209,9 +210,9 @@ def test_timm_style_recipe_flags_reach_the_pipeline(jpeg_tree, tmp_path, monkeyp
         "2",
     ]
     assert train.main(train_args(jpeg_tree, out, *flags)) == 0
-    assert seen["mixup_alpha"] == 0.2 and seen["cutmix_alpha"] == 1.0 and seen["mixup_switch_prob"] == 0.4
-    assert seen["cutmix_mode"] == "elem" and seen["cutmix_minmax"] == [0.2, 0.8] and seen["mix_no_self"]
-    schedule = seen["cutmix_prob"]
+    assert seen["recipe"] == MixConfig(alpha=1.0, prob=0.9, mode="elem", mixup_alpha=0.2, switch_prob=0.4,
+                                       minmax=(0.2, 0.8), no_self=True)  # fmt: skip
+    schedule = seen["prob_schedule"]
     assert [schedule(e) for e in range(4)] == [0.9, 0.5, 0.5, 0.0]
     config = json.loads((out / "config.json").read_text())
     assert config["mixup_alpha"] == 0.2 and config["smoothing"] == 0.1 and config["prob_schedule"] == {"1": 0.5}

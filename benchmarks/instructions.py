@@ -7,8 +7,8 @@ same count for the same work, whatever else the machine does. Each configuration
 (start-up and imports cancel out). Instructions are not seconds (memory traffic and vector width
 differ per operator), so this corroborates the throughput figures; it does not replace them.
 
-    python -m dali_cutmix.instructions --data DIR [--batches 1,5] [--configs none,native,python,ops]
-    python -m dali_cutmix.instructions --in-memory      # the CutMix operator alone, no decoding
+    python -m benchmarks.instructions --data DIR [--batches 1,5] [--configs none,native,python,ops]
+    python -m benchmarks.instructions --in-memory      # the CutMix operator alone, no decoding
 """
 
 from __future__ import annotations
@@ -29,12 +29,11 @@ def drive(config: str, batches: int, data: str | None, batch_size: int, image_si
     """Run ``batches`` batches of one configuration (the process valgrind watches)."""
     from nvidia.dali import fn, pipeline_def
 
+    from benchmarks.bench import mix_and_normalise
     from pipelines.imagenet import train_pipeline
 
-    from .bench import mix_and_normalise
-
     if data:
-        settings = {"cutmix_enabled": False} if config == "none" else {"cutmix_backend": config}
+        settings = {"recipe": None} if config == "none" else {"backend": config}
         pipe = train_pipeline(data, batch_size=batch_size, image_size=image_size, num_threads=2,
                               prefetch_queue_depth=1, **settings)  # fmt: skip
     else:
@@ -63,7 +62,7 @@ def count(config: str, batches: int, args) -> int:
             f"--callgrind-out-file={tmp}/out",
             sys.executable,
             "-m",
-            "dali_cutmix.instructions",
+            "benchmarks.instructions",
             "--drive",
             config,
             str(batches),

@@ -1,6 +1,6 @@
 """Throughput profiler: where the images per second go, side by side with the peers.
 
-    python -m dali_cutmix.bench --data DIR [--device cpu|gpu] [--batch-size 64] [--image-size 224]
+    python -m benchmarks.bench --data DIR [--device cpu|gpu] [--batch-size 64] [--image-size 224]
 
 Measures, warm-up excluded, ``--reps`` repetitions of ``--steps`` batches each:
 
@@ -40,8 +40,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import load_imagenet
-from .ops import BACKENDS, DEFAULT_BACKEND, REFUSED
+from dali_cutmix.data import load_imagenet
+from dali_cutmix.mix import MixConfig
+from dali_cutmix.ops import BACKENDS, DEFAULT_BACKEND, REFUSED
 
 
 @dataclass
@@ -147,12 +148,11 @@ SETTLE = 0.3  # seconds between turns: longer than a pipeline takes to refill it
 def mix_and_normalise(images, kind: str, *, fp16: bool = False):
     """The operator section's graph after its source of (S, S, 3) uint8 images: normalised as in
     training, alone (``"none"``), after one batch copy (``"copy"``), or after CutMix with backend
-    ``kind``. Shared with :mod:`dali_cutmix.instructions`."""
+    ``kind``. Shared with :mod:`benchmarks.instructions`."""
     from nvidia.dali import fn
 
+    from dali_cutmix.ops import Normalize, cutmix
     from pipelines.imagenet import MEAN, STD
-
-    from .ops import Normalize, cutmix
 
     norm = Normalize(mean=MEAN, std=STD, mirror=fn.random.coin_flip(), fp16=fp16)
     if kind == "none":
@@ -221,9 +221,8 @@ def stage_rows(args, train_split) -> list[Row]:
     """The training pipeline cut after each stage; differences give each stage's cost."""
     from nvidia.dali import fn, pipeline_def
 
+    from dali_cutmix.ops import Normalize, cutmix
     from pipelines.imagenet import MEAN, STD, decode_random_resized_crop, read
-
-    from .ops import Normalize, cutmix
 
     @pipeline_def(enable_conditionals=False)
     def graph(stop):
@@ -265,26 +264,26 @@ def stage_rows(args, train_split) -> list[Row]:
 
 def make_loader(args, train_split, **overrides):
     """The training loader as train.py builds it (float16 output on the GPU)."""
-    from .loader import train_loader
+    from pipelines.loaders import train_loader
 
     settings = dict(batch_size=args.batch_size, image_size=args.image_size, device=args.device,
-                    num_threads=args.workers, fp16=args.device == "gpu", cutmix_backend=args.backend)  # fmt: skip
+                    num_threads=args.workers, fp16=args.device == "gpu", backend=args.backend)  # fmt: skip
     return train_loader(train_split, **{**settings, **overrides})
 
 
 PIPELINES = {
-    "DALI, no CutMix": {"cutmix_enabled": False},
-    "DALI + CutMix (python)": {"cutmix_backend": "python"},
-    "DALI + CutMix (native)": {"cutmix_backend": "native"},
-    "DALI + CutMix (ops)": {"cutmix_backend": "ops"},
+    "DALI, no CutMix": {"recipe": None},
+    "DALI + CutMix (python)": {"backend": "python"},
+    "DALI + CutMix (native)": {"backend": "native"},
+    "DALI + CutMix (ops)": {"backend": "ops"},
     # The native operator with nothing mixed: its normalisation against crop_mirror_normalize's.
-    "DALI + native operator, prob 0": {"cutmix_backend": "native", "cutmix_prob": 0.0},
+    "DALI + native operator, prob 0": {"backend": "native", "recipe": MixConfig(prob=0.0)},
 }
 
 
 def pipeline_rows(args, train_split) -> list[Row]:
     """The training loader in each configuration, measured in turn (see :func:`interleaved`)."""
-    runs = {name: s for name, s in PIPELINES.items() if (s.get("cutmix_backend"), args.device) not in REFUSED}
+    runs = {name: s for name, s in PIPELINES.items() if (s.get("backend"), args.device) not in REFUSED}
     loaders = {name: make_loader(args, train_split, **settings) for name, settings in runs.items()}
     cpu: dict[str, list[float]] = {}
     rates = interleaved(
@@ -306,15 +305,12 @@ def pipeline_rows(args, train_split) -> list[Row]:
 
 
 def make_trainer(args, num_classes: int):
-    """Model, optimizer and a step function on the chosen device, as train.py builds them."""
-    import torchvision
-
-    from .engine import train_step
+    """Model (train.py's own builder), optimizer and a step function on the chosen device."""
+    from dali_cutmix.engine import train_step
+    from train import build_model
 
     device = torch.device("cuda") if args.device == "gpu" else torch.device("cpu")
-    model = torchvision.models.get_model(args.arch, weights=None, num_classes=num_classes).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = build_model(args.arch, num_classes, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
     model.train()
@@ -527,14 +523,14 @@ SECTIONS = ("op", "stages", "pipeline", "trainer", "e2e", "peers")
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="ImageNet-layout root (see python -m dali_cutmix.benchdata)")
+    p.add_argument("--data", required=True, help="ImageNet-layout root (see python -m benchmarks.benchdata)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DALI threads = DataLoader workers")
     p.add_argument("--device", choices=("cpu", "gpu"), default="gpu" if torch.cuda.is_available() else "cpu")
     p.add_argument("--arch", default=None, help="trainer model (default: resnet50 on GPU, resnet18 on CPU)")
     p.add_argument(
-        "--backend", choices=BACKENDS, help="CutMix backend of 'stages' and 'end to end' (default: by device)"
+        "--backend", choices=tuple(BACKENDS), help="CutMix backend of 'stages' and 'end to end' (default: by device)"
     )
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--steps", type=int, default=10, help="batches per repetition (pipelines and peers)")

@@ -1,0 +1,1 @@
+"""Tools above the library: the throughput profiler, its data builder and its instruction counter."""

@@ -1,0 +1,51 @@
+"""Backend ``native`` (CPU): one compiled DALI operator, ``fn.dali_cutmix.mix``
+(:mod:`dali_cutmix.plugin`, ``csrc/mix_op.cc``). It draws the parameters itself, seeded per batch
+by one DALI draw (the pipeline's seed governs it, DALI's checkpoints capture it: the operator
+holds no state), and writes each output pixel once, from the own image or the partner's, doing
+``normalize``'s work (mean/std, flip, HWC -> CHW) in the same pass."""
+
+from __future__ import annotations
+
+import nvidia.dali.fn as fn
+from nvidia.dali import types
+
+from ..mix import MixConfig
+from .graph import Normalize, Params
+
+FUSES_NORMALIZE = True
+
+
+def build(images, labels, config: MixConfig, *, prob, layout: str, normalize: Normalize | None):
+    """``images, labels -> images (normalised when asked), labels_b, Params``."""
+    from .. import plugin  # here, so that `python -m dali_cutmix.plugin` runs the module once
+
+    plugin.load()
+    args = _recipe_args(config)
+    if normalize is not None:
+        if normalize.fp16:
+            raise ValueError("float16 output is for the GPU; the CPU operator writes float32")
+        args.update(
+            mean=[float(v) for v in normalize.mean],
+            std=[float(v) for v in normalize.std],
+            mirror=normalize.mirror,
+            output_layout=normalize.output_layout,
+            dtype=types.FLOAT,
+        )
+    entropy = fn.random.uniform(range=[0.0, 1.0], shape=[2])
+    inputs = [images, labels, entropy] + ([prob] if prob is not None else [])
+    mixed, labels_b, lam, perm, boxes, blend = fn.dali_cutmix.mix(*inputs, **args)
+    return mixed, labels_b, Params(perm, boxes, lam, blend if config.mixup else None)
+
+
+def _recipe_args(config: MixConfig) -> dict:
+    args = {
+        "alpha": float(config.alpha),
+        "mixup_alpha": float(config.mixup_alpha),
+        "prob": float(config.prob),
+        "switch_prob": float(config.switch_prob),
+        "mode": config.mode,
+        "no_self": config.no_self,
+    }
+    if config.minmax is not None:
+        args["minmax"] = [float(v) for v in config.minmax]
+    return args
