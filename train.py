@@ -349,6 +349,64 @@ def train_one_epoch(
     }
 
 
+def gather_states(loader, mixer: LoopMixer | None, world: int) -> list[dict]:
+    """Every rank's loader (and loop mixer) state, in rank order (a collective: all ranks call it
+    together)."""
+    mine = loader.state() | ({"mixer": mixer.state()} if mixer is not None else {})
+    states = [None] * world
+    if world > 1:
+        dist.all_gather_object(states, mine)
+    else:
+        states[0] = mine
+    return states
+
+
+def prepare(args, rank: int, world: int, device: torch.device, out: Path):
+    """The checkpoint to resume from (or None), the loaders, the classes and the data's
+    fingerprint; ValueError on bad input, before anything in ``out`` changes."""
+    state, loader_state = None, None
+    say = print if rank == 0 else lambda *a, **k: None
+    if rank == 0:
+        for partial in ckpt.remove_partial(out):
+            say(f"removed {partial}, left by a write that never finished")
+    if args.resume:
+        if args.resume == "latest":
+            found = ckpt.newest_loadable(out, args.arch, say=say)
+            if found is None:
+                raise ValueError(f"--resume: no loadable checkpoint in {out}")
+            path, state = found
+        else:
+            path = Path(args.resume)
+            state = ckpt.load(path, args.arch)
+        ckpt.check_flags(state.get("config") or {}, vars(args), path, may_change=RESUMABLE, skip=NOT_FLAGS)
+        saved = state["loaders"] or []
+        loader_state = saved[rank] if len(saved) == world else None
+        if rank == 0:
+            exact = (
+                "the data stream exactly"
+                if loader_state
+                else "a fresh data order (no loader state for this world size)"
+            )
+            print(f"resuming from {path}: epoch {state['epoch']}, step {state['step']}, with {exact}")
+    elif ckpt.holds_run(out) and not args.overwrite:
+        raise ValueError(
+            f"--output {out} already holds a run: continue it with --resume, or start afresh with --overwrite "
+            f"(the old run is moved to {out}.old-N)"
+        )
+    start_epoch = state["epoch"] if state else 0
+    train, val, classes, fingerprint = load_data(args, rank, world, device, start_epoch, out, loader_state)
+    if state and state["num_classes"] != len(classes):
+        raise ValueError(f"checkpoint has {state['num_classes']} classes, but the data has {len(classes)}")
+    if state and state["config"].get("data_fingerprint", fingerprint) != fingerprint:
+        raise ValueError(
+            f"--resume: {path} was trained on other data ({state['config'].get('train_files')} training files, "
+            f"now {fingerprint.split(':')[0]}, or other names or labels)"
+        )
+    if not state and args.overwrite and ckpt.holds_run(out) and rank == 0:
+        say(f"moved the earlier run in {out} to {ckpt.move_aside(out)}")
+    return state, train, val, classes, fingerprint
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     rank, world, device = setup_distributed(args)
@@ -451,64 +509,6 @@ def main(argv=None) -> int:
             signal.signal(sig, handler)
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
-
-
-def gather_states(loader, mixer: LoopMixer | None, world: int) -> list[dict]:
-    """Every rank's loader (and loop mixer) state, in rank order (a collective: all ranks call it
-    together)."""
-    mine = loader.state() | ({"mixer": mixer.state()} if mixer is not None else {})
-    states = [None] * world
-    if world > 1:
-        dist.all_gather_object(states, mine)
-    else:
-        states[0] = mine
-    return states
-
-
-def prepare(args, rank: int, world: int, device: torch.device, out: Path):
-    """The checkpoint to resume from (or None), the loaders, the classes and the data's
-    fingerprint; ValueError on bad input, before anything in ``out`` changes."""
-    state, loader_state = None, None
-    say = print if rank == 0 else lambda *a, **k: None
-    if rank == 0:
-        for partial in ckpt.remove_partial(out):
-            say(f"removed {partial}, left by a write that never finished")
-    if args.resume:
-        if args.resume == "latest":
-            found = ckpt.newest_loadable(out, args.arch, say=say)
-            if found is None:
-                raise ValueError(f"--resume: no loadable checkpoint in {out}")
-            path, state = found
-        else:
-            path = Path(args.resume)
-            state = ckpt.load(path, args.arch)
-        ckpt.check_flags(state.get("config") or {}, vars(args), path, may_change=RESUMABLE, skip=NOT_FLAGS)
-        saved = state["loaders"] or []
-        loader_state = saved[rank] if len(saved) == world else None
-        if rank == 0:
-            exact = (
-                "the data stream exactly"
-                if loader_state
-                else "a fresh data order (no loader state for this world size)"
-            )
-            print(f"resuming from {path}: epoch {state['epoch']}, step {state['step']}, with {exact}")
-    elif ckpt.holds_run(out) and not args.overwrite:
-        raise ValueError(
-            f"--output {out} already holds a run: continue it with --resume, or start afresh with --overwrite "
-            f"(the old run is moved to {out}.old-N)"
-        )
-    start_epoch = state["epoch"] if state else 0
-    train, val, classes, fingerprint = load_data(args, rank, world, device, start_epoch, out, loader_state)
-    if state and state["num_classes"] != len(classes):
-        raise ValueError(f"checkpoint has {state['num_classes']} classes, but the data has {len(classes)}")
-    if state and state["config"].get("data_fingerprint", fingerprint) != fingerprint:
-        raise ValueError(
-            f"--resume: {path} was trained on other data ({state['config'].get('train_files')} training files, "
-            f"now {fingerprint.split(':')[0]}, or other names or labels)"
-        )
-    if not state and args.overwrite and ckpt.holds_run(out) and rank == 0:
-        say(f"moved the earlier run in {out} to {ckpt.move_aside(out)}")
-    return state, train, val, classes, fingerprint
 
 
 if __name__ == "__main__":

@@ -142,15 +142,20 @@ def check_throughput(device: str, out: Path, cpu: bool) -> list[dict]:
     if code:
         return [_result("throughput", "benchmark data", device, False, text.strip().splitlines()[-1])]
     if cpu:
-        flags = "--batch-size 8 --image-size 64 --workers 2 --reps 1 --steps 2 --trainer-steps 1 --warmup 1"
+        flags = "--batch-size 8 --image-size 64 --workers 2 --reps 1 --steps 2 --trainer-steps 1 --warmup 1 "
+        flags += "--sections op,pipeline,trainer,e2e,peers"  # the epochs section is tested on its own
     else:
-        flags = "--batch-size 256 --image-size 224 --workers 16 --reps 3 --steps 4 --trainer-steps 4 --warmup 2"
+        flags = (
+            "--batch-size 256 --image-size 224 --workers 16 --reps 3 --steps 4 --trainer-steps 4 --warmup 2 --epochs 2"
+        )
     command = [sys.executable, "-m", "benchmarks.bench", "--data", str(data), "--device", device,
                "--output", str(out / "bench"), *flags.split()]  # fmt: skip
     if not cpu:
         command += ["--arch", "resnet50"]
     code, text, seconds = run(command, out / "bench.log", 240 if cpu else 300)
-    lines = [ln for ln in text.splitlines() if ln.startswith(("target:", "verdict:", "native, split"))]
+    lines = [
+        ln for ln in text.splitlines() if ln.startswith(("epochs/", "pipeline/", "peers:", "verdict:", "end to end:"))
+    ]
     detail = f"{seconds:.0f} s; " + (" | ".join(lines) if lines else text.strip().splitlines()[-1])
     return [_result("throughput", "profiler (bench.log, bench/bench.json)", device, code == 0, detail)]
 

@@ -28,7 +28,7 @@ def test_profiler_runs_every_section_and_reports(photo_data, tmp_path, capsys):
     out = tmp_path / "bench"
     bench.main(["--data", str(photo_data), "--batch-size", "8", "--image-size", "32", "--workers", "1",
                 "--reps", "2", "--steps", "1", "--trainer-steps", "1", "--warmup", "1", "--output", str(out),
-                "--device", "cpu"])  # fmt: skip
+                "--device", "cpu", "--sections", "op,stages,pipeline,trainer,e2e,peers"])  # fmt: skip
     report = json.loads((out / "bench.json").read_text())
     groups = {row["group"] for row in report["rows"]}
     assert groups == {"cutmix op", "stages", "pipeline", "peers", "trainer", "end to end"}
@@ -42,8 +42,20 @@ def test_profiler_runs_every_section_and_reports(photo_data, tmp_path, capsys):
     assert int(counts["ops backend + normalise"].split()[0]) > 30
     assert (out / "bench.png").stat().st_size > 1000
     printed = capsys.readouterr().out
-    assert "DALI + CutMix (native)" in printed and "target: DALI + CutMix is" in printed
-    assert "native, split: the mixing itself costs" in printed
+    assert "pipeline/DALI + CutMix (native): " in printed and "% CPU time per image" in printed
+    assert "peers: pipeline/DALI + CutMix (native) is " in printed and "target" not in printed
+
+
+@pytest.mark.slow
+def test_epochs_section_runs_each_configuration_alone_for_whole_epochs(photo_data, tmp_path, capsys):
+    out = tmp_path / "bench"
+    bench.main(["--data", str(photo_data), "--batch-size", "8", "--image-size", "32", "--workers", "1",
+                "--reps", "1", "--epochs", "1", "--sections", "epochs", "--output", str(out),
+                "--device", "cpu"])  # fmt: skip
+    rows = json.loads((out / "bench.json").read_text())["rows"]
+    assert {r["group"] for r in rows} == {"epochs"} and len(rows) == len(bench.PIPELINES)
+    assert all(r["median"] > 0 and r["cpu_ms"][0] > 0 for r in rows)
+    assert "epochs/DALI + CutMix (python): " in capsys.readouterr().out
 
 
 def test_profiler_rejects_bad_flags(photo_data):
