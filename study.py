@@ -1,6 +1,6 @@
 """The method's payoff, measured: seeds x mixing configurations through train.py, one table.
 
-    python study.py                 # the full grid (about 40 minutes on 2 CPU cores): docs/RESULTS.md
+    python study.py                 # the full grid (about 50 minutes on 2 CPU cores): docs/RESULTS.md
     python study.py --quick         # a tiny grid of two epochs, for the test suite: runs/study-quick
 
 Regime: a small training subset of real data (Fashion-MNIST, ``--per-class`` images a class),
@@ -66,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="three configurations, one seed, two epochs, tiny data")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--per-class", type=int, default=100, help="training images per class")
     p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of the configurations")
     p.add_argument("--output", default=None, help="where RESULTS.md and results.png go (default docs/)")
