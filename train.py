@@ -407,16 +407,24 @@ def prepare(args, rank: int, world: int, device: torch.device, out: Path):
     return state, train, val, classes, fingerprint
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+class StopRun(Exception):
+    """Why the run stops early, in one line, with the exit code: 2 for bad data, flags or
+    checkpoints (found before anything is written), 1 for a non-finite loss."""
+
+    def __init__(self, error: Exception, code: int):
+        super().__init__(str(error))
+        self.code = code
+
+
+def run(args) -> int:
+    """The whole run: prepare, then train and evaluate epoch by epoch; the exit code."""
     rank, world, device = setup_distributed(args)
     torch.manual_seed(args.seed)
     out = Path(args.output)
     try:
         state, train, val, classes, fingerprint = prepare(args, rank, world, device, out)
-    except (ValueError, FileNotFoundError) as e:  # bad data or checkpoint: one line, exit code 2
-        print(f"train.py: error: {e}", file=sys.stderr)
-        return 2
+    except (ValueError, FileNotFoundError) as e:
+        raise StopRun(e, 2) from e
     model = build_model(args.arch, len(classes), device)
     optimizer, scheduler = build_optimizer(args, model, world, len(train))
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and not args.no_amp else None
@@ -426,14 +434,8 @@ def main(argv=None) -> int:
         saved = (state or {}).get("loaders") or []
         if len(saved) == world and saved[rank].get("mixer"):
             mixer.load_state(saved[rank]["mixer"])
-    if state:
-        try:
-            ckpt.restore(
-                state, model, optimizer, scheduler, scaler, num_classes=len(classes), steps_per_epoch=len(train)
-            )
-        except ValueError as e:
-            print(f"train.py: error: {e}", file=sys.stderr)
-            return 2
+    if state:  # prepare checked that it fits (flags, data, classes)
+        ckpt.restore(state, model, optimizer, scheduler, scaler, num_classes=len(classes), steps_per_epoch=len(train))
     ddp = (
         torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         if world > 1
@@ -485,8 +487,7 @@ def main(argv=None) -> int:
                     mixer=mixer,
                 )
             except FloatingPointError as e:
-                print(f"train.py: error: {e}", file=sys.stderr)
-                return 1
+                raise StopRun(e, 1) from e
             loaders = gather_states(train, mixer, world)
             save = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, config=config,
                         keep=args.keep_checkpoints, loaders=loaders)  # fmt: skip
@@ -509,6 +510,15 @@ def main(argv=None) -> int:
             signal.signal(sig, handler)
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except StopRun as e:  # the one way out with an error: one line on stderr
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return e.code
 
 
 if __name__ == "__main__":
