@@ -272,3 +272,17 @@ def test_train_on_the_gpu_with_amp(jpeg_tree, tmp_path):
     assert row["train_loss"] == row["train_loss"] and row["val_images"] == 9
     state = torch.load(out / "checkpoint_0001.pt", weights_only=True)
     assert state["scaler"] is not None  # float16 autocast with a GradScaler
+
+
+@pytest.mark.parametrize("amp", [True, False], ids=["amp", "no-amp"])
+def test_evaluation_follows_the_amp_flag(monkeypatch, amp):
+    from contextlib import nullcontext
+
+    from dali_cutmix import engine
+
+    seen = []
+    monkeypatch.setattr(engine, "autocast", lambda device, enabled: seen.append(enabled) or nullcontext())
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    batches = [(torch.rand(4, 3, 2, 2), torch.tensor([0, 1, 2, 0]))] * 2
+    result = engine.evaluate(model, batches, torch.device("cpu"), 1, amp=amp)
+    assert seen == [amp, amp] and result["val_images"] == 8
