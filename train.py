@@ -43,7 +43,7 @@ DEMO_DEFAULTS = {"epochs": 10, "batch_size": 128, "image_size": 32, "arch": "res
 # continues from the checkpoint's step); every other flag must match the checkpoint's.
 RESUMABLE = ("epochs", "lr", "lr_schedule", "lr_step", "warmup_epochs", "workers", "keep_checkpoints",
              "scan", "strict", "max_steps", "device", "no_amp")  # fmt: skip
-NOT_FLAGS = ("output", "resume", "overwrite", "data", "recipe")  # where, how, or checked another way
+NOT_FLAGS = ("output", "resume", "overwrite", "data", "recipe", "default_output")  # where, how, or checked another way
 DATA_DEFAULTS = {"epochs": 90, "batch_size": 256, "image_size": 224, "arch": "resnet50", "warmup_epochs": 5}
 CACHE = Path(os.environ.get("DALI_CUTMIX_CACHE", Path.home() / ".cache" / "dali-cutmix"))
 
@@ -93,7 +93,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--mix-off-epoch", "--mixup-off-epoch", type=int, help="no mixing from this epoch on")
     p.add_argument("--prob-schedule", type=parse_schedule, default={}, help="mixing chance by epoch: 0:1.0,100:0.5")
-    p.add_argument("--output", type=str, default="runs/latest", help="where config, checkpoints and metrics go")
+    p.add_argument("--output", type=str, help="where config, checkpoints and metrics go (default runs/latest)")
     p.add_argument("--resume", nargs="?", const="latest", default=None, help="continue: latest in --output, or PATH")
     p.add_argument(
         "--overwrite", action="store_true", help="start afresh in a used --output (the old run is moved aside)"
@@ -107,6 +107,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--strict", action="store_true", help="stop on undecodable files instead of leaving them out")
     p.add_argument("--max-steps", type=int, default=None, help="stop each epoch after N steps (smoke tests)")
     args = p.parse_args(argv)
+    # The default folder is a scratch place: a fresh run there moves the earlier one aside.
+    args.default_output = args.output is None
+    args.output = args.output or "runs/latest"
     defaults = DEMO_DEFAULTS if args.data is None else DATA_DEFAULTS
     for name, value in defaults.items():
         if getattr(args, name) is None:
@@ -388,11 +391,13 @@ def prepare(args, rank: int, world: int, device: torch.device, out: Path):
                 else "a fresh data order (no loader state for this world size)"
             )
             print(f"resuming from {path}: epoch {state['epoch']}, step {state['step']}, with {exact}")
-    elif ckpt.holds_run(out) and not args.overwrite:
+    elif ckpt.holds_run(out) and not (args.overwrite or args.default_output):
         raise ValueError(
             f"--output {out} already holds a run: continue it with --resume, or start afresh with --overwrite "
             f"(the old run is moved to {out}.old-N)"
         )
+    if not state and ckpt.holds_run(out) and rank == 0:  # --overwrite, or the default folder
+        say(f"moved the earlier run in {out} to {ckpt.move_aside(out)}")
     start_epoch = state["epoch"] if state else 0
     train, val, classes, fingerprint = load_data(args, rank, world, device, start_epoch, out, loader_state)
     if state and state["num_classes"] != len(classes):
@@ -402,8 +407,6 @@ def prepare(args, rank: int, world: int, device: torch.device, out: Path):
             f"--resume: {path} was trained on other data ({state['config'].get('train_files')} training files, "
             f"now {fingerprint.split(':')[0]}, or other names or labels)"
         )
-    if not state and args.overwrite and ckpt.holds_run(out) and rank == 0:
-        say(f"moved the earlier run in {out} to {ckpt.move_aside(out)}")
     return state, train, val, classes, fingerprint
 
 
