@@ -1,6 +1,6 @@
 """The method's payoff, measured: seeds x mixing configurations through train.py, one table.
 
-    python study.py                 # the full grid (about 50 minutes on 2 CPU cores): docs/RESULTS.md
+    python study.py                 # the full grid (about 45 minutes on 2 CPU cores): docs/RESULTS.md
     python study.py --quick         # a tiny grid of two epochs, for the test suite: runs/study-quick
 
 Regime: a small training subset of real data (Fashion-MNIST, ``--per-class`` images a class),
