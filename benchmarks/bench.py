@@ -2,26 +2,26 @@
 
     python -m benchmarks.bench --data DIR [--device cpu|gpu] [--batch-size 64] [--image-size 224]
 
-Measures, warm-up excluded, ``--reps`` repetitions of ``--steps`` batches each:
+Sections (``--sections``), each configuration measured after a warm-up:
 
-* ``cutmix op``: the cost of CutMix alone per batch, on in-memory uint8 batches normalised as in
-  training (the native backend on the CPU mixes and normalises in one pass);
-* ``stages``: the pipeline cut after each stage (read, decode+crop+resize, normalise, CutMix):
-  the marginal cost of each operator group, per batch;
-* ``pipeline``: the training pipeline through the PyTorch loader, CutMix off / python / native /
-  ops, and the native operator with prob 0 (its normalisation alone);
-
-The DALI sections measure their configurations in turn, repetition by repetition, and the CutMix
-costs are medians of per-repetition ratios (see :func:`interleaved`): on a shared machine that is
-what resolves a difference of 1%.
+* ``epochs`` (the primary measurement: what a trainer sees): each configuration's loader iterated
+  for ``--epochs`` whole epochs back to back, in a process of its own, ``--reps`` rounds taken in
+  turn; images/s and process CPU time per image;
+* ``cutmix op``: the cost of CutMix alone per batch, on uint8 batches read from .npy files and
+  normalised as in training (the native backend mixes and normalises in one pass);
+* ``stages``: the pipeline cut after each stage (read, decode+crop+resize, normalise, CutMix);
+* ``pipeline``: the training loader, CutMix off / python / native / ops, and the native operator
+  with prob 0 (its normalisation alone), ``--steps`` batches a turn;
 * ``trainer``: the training step alone on synthetic batches already on the device;
 * ``end to end``: the loader (CutMix with ``--backend``) feeding the training step;
 * ``peers``: torchvision ``ImageFolder`` + ``DataLoader`` + ``transforms.v2.CutMix``, and timm's
   transforms + ``DataLoader`` + ``Mixup`` in CutMix-only mode, same files, batch and workers.
 
-Prints a table (median images/s, spread, ratio to the group's baseline, CPU time per batch of
-the DALI sections), a verdict (data- or compute-bound) and the targets, and writes ``bench.json``
-and ``bench.png`` to ``--output``.
+The DALI sections measure their configurations in turn (A B C, B C A, ...), and the CutMix costs
+are medians of per-repetition ratios (see :func:`interleaved`): on a shared machine that is what
+resolves a difference of a few percent. Prints a table (median images/s, spread, ratio to the
+group's baseline, CPU time per batch) and findings keyed by ``group/row`` (the targets they are
+held to are in docs/BENCHMARKS.md), and writes ``bench.json`` and ``bench.png`` to ``--output``.
 """
 
 from __future__ import annotations
@@ -478,11 +478,11 @@ def findings(rows: list[Row], args) -> list[str]:
             if base is None or row is None or row is base:
                 continue
             cost, low, high = paired_cost(row.images_per_s, base.images_per_s)
-            line = f"{group}/{name}: {cost:+.1f}% throughput ({low:+.1f}..{high:+.1f})"
+            line = f"{group}/{name}: costs {cost:+.1f}% of throughput ({low:+.1f}..{high:+.1f})"
             if row.cpu_ms and base.cpu_ms:
                 extra, clow, chigh = cpu_cost(row.cpu_ms, base.cpu_ms)
                 per_image = statistics.median(row.cpu_ms) / args.batch_size
-                line += f", {extra:+.1f}% CPU time per image ({clow:+.1f}..{chigh:+.1f}; {per_image:.2f} ms)"
+                line += f" and {extra:+.1f}% CPU time per image ({clow:+.1f}..{chigh:+.1f}; {per_image:.2f} ms)"
             out.append(line + f" against {group}/DALI, no CutMix, {len(row.images_per_s)} paired repetitions")
     tv = by.get(("peers", "torchvision DataLoader + v2.CutMix"))
     ours = by.get(("pipeline", f"DALI + CutMix ({args.backend})"))

@@ -42,7 +42,7 @@ def test_profiler_runs_every_section_and_reports(photo_data, tmp_path, capsys):
     assert int(counts["ops backend + normalise"].split()[0]) > 30
     assert (out / "bench.png").stat().st_size > 1000
     printed = capsys.readouterr().out
-    assert "pipeline/DALI + CutMix (native): " in printed and "% CPU time per image" in printed
+    assert "pipeline/DALI + CutMix (native): costs " in printed and "% CPU time per image" in printed
     assert "peers: pipeline/DALI + CutMix (native) is " in printed and "target" not in printed
 
 
