@@ -103,19 +103,71 @@ def _load_file_list(path: Path, classes: list[str] | None) -> Split:
 
 
 def load_imagenet(root: str | os.PathLike) -> tuple[Split, Split]:
-    """``root/train`` and ``root/val`` (folders or file lists ``train.txt``/``val.txt``)."""
+    """``root/train`` and ``root/val`` (folders or file lists ``train.txt``/``val.txt``).
+
+    ImageNet as downloaded (the ILSVRC 2012 CLS-LOC layout) is read as it is: ``root`` may hold
+    ``ILSVRC/Data/CLS-LOC/{train,val}``, and a flat ``val/`` (no class folders) takes its labels
+    from ``LOC_val_solution.csv`` beside it or in ``root``; ``LOC_synset_mapping.txt``, when
+    present, must list the training classes in their (sorted) order, so class indices equal
+    torchvision ``ImageFolder``'s.
+    """
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"--data {str(root)!r} is not a directory")
+    images = root / "ILSVRC" / "Data" / "CLS-LOC"
+    images = images if images.is_dir() else root
     parts = []
     for name in ("train", "val"):
-        folder, listing = root / name, root / f"{name}.txt"
+        folder, listing = images / name, images / f"{name}.txt"
         if not folder.is_dir() and not listing.is_file():
             raise ValueError(f"--data {str(root)!r} has no {name}/ folder (ImageNet layout expected)")
         parts.append(folder if folder.is_dir() else listing)
     train = load_split(parts[0])
-    val = load_split(parts[1], classes=train.classes)
-    return train, val
+    val_dir = parts[1]
+    solution = _beside(root, images, "LOC_val_solution.csv")
+    if val_dir.is_dir() and not list_classes(val_dir) and solution:
+        _check_synsets(_beside(root, images, "LOC_synset_mapping.txt"), train.classes)
+        return train, load_val_solution(val_dir, solution, train.classes)
+    return train, load_split(val_dir, classes=train.classes)
+
+
+def _beside(root: Path, images: Path, name: str) -> Path | None:
+    found = [p for p in (root / name, images / name) if p.is_file()]
+    return found[0] if found else None
+
+
+def _check_synsets(mapping: Path | None, classes: list[str]) -> None:
+    if mapping is None:
+        return
+    wnids = [line.split()[0] for line in mapping.read_text().splitlines() if line.strip()]
+    if wnids != classes:
+        raise ValueError(
+            f"{mapping} lists {len(wnids)} classes that are not the training folders ({len(classes)}) in the same order"
+        )
+
+
+def load_val_solution(val_dir: Path, solution: Path, classes: list[str]) -> Split:
+    """A flat validation folder labelled by ``LOC_val_solution.csv`` (``ImageId,PredictionString``;
+    the first word of the prediction string is the image's class)."""
+    index = {name: i for i, name in enumerate(classes)}
+    files, labels = [], []
+    lines = solution.read_text().splitlines()
+    for n, line in enumerate(lines[1:], 2):
+        if not line.strip():
+            continue
+        image_id, _, prediction = line.partition(",")
+        wnid = prediction.split()[0] if prediction.split() else ""
+        if wnid not in index:
+            raise ValueError(f"{solution}:{n}: class {wnid!r} of {image_id} is not among the training classes")
+        path = val_dir / f"{image_id}.JPEG"
+        if not path.is_file():
+            raise ValueError(f"{solution}:{n}: {path} does not exist")
+        files.append(str(path))
+        labels.append(index[wnid])
+    if not files:
+        raise ValueError(f"{solution} labels no images")
+    order = sorted(range(len(files)), key=files.__getitem__)  # a stable order, like a folder's
+    return Split([files[i] for i in order], [labels[i] for i in order], list(classes))
 
 
 # --- the demo data: Fashion-MNIST from Debian's dataset-fashion-mnist -------------------------

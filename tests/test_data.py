@@ -1,0 +1,75 @@
+"""Datasets on disk: ImageNet as it is downloaded (flat val folder labelled by a CSV)."""
+
+import numpy as np
+import pytest
+import torchvision
+from conftest import train_args
+from PIL import Image
+
+import train
+from dali_cutmix.data import load_imagenet
+
+WNIDS = ["n01440764", "n01443537", "n01484850"]  # sorted, as LOC_synset_mapping.txt lists them
+
+
+def jpeg(path, seed):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)).save(path, quality=90)
+
+
+def imagenet_download(root, per_class=4, val=6):
+    """The ILSVRC 2012 CLS-LOC layout: class folders for train, a flat val folder, the two files."""
+    images = root / "ILSVRC" / "Data" / "CLS-LOC"
+    for k, wnid in enumerate(reversed(WNIDS)):  # created out of order: the order must come from names
+        for i in range(per_class):
+            jpeg(images / "train" / wnid / f"{wnid}_{i}.JPEG", seed=10 * k + i)
+    rows, truth = ["ImageId,PredictionString"], {}
+    for i in range(val):
+        image_id = f"ILSVRC2012_val_{i + 1:08d}"
+        wnid = WNIDS[(i * 2) % 3]
+        jpeg(images / "val" / f"{image_id}.JPEG", seed=100 + i)
+        rows.append(f"{image_id},{wnid} 10 12 30 35 {wnid} 1 2 3 4")
+        truth[image_id] = WNIDS.index(wnid)
+    (root / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
+    (root / "LOC_synset_mapping.txt").write_text("".join(f"{w} a class called {w}\n" for w in WNIDS))
+    return root, truth
+
+
+def test_imagenet_as_downloaded_is_read_with_imagefolders_class_indices(tmp_path):
+    root, truth = imagenet_download(tmp_path / "imagenet")
+    train_split, val_split = load_imagenet(root)
+    folder = torchvision.datasets.ImageFolder(root / "ILSVRC" / "Data" / "CLS-LOC" / "train")
+    assert train_split.classes == folder.classes == WNIDS
+    assert sorted(zip(train_split.files, train_split.labels)) == sorted((p, i) for p, i in folder.samples)
+    assert len(val_split) == 6 and val_split.classes == WNIDS
+    for path, label in zip(val_split.files, val_split.labels):
+        assert label == truth[path.rsplit("/", 1)[1].removesuffix(".JPEG")]
+
+
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        ("unknown-class", r"LOC_val_solution.csv:2: class 'n99999999' of ILSVRC2012_val_00000001 is not among"),
+        ("missing-image", r"LOC_val_solution.csv:2: .*ILSVRC2012_val_00000001.JPEG does not exist"),
+        ("mapping", r"LOC_synset_mapping.txt lists 2 classes that are not the training folders \(3\)"),
+    ],
+)
+def test_a_broken_download_is_a_one_line_error_naming_the_file(tmp_path, breakage, message):
+    root, _ = imagenet_download(tmp_path / "imagenet")
+    if breakage == "unknown-class":
+        csv = root / "LOC_val_solution.csv"
+        csv.write_text(csv.read_text().replace(f"00000001,{WNIDS[0]}", "00000001,n99999999", 1))
+    elif breakage == "missing-image":
+        (root / "ILSVRC" / "Data" / "CLS-LOC" / "val" / "ILSVRC2012_val_00000001.JPEG").unlink()
+    else:
+        (root / "LOC_synset_mapping.txt").write_text(f"{WNIDS[0]} a\n{WNIDS[1]} b\n")
+    with pytest.raises(ValueError, match=message):
+        load_imagenet(root)
+
+
+def test_train_py_runs_on_imagenet_as_downloaded(tmp_path):
+    root, _ = imagenet_download(tmp_path / "imagenet")
+    out = tmp_path / "run"
+    assert train.main(train_args(root, out, "--epochs", "1", batch_size=4)) == 0
+    assert (out / "checkpoint_0001.pt").is_file()
