@@ -92,6 +92,51 @@ def test_torchrun_trains_and_only_rank_0_writes(tmp_path):
     assert proc.stdout.count('"epoch": 1') == 1  # one line per epoch: only rank 0 reports
 
 
+@pytest.mark.slow
+def test_two_nodes_with_c10d_rendezvous_train_as_one_job(tmp_path):
+    """torchrun --nnodes 2, both node processes on this machine (c10d rendezvous on 127.0.0.1,
+    gloo): RANK picks the shard, LOCAL_RANK the device, rank 0 alone writes."""
+    data = write_jpeg_tree(tmp_path / "data")
+    out = tmp_path / "run"
+    flags = train_args(data, out, "--epochs", "2", "--device", "cpu", batch_size=4)
+    endpoint = f"127.0.0.1:{free_port()}"
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--nproc_per_node",
+                "1",
+                "--rdzv_backend",
+                "c10d",
+                "--rdzv_endpoint",
+                endpoint,
+                "--rdzv_id",
+                "two-nodes",
+                "train.py",
+                *flags,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    results = [node.communicate(timeout=300) for node in nodes]
+    for node, (_, err) in zip(nodes, results):
+        assert node.returncode == 0, err[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert all(r["val_images"] == 9 for r in rows)  # the two nodes' val shards: disjoint, covering
+    assert json.loads((out / "config.json").read_text())["world_size"] == 2
+    assert sorted(p.name for p in out.glob("checkpoint_*")) == ["checkpoint_0001.pt", "checkpoint_0002.pt"]
+    assert sum(stdout.count('"epoch": 1') for stdout, _ in results) == 1  # only rank 0 reports
+
+
 def _children(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
     return [int(x) for x in out.split()]
