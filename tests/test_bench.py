@@ -61,3 +61,15 @@ def test_epochs_section_runs_each_configuration_alone_for_whole_epochs(photo_dat
 def test_profiler_rejects_bad_flags(photo_data):
     with pytest.raises(SystemExit):
         bench.main(["--data", str(photo_data), "--sections", "op,warp"])
+
+
+@pytest.mark.slow
+def test_scale_benchmark_measures_both_trees(tmp_path, capsys):
+    from benchmarks import scale
+
+    scale.main(["--out", str(tmp_path), "--small", "1", "--large", "2"])
+    figures = json.loads((tmp_path / "scale.json").read_text())
+    assert [f["files"] for f in figures.values()] == [1000, 2000]
+    for f in figures.values():
+        assert f["scan_cached_files_per_s"] > 0 and 0 < f["build_s"] <= f["first_batch_s"]
+    assert "extrapolated to 1,281,167" in capsys.readouterr().out
