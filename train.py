@@ -313,6 +313,8 @@ def train_one_epoch(
     total = len(loader) if args.max_steps is None else min(len(loader), args.max_steps)
     losses, seen, waited, step = [], 0, 0.0, start_step
     bar = tqdm(total=total, initial=start_step, desc=f"epoch {epoch}", disable=not show, unit="batch", mininterval=1.0)
+    schedule = prob_schedule(args)
+    prob = schedule(epoch) if schedule else None  # this epoch's chance of mixing, for --mix-in loop
     batches = iter(loader)
     start = time.perf_counter()
     while step < total and not stop.agreed(world, device, step):
@@ -323,8 +325,7 @@ def train_one_epoch(
         if batch is None:
             break
         if mixer is not None:  # --mix-in loop: the plain batch is mixed here, on its device
-            schedule = prob_schedule(args)
-            batch = mixer(batch[0], batch[1], prob=schedule(epoch) if schedule else None)
+            batch = mixer(batch[0], batch[1], prob=prob)
         losses.append(train_step(model, optimizer, scaler, batch, smoothing=args.smoothing))
         scheduler.step()
         seen += len(batch[0])
@@ -400,13 +401,8 @@ def prepare(args, rank: int, world: int, device: torch.device, out: Path):
         say(f"moved the earlier run in {out} to {ckpt.move_aside(out)}")
     start_epoch = state["epoch"] if state else 0
     train, val, classes, fingerprint = load_data(args, rank, world, device, start_epoch, out, loader_state)
-    if state and state["num_classes"] != len(classes):
-        raise ValueError(f"checkpoint has {state['num_classes']} classes, but the data has {len(classes)}")
-    if state and state["config"].get("data_fingerprint", fingerprint) != fingerprint:
-        raise ValueError(
-            f"--resume: {path} was trained on other data ({state['config'].get('train_files')} training files, "
-            f"now {fingerprint.split(':')[0]}, or other names or labels)"
-        )
+    if state:
+        ckpt.check_data(state, path, len(classes), fingerprint)
     return state, train, val, classes, fingerprint
 
 
@@ -438,7 +434,7 @@ def run(args) -> int:
         if len(saved) == world and saved[rank].get("mixer"):
             mixer.load_state(saved[rank]["mixer"])
     if state:  # prepare checked that it fits (flags, data, classes)
-        ckpt.restore(state, model, optimizer, scheduler, scaler, num_classes=len(classes), steps_per_epoch=len(train))
+        ckpt.restore(state, model, optimizer, scheduler, scaler, steps_per_epoch=len(train))
     ddp = (
         torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         if world > 1

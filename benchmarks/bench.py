@@ -281,6 +281,11 @@ PIPELINES = {
 }
 
 
+def runnable_pipelines(device: str) -> dict[str, dict]:
+    """The loader configurations of :data:`PIPELINES` whose backend runs on ``device``."""
+    return {name: s for name, s in PIPELINES.items() if (s.get("backend"), device) not in REFUSED}
+
+
 def epoch_worker(args, train_split, name: str) -> None:
     """One configuration alone in this process: a warm-up epoch, then ``--epochs`` whole epochs
     back to back; prints images, wall and process CPU seconds as JSON (see :func:`epoch_rows`)."""
@@ -304,7 +309,7 @@ def epoch_rows(args, train_split) -> list[Row]:
     import subprocess
     import sys
 
-    names = [n for n, s in PIPELINES.items() if (s.get("backend"), args.device) not in REFUSED]
+    names = list(runnable_pipelines(args.device))
     rates: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
     flags = ["--data", args.data, "--batch-size", str(args.batch_size), "--image-size", str(args.image_size),
@@ -323,7 +328,7 @@ def epoch_rows(args, train_split) -> list[Row]:
 
 def pipeline_rows(args, train_split) -> list[Row]:
     """The training loader in each configuration, measured in turn (see :func:`interleaved`)."""
-    runs = {name: s for name, s in PIPELINES.items() if (s.get("backend"), args.device) not in REFUSED}
+    runs = runnable_pipelines(args.device)
     loaders = {name: make_loader(args, train_split, **settings) for name, settings in runs.items()}
     cpu: dict[str, list[float]] = {}
     rates = interleaved(

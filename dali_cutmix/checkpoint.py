@@ -24,6 +24,10 @@ PARTIAL = re.compile(r"^\.(checkpoint_\d+(?:_step\d+)?\.pt|config\.json|metrics\
 RUN_FILES = ("config.json", "metrics.jsonl")
 
 
+class UnreadableCheckpoint(ValueError):
+    """A file that is not a loadable dali-cutmix checkpoint (truncated, foreign, garbage)."""
+
+
 def atomic_write(path: Path, write) -> None:
     """Call ``write(file)`` on a temporary file, fsync it, then rename it to ``path``."""
     path = Path(path)
@@ -146,9 +150,7 @@ def newest_loadable(out: Path, arch: str, say=print) -> tuple[Path, dict] | None
     for _, path in reversed(_checkpoints(out)):
         try:
             return path, load(path, arch)
-        except ValueError as e:
-            if "cannot be loaded" not in str(e) and "not a dali-cutmix" not in str(e):
-                raise  # a readable checkpoint of another kind of run: not for skipping
+        except UnreadableCheckpoint as e:  # a readable one of another run is an error, not skipped
             say(f"skipping {path}: unreadable ({str(e).split(': ', 1)[-1][:120]}); trying the one before")
     return None
 
@@ -159,9 +161,9 @@ def load(path: Path, arch: str) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file
         first = (str(e).strip().splitlines() or ["?"])[0]
-        raise ValueError(f"checkpoint {path} cannot be loaded: {type(e).__name__}: {first}") from e
+        raise UnreadableCheckpoint(f"checkpoint {path} cannot be loaded: {type(e).__name__}: {first}") from e
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
-        raise ValueError(f"checkpoint {path} is not a dali-cutmix training checkpoint")
+        raise UnreadableCheckpoint(f"checkpoint {path} is not a dali-cutmix training checkpoint")
     state.setdefault("step", 0)
     state.setdefault("loaders", None)
     if state["arch"] != arch:
@@ -183,11 +185,23 @@ def check_flags(saved: dict, flags: dict, path: Path, *, may_change, skip) -> No
             )
 
 
-def restore(state: dict, model, optimizer, scheduler, scaler, *, num_classes: int, steps_per_epoch: int) -> None:
-    """Load the weights, optimizer and scaler state; the lr schedule is the one built from this
-    run's flags (its total, warmup and lr scaling), moved to the step where the checkpoint is."""
+def check_data(state: dict, path: Path, num_classes: int, fingerprint: str) -> None:
+    """A one-line ValueError when the data is not what the checkpoint was trained on: first the
+    class count, then the fingerprint of files, labels and classes (``Split.fingerprint``)."""
     if state["num_classes"] != num_classes:
         raise ValueError(f"checkpoint has {state['num_classes']} classes, but the data has {num_classes}")
+    saved = state["config"].get("data_fingerprint", fingerprint)
+    if saved != fingerprint:
+        raise ValueError(
+            f"--resume: {path} was trained on other data ({saved.split(':')[0]} training files, "
+            f"now {fingerprint.split(':')[0]}, or other names or labels)"
+        )
+
+
+def restore(state: dict, model, optimizer, scheduler, scaler, *, steps_per_epoch: int) -> None:
+    """Load the weights, optimizer and scaler state (:func:`check_data` says whether they fit);
+    the lr schedule is the one built from this run's flags (its total, warmup and lr scaling),
+    moved to the step where the checkpoint is."""
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.last_epoch = state["epoch"] * steps_per_epoch + state["step"]

@@ -322,8 +322,7 @@ def apply_cutmix(images, labels, params: CutMixParams, layout: str = "HWC"):
     Returns ``(mixed_images, labels_a, labels_b, lam)`` with ``labels_a = labels`` and
     ``labels_b = labels[perm]``; the inputs are not modified.
     """
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    check_layout(layout)
     if images.ndim != 4 or len(images) != len(params.perm):
         raise ValueError(
             f"images must be a batch of {len(params.perm)} {layout} images, got shape {tuple(images.shape)}"

@@ -14,7 +14,7 @@ import nvidia.dali.math as dmath
 from nvidia.dali import types
 from nvidia.dali.data_node import DataNode
 
-from ..mix import check_image_size
+from ..mix import check_image_size, spatial_size
 
 DALI_OPS = SimpleNamespace(
     sqrt=dmath.sqrt,
@@ -77,9 +77,7 @@ def check_shapes(shapes, layout: str) -> tuple[int, int]:
                 f"CutMix needs a batch of one image shape (crop or resize first): "
                 f"sample 0 is {first}, sample {i} is {tuple(int(v) for v in shape)}"
             )
-    if len(first) != 3:
-        raise ValueError(f"expected 3-D {layout} images, got shape {first}")
-    hw = (first[0], first[1]) if layout == "HWC" else (first[1], first[2])
+    hw = spatial_size(first, layout)
     check_image_size(*hw)
     return hw
 
