@@ -4,7 +4,8 @@
     python train.py --data /imagenet --arch resnet50 --batch-size 256 --epochs 90
     torchrun --nproc_per_node 8 train.py --data /imagenet --arch resnet50   # DDP, one shard per rank
 
-``--data`` is an ImageNet-layout root (``train/<class>/*.JPEG``, ``val/<class>/*.JPEG``). Without it
+``--data`` is an ImageNet-layout root (``train/<class>/*.JPEG``, ``val/<class>/*.JPEG``), or WebDataset
+training shards (``'shards/train-{000000..000146}.tar'`` or a folder of ``.tar``, with ``--val-data``). Without it
 the demo data (Fashion-MNIST from Debian's ``dataset-fashion-mnist``) is exported once to JPEG
 folders and used. ``--output DIR`` receives ``config.json``, a checkpoint per epoch,
 ``metrics.jsonl`` (one line per epoch) and ``curves.png``; ``--resume`` continues a run.
@@ -27,13 +28,15 @@ import torch.distributed as dist
 import torchvision
 
 from dali_cutmix import checkpoint as ckpt
-from dali_cutmix.data import export_fashion_mnist, load_imagenet
+from dali_cutmix.data import CACHE, Split, export_fashion_mnist, load_imagenet, load_split
 from dali_cutmix.engine import LRSchedule, Stop, check_finite, evaluate, nvtx, train_step
-from dali_cutmix.loader import mix_schedule
+from dali_cutmix.loader import mix_schedule, process_shard
 from dali_cutmix.mix import LoopMixer, MixConfig
 from dali_cutmix.ops import BACKENDS
 from dali_cutmix.report import plot_metrics
-from dali_cutmix.scan import drop_undecodable
+from dali_cutmix.scan import drop_undecodable, leave_out
+from dali_cutmix.shards import expand as expand_shards
+from dali_cutmix.shards import is_shards, load_shards
 from pipelines.loaders import train_loader, val_loader
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -43,16 +46,17 @@ DEMO_DEFAULTS = {"epochs": 10, "batch_size": 128, "image_size": 32, "arch": "res
 # continues from the checkpoint's step); every other flag must match the checkpoint's.
 RESUMABLE = ("epochs", "lr", "lr_schedule", "lr_step", "warmup_epochs", "workers", "keep_checkpoints",
              "scan", "strict", "max_steps", "device", "no_amp")  # fmt: skip
-NOT_FLAGS = ("output", "resume", "overwrite", "data", "recipe", "default_output")  # where, how, or checked another way
+# Where, how, or checked another way (the data by its fingerprint).
+NOT_FLAGS = ("output", "resume", "overwrite", "data", "val_data", "recipe", "default_output")
 DATA_DEFAULTS = {"epochs": 90, "batch_size": 256, "image_size": 224, "arch": "resnet50", "warmup_epochs": 5}
-CACHE = Path(os.environ.get("DALI_CUTMIX_CACHE", Path.home() / ".cache" / "dali-cutmix"))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--data", type=str, default=None, help="ImageNet-layout root; default: the demo data")
+    p.add_argument("--data", default=None, help="ImageNet-layout root or training shards; default: the demo data")
+    p.add_argument("--val-data", default=None, help="validation shards, folder or file list (default: ROOT/val)")
     p.add_argument("--epochs", type=int, default=None, help="total epochs (demo 10, else 90)")
     p.add_argument("--batch-size", type=int, default=None, help="per process (demo 128, else 256)")
     p.add_argument("--arch", default=None, help=f"one of {', '.join(ARCHS)} (demo resnet18, else resnet50)")
@@ -141,8 +145,16 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--smoothing must be in [0, 1), got {args.smoothing}")
     if args.lr <= 0 or args.warmup_epochs < 0:
         p.error(f"--lr must be > 0 and --warmup-epochs >= 0, got {args.lr} and {args.warmup_epochs}")
-    if args.data is not None and not Path(args.data).is_dir():
-        p.error(f"--data {args.data!r} is not a directory")
+    if args.data is not None and not (is_shards(args.data) or Path(args.data).is_dir()):
+        p.error(f"--data {args.data!r} is neither a directory nor .tar shards")
+    if args.data is not None and is_shards(args.data) and args.val_data is None:
+        p.error(f"--data {args.data!r} names WebDataset shards: give the validation data with --val-data")
+    for flag, spec in (("--data", args.data), ("--val-data", args.val_data)):
+        if spec is not None and is_shards(spec):
+            try:
+                expand_shards(spec)
+            except ValueError as e:
+                p.error(f"{flag}: {e}")
     if args.device == "gpu" and not torch.cuda.is_available():
         p.error("--device gpu: CUDA is not available on this machine")
     if args.resume not in (None, "latest") and not Path(args.resume).is_file():
@@ -189,7 +201,7 @@ def parse_schedule(text: str) -> dict[int, float]:
 def setup_distributed(args) -> tuple[int, int, torch.device]:
     """rank, world size and this process's device; torchrun sets the environment."""
     use_gpu = args.device == "gpu" or (args.device == "auto" and torch.cuda.is_available())
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    rank, world = process_shard()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device("cuda", local_rank) if use_gpu else torch.device("cpu")
     if use_gpu:
@@ -202,28 +214,16 @@ def setup_distributed(args) -> tuple[int, int, torch.device]:
 def load_data(args, rank: int, world: int, device: torch.device, start_epoch: int, out: Path, loader_state=None):
     """The train and val loaders for this rank's shard, and the class names.
 
-    Undecodable files are found first (see ``dali_cutmix.scan``) and left out, or are an error
-    with ``--strict``. Rank 0 exports the demo data and scans while the others wait, then they
-    read its caches.
+    Undecodable files and shard samples are found first (``dali_cutmix.scan``, ``dali_cutmix.shards``)
+    and left out, or are an error with ``--strict``. Rank 0 exports the demo data and scans while
+    the others wait, then they read its caches.
     """
     if world > 1 and rank != 0:
         dist.barrier()
     root = args.data or demo_root(args.demo_per_class)
-    train_split, val_split = load_imagenet(root)
-    if args.scan != "off":
-        train_split, val_split = (
-            drop_undecodable(
-                split,
-                name,
-                cache_dir=CACHE / "scan",
-                workers=args.workers,
-                full=args.scan == "full",
-                strict=args.strict,
-                listing_dir=out,
-                report=rank == 0,
-            )
-            for split, name in ((train_split, "train"), (val_split, "val"))
-        )
+    train_split, val_split = (root, args.val_data) if is_shards(root) else load_imagenet(root)
+    train_split = checked(train_split, "train", None, args, out, report=rank == 0)
+    val_split = checked(args.val_data or val_split, "val", train_split.classes, args, out, report=rank == 0)
     if world > 1 and rank == 0:
         dist.barrier()
     dali_device = "gpu" if device.type == "cuda" else "cpu"
@@ -257,6 +257,30 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
         )
     val = val_loader(val_split, classes=train_split.classes, **common)
     return train, val, train_split.classes, train_split.fingerprint(root)
+
+
+def checked(source, name: str, classes, args, out: Path, *, report: bool):
+    """A Split or WebDataset shards (a spec or a loaded Split) without what DALI cannot read:
+    left out and listed in ``out``, or an error with ``--strict`` (``--scan`` sets the check)."""
+    if isinstance(source, str | os.PathLike) and is_shards(source):
+        shards = load_shards(source, classes, cache_dir=CACHE / "shards", check=args.scan, workers=args.workers)
+        if shards.bad:
+            total = len(shards) + len(shards.bad)
+            leave_out(shards.bad, total, name, strict=args.strict, listing_dir=out, report=report, what="samples")
+        return shards
+    split = source if isinstance(source, Split) else load_split(source, classes)
+    if args.scan == "off":
+        return split
+    return drop_undecodable(
+        split,
+        name,
+        cache_dir=CACHE / "scan",
+        workers=args.workers,
+        full=args.scan == "full",
+        strict=args.strict,
+        listing_dir=out,
+        report=report,
+    )
 
 
 def prob_schedule(args):

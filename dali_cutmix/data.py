@@ -17,6 +17,7 @@ import numpy as np
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+CACHE = Path(os.environ.get("DALI_CUTMIX_CACHE", Path.home() / ".cache" / "dali-cutmix"))  # demo, scans, indexes
 FASHION_MNIST_CLASSES = (
     "t-shirt",
     "trouser",
@@ -84,6 +85,19 @@ def load_split(path: str | os.PathLike, classes: list[str] | None = None) -> Spl
     if not files:
         raise ValueError(f"{str(path)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     return Split(files, labels, classes)
+
+
+def load_source(spec, classes: list[str] | None = None):
+    """A :class:`Split` (a ``<class>/<image>`` folder or a file list) or, for ``.tar`` paths,
+    patterns and folders of them, :class:`dali_cutmix.shards.Shards` (checked and indexed once,
+    cached under ``CACHE/shards``)."""
+    from .shards import Shards, is_shards, load_shards  # shards builds on the scan, which builds on this module
+
+    if isinstance(spec, (Split, Shards)):
+        return spec
+    if is_shards(spec):
+        return load_shards(spec, classes, cache_dir=CACHE / "shards")
+    return load_split(spec, classes)
 
 
 def _load_file_list(path: Path, classes: list[str] | None) -> Split:

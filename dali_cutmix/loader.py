@@ -8,6 +8,7 @@ output buffers, so a batch is valid until the next one is drawn (copy what you k
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
@@ -15,6 +16,16 @@ from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 POLICIES = {"partial": LastBatchPolicy.PARTIAL, "drop": LastBatchPolicy.DROP, "fill": LastBatchPolicy.FILL}
+
+
+def process_shard() -> tuple[int, int]:
+    """``(rank, world size)`` of this process: torch.distributed's once it is initialised (as
+    Lightning, Accelerate and train.py do), else torchrun's ``RANK``/``WORLD_SIZE``, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def steps_per_epoch(num_samples: int, batch_size: int, num_shards: int = 1, last_batch: str = "partial") -> int:

@@ -18,6 +18,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from .data import Split
 
@@ -39,16 +40,25 @@ class ScanResult:
 
 def check_file(path: str, full: bool = False) -> str:
     """'' if DALI can decode ``path``, else the reason it cannot."""
+    try:
+        with open(path, "rb") as f:
+            return check_stream(f, os.fstat(f.fileno()).st_size, full)
+    except OSError as e:
+        return f"{type(e).__name__}: {e}".splitlines()[0][:200]
+
+
+def check_stream(f: BinaryIO, size: int, full: bool = False) -> str:
+    """'' if DALI can decode the ``size`` bytes of the seekable binary file ``f`` (a file on disk
+    or a member of a tar shard), else the reason it cannot."""
     from PIL import Image
 
+    if size == 0:
+        return "empty file"
     try:
-        size = os.path.getsize(path)
-        if size == 0:
-            return "empty file"
-        with open(path, "rb") as f:
-            f.seek(max(0, size - TAIL))
-            tail = f.read()
-        with Image.open(path) as image:
+        f.seek(max(0, size - TAIL))
+        tail = f.read()
+        f.seek(0)
+        with Image.open(f) as image:
             fmt = image.format
             if fmt not in DECODABLE:
                 return f"{fmt} is not a format DALI decodes"
@@ -141,20 +151,26 @@ def drop_undecodable(
         print(f"warning: {len(empty)} {name} classes have no usable images: {', '.join(empty[:5])}")
     if not result.bad:
         return split
-    first = f"{result.bad[0][0]} ({result.bad[0][1]})"
-    if strict:
-        raise ValueError(f"--strict: {len(result.bad)} {name} files cannot be decoded, first {first}")
-    if report:
-        listing_dir.mkdir(parents=True, exist_ok=True)
-        listing = listing_dir / f"bad_files_{name}.txt"
-        listing.write_text("".join(f"{path}\t{reason}\n" for path, reason in result.bad))
-        print(
-            f"left out {len(result.bad)} of {len(split)} {name} files that cannot be decoded, "
-            f"first {first}; all listed in {listing}"
-        )
+    leave_out(result.bad, len(split), name, strict=strict, listing_dir=listing_dir, report=report)
     if not len(result.good):
         raise ValueError(f"no decodable {name} images left ({len(result.bad)} bad files)")
     return result.good
+
+
+def leave_out(
+    bad: list[tuple[str, str]], total: int, name: str, *, strict: bool, listing_dir: Path, report: bool, what="files"
+):
+    """Say that the ``bad`` ``(item, reason)`` pairs of a split of ``total`` ``what`` are left out: a
+    one-line summary, and every one listed in ``listing_dir/bad_files_{name}.txt``; with ``strict``,
+    raise ``ValueError`` instead."""
+    first = f"{bad[0][0]} ({bad[0][1]})"
+    if strict:
+        raise ValueError(f"--strict: {len(bad)} {name} {what} are unusable, first {first}")
+    if report:
+        listing_dir.mkdir(parents=True, exist_ok=True)
+        listing = listing_dir / f"bad_files_{name}.txt"
+        listing.write_text("".join(f"{item}\t{reason}\n" for item, reason in bad))
+        print(f"left out {len(bad)} of {total} {name} {what} that are unusable, first {first}; all listed in {listing}")
 
 
 def _cache_path(split: Split, cache_dir: Path, full: bool) -> Path:

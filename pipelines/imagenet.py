@@ -17,9 +17,10 @@ import numpy as np
 import nvidia.dali.fn as fn
 from nvidia.dali import pipeline_def, types
 
-from dali_cutmix.data import Split, load_split
+from dali_cutmix.data import Split, load_source
 from dali_cutmix.mix import MixConfig
 from dali_cutmix.ops import Normalize, cutmix
+from dali_cutmix.shards import IMAGE_EXTS, LABEL_EXT, Shards
 
 READER_NAME = "Reader"
 MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
@@ -28,18 +29,33 @@ DEVICES = ("cpu", "gpu")
 DEFAULT_RECIPE = MixConfig()  # CutMix as in the paper: Beta(1, 1), every batch
 
 
-def read(split: Split, *, shard_id: int, num_shards: int, shuffle: bool, seed: int):
-    return fn.readers.file(
-        files=split.files,
-        labels=split.labels,
+def read(source: Split | Shards, *, shard_id: int, num_shards: int, shuffle: bool, seed: int):
+    """(jpegs, labels (1,) int32) from image files or WebDataset shards, this rank's share."""
+    common = dict(
         shard_id=shard_id,
         num_shards=num_shards,
         random_shuffle=shuffle,
-        initial_fill=min(4096, max(len(split), 1)),
+        initial_fill=min(4096, max(len(source), 1)),
         pad_last_batch=True,
         seed=seed,
         name=READER_NAME,
     )
+    if isinstance(source, Split):
+        return fn.readers.file(files=source.files, labels=source.labels, **common)
+    jpegs, cls = fn.readers.webdataset(
+        paths=source.paths,
+        index_paths=source.index_paths,  # only the good samples (dali_cutmix.shards)
+        ext=[";".join(IMAGE_EXTS), LABEL_EXT],
+        case_sensitive_extensions=False,
+        missing_component_behavior="error",
+        **common,
+    )
+    return jpegs, fn.python_function(cls, function=parse_labels, batch_processing=True)
+
+
+def parse_labels(texts: list[np.ndarray]) -> list[np.ndarray]:
+    """A batch of ``cls`` members (ASCII digits, checked when indexed) as (1,) int32 labels."""
+    return [np.array([int(t.tobytes())], dtype=np.int32) for t in texts]
 
 
 def _decoder_kwargs(device: str) -> dict:
@@ -107,12 +123,12 @@ def _common(data, batch_size, image_size, device, num_threads, shard_id, num_sha
         raise ValueError(f"shard_id must be in [0, num_shards={num_shards}), got {shard_id!r}")
     if fp16 and device != "gpu":
         raise ValueError("fp16 output needs device='gpu'")
-    split = data if isinstance(data, Split) else load_split(data, classes)
+    split = load_source(data, classes)
     return split
 
 
 def train_pipeline(
-    data_dir: str | os.PathLike | Split,
+    data_dir: str | os.PathLike | Split | Shards,
     *,
     batch_size: int,
     recipe: MixConfig | None = DEFAULT_RECIPE,
@@ -132,7 +148,8 @@ def train_pipeline(
     prefetch_queue_depth: int = 2,
     checkpoint: str | None = None,
 ):
-    """The training pipeline on ``data_dir`` (a ``<class>/<image>`` folder, a file list or a Split).
+    """The training pipeline on ``data_dir``: a ``<class>/<image>`` folder, a file list, WebDataset
+    shards (a ``.tar`` pattern or folder), or a loaded Split or Shards (:func:`dali_cutmix.data.load_source`).
 
     ``recipe``: the mixing, one :class:`dali_cutmix.mix.MixConfig` passed untouched to
     :func:`dali_cutmix.cutmix` (None: no mixing, ``lam`` is 1); ``backend`` as there.
@@ -178,7 +195,7 @@ def train_pipeline(
 
 
 def val_pipeline(
-    data_dir: str | os.PathLike | Split,
+    data_dir: str | os.PathLike | Split | Shards,
     *,
     batch_size: int,
     image_size: int = 224,

@@ -15,20 +15,21 @@ from collections.abc import Callable
 
 import torch
 
-from dali_cutmix.data import Split, load_split
-from dali_cutmix.loader import DALILoader, steps_per_epoch
+from dali_cutmix.data import Split, load_source
+from dali_cutmix.loader import DALILoader, process_shard, steps_per_epoch
+from dali_cutmix.shards import Shards
 
 from .imagenet import READER_NAME, train_pipeline, val_pipeline
 
 
 def train_loader(
-    data: str | os.PathLike | Split,
+    data: str | os.PathLike | Split | Shards,
     *,
     batch_size: int,
     device: str = "cpu",
     torch_device: torch.device | str | None = None,
-    shard_id: int = 0,
-    num_shards: int = 1,
+    shard_id: int | None = None,
+    num_shards: int | None = None,
     start_epoch: int = 0,
     prob_schedule: Callable[[int], float] | None = None,
     last_batch: str = "partial",
@@ -42,11 +43,13 @@ def train_loader(
     :func:`dali_cutmix.loader.mix_schedule`) counts epochs from ``start_epoch``, so a resumed run
     sees the schedule where it left it.
     ``state`` (from :meth:`DALILoader.state`, with the same arguments) continues exactly where
-    that loader was, mid-epoch too. Other keyword arguments go to
-    :func:`pipelines.imagenet.train_pipeline`.
+    that loader was, mid-epoch too. ``shard_id``/``num_shards`` default to this process's rank and
+    world size (:func:`dali_cutmix.loader.process_shard`), so under DDP each rank reads its own
+    share. Other keyword arguments go to :func:`pipelines.imagenet.train_pipeline`.
     """
+    shard_id, num_shards = _shard(shard_id, num_shards)
     origin = state["origin"] if state else start_epoch
-    split = data if isinstance(data, Split) else load_split(data)
+    split = load_source(data)
     # The pipeline runs ceil(shard / batch) times an epoch whatever the policy: "drop" runs the
     # last, short batch too and throws it away. The schedule counts pipeline runs.
     runs_per_epoch = steps_per_epoch(len(split), batch_size, num_shards, "partial")
@@ -74,15 +77,21 @@ def train_loader(
 
 
 def val_loader(
-    data: str | os.PathLike | Split,
+    data: str | os.PathLike | Split | Shards,
     *,
     batch_size: int,
     device: str = "cpu",
     torch_device: torch.device | str | None = None,
+    shard_id: int | None = None,
+    num_shards: int | None = None,
     **pipeline_kwargs,
 ) -> DALILoader:
-    """A loader of ``(images, labels)`` over the validation pipeline (every sample once)."""
-    pipe = val_pipeline(data, batch_size=batch_size, device=device, **pipeline_kwargs)
+    """A loader of ``(images, labels)`` over the validation pipeline: this rank's share of every
+    sample once (shards as in :func:`train_loader`)."""
+    shard_id, num_shards = _shard(shard_id, num_shards)
+    pipe = val_pipeline(
+        data, batch_size=batch_size, device=device, shard_id=shard_id, num_shards=num_shards, **pipeline_kwargs
+    )
     return DALILoader(
         pipe,
         ("images", "labels"),
@@ -90,6 +99,14 @@ def val_loader(
         last_batch="partial",
         reader_name=READER_NAME,
     )
+
+
+def _shard(shard_id: int | None, num_shards: int | None) -> tuple[int, int]:
+    if shard_id is None and num_shards is None:
+        return process_shard()
+    if shard_id is None or num_shards is None:
+        raise ValueError(f"give shard_id and num_shards together, got {shard_id!r} and {num_shards!r}")
+    return shard_id, num_shards
 
 
 def _default_torch_device(device: str, device_id: int | None) -> torch.device:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fresh machine -> ready checkout: Debian data packages, a virtual environment in .venv, this
-# project (editable) with its test extras. Safe to run again; it skips what is already there.
+# project (editable) with its test extras and the other trainers its tests drive (Lightning,
+# Accelerate). Safe to run again; it skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +20,7 @@ fi
 python3 -m venv .venv
 # torch first and on its own: pip (not uv) honours the machine's torch pins and local wheels.
 .venv/bin/python -m pip install -q torch torchvision
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q -e '.[test,lightning,accelerate]'  # the other trainers the tests drive
 # The native backend's compiled DALI operator (dali_cutmix/csrc): DALI's headers need CUDA's for
 # type names; without a CUDA toolkit on the machine, PyPI's header packages do.
 if ! .venv/bin/python -m dali_cutmix.plugin --headers >/dev/null 2>&1; then

@@ -126,3 +126,28 @@ def train_args(data, out, *extra: str, batch_size: int = 6) -> list[str]:
 @pytest.fixture
 def jpeg_tree(tmp_path):
     return write_jpeg_tree(tmp_path / "data")
+
+
+@pytest.fixture(scope="module")
+def unique_labels(tmp_path_factory):
+    """24 training and 6 validation images as file lists, each image its own class: a label
+    names the sample, so a rank's labels tell exactly which samples it read."""
+    root = tmp_path_factory.mktemp("unique")
+    write_jpeg_tree(root / "tree", classes=3, train_per_class=8, val_per_class=2)
+    lists = []
+    for split in ("train", "val"):
+        files = sorted((root / "tree" / split).rglob("*.JPEG"))
+        listing = root / f"{split}.txt"
+        listing.write_text("".join(f"{f.relative_to(root)} {i}\n" for i, f in enumerate(files)))
+        lists.append(str(listing))
+    return lists  # the val labels are 0..5, a subset of the 24 training classes
+
+
+def assert_each_epoch_covers(logs: list[dict], train_n: int, val_n: int) -> None:
+    """Every sample once an epoch across the ranks, each rank its own share, validation each epoch."""
+    for kind, n in (("train", train_n), ("val", val_n)):
+        epochs = [log[kind] for log in logs]
+        assert all(len(e) == 2 for e in epochs), kind
+        for epoch in range(2):
+            seen = [label for rank in epochs for label in rank[epoch]]
+            assert sorted(seen) == list(range(n)), (kind, epoch)

@@ -144,13 +144,13 @@ def test_training_goes_on_past_bad_files_and_strict_stops(tmp_path, capsys, monk
     args = train_args(root, out, "--epochs", "1")
     assert train.main(args) == 0
     printed = capsys.readouterr().out
-    assert "left out 4 of 22 train files that cannot be decoded" in printed
+    assert "left out 4 of 22 train files that are unusable" in printed
     assert "1 train classes have no usable images: class3-empty" in printed
     listed = (out / "bad_files_train.txt").read_text().splitlines()
     assert len(listed) == 4 and all("\t" in line for line in listed)
     assert json.loads((out / "metrics.jsonl").read_text())["train_images"] == 18
     assert train.main([*args, "--strict", "--output", str(tmp_path / "strict")]) == 2
-    assert "--strict: 4 train files cannot be decoded, first" in capsys.readouterr().err
+    assert "--strict: 4 train files are unusable, first" in capsys.readouterr().err
 
 
 def test_a_data_dir_without_images_is_a_one_line_error(tmp_path):

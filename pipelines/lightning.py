@@ -1,0 +1,83 @@
+"""The ImageNet loaders as a PyTorch Lightning ``LightningDataModule`` (the optional
+``lightning`` extra).
+
+    dm = DALIDataModule("/imagenet/train", "/imagenet/val", batch_size=256)   # or shards
+    trainer = L.Trainer(max_epochs=90, accelerator="gpu", devices=8, strategy="ddp")
+    trainer.fit(model, datamodule=dm)   # training_step gets (images, labels_a, labels_b, lam)
+
+Why an adapter at all: the loaders must know this process's rank, world size and device, which
+Lightning settles only once ``fit`` has launched the processes; its hooks build them then. The
+loader's position is saved in Lightning's checkpoints (``state_dict``), so a run resumed from an
+epoch-end checkpoint continues the data stream exactly. Lightning's distributed sampler does not
+apply (DALI shards by itself), and nothing else is needed.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from dali_cutmix.data import load_source
+from dali_cutmix.loader import DALILoader, process_shard
+
+from .loaders import train_loader, val_loader
+
+
+class DALIDataModule(L.LightningDataModule):
+    """``train``/``val``: anything :func:`pipelines.loaders.train_loader` reads (a
+    ``<class>/<image>`` folder, a file list, WebDataset shards, a Split or Shards).
+    ``train_kwargs`` go to :func:`pipelines.loaders.train_loader` (``recipe``, ``backend``,
+    ``image_size``, ``num_threads``, ``seed``, ...); validation takes ``image_size`` and
+    ``num_threads`` from them."""
+
+    def __init__(self, train, val=None, *, batch_size: int, val_batch_size: int | None = None, **train_kwargs):
+        super().__init__()
+        self.train_source, self.val_source = train, val
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
+        self.train_kwargs = train_kwargs
+        self._train: DALILoader | None = None
+        self._state: dict | None = None
+
+    def setup(self, stage: str) -> None:
+        self.train_source = load_source(self.train_source)
+        if self.val_source is not None:
+            self.val_source = load_source(self.val_source, self.train_source.classes)
+
+    def _placement(self) -> dict:
+        """This process's shard and device, from the trainer (or the environment without one)."""
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else process_shard()
+        root = trainer.strategy.root_device if trainer else torch.device("cpu")
+        dali = dict(device="gpu", device_id=root.index or 0) if root.type == "cuda" else dict(device="cpu")
+        return dict(shard_id=rank, num_shards=world, torch_device=root, **dali)
+
+    def train_dataloader(self) -> DALILoader:
+        epoch = self.trainer.current_epoch if self.trainer else 0
+        self._train = train_loader(
+            self.train_source,
+            batch_size=self.batch_size,
+            start_epoch=epoch,
+            state=self._state,
+            last_batch="drop",  # equal batches on every rank, and no batch of 1 for BatchNorm
+            **self._placement(),
+            **self.train_kwargs,
+        )
+        return self._train
+
+    def val_dataloader(self) -> DALILoader | list:
+        if self.val_source is None:
+            return []
+        shared = {k: self.train_kwargs[k] for k in ("image_size", "num_threads") if k in self.train_kwargs}
+        return val_loader(
+            self.val_source,
+            batch_size=self.val_batch_size,
+            classes=self.train_source.classes,
+            **self._placement(),
+            **shared,
+        )
+
+    def state_dict(self) -> dict:
+        return {"loader": self._train.state()} if self._train is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._state = state.get("loader")
