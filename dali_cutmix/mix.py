@@ -116,14 +116,6 @@ class MixConfig:
         return self.mixup_alpha > 0
 
 
-def check_cutmix_args(alpha: float, prob: float, mode: str, layout: str = "HWC") -> None:
-    """Raise ``ValueError`` naming the first bad argument of plain CutMix."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-        raise ValueError(f"alpha must be a number > 0, got {alpha!r}")
-    MixConfig(alpha=alpha, prob=prob, mode=mode)
-    check_layout(layout)
-
-
 def check_layout(layout: str) -> None:
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")

@@ -115,3 +115,34 @@ def cutmix(
     if return_params:
         outputs += (params.perm, params.boxes) + ((params.blend,) if config.mixup else ())
     return outputs
+
+
+def mix_arrays(batches, *, device: str = "cpu", seed: int = 0, layout: str = "HWC", num_threads: int = 1, **kwargs):
+    """Run :func:`cutmix` with ``return_params=True`` over in-memory batches (lists of NumPy
+    arrays, one list a batch), the labels being each sample's index; yield NumPy
+    ``(images, mixed, labels_a, labels_b, lam, perm, boxes[, blend])`` per batch. A NumPy ``prob``
+    is fed as the per-sample DataNode. For checking the operator outside a training pipeline
+    (the tests and ``scripts/gpu_check.py``)."""
+    import itertools
+
+    import numpy as np
+    from nvidia.dali import fn, pipeline_def, types
+
+    batch_size = len(batches[0])
+    feed = itertools.cycle(batches)
+    labels = [np.array([i], dtype=np.int32) for i in range(batch_size)]
+    prob = kwargs.pop("prob", None)
+    per_sample = [np.asarray(p, np.float32) for p in prob] if isinstance(prob, np.ndarray) else None
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=0 if device == "gpu" else None, seed=seed)
+    def pipe():
+        images = fn.external_source(source=lambda: next(feed), layout=layout, device=device)
+        node = prob if per_sample is None else fn.external_source(source=lambda: per_sample, dtype=types.FLOAT)
+        outputs = cutmix(images, fn.external_source(source=lambda: labels), prob=node, layout=layout,
+                         return_params=True, **kwargs)  # fmt: skip
+        return (images,) + tuple(outputs)
+
+    p = pipe(prefetch_queue_depth=1)
+    p.build()
+    for _ in batches:
+        yield tuple((o.as_cpu() if hasattr(o, "as_cpu") else o).as_array() for o in p.run())

@@ -93,7 +93,7 @@ def _train_graph(split, *, image_size, random_area, device, shard_id, num_shards
     # equals mixing flipped images with a flipped box, so the distribution is the same.
     norm = Normalize(mean=MEAN, std=STD, mirror=fn.random.coin_flip(), fp16=fp16)
     if mix is None:
-        return norm.apply(images), labels, labels, fn.cast(labels * 0 + 1, dtype=types.FLOAT)[0]
+        return norm.apply(images), labels, labels, fn.ones(shape=[], dtype=types.FLOAT)  # lam: (B,) 1.0
     recipe, backend = mix
     prob = None
     if prob_source is not None:

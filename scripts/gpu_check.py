@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from nvidia.dali import fn, pipeline_def
 
 from dali_cutmix import ops
 from dali_cutmix.mix import CutMixParams, apply_cutmix
@@ -50,20 +49,7 @@ FP16_ATOL = 2.0**-11 * 4
 
 def run_mix(device: str, batches, seed: int, normalize=None, **recipe):
     """The mixed batches, their parameters and the inputs, as NumPy, from one pipeline."""
-    labels = [np.array([i], np.int32) for i in range(B)]
-    feed = iter(batches)
-
-    @pipeline_def(batch_size=B, num_threads=2, device_id=0 if device == "gpu" else None, seed=seed)
-    def pipe():
-        images = fn.external_source(source=lambda: next(feed), layout="HWC", device=device)
-        out = ops.cutmix(images, fn.external_source(source=lambda: labels), return_params=True,
-                         normalize=normalize, **recipe)  # fmt: skip
-        return (images,) + tuple(out)
-
-    p = pipe(prefetch_queue_depth=1)
-    p.build()
-    for _ in batches:
-        yield [o.as_cpu().as_array() if hasattr(o, "as_cpu") else o.as_array() for o in p.run()]
+    return ops.mix_arrays(batches, device=device, seed=seed, num_threads=2, normalize=normalize, **recipe)
 
 
 def normalised(images: np.ndarray, dtype) -> np.ndarray:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 import torch
-from nvidia.dali import fn, pipeline_def, types
 
 from dali_cutmix import ops
 from dali_cutmix.mix import CutMixParams, MixConfig
@@ -62,40 +59,6 @@ def random_batch(rng, batch_size, shape, dtype=np.uint8):
     if np.issubdtype(dtype, np.integer):
         return [rng.integers(0, 256, shape, dtype=dtype) for _ in range(batch_size)]
     return [rng.random(shape, dtype=np.float32).astype(dtype) for _ in range(batch_size)]
-
-
-def run_cutmix(batches, *, device="cpu", seed=0, layout="HWC", **cutmix_kwargs):
-    """Feed ``batches`` (lists of arrays) through ``dali_cutmix.cutmix``; yield NumPy outputs.
-
-    Each item: (images, mixed, labels_a, labels_b, lam, perm, boxes[, blend]). A NumPy ``prob``
-    is fed as a per-sample DataNode.
-    """
-    import dali_cutmix
-
-    batch_size = len(batches[0])
-    feed = itertools.cycle(batches)
-    labels = [np.array([i], dtype=np.int32) for i in range(batch_size)]
-
-    @pipeline_def(batch_size=batch_size, num_threads=1, device_id=0 if device == "gpu" else None, seed=seed)
-    def pipe():
-        images = fn.external_source(source=lambda: next(feed), layout=layout, device=device)
-        lab = fn.external_source(source=lambda: labels)
-        kwargs = dict(cutmix_kwargs)
-        if isinstance(kwargs.get("prob"), np.ndarray):
-            probs = [np.asarray(p, np.float32) for p in kwargs["prob"]]
-            kwargs["prob"] = fn.external_source(source=lambda: probs, dtype=types.FLOAT)
-        return (images,) + dali_cutmix.cutmix(images, lab, layout=layout, return_params=True, **kwargs)
-
-    p = pipe(prefetch_queue_depth=1)
-    p.build()
-    for _ in batches:
-        yield tuple(_as_numpy(out) for out in p.run())
-
-
-def _as_numpy(tensor_list):
-    if hasattr(tensor_list, "as_cpu"):
-        tensor_list = tensor_list.as_cpu()
-    return tensor_list.as_array()
 
 
 def write_jpeg_tree(root, *, classes=3, train_per_class=6, val_per_class=3, seed=0):

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import BACKEND_LAYOUTS, BACKENDS, REPLAY_CONFIGS, box_lam, random_batch, reference_mix, run_cutmix
+from conftest import BACKEND_LAYOUTS, BACKENDS, REPLAY_CONFIGS, box_lam, random_batch, reference_mix
 from nvidia.dali import fn, pipeline_def, types
 
 import dali_cutmix
@@ -10,7 +10,7 @@ from dali_cutmix.backends.graph import DALI_OPS
 from dali_cutmix.backends.ops import ops_params, paste_ops
 from dali_cutmix.backends.python import torch_mix
 from dali_cutmix.mix import NUMPY_OPS, CutMixParams, cutmix_box
-from dali_cutmix.ops import DEFAULT_BACKEND, REFUSED
+from dali_cutmix.ops import DEFAULT_BACKEND, REFUSED, mix_arrays
 
 H, W = 40, 72
 
@@ -29,7 +29,7 @@ def test_backend_pixels_follow_its_own_params_and_lam_its_boxes(backend, layout,
     rng = np.random.default_rng(0)
     shape = (H, W, 3) if layout == "HWC" else (3, H, W)
     batches = [random_batch(rng, 8, shape, dtype) for _ in range(3)]
-    for out in run_cutmix(batches, backend=backend, layout=layout, mode=mode):
+    for out in mix_arrays(batches, backend=backend, layout=layout, mode=mode):
         images, mixed, la, lb, lam, perm, boxes = out
         assert mixed.dtype == images.dtype and mixed.shape == images.shape
         np.testing.assert_array_equal(mixed, reference_mix(images, params_of(out), layout))
@@ -59,7 +59,7 @@ def test_the_gpu_callback_on_cpu_tensors_is_the_oracle(recipe, mode, layout, dty
     shape = (H, W, 3) if layout == "HWC" else (3, H, W)
     batches = [random_batch(rng, 12, shape, dtype) for _ in range(3)]
     mixup = "mixup_alpha" in recipe
-    for out in run_cutmix(batches, backend="python", layout=layout, mode=mode, seed=3, **recipe):
+    for out in mix_arrays(batches, backend="python", layout=layout, mode=mode, seed=3, **recipe):
         images, mixed, la, lb = out[:4]
         np.testing.assert_array_equal(mixed, reference_mix(images, params_of(out, mixup), layout))
         np.testing.assert_array_equal(lb, la[out[5]])
@@ -97,7 +97,7 @@ def test_a_per_sample_prob_means_the_same_on_every_backend(backend, mode):
     else:
         prob = np.array([0] + [1] * (batch_size - 1), np.float32)  # only sample 0's value counts
     mixed_count = np.zeros(batch_size)
-    for out in run_cutmix(batches, backend=backend, mode=mode, prob=prob, minmax=(0.3, 0.6)):
+    for out in mix_arrays(batches, backend=backend, mode=mode, prob=prob, minmax=(0.3, 0.6)):
         mixed_count += out[4] < 1.0
     if mode == "elem":
         assert (mixed_count[1::2] == 0).all() and (mixed_count[0::2] == len(batches)).all()
@@ -128,7 +128,7 @@ def test_the_default_backend_follows_the_device():
 def test_pipeline_output_invariants(backend):
     rng = np.random.default_rng(2)
     batches = [random_batch(rng, 16, (H, W, 3)) for _ in range(4)]
-    for images, mixed, la, lb, lam, perm, boxes in run_cutmix(batches, backend=backend, mode="elem"):
+    for images, mixed, la, lb, lam, perm, boxes in mix_arrays(batches, backend=backend, mode="elem"):
         np.testing.assert_array_equal(lb, la[perm])  # labels_b follows the permutation
         for i in range(16):
             own = (mixed[i] == images[i]).all(-1)
@@ -149,7 +149,7 @@ def test_pipeline_output_invariants(backend):
 def test_prob_zero_is_identity(backend):
     rng = np.random.default_rng(3)
     batches = [random_batch(rng, 8, (H, W, 3)) for _ in range(2)]
-    for images, mixed, _la, _lb, lam, *_ in run_cutmix(batches, backend=backend, prob=0.0):
+    for images, mixed, _la, _lb, lam, *_ in mix_arrays(batches, backend=backend, prob=0.0):
         np.testing.assert_array_equal(mixed, images)
         assert (lam == 1.0).all()
 
@@ -183,7 +183,7 @@ def test_statistics_over_many_batches(backend):
     rng = np.random.default_rng(5)
     batches = [random_batch(rng, 256, (H, W, 1)) for _ in range(1)] * 40
     lams, boxes = [], []
-    for out in run_cutmix(batches, backend=backend, mode="elem", alpha=1.0):
+    for out in mix_arrays(batches, backend=backend, mode="elem", alpha=1.0):
         lams.append(out[4])
         boxes.append(out[6])
     lam, boxes = np.concatenate(lams), np.concatenate(boxes)
@@ -213,7 +213,7 @@ def test_same_seed_same_batches_other_seed_other_batches(backend):
     batches = [random_batch(rng, 8, (H, W, 3)) for _ in range(3)]
 
     def lam_and_images(seed):
-        outs = list(run_cutmix(batches, backend=backend, mode="elem", seed=seed))
+        outs = list(mix_arrays(batches, backend=backend, mode="elem", seed=seed))
         return np.concatenate([o[4] for o in outs]), np.concatenate([o[1] for o in outs])
 
     (la, ia), (lb, ib), (lc, ic) = (lam_and_images(s) for s in (11, 11, 12))
@@ -238,7 +238,7 @@ def test_same_seed_same_batches_other_seed_other_batches(backend):
 )
 def test_bad_arguments_fail_at_build_time(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        next(run_cutmix([random_batch(np.random.default_rng(0), 2, (H, W, 3))], **kwargs))
+        next(mix_arrays([random_batch(np.random.default_rng(0), 2, (H, W, 3))], **kwargs))
 
 
 @pytest.mark.parametrize(
@@ -251,14 +251,14 @@ def test_bad_batches_fail_with_a_clear_message(shapes, match, backend, layout):
     """Checked by the compiled operator or by the Python sampler: the same words on every backend."""
     batch = [np.zeros(s if layout == "HWC" else s[::-1], np.uint8) for s in shapes]
     with pytest.raises(RuntimeError, match=match):
-        list(run_cutmix([batch], backend=backend, layout=layout))
+        list(mix_arrays([batch], backend=backend, layout=layout))
 
 
 def test_native_backend_is_hwc_and_uint8_or_float32():
     with pytest.raises(ValueError, match="backend 'native' takes HWC images; use backend 'python' or 'ops'"):
-        next(run_cutmix([random_batch(np.random.default_rng(0), 2, (3, H, W))], backend="native", layout="CHW"))
+        next(mix_arrays([random_batch(np.random.default_rng(0), 2, (3, H, W))], backend="native", layout="CHW"))
     with pytest.raises(RuntimeError, match="takes uint8 or float32 images, got int16"):
-        list(run_cutmix([[np.zeros((H, W, 3), np.int16)] * 2], backend="native"))
+        list(mix_arrays([[np.zeros((H, W, 3), np.int16)] * 2], backend="native"))
 
 
 @pytest.mark.gpu
@@ -270,7 +270,7 @@ def test_gpu_python_backend_is_the_oracle(recipe, mode, layout):
     shape = (H, W, 3) if layout == "HWC" else (3, H, W)
     batches = [random_batch(rng, 8, shape) for _ in range(3)]
     mixup = "mixup_alpha" in recipe
-    for out in run_cutmix(batches, device="gpu", backend="python", layout=layout, mode=mode, **recipe):
+    for out in mix_arrays(batches, device="gpu", backend="python", layout=layout, mode=mode, **recipe):
         images, mixed, la, lb = out[:4]
         np.testing.assert_array_equal(mixed, reference_mix(images, params_of(out, mixup), layout))
         np.testing.assert_array_equal(lb, la[out[5]])

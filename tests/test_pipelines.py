@@ -87,7 +87,9 @@ def test_val_shards_are_disjoint_and_cover_the_set(jpeg_tree):
 def test_steps_per_epoch_matches_dali(jpeg_tree):
     for shards in (1, 2):
         pipe = train_pipeline(jpeg_tree / "train", batch_size=4, image_size=32, num_threads=1, num_shards=shards)
-        loader = train_loader(jpeg_tree / "train", batch_size=4, image_size=32, num_threads=1, num_shards=shards)
+        loader = train_loader(
+            jpeg_tree / "train", batch_size=4, image_size=32, num_threads=1, shard_id=0, num_shards=shards
+        )
         assert len(loader) == steps_per_epoch(18, 4, shards)
         del pipe
 

@@ -3,12 +3,13 @@
 import numpy as np
 import pytest
 import torch
-from conftest import BACKEND_LAYOUTS, BACKENDS, random_batch, run_cutmix
+from conftest import BACKEND_LAYOUTS, BACKENDS, random_batch
 from timm.data import mixup as timm_mixup
 
 from dali_cutmix import mixed_targets
 from dali_cutmix.loader import mix_schedule
 from dali_cutmix.mix import CutMixParams, apply_cutmix, sample_cutmix
+from dali_cutmix.ops import mix_arrays
 
 H, W, K = 40, 72, 10
 
@@ -75,7 +76,7 @@ def test_mixup_and_cutmix_switching_matches_the_reference(backend, layout, dtype
     shape = (H, W, 3) if layout == "HWC" else (3, H, W)
     batches = [random_batch(rng, 16, shape, dtype) for _ in range(3)]
     kinds = set()
-    for out in run_cutmix(batches, backend=backend, layout=layout, mode="elem", mixup_alpha=0.4, switch_prob=0.5):
+    for out in mix_arrays(batches, backend=backend, layout=layout, mode="elem", mixup_alpha=0.4, switch_prob=0.5):
         images, mixed, la, lb, lam, perm, boxes, blend = out
         blend = blend > 0
         params = CutMixParams(perm=perm.astype(np.int64), boxes=boxes, lam=lam, blend=blend)
@@ -93,7 +94,7 @@ def test_mixup_and_cutmix_switching_matches_the_reference(backend, layout, dtype
 def test_mixup_pixels_are_the_rounded_blend(backend):
     rng = np.random.default_rng(1)
     batches = [random_batch(rng, 8, (H, W, 3)) for _ in range(2)]
-    for images, mixed, _la, _lb, lam, perm, boxes, blend in run_cutmix(
+    for images, mixed, _la, _lb, lam, perm, boxes, blend in mix_arrays(
         batches, backend=backend, alpha=0, mixup_alpha=1.0, mode="elem"
     ):
         assert (blend == 1).all() and (boxes[:, 2] == boxes[:, 0]).all()
@@ -127,8 +128,8 @@ def test_switch_prob_sets_the_share_of_cutmix():
 def test_minmax_boxes_have_random_sides_within_limits(backend):
     rng = np.random.default_rng(5)
     batches = [random_batch(rng, 256, (H, W, 1))] * 20
-    boxes = np.concatenate([o[6] for o in run_cutmix(batches, backend=backend, mode="elem", minmax=(0.2, 0.8))])
-    lams = np.concatenate([o[4] for o in run_cutmix(batches, backend=backend, mode="elem", minmax=(0.2, 0.8))])
+    boxes = np.concatenate([o[6] for o in mix_arrays(batches, backend=backend, mode="elem", minmax=(0.2, 0.8))])
+    lams = np.concatenate([o[4] for o in mix_arrays(batches, backend=backend, mode="elem", minmax=(0.2, 0.8))])
     h, w = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     # timm's rand_bbox_minmax: randint(int(S * 0.2), int(S * 0.8)), i.e. 8..31 of 40 and 14..56 of 72
     assert h.min() == 8 and h.max() == 31 and w.min() == 14 and w.max() == 56
@@ -151,7 +152,7 @@ def test_minmax_matches_timm_sampler_distribution():
 def test_no_self_partners(backend):
     rng = np.random.default_rng(7)
     batches = [random_batch(rng, 4, (H, W, 3))] * 50
-    for out in run_cutmix(batches, backend=backend, mode="elem", no_self=True):
+    for out in mix_arrays(batches, backend=backend, mode="elem", no_self=True):
         assert (out[5] != np.arange(4)).all()
     for seed in range(50):
         assert (sample_cutmix(4, H, W, rng=seed, no_self=True).perm != np.arange(4)).all()
