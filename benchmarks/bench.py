@@ -42,9 +42,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dali_cutmix.data import load_imagenet
+from dali_cutmix.data import load_imagenet, load_source
 from dali_cutmix.mix import MixConfig
 from dali_cutmix.ops import BACKENDS, DEFAULT_BACKEND, REFUSED
+from dali_cutmix.shards import is_shards
 
 
 @dataclass
@@ -306,26 +307,32 @@ def epoch_worker(args, train_split, name: str) -> None:
     print(json.dumps({"images": images, "wall": wall, "cpu": cpu}))
 
 
+def epoch_run(args, data: str, name: str) -> dict:
+    """:func:`epoch_worker` for configuration ``name`` on ``data`` (an ImageNet-layout root or
+    training shards) in a fresh process: ``{"images", "wall", "cpu"}``."""
+    import subprocess
+    import sys
+
+    flags = ["--data", str(data), "--batch-size", str(args.batch_size), "--image-size", str(args.image_size),
+             "--workers", str(args.workers), "--device", args.device, "--epochs", str(args.epochs)]  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "benchmarks.bench", *flags, "--epoch-worker", name],
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"epoch worker {name!r} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def epoch_rows(args, train_split) -> list[Row]:
     """What a trainer sees, and the primary measurement: each configuration's loader iterated for
     whole epochs back to back, nothing in between, in a process of its own (so no other pipeline
     prefetches on its time or its CPU clock); configurations in turn, ``--reps`` rounds. Rows give
     images/s and process CPU time per batch (all threads)."""
-    import subprocess
-    import sys
-
     names = list(runnable_pipelines(args.device))
     rates: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
-    flags = ["--data", args.data, "--batch-size", str(args.batch_size), "--image-size", str(args.image_size),
-             "--workers", str(args.workers), "--device", args.device, "--epochs", str(args.epochs)]  # fmt: skip
     for rep in range(args.reps):
         for name in names[rep % len(names) :] + names[: rep % len(names)]:
-            done = subprocess.run([sys.executable, "-m", "benchmarks.bench", *flags, "--epoch-worker", name],
-                                  capture_output=True, text=True)  # fmt: skip
-            if done.returncode != 0:
-                raise RuntimeError(f"epoch worker {name!r} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
-            got = json.loads(done.stdout.strip().splitlines()[-1])
+            got = epoch_run(args, args.data, name)
             rates[name].append(got["images"] / got["wall"])
             cpu[name].append(1000 * got["cpu"] / got["images"] * args.batch_size)
     return [Row("epochs", n, rates[n], baseline="DALI, no CutMix", cpu_ms=cpu[n]) for n in names]
@@ -588,7 +595,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    train_split, _ = load_imagenet(args.data)
+    # Training shards (benchmarks.shards) stand in for the root's train/ folder.
+    train_split = load_source(args.data) if is_shards(args.data) else load_imagenet(args.data)[0]
     num_classes = len(train_split.classes)
     rows: list[Row] = []
     steps = {

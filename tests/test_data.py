@@ -1,4 +1,8 @@
-"""Datasets on disk: ImageNet as it is downloaded (flat val folder labelled by a CSV)."""
+"""``dali_cutmix/data.py``: ImageNet as it is downloaded (flat val folder labelled by a CSV), folder and
+list errors, the demo export."""
+
+import gzip
+import shutil
 
 import numpy as np
 import pytest
@@ -7,7 +11,7 @@ from conftest import train_args
 from PIL import Image
 
 import train
-from dali_cutmix.data import load_imagenet
+from dali_cutmix.data import export_fashion_mnist, load_imagenet, load_split, read_idx
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]  # sorted, as LOC_synset_mapping.txt lists them
 
@@ -73,3 +77,49 @@ def test_train_py_runs_on_imagenet_as_downloaded(tmp_path):
     out = tmp_path / "run"
     assert train.main(train_args(root, out, "--epochs", "1", batch_size=4)) == 0
     assert (out / "checkpoint_0001.pt").is_file()
+
+
+def test_data_errors(tmp_path, jpeg_tree):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_split(tmp_path / "missing")
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    with pytest.raises(ValueError, match="holds no images"):
+        load_split(tmp_path / "empty")
+    shutil.rmtree(jpeg_tree / "val")
+    with pytest.raises(ValueError, match="has no val/ folder"):
+        load_imagenet(jpeg_tree)
+
+
+def write_idx(path, array):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_demo_export_from_idx_files(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 40), ("t10k", 20)):
+        images = rng.integers(0, 256, (n, 28, 28))
+        write_idx(src / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(src / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    np.testing.assert_array_equal(read_idx(src / "train-labels-idx1-ubyte.gz"), np.arange(40) % 10)
+    root = export_fashion_mnist(tmp_path / "out", per_class_train=3, per_class_val=1, source=src)
+    train, val = load_imagenet(root)
+    assert len(train) == 30 and len(val) == 10 and len(train.classes) == 10
+    mtime = (root / ".complete").stat().st_mtime_ns
+    export_fashion_mnist(tmp_path / "out", per_class_train=3, per_class_val=1, source=src)
+    assert (root / ".complete").stat().st_mtime_ns == mtime  # cached: not exported again
+
+
+def test_demo_export_without_the_package(tmp_path):
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        export_fashion_mnist(tmp_path / "out", source=tmp_path / "nowhere")
+
+
+def test_demo_export_of_the_real_fashion_mnist(tmp_path):
+    root = export_fashion_mnist(tmp_path / "fm", per_class_train=5, per_class_val=2)
+    train, val = load_imagenet(root)
+    assert len(train) == 50 and len(val) == 20
+    assert train.classes[0] == "0-t-shirt" and train.classes[9] == "9-ankle-boot"

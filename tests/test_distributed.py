@@ -171,18 +171,3 @@ def test_a_dead_rank_ends_the_job_with_an_error_not_a_hang(tmp_path):
     assert proc.returncode != 0
     assert time.time() - start < 120
     assert "train.py FAILED" in err and "Signal 9 (SIGKILL)" in err
-
-
-def test_ranks_agree_on_a_stop_every_n_steps_only(monkeypatch):
-    """Under DDP agreeing costs an all-reduce and a read back (a device sync on CUDA): every
-    ``every`` steps, and once more at the end of the epoch (step 0), never in between."""
-    from dali_cutmix.engine import Stop
-
-    calls = []
-    monkeypatch.setattr(dist, "all_reduce", lambda flag, op=None: calls.append(flag.item()))
-    stop = Stop(every=20)
-    assert not any(stop.agreed(2, torch.device("cpu"), step) for step in range(1, 40) if step != 20)
-    assert calls == []
-    stop.signal = 15
-    assert stop.agreed(2, torch.device("cpu"), 20) and calls == [1.0]
-    assert stop.agreed(1, torch.device("cpu"), 7)  # alone: every step, no collective

@@ -1,5 +1,5 @@
-"""``pipelines/loaders.py``: the shard each process reads, and the loaders under Hugging Face
-Accelerate (one process, and two started by ``accelerate launch``)."""
+"""The loaders (``pipelines/loaders.py``) under Hugging Face Accelerate: one process, and two started
+by ``accelerate launch``, each reading its own share."""
 
 import json
 import subprocess
@@ -10,23 +10,7 @@ import pytest
 from client_fit import fit_accelerate
 from conftest import assert_each_epoch_covers
 
-from dali_cutmix.loader import process_shard
-from pipelines.loaders import train_loader
-
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def test_the_shard_comes_from_the_environment(monkeypatch, jpeg_tree):
-    monkeypatch.delenv("RANK", raising=False)
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert process_shard() == (0, 1)
-    monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv("WORLD_SIZE", "3")
-    assert process_shard() == (1, 3)
-    loader = train_loader(jpeg_tree / "train", batch_size=2, image_size=32, num_threads=1)
-    assert len(loader) == 3  # 18 images / 3 ranks / 2 a batch
-    with pytest.raises(ValueError, match="give shard_id and num_shards together, got 0 and None"):
-        train_loader(jpeg_tree / "train", batch_size=2, shard_id=0)
 
 
 def test_accelerate_one_process(unique_labels, tmp_path):

@@ -1,15 +1,12 @@
-"""The ImageNet pipelines and loaders on a generated JPEG tree, and the demo export."""
+"""``pipelines/imagenet.py`` through its loaders (``pipelines/loaders.py``) on a generated JPEG tree."""
 
-import gzip
-import shutil
 from collections import Counter
 
-import numpy as np
 import pytest
 import torch
 
-from dali_cutmix.data import export_fashion_mnist, load_imagenet, load_split, read_idx
-from dali_cutmix.loader import mix_schedule, steps_per_epoch
+from dali_cutmix.data import load_split
+from dali_cutmix.loader import mix_schedule
 from dali_cutmix.mix import MixConfig
 from pipelines import train_pipeline
 from pipelines.imagenet import MEAN, STD
@@ -84,16 +81,6 @@ def test_val_shards_are_disjoint_and_cover_the_set(jpeg_tree):
     assert len(set(shapes)) == 9  # nine distinct images, none read twice
 
 
-def test_steps_per_epoch_matches_dali(jpeg_tree):
-    for shards in (1, 2):
-        pipe = train_pipeline(jpeg_tree / "train", batch_size=4, image_size=32, num_threads=1, num_shards=shards)
-        loader = train_loader(
-            jpeg_tree / "train", batch_size=4, image_size=32, num_threads=1, shard_id=0, num_shards=shards
-        )
-        assert len(loader) == steps_per_epoch(18, 4, shards)
-        del pipe
-
-
 def test_file_list_is_accepted(jpeg_tree):
     lines = [f"class{c}/img{i}.JPEG {c}" for c in range(3) for i in range(6)]
     (jpeg_tree / "train" / "list.txt").write_text("\n".join(lines) + "\n")
@@ -118,52 +105,6 @@ def test_file_list_is_accepted(jpeg_tree):
 def test_pipeline_argument_errors(jpeg_tree, kwargs, match):
     with pytest.raises(ValueError, match=match):
         train_pipeline(jpeg_tree / "train", **{"batch_size": 4, **kwargs})
-
-
-def test_data_errors(tmp_path, jpeg_tree):
-    with pytest.raises(ValueError, match="does not exist"):
-        load_split(tmp_path / "missing")
-    (tmp_path / "empty" / "a").mkdir(parents=True)
-    with pytest.raises(ValueError, match="holds no images"):
-        load_split(tmp_path / "empty")
-    shutil.rmtree(jpeg_tree / "val")
-    with pytest.raises(ValueError, match="has no val/ folder"):
-        load_imagenet(jpeg_tree)
-
-
-def write_idx(path, array):
-    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
-def test_demo_export_from_idx_files(tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 40), ("t10k", 20)):
-        images = rng.integers(0, 256, (n, 28, 28))
-        write_idx(src / f"{prefix}-images-idx3-ubyte.gz", images)
-        write_idx(src / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
-    np.testing.assert_array_equal(read_idx(src / "train-labels-idx1-ubyte.gz"), np.arange(40) % 10)
-    root = export_fashion_mnist(tmp_path / "out", per_class_train=3, per_class_val=1, source=src)
-    train, val = load_imagenet(root)
-    assert len(train) == 30 and len(val) == 10 and len(train.classes) == 10
-    mtime = (root / ".complete").stat().st_mtime_ns
-    export_fashion_mnist(tmp_path / "out", per_class_train=3, per_class_val=1, source=src)
-    assert (root / ".complete").stat().st_mtime_ns == mtime  # cached: not exported again
-
-
-def test_demo_export_without_the_package(tmp_path):
-    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
-        export_fashion_mnist(tmp_path / "out", source=tmp_path / "nowhere")
-
-
-def test_demo_export_of_the_real_fashion_mnist(tmp_path):
-    root = export_fashion_mnist(tmp_path / "fm", per_class_train=5, per_class_val=2)
-    train, val = load_imagenet(root)
-    assert len(train) == 50 and len(val) == 20
-    assert train.classes[0] == "0-t-shirt" and train.classes[9] == "9-ankle-boot"
 
 
 @pytest.mark.gpu

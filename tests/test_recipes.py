@@ -1,4 +1,4 @@
-"""The mixing recipes: MixUp, switching, box limits, no-self partners, schedules; timm as oracle."""
+"""The mixing recipes on every backend: MixUp, switching, box limits, no-self partners; timm as oracle."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,6 @@ from conftest import BACKEND_LAYOUTS, BACKENDS, random_batch
 from timm.data import mixup as timm_mixup
 
 from dali_cutmix import mixed_targets
-from dali_cutmix.loader import mix_schedule
 from dali_cutmix.mix import CutMixParams, apply_cutmix, sample_cutmix
 from dali_cutmix.ops import mix_arrays
 
@@ -156,11 +155,3 @@ def test_no_self_partners(backend):
         assert (out[5] != np.arange(4)).all()
     for seed in range(50):
         assert (sample_cutmix(4, H, W, rng=seed, no_self=True).perm != np.arange(4)).all()
-
-
-def test_schedules():
-    schedule = mix_schedule(1.0, changes={3: 0.5, 6: 0.25}, mix_off_epoch=9)
-    assert [schedule(e) for e in range(11)] == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25, 0.0, 0.0]
-    assert mix_schedule(0.7) == 0.7
-    with pytest.raises(ValueError, match=r"mix_schedule: prob for epoch 2 must be in \[0, 1\], got 1.5"):
-        mix_schedule(1.0, changes={2: 1.5})

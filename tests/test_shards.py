@@ -7,6 +7,7 @@ import tarfile
 import pytest
 import torch
 import torchvision
+import webdataset
 from conftest import train_args, write_jpeg_tree
 
 import train
@@ -21,20 +22,16 @@ def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def write_shards(split_dir, pattern: str, per_shard: int) -> list[tuple[str, int]]:
-    """The images of a ``<class>/<image>`` folder as tar shards (``pattern`` with ``{i}``), in
-    ImageFolder's order, labelled with ImageFolder's indices; a ``classes.txt`` beside them.
-    Returns the (member, label) pairs written."""
+    """The images of a ``<class>/<image>`` folder as tar shards written by webdataset's own
+    ``ShardWriter`` (``pattern`` with ``%06d``), in ImageFolder's order, labelled with ImageFolder's
+    indices; a ``classes.txt`` beside them. Returns the (image member, label) pairs written."""
     folder = torchvision.datasets.ImageFolder(split_dir)
-    samples = [(path, label) for path, label in folder.samples]
     written = []
-    for s in range(0, len(samples), per_shard):
-        path = str(pattern).format(i=f"{s // per_shard:06d}")
-        with tarfile.open(path, "w") as tar:
-            for k, (image, label) in enumerate(samples[s : s + per_shard]):
-                key = f"{folder.classes[label]}_{s + k:05d}"
-                add(tar, f"{key}.jpg", open(image, "rb").read())
-                add(tar, f"{key}.cls", str(label).encode())
-                written.append((f"{key}.jpg", label))
+    with webdataset.ShardWriter(str(pattern), maxcount=per_shard, verbose=0) as sink:
+        for k, (image, label) in enumerate(folder.samples):
+            key = f"{folder.classes[label]}_{k:05d}"
+            sink.write({"__key__": key, "jpg": open(image, "rb").read(), "cls": label})
+            written.append((f"{key}.jpg", label))
     (pattern.parent / wds.CLASSES_FILE).write_text("".join(c + "\n" for c in folder.classes))
     return written
 
@@ -45,8 +42,8 @@ def shard_set(tmp_path):
     tree = write_jpeg_tree(tmp_path / "tree", train_per_class=8, val_per_class=2)
     (tmp_path / "train").mkdir()
     (tmp_path / "val").mkdir()
-    written = write_shards(tree / "train", tmp_path / "train" / "train-{i}.tar", per_shard=8)
-    write_shards(tree / "val", tmp_path / "val" / "val-{i}.tar", per_shard=6)
+    written = write_shards(tree / "train", tmp_path / "train" / "train-%06d.tar", per_shard=8)
+    write_shards(tree / "val", tmp_path / "val" / "val-%06d.tar", per_shard=6)
     return tmp_path, tree, written
 
 

@@ -1,4 +1,5 @@
-"""train.py end to end on the CPU: a few steps, metrics, checkpoints, resume, bad input."""
+"""train.py end to end on the CPU: a few steps, metrics, checkpoints, resume (after SIGTERM and
+SIGKILL too, exactly), bad input, non-finite loss."""
 
 import json
 import os
@@ -13,6 +14,7 @@ import torch
 from conftest import train_args, write_jpeg_tree
 
 import train
+from dali_cutmix import checkpoint as ckpt
 from dali_cutmix.mix import MixConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -272,14 +274,6 @@ def test_the_loop_mixer_is_the_oracle_on_the_loaded_batch(jpeg_tree, monkeypatch
         assert torch.equal(torch.as_tensor(got), torch.as_tensor(expected))
 
 
-def test_occlusion_hides_a_centred_quarter():
-    from dali_cutmix.engine import occluded
-
-    images = torch.ones(2, 3, 32, 48)
-    out = occluded(images, 0.25)
-    assert (out == 0).float().mean() == 0.25 and (out[..., 8:24, 12:36] == 0).all() and (images == 1).all()
-
-
 @pytest.mark.gpu
 def test_train_on_the_gpu_with_amp(jpeg_tree, tmp_path):
     out = tmp_path / "run"
@@ -290,15 +284,122 @@ def test_train_on_the_gpu_with_amp(jpeg_tree, tmp_path):
     assert state["scaler"] is not None  # float16 autocast with a GradScaler
 
 
-@pytest.mark.parametrize("amp", [True, False], ids=["amp", "no-amp"])
-def test_evaluation_follows_the_amp_flag(monkeypatch, amp):
-    from contextlib import nullcontext
+def test_a_data_dir_without_images_is_a_one_line_error(tmp_path):
+    (tmp_path / "data" / "train" / "a").mkdir(parents=True)
+    (tmp_path / "data" / "val" / "a").mkdir(parents=True)
+    proc = subprocess.run(
+        [sys.executable, "train.py", "--data", str(tmp_path / "data"), "--output", str(tmp_path / "o")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert (
+        proc.stderr.strip().splitlines()[-1]
+        == f"train.py: error: {str(tmp_path / 'data' / 'train')!r} holds no images "
+        "(.jpg, .jpeg, .png, .bmp, .tif, .tiff, .webp)"
+    )
 
-    from dali_cutmix import engine
 
-    seen = []
-    monkeypatch.setattr(engine, "autocast", lambda device, enabled: seen.append(enabled) or nullcontext())
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
-    batches = [(torch.rand(4, 3, 2, 2), torch.tensor([0, 1, 2, 0]))] * 2
-    result = engine.evaluate(model, batches, torch.device("cpu"), 1, amp=amp)
-    assert seen == [amp, amp] and result["val_images"] == 8
+def test_non_finite_loss_stops_naming_the_step(jpeg_tree, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = train_args(jpeg_tree, out)
+    assert train.main([*base, "--epochs", "1"]) == 0
+    good = (out / "checkpoint_0001.pt").read_bytes()
+    # Resumed with an absurd lr, the run blows up at once; the earlier checkpoint must survive.
+    assert train.main([*base, "--epochs", "2", "--lr", "1e30", "--resume"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("train.py: error: non-finite loss") and "at epoch 1, step 1;" in err
+    assert (out / "checkpoint_0001.pt").read_bytes() == good and ckpt.latest(out) == out / "checkpoint_0001.pt"
+
+
+def train_cmd(data: Path, out: Path) -> list[str]:
+    """train.py for 2 epochs of 30 steps on ``data``, with MixUp switching, as a subprocess command."""
+    flags = train_args(data, out, "--epochs", "2", "--mixup", "0.2", "--mixup-mode", "elem", batch_size=4)
+    return [sys.executable, "train.py", *flags]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """120 images and the final weights of a run that nothing interrupted."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    data = write_jpeg_tree(root / "data", train_per_class=40)
+    proc = subprocess.run(train_cmd(data, root / "run"), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return data, torch.load(root / "run" / "checkpoint_0002.pt", weights_only=True)["model"]
+
+
+def assert_same_weights(out: Path, reference: dict) -> None:
+    final = torch.load(out / "checkpoint_0002.pt", weights_only=True)["model"]
+    for name, tensor in reference.items():
+        torch.testing.assert_close(final[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+
+
+# train.py, with a signal sent to itself right after the Nth training step of the run: the
+# interruption lands at a known step, whatever the machine's speed.
+SIGNAL_AT_STEP = """
+import os, sys
+import train
+signum, at = int(sys.argv[1]), int(sys.argv[2])
+real, done = train.train_step, [0]
+def step(*args, **kwargs):
+    loss = real(*args, **kwargs)
+    done[0] += 1
+    if done[0] == at:
+        os.kill(os.getpid(), signum)
+    return loss
+train.train_step = step
+sys.exit(train.main(sys.argv[3:]))
+"""
+
+
+def interrupted(tmp_path, data: Path, signum: int, at_step: int):
+    """Run :func:`train_cmd` until ``signum`` after its ``at_step``-th step; return the finished
+    process, the command and the output folder."""
+    out = tmp_path / "run"
+    cmd = train_cmd(data, out)
+    driver = [sys.executable, "-c", SIGNAL_AT_STEP, str(signum), str(at_step), *cmd[2:]]
+    proc = subprocess.run(driver, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return proc, cmd, out
+
+
+@pytest.mark.slow
+def test_sigterm_saves_mid_epoch_and_resume_is_exact(tmp_path, uninterrupted):
+    data, reference = uninterrupted
+    proc, cmd, out = interrupted(tmp_path, data, signal.SIGTERM, at_step=30 + 12)  # epoch 1, its 12th step
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+    saved = ckpt.latest(out)
+    state = torch.load(saved, weights_only=True)
+    assert saved.name == "checkpoint_0001_step000012.pt" and state["epoch"] == 1 and state["step"] == 12
+    proc = subprocess.run([*cmd, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert f"resuming from {saved}: epoch 1, step 12, with the data stream exactly" in proc.stdout
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert rows[1]["steps"] == 30 and rows[1]["train_images"] == 4 * (30 - 12)
+    assert not saved.exists()  # superseded by checkpoint_0002.pt
+    assert_same_weights(out, reference)  # the same batches, mixes and updates as without the signal
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_resumes_from_the_last_complete_checkpoint_exactly(tmp_path, uninterrupted):
+    data, reference = uninterrupted
+    proc, cmd, out = interrupted(tmp_path, data, signal.SIGKILL, at_step=30 + 10)
+    assert proc.returncode == -signal.SIGKILL
+    assert ckpt.latest(out) == out / "checkpoint_0001.pt"
+    torch.load(out / "checkpoint_0001.pt", weights_only=True)  # whole, loadable
+    proc = subprocess.run([*cmd, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "epoch 1, step 0, with the data stream exactly" in proc.stdout
+    assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+    assert_same_weights(out, reference)
+
+
+def test_resuming_on_data_with_other_classes_is_a_clear_error(tmp_path, capsys):
+    three = write_jpeg_tree(tmp_path / "three", classes=3)
+    four = write_jpeg_tree(tmp_path / "four", classes=4)
+    out = tmp_path / "run"
+    assert train.main(train_args(three, out, "--epochs", "1")) == 0
+    assert train.main(train_args(four, out, "--epochs", "2", "--resume")) == 2
+    assert capsys.readouterr().err.strip().endswith("checkpoint has 3 classes, but the data has 4")

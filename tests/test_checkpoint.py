@@ -1,0 +1,47 @@
+"""``dali_cutmix/checkpoint.py``: atomic, synced writes; foreign or broken checkpoints are clear errors."""
+
+import os
+
+import pytest
+import torch
+
+from dali_cutmix import checkpoint as ckpt
+
+
+def test_checkpoint_writes_are_atomic(tmp_path):
+    target = tmp_path / "c.pt"
+    target.write_bytes(b"old")
+
+    def crash(f):
+        f.write(b"half of a checkpoint")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        ckpt.atomic_write(target, crash)
+    assert target.read_bytes() == b"old" and list(tmp_path.iterdir()) == [target]
+
+
+def test_checkpoint_writes_sync_the_folder_after_the_rename(tmp_path, monkeypatch):
+    import stat
+
+    synced = []
+    real = os.fsync
+
+    def spy(fd):
+        synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    ckpt.atomic_write(tmp_path / "c.pt", lambda f: f.write(b"data"))
+    assert synced == [False, True]  # the file's bytes, then the folder's entry
+
+
+def test_a_foreign_or_broken_checkpoint_is_a_clear_error(tmp_path):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"PK not a checkpoint at all")
+    with pytest.raises(ValueError, match=f"checkpoint {broken} cannot be loaded"):
+        ckpt.load(broken, "resnet18")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign, pickle_protocol=2)
+    with pytest.raises(ValueError, match="is not a dali-cutmix training checkpoint"):
+        ckpt.load(foreign, "resnet18")

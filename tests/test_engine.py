@@ -1,0 +1,42 @@
+"""``dali_cutmix/engine.py``: occlusion, evaluation under AMP, the agreed stop signal."""
+
+import pytest
+import torch
+import torch.distributed as dist
+
+
+def test_occlusion_hides_a_centred_quarter():
+    from dali_cutmix.engine import occluded
+
+    images = torch.ones(2, 3, 32, 48)
+    out = occluded(images, 0.25)
+    assert (out == 0).float().mean() == 0.25 and (out[..., 8:24, 12:36] == 0).all() and (images == 1).all()
+
+
+@pytest.mark.parametrize("amp", [True, False], ids=["amp", "no-amp"])
+def test_evaluation_follows_the_amp_flag(monkeypatch, amp):
+    from contextlib import nullcontext
+
+    from dali_cutmix import engine
+
+    seen = []
+    monkeypatch.setattr(engine, "autocast", lambda device, enabled: seen.append(enabled) or nullcontext())
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    batches = [(torch.rand(4, 3, 2, 2), torch.tensor([0, 1, 2, 0]))] * 2
+    result = engine.evaluate(model, batches, torch.device("cpu"), 1, amp=amp)
+    assert seen == [amp, amp] and result["val_images"] == 8
+
+
+def test_ranks_agree_on_a_stop_every_n_steps_only(monkeypatch):
+    """Under DDP agreeing costs an all-reduce and a read back (a device sync on CUDA): every
+    ``every`` steps, and once more at the end of the epoch (step 0), never in between."""
+    from dali_cutmix.engine import Stop
+
+    calls = []
+    monkeypatch.setattr(dist, "all_reduce", lambda flag, op=None: calls.append(flag.item()))
+    stop = Stop(every=20)
+    assert not any(stop.agreed(2, torch.device("cpu"), step) for step in range(1, 40) if step != 20)
+    assert calls == []
+    stop.signal = 15
+    assert stop.agreed(2, torch.device("cpu"), 20) and calls == [1.0]
+    assert stop.agreed(1, torch.device("cpu"), 7)  # alone: every step, no collective

@@ -1,0 +1,38 @@
+"""``dali_cutmix/loader.py``: steps per epoch, the per-epoch schedule, the process's shard."""
+
+import pytest
+
+from dali_cutmix.loader import mix_schedule, process_shard, steps_per_epoch
+from pipelines import train_pipeline
+from pipelines.loaders import train_loader
+
+
+def test_steps_per_epoch_matches_dali(jpeg_tree):
+    for shards in (1, 2):
+        pipe = train_pipeline(jpeg_tree / "train", batch_size=4, image_size=32, num_threads=1, num_shards=shards)
+        loader = train_loader(
+            jpeg_tree / "train", batch_size=4, image_size=32, num_threads=1, shard_id=0, num_shards=shards
+        )
+        assert len(loader) == steps_per_epoch(18, 4, shards)
+        del pipe
+
+
+def test_the_shard_comes_from_the_environment(monkeypatch, jpeg_tree):
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert process_shard() == (0, 1)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert process_shard() == (1, 3)
+    loader = train_loader(jpeg_tree / "train", batch_size=2, image_size=32, num_threads=1)
+    assert len(loader) == 3  # 18 images / 3 ranks / 2 a batch
+    with pytest.raises(ValueError, match="give shard_id and num_shards together, got 0 and None"):
+        train_loader(jpeg_tree / "train", batch_size=2, shard_id=0)
+
+
+def test_schedules():
+    schedule = mix_schedule(1.0, changes={3: 0.5, 6: 0.25}, mix_off_epoch=9)
+    assert [schedule(e) for e in range(11)] == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25, 0.0, 0.0]
+    assert mix_schedule(0.7) == 0.7
+    with pytest.raises(ValueError, match=r"mix_schedule: prob for epoch 2 must be in \[0, 1\], got 1.5"):
+        mix_schedule(1.0, changes={2: 1.5})
