@@ -28,15 +28,15 @@ import torch.distributed as dist
 import torchvision
 
 from dali_cutmix import checkpoint as ckpt
-from dali_cutmix.data import CACHE, Split, export_fashion_mnist, load_imagenet, load_split
+from dali_cutmix.data import CACHE, export_fashion_mnist, load_imagenet
 from dali_cutmix.engine import LRSchedule, Stop, check_finite, evaluate, nvtx, train_step
 from dali_cutmix.loader import mix_schedule, process_shard
 from dali_cutmix.mix import LoopMixer, MixConfig
 from dali_cutmix.ops import BACKENDS
 from dali_cutmix.report import plot_metrics
-from dali_cutmix.scan import drop_undecodable, leave_out
+from dali_cutmix.scan import usable
 from dali_cutmix.shards import expand as expand_shards
-from dali_cutmix.shards import is_shards, load_shards
+from dali_cutmix.shards import is_shards
 from pipelines.loaders import train_loader, val_loader
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -222,8 +222,9 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
         dist.barrier()
     root = args.data or demo_root(args.demo_per_class)
     train_split, val_split = (root, args.val_data) if is_shards(root) else load_imagenet(root)
-    train_split = checked(train_split, "train", None, args, out, report=rank == 0)
-    val_split = checked(args.val_data or val_split, "val", train_split.classes, args, out, report=rank == 0)
+    checks = dict(check=args.scan, strict=args.strict, workers=args.workers, listing_dir=out, report=rank == 0)
+    train_split = usable(train_split, "train", **checks)
+    val_split = usable(args.val_data or val_split, "val", train_split.classes, **checks)
     if world > 1 and rank == 0:
         dist.barrier()
     dali_device = "gpu" if device.type == "cuda" else "cpu"
@@ -257,30 +258,6 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
         )
     val = val_loader(val_split, classes=train_split.classes, **common)
     return train, val, train_split.classes, train_split.fingerprint(root)
-
-
-def checked(source, name: str, classes, args, out: Path, *, report: bool):
-    """A Split or WebDataset shards (a spec or a loaded Split) without what DALI cannot read:
-    left out and listed in ``out``, or an error with ``--strict`` (``--scan`` sets the check)."""
-    if isinstance(source, str | os.PathLike) and is_shards(source):
-        shards = load_shards(source, classes, cache_dir=CACHE / "shards", check=args.scan, workers=args.workers)
-        if shards.bad:
-            total = len(shards) + len(shards.bad)
-            leave_out(shards.bad, total, name, strict=args.strict, listing_dir=out, report=report, what="samples")
-        return shards
-    split = source if isinstance(source, Split) else load_split(source, classes)
-    if args.scan == "off":
-        return split
-    return drop_undecodable(
-        split,
-        name,
-        cache_dir=CACHE / "scan",
-        workers=args.workers,
-        full=args.scan == "full",
-        strict=args.strict,
-        listing_dir=out,
-        report=report,
-    )
 
 
 def prob_schedule(args):

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .data import Split
+from .data import CACHE, Split, load_split
 
 DECODABLE = {"JPEG", "PNG", "BMP", "TIFF", "WEBP", "JPEG2000", "PPM"}
 TAIL = 64  # bytes read from the end: an EOI marker may be followed by a little padding
@@ -36,6 +37,13 @@ class ScanResult:
     @property
     def files_per_s(self) -> float:
         return self.scanned / self.seconds if self.seconds > 0 else float("inf")
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """Processes for checking files, started by a fork server: forking this process itself could
+    copy a lock held by one of DALI's or torch's threads (a pipeline or a model built earlier in
+    the process) and hang the child."""
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
 
 
 def check_file(path: str, full: bool = False) -> str:
@@ -109,7 +117,7 @@ def scan(split: Split, *, cache_dir: Path | None = None, workers: int | None = N
         if workers == 1 or len(chunks) == 1:
             results = [_check_chunk(c, full) for c in chunks]
         else:
-            with ProcessPoolExecutor(workers) as pool:
+            with worker_pool(workers) as pool:
                 results = list(pool.map(_check_chunk, chunks, [full] * len(chunks)))
         for paths, reasons in zip(chunks, results):
             verdicts.update(zip(paths, reasons))
@@ -155,6 +163,41 @@ def drop_undecodable(
     if not len(result.good):
         raise ValueError(f"no decodable {name} images left ({len(result.bad)} bad files)")
     return result.good
+
+
+def usable(
+    source,
+    name: str,
+    classes: list[str] | None = None,
+    *,
+    check: str = "quick",
+    strict: bool = False,
+    workers: int | None = None,
+    listing_dir: Path,
+    report: bool = True,
+    cache_dir: Path | None = None,
+):
+    """What DALI can read of ``source`` (image files: a ``<class>/<image>`` folder, a file list or a
+    Split; or WebDataset shards: a spec or Shards), as a trainer needs it: what is bad is left out
+    and listed in ``listing_dir/bad_files_{name}.txt`` (:func:`leave_out`), or is a ``ValueError``
+    with ``strict``. ``check``: ``"quick"``, ``"full"`` (decode everything) or ``"off"``. Verdicts
+    and shard indexes are cached under ``cache_dir`` (default ``dali_cutmix.data.CACHE``)."""
+    from .shards import Shards, is_shards, load_shards  # shards builds on this module's checks
+
+    cache = Path(cache_dir) if cache_dir is not None else CACHE
+    if isinstance(source, Shards) or (not isinstance(source, Split) and is_shards(source)):
+        shards = source
+        if not isinstance(source, Shards):
+            shards = load_shards(source, classes, cache_dir=cache / "shards", check=check, workers=workers)
+        if shards.bad:
+            total = len(shards) + len(shards.bad)
+            leave_out(shards.bad, total, name, strict=strict, listing_dir=listing_dir, report=report, what="samples")
+        return shards
+    split = source if isinstance(source, Split) else load_split(source, classes)
+    if check == "off":
+        return split
+    return drop_undecodable(split, name, cache_dir=cache / "scan", workers=workers, full=check == "full",
+                            strict=strict, listing_dir=listing_dir, report=report)  # fmt: skip
 
 
 def leave_out(

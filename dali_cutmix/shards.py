@@ -20,11 +20,10 @@ import json
 import os
 import re
 import tarfile
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .scan import check_stream
+from .scan import check_stream, worker_pool
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp")
 LABEL_EXT = "cls"
@@ -124,13 +123,18 @@ def load_shards(
         classes = _read_classes(listing) if listing.is_file() else None
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(p, str(cache_dir), check) for p in paths]
-    workers = min(workers or os.cpu_count() or 1, len(jobs))
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            results = list(pool.map(_index_cached, *zip(*jobs)))
+    results = [_cached(p, cache_dir, check) for p in paths]
+    todo = [i for i, r in enumerate(results) if r is None]
+    workers = min(workers or os.cpu_count() or 1, len(todo))
+    if workers > 1:  # only the shards not cached start worker processes
+        with worker_pool(workers) as pool:
+            fresh = list(
+                pool.map(_index_cached, [paths[i] for i in todo], [str(cache_dir)] * len(todo), [check] * len(todo))
+            )
     else:
-        results = [_index_cached(*job) for job in jobs]
+        fresh = [_index_cached(paths[i], str(cache_dir), check) for i in todo]
+    for i, meta in zip(todo, fresh):
+        results[i] = meta
     if classes is None:
         top = max((r["max_label"] for r in results), default=-1)
         classes = [str(i) for i in range(top + 1)]
@@ -157,19 +161,27 @@ def _read_classes(path: Path) -> list[str]:
     return names
 
 
-def _index_cached(path: str, cache_dir: str, check: str) -> dict:
-    """Index one shard, or read its cached index: ``{"index", "count", "digest", "max_label",
-    "labels" (of the indexed samples, in order), "bad": [(item, reason)]}``."""
+def _cache_key(path: str, cache_dir, check: str) -> tuple[str, Path, Path]:
     st = os.stat(path)
     key = f"{_CACHE_VERSION} {os.path.abspath(path)} {st.st_size} {st.st_mtime_ns} {check}"
     stem = Path(cache_dir) / hashlib.sha1(key.encode()).hexdigest()[:20]
-    meta_path, index_path = stem.with_suffix(".json"), stem.with_suffix(".idx")
+    return key, stem.with_suffix(".json"), stem.with_suffix(".idx")
+
+
+def _cached(path: str, cache_dir, check: str) -> dict | None:
+    """The cached index of one shard (see :func:`_index_cached`), or None."""
+    key, meta_path, index_path = _cache_key(path, cache_dir, check)
     try:
         meta = json.loads(meta_path.read_text())
-        if meta["key"] == key and index_path.is_file():
-            return meta
+        return meta if meta["key"] == key and index_path.is_file() else None
     except (OSError, ValueError, KeyError):
-        pass  # not cached, or a damaged cache: index again
+        return None  # not cached, or a damaged cache: index again
+
+
+def _index_cached(path: str, cache_dir: str, check: str) -> dict:
+    """Index one shard and cache it: ``{"index", "count", "digest", "max_label", "labels" (of the
+    indexed samples, in order), "bad": [(item, reason)]}``."""
+    key, meta_path, index_path = _cache_key(path, cache_dir, check)
     lines, labels, bad = _index(path, check)
     from .checkpoint import atomic_write
 

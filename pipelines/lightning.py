@@ -14,11 +14,13 @@ apply (DALI shards by itself), and nothing else is needed.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import torch
 
-from dali_cutmix.data import load_source
 from dali_cutmix.loader import DALILoader, process_shard
+from dali_cutmix.scan import usable
 
 from .loaders import train_loader, val_loader
 
@@ -26,22 +28,41 @@ from .loaders import train_loader, val_loader
 class DALIDataModule(L.LightningDataModule):
     """``train``/``val``: anything :func:`pipelines.loaders.train_loader` reads (a
     ``<class>/<image>`` folder, a file list, WebDataset shards, a Split or Shards).
-    ``train_kwargs`` go to :func:`pipelines.loaders.train_loader` (``recipe``, ``backend``,
-    ``image_size``, ``num_threads``, ``seed``, ...); validation takes ``image_size`` and
-    ``num_threads`` from them."""
+    What DALI cannot read is left out first (:func:`dali_cutmix.scan.usable`; ``check`` and
+    ``strict`` as there), listed in the trainer's ``default_root_dir``. ``train_kwargs`` go to
+    :func:`pipelines.loaders.train_loader` (``recipe``, ``backend``, ``image_size``,
+    ``num_threads``, ``seed``, ...); validation takes ``image_size`` and ``num_threads`` from them."""
 
-    def __init__(self, train, val=None, *, batch_size: int, val_batch_size: int | None = None, **train_kwargs):
+    def __init__(
+        self,
+        train,
+        val=None,
+        *,
+        batch_size: int,
+        val_batch_size: int | None = None,
+        check: str = "quick",
+        strict: bool = False,
+        **train_kwargs,
+    ):
         super().__init__()
         self.train_source, self.val_source = train, val
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
+        self.check, self.strict = check, strict
         self.train_kwargs = train_kwargs
         self._train: DALILoader | None = None
         self._state: dict | None = None
 
     def setup(self, stage: str) -> None:
-        self.train_source = load_source(self.train_source)
+        trainer = self.trainer
+        checks = dict(
+            check=self.check,
+            strict=self.strict,
+            listing_dir=Path(trainer.default_root_dir if trainer else "."),
+            report=trainer is None or trainer.is_global_zero,
+        )
+        self.train_source = usable(self.train_source, "train", **checks)
         if self.val_source is not None:
-            self.val_source = load_source(self.val_source, self.train_source.classes)
+            self.val_source = usable(self.val_source, "val", self.train_source.classes, **checks)
 
     def _placement(self) -> dict:
         """This process's shard and device, from the trainer (or the environment without one)."""

@@ -38,3 +38,16 @@ def test_lightning_resumes_the_data_stream_exactly(unique_labels, tmp_path):
     resumed = fit_lightning(*unique_labels, tmp_path / "resumed", resume=str(checkpoint))
     assert resumed["train"] == whole["train"][1:]  # epoch 2's samples in the same order
     assert resumed["after"] == whole["after"]
+
+
+def test_the_datamodule_leaves_unreadable_files_out(jpeg_tree, tmp_path, monkeypatch):
+    from pipelines.lightning import DALIDataModule
+
+    (jpeg_tree / "train" / "class1" / "broken.JPEG").write_bytes(b"not a jpeg")
+    monkeypatch.chdir(tmp_path)  # without a trainer, the listing goes to the working folder
+    dm = DALIDataModule(jpeg_tree / "train", jpeg_tree / "val", batch_size=4, image_size=32, num_threads=1)
+    dm.setup("fit")
+    assert len(dm.train_source) == 18 and len(dm.val_source) == 9
+    assert "broken.JPEG" in (tmp_path / "bad_files_train.txt").read_text()
+    with pytest.raises(ValueError, match="1 train files are unusable, first .*broken.JPEG"):
+        DALIDataModule(jpeg_tree / "train", batch_size=4, check="quick", strict=True).setup("fit")
