@@ -1,19 +1,32 @@
-"""dali-cutmix: CutMix inside NVIDIA DALI pipelines, for fast ResNet training in PyTorch."""
+"""dali-cutmix: CutMix inside NVIDIA DALI pipelines, for fast ResNet training in PyTorch.
 
-from .loss import mixed_cross_entropy, mixed_targets
-from .mix import CutMixParams, LoopMixer, MixConfig, apply_cutmix, cutmix_box, sample_cutmix, sample_mix
-from .ops import Normalize, cutmix
+The names below load their module on first use (PEP 562), so ``import dali_cutmix.scan`` (what
+the bad-file check's worker processes import) loads neither torch nor DALI.
+"""
 
-__all__ = [
-    "CutMixParams",
-    "LoopMixer",
-    "MixConfig",
-    "Normalize",
-    "apply_cutmix",
-    "cutmix",
-    "cutmix_box",
-    "mixed_cross_entropy",
-    "mixed_targets",
-    "sample_cutmix",
-    "sample_mix",
-]
+from importlib import import_module
+
+_HOME = {
+    "mixed_cross_entropy": "loss",
+    "mixed_targets": "loss",
+    "CutMixParams": "mix",
+    "LoopMixer": "mix",
+    "MixConfig": "mix",
+    "apply_cutmix": "mix",
+    "cutmix_box": "mix",
+    "sample_cutmix": "mix",
+    "sample_mix": "mix",
+    "Normalize": "ops",
+    "cutmix": "ops",
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module 'dali_cutmix' has no attribute {name!r}")
+    return getattr(import_module(f".{_HOME[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOME))

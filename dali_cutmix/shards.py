@@ -126,15 +126,13 @@ def load_shards(
     results = [_cached(p, cache_dir, check) for p in paths]
     todo = [i for i, r in enumerate(results) if r is None]
     workers = min(workers or os.cpu_count() or 1, len(todo))
-    if workers > 1:  # only the shards not cached start worker processes
+    if workers > 1:  # only the shards not cached start worker processes; this one writes the cache
         with worker_pool(workers) as pool:
-            fresh = list(
-                pool.map(_index_cached, [paths[i] for i in todo], [str(cache_dir)] * len(todo), [check] * len(todo))
-            )
+            fresh = list(pool.map(_index, [paths[i] for i in todo], [check] * len(todo)))
     else:
-        fresh = [_index_cached(paths[i], str(cache_dir), check) for i in todo]
-    for i, meta in zip(todo, fresh):
-        results[i] = meta
+        fresh = [_index(paths[i], check) for i in todo]
+    for i, found in zip(todo, fresh):
+        results[i] = _store(paths[i], cache_dir, check, *found)
     if classes is None:
         top = max((r["max_label"] for r in results), default=-1)
         classes = [str(i) for i in range(top + 1)]
@@ -169,7 +167,7 @@ def _cache_key(path: str, cache_dir, check: str) -> tuple[str, Path, Path]:
 
 
 def _cached(path: str, cache_dir, check: str) -> dict | None:
-    """The cached index of one shard (see :func:`_index_cached`), or None."""
+    """The cached index of one shard (see :func:`_store`), or None."""
     key, meta_path, index_path = _cache_key(path, cache_dir, check)
     try:
         meta = json.loads(meta_path.read_text())
@@ -178,13 +176,12 @@ def _cached(path: str, cache_dir, check: str) -> dict | None:
         return None  # not cached, or a damaged cache: index again
 
 
-def _index_cached(path: str, cache_dir: str, check: str) -> dict:
-    """Index one shard and cache it: ``{"index", "count", "digest", "max_label", "labels" (of the
-    indexed samples, in order), "bad": [(item, reason)]}``."""
-    key, meta_path, index_path = _cache_key(path, cache_dir, check)
-    lines, labels, bad = _index(path, check)
+def _store(path: str, cache_dir, check: str, lines: list[str], labels: list[tuple[str, int]], bad: list) -> dict:
+    """Cache one shard's index (see :func:`_index`): ``{"index", "count", "digest", "max_label",
+    "labels" (of the indexed samples, in order), "bad": [(item, reason)]}``."""
     from .checkpoint import atomic_write
 
+    key, meta_path, index_path = _cache_key(path, cache_dir, check)
     atomic_write(index_path, lambda f: f.write(_index_text(lines).encode()))
     meta = {
         "key": key,
