@@ -2,6 +2,8 @@
 reader over the index (every good sample once an epoch, per-rank shares, exact resume), train.py."""
 
 import io
+import os
+import signal
 import tarfile
 
 import pytest
@@ -164,3 +166,29 @@ def test_train_py_on_shards_leaves_bad_members_out_and_strict_stops(shard_set, c
     with pytest.raises(SystemExit):
         train.parse_args(flags)
     assert "give the validation data with --val-data" in capsys.readouterr().err
+
+
+def test_train_py_resumes_on_shards_exactly(shard_set, monkeypatch):
+    """2 epochs at once, and the same run stopped by SIGTERM in epoch 1 then resumed: the same
+    weights (the checkpoint's loader state continues the shard reader's stream mid-epoch)."""
+    root, _, _ = shard_set
+    spec = f"{root}/train/train-{{000000..000002}}.tar"
+    flags = [*train_args(spec, root / "whole", "--epochs", "2", batch_size=4), "--val-data", str(root / "val")]
+    assert train.main(flags) == 0
+    real, done = train.train_step, [0]
+
+    def step(*args, **kwargs):  # SIGTERM right after the 8th step: epoch 1 (6 steps an epoch), step 2
+        loss = real(*args, **kwargs)
+        done[0] += 1
+        if done[0] == 8:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss
+
+    monkeypatch.setattr(train, "train_step", step)
+    parts = [arg if arg != str(root / "whole") else str(root / "parts") for arg in flags]
+    assert train.main(parts) == 128 + signal.SIGTERM
+    assert (root / "parts" / "checkpoint_0001_step000002.pt").is_file()
+    assert train.main([*parts, "--resume"]) == 0
+    a, b = (torch.load(root / d / "checkpoint_0002.pt", weights_only=True)["model"] for d in ("whole", "parts"))
+    for name, tensor in a.items():
+        torch.testing.assert_close(b[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
