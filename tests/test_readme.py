@@ -1,9 +1,10 @@
-"""The README's own-pipeline example runs as written (on the CPU: mixed decode becomes cpu)."""
+"""The README's examples run as written, on the CPU with small sizes: the own pipeline, Lightning, Accelerate."""
 
 import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from dali_cutmix.data import load_split
 
@@ -29,3 +30,50 @@ def test_own_pipeline_example(jpeg_tree):
     assert images.shape == (6, 3, 224, 224) and images.dtype == np.float32
     assert lam.shape == (6,) and ((lam > 0) & (lam <= 1)).all()
     assert set(labels_b.ravel()) <= set(split.labels)
+
+
+def run_example(heading: str, swaps: dict[str, str]) -> dict:
+    """Run the README's example under ``heading`` with ``swaps`` (each must be in it): the CPU and
+    small sizes instead of 8 GPUs and ImageNet."""
+    code = readme_block(heading)
+    for old, new in swaps.items():
+        assert old in code, f"the README example no longer has {old!r}"
+        code = code.replace(old, new)
+    namespace = {}
+    exec(compile(code, str(README), "exec"), namespace)
+    return namespace
+
+
+SMALL = {"resnet50": "resnet18", "batch_size=256": "batch_size=4"}
+
+
+def test_lightning_example(jpeg_tree, tmp_path, monkeypatch):
+    pytest.importorskip("lightning")
+    monkeypatch.chdir(tmp_path)  # Lightning's and the scan's files
+    quiet = "logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False"
+    namespace = run_example(
+        "### PyTorch Lightning",
+        SMALL
+        | {
+            '"/data/imagenet/train", "/data/imagenet/val"': f'"{jpeg_tree}/train", "{jpeg_tree}/val"',
+            "num_threads=8": "num_threads=1, image_size=32",
+            'max_epochs=90, accelerator="gpu", devices=8, strategy="ddp"': f'max_epochs=1, accelerator="cpu", {quiet}',
+        },
+    )
+    trainer = namespace["dm"].trainer
+    assert trainer.state.finished and trainer.global_step == 4  # 18 images, 4 full batches of 4
+
+
+def test_accelerate_example(jpeg_tree):
+    pytest.importorskip("accelerate")
+    namespace = run_example(
+        "### Hugging Face Accelerate",
+        SMALL
+        | {
+            "Accelerator()": "Accelerator(cpu=True)",
+            '"/data/imagenet/train"': f'"{jpeg_tree}/train"',
+            'device="gpu", device_id=accelerator.local_process_index,': 'device="cpu", image_size=32, num_threads=1,',
+            "range(90)": "range(1)",
+        },
+    )
+    assert namespace["train"].epoch == 1 and namespace["optimizer"].state  # a whole epoch of steps
