@@ -240,8 +240,7 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
     )
     train = train_loader(
         train_split,
-        # Without a saved loader state, a resumed run must not replay epoch 0's augmentations.
-        seed=args.seed + 7919 * (loader_state["origin"] if loader_state else start_epoch),
+        seed=args.seed,
         start_epoch=start_epoch,
         state=loader_state,
         recipe=args.recipe if args.mix_in == "pipeline" else None,  # loop: plain batches, mixed by the trainer

@@ -43,9 +43,11 @@ def train_loader(
     :func:`dali_cutmix.loader.mix_schedule`) counts epochs from ``start_epoch``, so a resumed run
     sees the schedule where it left it.
     ``state`` (from :meth:`DALILoader.state`, with the same arguments) continues exactly where
-    that loader was, mid-epoch too. ``shard_id``/``num_shards`` default to this process's rank and
-    world size (:func:`dali_cutmix.loader.process_shard`), so under DDP each rank reads its own
-    share. Other keyword arguments go to :func:`pipelines.imagenet.train_pipeline`.
+    that loader was, mid-epoch too (without one, a loader starting at a later epoch draws other
+    augmentations than epoch 0's: its seed moves with ``start_epoch``). ``shard_id``/``num_shards``
+    default to this process's rank and world size (:func:`dali_cutmix.loader.process_shard`), so
+    under DDP each rank reads its own share. Other keyword arguments go to
+    :func:`pipelines.imagenet.train_pipeline`.
     """
     shard_id, num_shards = _shard(shard_id, num_shards)
     origin = state["origin"] if state else start_epoch
@@ -53,6 +55,9 @@ def train_loader(
     # The pipeline runs ceil(shard / batch) times an epoch whatever the policy: "drop" runs the
     # last, short batch too and throws it away. The schedule counts pipeline runs.
     runs_per_epoch = steps_per_epoch(len(split), batch_size, num_shards, "partial")
+    # A loader that starts at a later epoch without a state must not replay epoch 0's
+    # augmentations: the seed moves with the epoch the pipeline starts at.
+    pipeline_kwargs["seed"] = pipeline_kwargs.get("seed", 0) + 7919 * origin
     pipe = train_pipeline(
         split,
         batch_size=batch_size,

@@ -150,3 +150,15 @@ def test_loader_state_resumes_the_exact_stream(jpeg_tree, backend):
         for a, b in zip(ours, theirs):
             assert torch.equal(a, b)
     assert all((b[3] == 1).all() for b in again[3:])  # the schedule's epoch 1 is still off after the resume
+
+
+def test_a_later_start_without_state_does_not_replay_epoch_0(jpeg_tree):
+    """A loader started at epoch 3 with no saved state (a resume without one) draws other files,
+    crops and mixes than epoch 0 did; the same start epoch draws the same."""
+
+    def first_batch(start_epoch):
+        loader = train_loader(jpeg_tree / "train", batch_size=6, image_size=32, num_threads=1, start_epoch=start_epoch)
+        return next(iter(loader))[0].clone()
+
+    assert torch.equal(first_batch(3), first_batch(3))
+    assert not torch.equal(first_batch(0), first_batch(3))
