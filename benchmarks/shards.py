@@ -26,18 +26,16 @@ from dali_cutmix.shards import CLASSES_FILE, load_shards
 CONFIG = "DALI + CutMix (native)"
 
 
-def write_shards(split, out: Path, per_shard: int) -> Path:
-    """``split`` as ``out/train-NNNNNN.tar`` (in its order) and ``out/classes.txt``; kept if there."""
+def write_shards(split, pattern: Path, per_shard: int) -> None:
+    """``split`` as tar shards ``pattern`` (with ``%06d``) in its order, written by webdataset's own
+    ``ShardWriter`` (``<key>.jpg`` + ``<key>.cls``), and a ``classes.txt`` beside them."""
     import webdataset
 
-    if (out / CLASSES_FILE).is_file():
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    with webdataset.ShardWriter(str(out / "train-%06d.tar"), maxcount=per_shard, verbose=0) as sink:
+    pattern.parent.mkdir(parents=True, exist_ok=True)
+    with webdataset.ShardWriter(str(pattern), maxcount=per_shard, verbose=0) as sink:
         for k, (path, label) in enumerate(zip(split.files, split.labels)):
             sink.write({"__key__": f"{k:08d}", "jpg": Path(path).read_bytes(), "cls": label})
-    (out / CLASSES_FILE).write_text("".join(c + "\n" for c in split.classes))
-    return out
+    (pattern.parent / CLASSES_FILE).write_text("".join(c + "\n" for c in split.classes))
 
 
 def timed(fn) -> tuple[float, object]:
@@ -59,7 +57,9 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     args.device = "cpu"
     train, _ = load_imagenet(args.data)
-    shards_dir = write_shards(train, Path(args.out), args.per_shard)
+    shards_dir = Path(args.out)
+    if not (shards_dir / CLASSES_FILE).is_file():  # written once, kept
+        write_shards(train, shards_dir / "train-%06d.tar", args.per_shard)
     report = {"images": len(train), "per_shard": args.per_shard}
     with tempfile.TemporaryDirectory() as cache:
         report["index_cold_s"], shards = timed(lambda: load_shards(shards_dir, cache_dir=cache, workers=args.workers))

@@ -86,6 +86,26 @@ def train_args(data, out, *extra: str, batch_size: int = 6) -> list[str]:
     return ["--data", str(data), "--output", str(out), *flags.split(), *extra]
 
 
+def sigterm_after_step(monkeypatch, at: int) -> None:
+    """Make in-process train.py send itself SIGTERM right after its ``at``-th training step
+    (counted over the process, across runs), so an interruption lands at a known step."""
+    import os
+    import signal
+
+    import train
+
+    real, done = train.train_step, [0]
+
+    def step(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        done[0] += 1
+        if done[0] == at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss
+
+    monkeypatch.setattr(train, "train_step", step)
+
+
 @pytest.fixture
 def jpeg_tree(tmp_path):
     return write_jpeg_tree(tmp_path / "data")

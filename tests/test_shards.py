@@ -2,18 +2,18 @@
 reader over the index (every good sample once an epoch, per-rank shares, exact resume), train.py."""
 
 import io
-import os
 import signal
 import tarfile
 
 import pytest
 import torch
 import torchvision
-import webdataset
-from conftest import train_args, write_jpeg_tree
+from conftest import sigterm_after_step, train_args, write_jpeg_tree
 
 import train
+from benchmarks.shards import write_shards
 from dali_cutmix import shards as wds
+from dali_cutmix.data import load_split
 from pipelines.loaders import train_loader, val_loader
 
 
@@ -23,30 +23,14 @@ def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_shards(split_dir, pattern: str, per_shard: int) -> list[tuple[str, int]]:
-    """The images of a ``<class>/<image>`` folder as tar shards written by webdataset's own
-    ``ShardWriter`` (``pattern`` with ``%06d``), in ImageFolder's order, labelled with ImageFolder's
-    indices; a ``classes.txt`` beside them. Returns the (image member, label) pairs written."""
-    folder = torchvision.datasets.ImageFolder(split_dir)
-    written = []
-    with webdataset.ShardWriter(str(pattern), maxcount=per_shard, verbose=0) as sink:
-        for k, (image, label) in enumerate(folder.samples):
-            key = f"{folder.classes[label]}_{k:05d}"
-            sink.write({"__key__": key, "jpg": open(image, "rb").read(), "cls": label})
-            written.append((f"{key}.jpg", label))
-    (pattern.parent / wds.CLASSES_FILE).write_text("".join(c + "\n" for c in folder.classes))
-    return written
-
-
 @pytest.fixture
 def shard_set(tmp_path):
     """3 classes x 8 training images in 3 shards, 3 x 2 validation images in 1 shard."""
     tree = write_jpeg_tree(tmp_path / "tree", train_per_class=8, val_per_class=2)
-    (tmp_path / "train").mkdir()
-    (tmp_path / "val").mkdir()
-    written = write_shards(tree / "train", tmp_path / "train" / "train-%06d.tar", per_shard=8)
-    write_shards(tree / "val", tmp_path / "val" / "val-%06d.tar", per_shard=6)
-    return tmp_path, tree, written
+    train_split = load_split(tree / "train")
+    write_shards(train_split, tmp_path / "train" / "train-%06d.tar", per_shard=8)
+    write_shards(load_split(tree / "val"), tmp_path / "val" / "val-%06d.tar", per_shard=6)
+    return tmp_path, tree, train_split
 
 
 def break_members(path) -> list[str]:
@@ -77,11 +61,11 @@ def test_specs_expand_to_the_shards_in_order(tmp_path):
 
 
 def test_bad_members_are_left_out_listed_and_the_index_is_cached(shard_set, monkeypatch):
-    root, _, written = shard_set
+    root, _, train_split = shard_set
     bad_names = break_members(root / "train" / "train-000001.tar")
     cache = root / "cache"
     shards = wds.load_shards(root / "train", cache_dir=cache, workers=1)
-    assert len(shards) == len(written) == 24 and shards.counts == [8, 8, 8]
+    assert len(shards) == len(train_split) == 24 and shards.counts == [8, 8, 8]
     assert shards.classes == ["class0", "class1", "class2"]  # from classes.txt
     listed = {item.rpartition(":")[2]: reason for item, reason in shards.bad}
     assert sorted(listed) == sorted(bad_names)
@@ -113,7 +97,7 @@ def labels_of(loader) -> list[int]:
 
 
 def test_every_good_sample_once_an_epoch_and_ranks_share_the_set(shard_set):
-    root, tree, written = shard_set
+    root, tree, _ = shard_set
     break_members(root / "train" / "train-000001.tar")
     shards = wds.load_shards(f"{root}/train/train-{{000000..000002}}.tar", cache_dir=root / "cache", workers=1)
     folder = torchvision.datasets.ImageFolder(tree / "train")
@@ -175,16 +159,7 @@ def test_train_py_resumes_on_shards_exactly(shard_set, monkeypatch):
     spec = f"{root}/train/train-{{000000..000002}}.tar"
     flags = [*train_args(spec, root / "whole", "--epochs", "2", batch_size=4), "--val-data", str(root / "val")]
     assert train.main(flags) == 0
-    real, done = train.train_step, [0]
-
-    def step(*args, **kwargs):  # SIGTERM right after the 8th step: epoch 1 (6 steps an epoch), step 2
-        loss = real(*args, **kwargs)
-        done[0] += 1
-        if done[0] == 8:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return loss
-
-    monkeypatch.setattr(train, "train_step", step)
+    sigterm_after_step(monkeypatch, 8)  # epoch 1 (6 steps an epoch), step 2
     parts = [arg if arg != str(root / "whole") else str(root / "parts") for arg in flags]
     assert train.main(parts) == 128 + signal.SIGTERM
     assert (root / "parts" / "checkpoint_0001_step000002.pt").is_file()

@@ -2,7 +2,6 @@
 SIGKILL too, exactly), bad input, non-finite loss."""
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import train_args, write_jpeg_tree
+from conftest import sigterm_after_step, train_args, write_jpeg_tree
 
 import train
 from dali_cutmix import checkpoint as ckpt
@@ -243,16 +242,8 @@ def test_mixing_in_the_loop_trains_and_resumes_exactly(jpeg_tree, tmp_path, monk
     flags = ["--epochs", "2", "--mix-in", "loop", "--mixup", "0.3", "--cutmix-mode", "elem"]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert train.main(train_args(jpeg_tree, whole, *flags)) == 0
-    real, done = train.train_step, [0]
-
-    def step(*args, **kwargs):  # SIGTERM right after the 4th step: epoch 1, step 1
-        loss = real(*args, **kwargs)
-        done[0] += 1
-        if done[0] == 4:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return loss
-
-    monkeypatch.setattr(train, "train_step", step)
+    real = train.train_step
+    sigterm_after_step(monkeypatch, 4)  # epoch 1, step 1
     assert train.main(train_args(jpeg_tree, parts, *flags)) == 128 + signal.SIGTERM
     assert (parts / "checkpoint_0001_step000001.pt").is_file()
     monkeypatch.setattr(train, "train_step", real)
