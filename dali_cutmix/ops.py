@@ -34,6 +34,11 @@ Given the same parameters, the backends' outputs are identical byte for byte, Mi
 
 from __future__ import annotations
 
+import itertools
+
+import numpy as np
+from nvidia.dali import fn, pipeline_def, types
+
 from .backends import native, ops, python
 from .backends.graph import Normalize, is_node
 from .mix import MixConfig, check_layout
@@ -123,11 +128,6 @@ def mix_arrays(batches, *, device: str = "cpu", seed: int = 0, layout: str = "HW
     ``(images, mixed, labels_a, labels_b, lam, perm, boxes[, blend])`` per batch. A NumPy ``prob``
     is fed as the per-sample DataNode. For checking the operator outside a training pipeline
     (the tests and ``scripts/gpu_check.py``)."""
-    import itertools
-
-    import numpy as np
-    from nvidia.dali import fn, pipeline_def, types
-
     batch_size = len(batches[0])
     feed = itertools.cycle(batches)
     labels = [np.array([i], dtype=np.int32) for i in range(batch_size)]

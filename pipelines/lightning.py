@@ -51,8 +51,12 @@ class DALIDataModule(L.LightningDataModule):
         self.train_kwargs = train_kwargs
         self._train: DALILoader | None = None
         self._state: dict | None = None
+        self._checked = False
 
     def setup(self, stage: str) -> None:
+        if self._checked:  # Lightning calls setup once a stage: check the data once
+            return
+        self._checked = True
         trainer = self.trainer
         checks = dict(
             check=self.check,
