@@ -8,7 +8,7 @@ from nvidia.dali import fn, pipeline_def, types
 import dali_cutmix
 from dali_cutmix.backends.graph import DALI_OPS
 from dali_cutmix.backends.ops import ops_params, paste_ops
-from dali_cutmix.backends.python import torch_mix
+from dali_cutmix.backends.python import TorchMix, torch_mix
 from dali_cutmix.mix import NUMPY_OPS, CutMixParams, cutmix_box
 from dali_cutmix.ops import DEFAULT_BACKEND, REFUSED, mix_arrays
 
@@ -46,6 +46,28 @@ RECIPES = {
     "minmax": {"minmax": (0.2, 0.8)},
     "no-self": {"no_self": True},
 }
+
+
+def test_the_gpu_callback_keeps_no_stale_pixels_or_torch_threads_between_batches():
+    """On a CPU TorchMix writes into buffers kept from batch to batch: batches of another size or
+    shape, and batches after them, still equal the oracle; torch's thread count comes back."""
+    import torch
+    from torch.utils.dlpack import to_dlpack
+
+    rng = np.random.default_rng(5)
+    mix, threads = TorchMix("HWC"), torch.get_num_threads()
+    for batch_size, shape in [(6, (H, W, 3)), (6, (H, W, 3)), (4, (W, H, 3)), (6, (H, W, 3))]:
+        images = random_batch(rng, batch_size, shape)
+        boxes = np.sort(rng.integers(0, [[shape[0], shape[1]]] * 2, (batch_size, 2, 2)), axis=1).reshape(-1, 4)
+        params = CutMixParams(perm=rng.permutation(batch_size), boxes=boxes, lam=box_lam(boxes, *shape[:2]))
+        out = mix(
+            [to_dlpack(torch.from_numpy(x)) for x in images],
+            [to_dlpack(torch.tensor(v, dtype=torch.int32)) for v in params.perm],
+            [to_dlpack(torch.from_numpy(b.astype(np.int32))) for b in params.boxes],
+        )
+        mixed = np.stack([torch.from_dlpack(o).numpy() for o in out])
+        np.testing.assert_array_equal(mixed, reference_mix(np.stack(images), params, "HWC"))
+        assert torch.get_num_threads() == threads
 
 
 @pytest.mark.parametrize("recipe", RECIPES.values(), ids=RECIPES.keys())
