@@ -3,6 +3,9 @@
 Every file is written to a temporary name in the same folder and renamed over the target, so a
 reader sees the old file or the new one, never half of one. Checkpoints load with
 ``torch.load(weights_only=True)``: no pickled code runs.
+
+torch is imported by the functions that save, load or restore a checkpoint only, so the bad-file
+check's caches (:mod:`dali_cutmix.scan`, :mod:`dali_cutmix.shards`) are written without it.
 """
 
 from __future__ import annotations
@@ -12,8 +15,6 @@ import os
 import re
 import tempfile
 from pathlib import Path
-
-import torch
 
 # checkpoint_0003.pt: 3 epochs done; checkpoint_0003_step000120.pt: interrupted 120 steps into
 # epoch index 3. Sorting by (epoch, step) puts the newest last.
@@ -108,6 +109,8 @@ def save(
     Epoch checkpoints beyond the newest ``keep`` go, and so do interrupt checkpoints that a later
     one has superseded.
     """
+    import torch
+
     state = {
         "epoch": epoch,
         "step": step,
@@ -157,6 +160,8 @@ def newest_loadable(out: Path, arch: str, say=print) -> tuple[Path, dict] | None
 
 def load(path: Path, arch: str) -> dict:
     """Load safely and check the architecture; raises ``ValueError`` naming the file."""
+    import torch
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file
@@ -202,6 +207,8 @@ def restore(state: dict, model, optimizer, scheduler, scaler, *, steps_per_epoch
     """Load the weights, optimizer and scaler state (:func:`check_data` says whether they fit);
     the lr schedule is the one built from this run's flags (its total, warmup and lr scaling),
     moved to the step where the checkpoint is."""
+    import torch
+
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.last_epoch = state["epoch"] * steps_per_epoch + state["step"]

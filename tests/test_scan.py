@@ -145,3 +145,20 @@ def test_training_goes_on_past_bad_files_and_strict_stops(tmp_path, capsys, monk
     assert json.loads((out / "metrics.jsonl").read_text())["train_images"] == 18
     assert train.main([*args, "--strict", "--output", str(tmp_path / "strict")]) == 2
     assert "--strict: 4 train files are unusable, first" in capsys.readouterr().err
+
+
+def test_the_check_and_its_cache_load_neither_torch_nor_dali(tmp_path):
+    """The scan CLI and the check's worker processes start in a fraction of a second: a scan that
+    writes its cache imports neither torch nor DALI."""
+    import subprocess
+    import sys
+
+    root = write_jpeg_tree(tmp_path / "data")
+    code = (
+        "import sys; from dali_cutmix.data import load_split; from dali_cutmix.scan import scan; "
+        f"r = scan(load_split({str(root / 'train')!r}), cache_dir={str(tmp_path / 'cache')!r}, workers=1); "
+        "print(r.scanned, sorted(m for m in ('torch', 'nvidia.dali') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["18", "[]"]
+    assert list((tmp_path / "cache").rglob("*"))  # the cache was written
