@@ -142,7 +142,7 @@ def drop_undecodable(
     cache_dir: Path | None,
     workers: int | None,
     full: bool,
-    strict: bool,
+    strict: bool | str,
     listing_dir: Path,
     report: bool,
 ) -> Split:
@@ -172,7 +172,7 @@ def usable(
     classes: list[str] | None = None,
     *,
     check: str = "quick",
-    strict: bool = False,
+    strict: bool | str = False,
     workers: int | None = None,
     listing_dir: Path,
     report: bool = True,
@@ -202,14 +202,23 @@ def usable(
 
 
 def leave_out(
-    bad: list[tuple[str, str]], total: int, name: str, *, strict: bool, listing_dir: Path, report: bool, what="files"
+    bad: list[tuple[str, str]],
+    total: int,
+    name: str,
+    *,
+    strict: bool | str,
+    listing_dir: Path,
+    report: bool,
+    what: str = "files",
 ):
     """Say that the ``bad`` ``(item, reason)`` pairs of a split of ``total`` ``what`` are left out: a
     one-line summary, and every one listed in ``listing_dir/bad_files_{name}.txt``; with ``strict``,
-    raise ``ValueError`` instead."""
+    raise ``ValueError`` instead, led by ``strict`` when it is the caller's name for the switch
+    (train.py: ``"--strict"``), else by ``strict=True``."""
     first = f"{bad[0][0]} ({bad[0][1]})"
     if strict:
-        raise ValueError(f"--strict: {len(bad)} {name} {what} are unusable, first {first}")
+        switch = strict if isinstance(strict, str) else "strict=True"
+        raise ValueError(f"{switch}: {len(bad)} {name} {what} are unusable, first {first}")
     if report:
         listing_dir.mkdir(parents=True, exist_ok=True)
         listing = listing_dir / f"bad_files_{name}.txt"
