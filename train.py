@@ -19,7 +19,6 @@ import json
 import os
 import signal
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -29,9 +28,9 @@ import torchvision
 
 from dali_cutmix import checkpoint as ckpt
 from dali_cutmix.data import CACHE, export_fashion_mnist, load_imagenet
-from dali_cutmix.engine import LRSchedule, Stop, check_finite, evaluate, nvtx, train_step
+from dali_cutmix.engine import LRSchedule, Stop, evaluate, gather_states, train_epoch
 from dali_cutmix.loader import mix_schedule, process_shard
-from dali_cutmix.mix import LoopMixer, MixConfig
+from dali_cutmix.mix import LoopMixer, MixConfig, RecipeError
 from dali_cutmix.ops import BACKENDS
 from dali_cutmix.report import plot_metrics
 from dali_cutmix.scan import usable
@@ -48,6 +47,9 @@ RESUMABLE = ("epochs", "lr", "lr_schedule", "lr_step", "warmup_epochs", "workers
              "scan", "strict", "max_steps", "device", "no_amp")  # fmt: skip
 # Where, how, or checked another way (the data by its fingerprint).
 NOT_FLAGS = ("output", "resume", "overwrite", "data", "val_data", "recipe", "default_output")
+# The flag that sets each MixConfig field.
+RECIPE_FLAGS = {"alpha": "--cutmix-alpha", "prob": "--cutmix-prob", "mode": "--cutmix-mode", "mixup_alpha": "--mixup",
+                "switch_prob": "--mixup-switch-prob", "minmax": "--cutmix-minmax"}  # fmt: skip
 DATA_DEFAULTS = {"epochs": 90, "batch_size": 256, "image_size": 224, "arch": "resnet50", "warmup_epochs": 5}
 
 
@@ -173,18 +175,10 @@ def recipe_from_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> Mi
             minmax=tuple(args.cutmix_minmax) if args.cutmix_minmax else None,
             no_self=args.mix_no_self,
         )
-    except ValueError as e:
-        field, _, rest = str(e).partition(" must ")
-        flags = {
-            "alpha": "--cutmix-alpha",
-            "prob": "--cutmix-prob",
-            "mixup_alpha": "--mixup",
-            "switch_prob": "--mixup-switch-prob",
-            "minmax": "--cutmix-minmax",
-        }
-        if field in flags:
-            p.error(f"{flags[field]} must {rest}")
-        p.error("--cutmix-alpha and --mixup are both 0: nothing to mix (--no-cutmix trains without mixing)")
+    except RecipeError as e:
+        if e.field is None:
+            p.error("--cutmix-alpha and --mixup are both 0: nothing to mix (--no-cutmix trains without mixing)")
+        p.error(f"{RECIPE_FLAGS[e.field]} {e.rule}, got {e.value!r}")
 
 
 def parse_schedule(text: str) -> dict[int, float]:
@@ -222,7 +216,8 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
         dist.barrier()
     root = args.data or demo_root(args.demo_per_class)
     train_split, val_split = (root, args.val_data) if is_shards(root) else load_imagenet(root)
-    checks = dict(check=args.scan, strict=args.strict, workers=args.workers, listing_dir=out, report=rank == 0)
+    strict = "--strict" if args.strict else False  # how the error names the switch
+    checks = dict(check=args.scan, strict=strict, workers=args.workers, listing_dir=out, report=rank == 0)
     train_split = usable(train_split, "train", **checks)
     val_split = usable(args.val_data or val_split, "val", train_split.classes, **checks)
     if world > 1 and rank == 0:
@@ -286,83 +281,6 @@ def build_optimizer(args, model: torch.nn.Module, world: int, steps_per_epoch: i
     optimizer = torch.optim.SGD(groups, lr=lr, momentum=args.momentum, nesterov=True)
     schedule = LRSchedule(args.lr_schedule, args.warmup_epochs, args.epochs, args.lr_step, steps_per_epoch)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-
-
-def train_one_epoch(
-    model,
-    loader,
-    optimizer,
-    scheduler,
-    scaler,
-    args,
-    device,
-    epoch: int,
-    *,
-    start_step: int,
-    stop: Stop,
-    world: int,
-    show: bool,
-    mixer: LoopMixer | None = None,
-) -> dict:
-    """Steps ``start_step..`` of one epoch; returns the mean loss, speed, data-wait time and the
-    number of steps done, which is short of ``len(loader)`` only when ``stop`` was set."""
-    from tqdm import tqdm
-
-    model.train()
-    on_gpu = device.type == "cuda"
-    total = len(loader) if args.max_steps is None else min(len(loader), args.max_steps)
-    losses, seen, waited, step = [], 0, 0.0, start_step
-    bar = tqdm(total=total, initial=start_step, desc=f"epoch {epoch}", disable=not show, unit="batch", mininterval=1.0)
-    schedule = prob_schedule(args)
-    prob = schedule(epoch) if schedule else None  # this epoch's chance of mixing, for --mix-in loop
-    batches = iter(loader)
-    start = time.perf_counter()
-    while step < total and not stop.agreed(world, device, step):
-        tick = time.perf_counter()
-        with nvtx("data", on_gpu):
-            batch = next(batches, None)
-        waited += time.perf_counter() - tick
-        if batch is None:
-            break
-        if mixer is not None:  # --mix-in loop: the plain batch is mixed here, on its device
-            batch = mixer(batch[0], batch[1], prob=prob)
-        losses.append(train_step(model, optimizer, scaler, batch, smoothing=args.smoothing))
-        scheduler.step()
-        seen += len(batch[0])
-        step += 1
-        bar.update(1)
-        if step % 20 == 0:
-            check_finite(losses, epoch, start_step)
-            bar.set_postfix(loss=f"{losses[-1].item():.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
-    bar.close()
-    stopped = stop.agreed(world, device, 0)  # every rank leaves the epoch knowing the same
-    if stopped:
-        loader.close()  # an interrupted run leaves the epoch where it is: no draining
-    batches.close()  # drains the epoch if it was left early (--max-steps)
-    check_finite(losses, epoch, start_step)
-    seconds = time.perf_counter() - start
-    mean = torch.stack(losses).mean().item() if losses else float("nan")
-    return {
-        "train_loss": mean,
-        "images_per_s": seen / seconds,
-        "epoch_seconds": seconds,
-        "data_wait_s": waited,
-        "train_images": seen,
-        "steps": step,
-        "stopped": stopped,
-    }
-
-
-def gather_states(loader, mixer: LoopMixer | None, world: int) -> list[dict]:
-    """Every rank's loader (and loop mixer) state, in rank order (a collective: all ranks call it
-    together)."""
-    mine = loader.state() | ({"mixer": mixer.state()} if mixer is not None else {})
-    states = [None] * world
-    if world > 1:
-        dist.all_gather_object(states, mine)
-    else:
-        states[0] = mine
-    return states
 
 
 def prepare(args, rank: int, world: int, device: torch.device, out: Path):
@@ -461,6 +379,8 @@ def run(args) -> int:
             flush=True,
         )
 
+    schedule = prob_schedule(args)  # --mix-in loop: the mixer takes each epoch's chance of mixing from it
+    loop_prob = schedule if schedule is not None else lambda epoch: None
     stop = Stop()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     start_epoch, start_step = (state["epoch"], state["step"]) if state else (0, 0)
@@ -470,21 +390,9 @@ def run(args) -> int:
         for epoch in range(start_epoch, args.epochs):
             row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
             try:
-                row |= train_one_epoch(
-                    ddp,
-                    train,
-                    optimizer,
-                    scheduler,
-                    scaler,
-                    args,
-                    device,
-                    epoch,
-                    start_step=start_step,
-                    stop=stop,
-                    world=world,
-                    show=rank == 0,
-                    mixer=mixer,
-                )
+                row |= train_epoch(ddp, train, optimizer, scheduler, scaler, epoch=epoch, device=device, stop=stop,
+                                   world=world, start_step=start_step, max_steps=args.max_steps, mixer=mixer,
+                                   prob=loop_prob(epoch), smoothing=args.smoothing, show=rank == 0)  # fmt: skip
             except FloatingPointError as e:
                 raise StopRun(e, 1) from e
             loaders = gather_states(train, mixer, world)

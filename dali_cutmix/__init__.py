@@ -12,6 +12,7 @@ _HOME = {
     "CutMixParams": "mix",
     "LoopMixer": "mix",
     "MixConfig": "mix",
+    "RecipeError": "mix",
     "apply_cutmix": "mix",
     "cutmix_box": "mix",
     "sample_cutmix": "mix",

@@ -1,5 +1,6 @@
 """The training engine: one step (shared by train.py and the profiler, with NVTX ranges for
-Nsight Systems), evaluation, the lr schedule, and the stop signal that ranks agree on.
+Nsight Systems), one epoch of steps, evaluation, the lr schedule, and the stop signal that ranks
+agree on.
 
 On a GPU each phase (``data``, ``forward``, ``backward``, ``optimizer``) is an NVTX range, so
 ``nsys profile python train.py ...`` shows where a step's time goes next to DALI's own ranges.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 import signal
 import sys
+import time
 from contextlib import contextmanager, nullcontext
 
 import torch
@@ -58,6 +60,85 @@ def train_step(model, optimizer, scaler, batch, *, smoothing: float = 0.0) -> to
         else:
             optimizer.step()
     return loss.detach()
+
+
+def train_epoch(
+    model,
+    loader,
+    optimizer,
+    scheduler,
+    scaler,
+    *,
+    epoch: int,
+    device: torch.device,
+    stop: Stop,
+    world: int = 1,
+    start_step: int = 0,
+    max_steps: int | None = None,
+    smoothing: float = 0.0,
+    mixer=None,
+    prob: float | None = None,
+    show: bool = True,
+) -> dict:
+    """Steps ``start_step..`` of one epoch (at most ``max_steps``); returns the mean loss, speed,
+    data-wait time and the number of steps done, which is short of the epoch only when ``stop``
+    was set (``"stopped"``). ``mixer``: a :class:`dali_cutmix.mix.LoopMixer` that mixes the plain
+    batches on their device, with this epoch's chance ``prob`` (None: the recipe's)."""
+    from tqdm import tqdm
+
+    model.train()
+    on_gpu = device.type == "cuda"
+    total = len(loader) if max_steps is None else min(len(loader), max_steps)
+    losses, seen, waited, step = [], 0, 0.0, start_step
+    bar = tqdm(total=total, initial=start_step, desc=f"epoch {epoch}", disable=not show, unit="batch", mininterval=1.0)
+    batches = iter(loader)
+    start = time.perf_counter()
+    while step < total and not stop.agreed(world, device, step):
+        tick = time.perf_counter()
+        with nvtx("data", on_gpu):
+            batch = next(batches, None)
+        waited += time.perf_counter() - tick
+        if batch is None:
+            break
+        if mixer is not None:
+            batch = mixer(batch[0], batch[1], prob=prob)
+        losses.append(train_step(model, optimizer, scaler, batch, smoothing=smoothing))
+        scheduler.step()
+        seen += len(batch[0])
+        step += 1
+        bar.update(1)
+        if step % 20 == 0:
+            check_finite(losses, epoch, start_step)
+            bar.set_postfix(loss=f"{losses[-1].item():.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+    bar.close()
+    stopped = stop.agreed(world, device, 0)  # every rank leaves the epoch knowing the same
+    if stopped:
+        loader.close()  # an interrupted run leaves the epoch where it is: no draining
+    batches.close()  # drains the epoch if it was left early (max_steps)
+    check_finite(losses, epoch, start_step)
+    seconds = time.perf_counter() - start
+    mean = torch.stack(losses).mean().item() if losses else float("nan")
+    return {
+        "train_loss": mean,
+        "images_per_s": seen / seconds,
+        "epoch_seconds": seconds,
+        "data_wait_s": waited,
+        "train_images": seen,
+        "steps": step,
+        "stopped": stopped,
+    }
+
+
+def gather_states(loader, mixer, world: int) -> list[dict]:
+    """Every rank's loader (and loop mixer) state, in rank order (a collective: all ranks call it
+    together)."""
+    mine = loader.state() | ({"mixer": mixer.state()} if mixer is not None else {})
+    states = [None] * world
+    if world > 1:
+        dist.all_gather_object(states, mine)
+    else:
+        states[0] = mine
+    return states
 
 
 class LRSchedule:

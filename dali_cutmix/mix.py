@@ -68,6 +68,15 @@ class CutMixParams:
             )
 
 
+class RecipeError(ValueError):
+    """A recipe that cannot be: ``field`` (None when the fields only clash together), the ``rule``
+    it breaks and the ``value`` given, so a caller can name its own flag for the field."""
+
+    def __init__(self, field: str | None, rule: str, value=None):
+        self.field, self.rule, self.value = field, rule, value
+        super().__init__(rule if field is None else f"{field} {rule}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class MixConfig:
     """A mixing recipe, checked once; named like timm's ``Mixup`` where it has the option.
@@ -93,19 +102,19 @@ class MixConfig:
         for name in ("alpha", "mixup_alpha"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+                raise RecipeError(name, "must be a number >= 0", value)
         for name in ("prob", "switch_prob"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+                raise RecipeError(name, "must be a number in [0, 1]", value)
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+            raise RecipeError("mode", f"must be one of {MODES}", self.mode)
         if self.minmax is not None:
             lo, hi = self.minmax
             if not 0.0 < lo < hi <= 1.0:
-                raise ValueError(f"minmax must be (min, max) with 0 < min < max <= 1, got {self.minmax!r}")
+                raise RecipeError("minmax", "must be (min, max) with 0 < min < max <= 1", self.minmax)
         if not (self.cutmix or self.mixup):
-            raise ValueError("nothing to mix: alpha and mixup_alpha are both 0 and minmax is not set")
+            raise RecipeError(None, "nothing to mix: alpha and mixup_alpha are both 0 and minmax is not set")
 
     @property
     def cutmix(self) -> bool:

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from dali_cutmix.mix import CutMixParams, apply_cutmix, box_mask, cutmix_box, sample_cutmix
+import dali_cutmix
+from dali_cutmix.mix import CutMixParams, MixConfig, apply_cutmix, box_mask, cutmix_box, sample_cutmix
 
 H, W = 40, 72  # non-square on purpose: H and W must never be swapped
 
@@ -137,3 +138,20 @@ def test_apply_errors():
         apply_cutmix(np.zeros((3, H, W, 3)), np.arange(3), p)
     with pytest.raises(ValueError, match="expected perm"):
         CutMixParams(perm=np.arange(4), boxes=np.zeros((3, 4), np.int32), lam=np.ones(4, np.float32))
+
+
+@pytest.mark.parametrize(
+    "kwargs, field, rule",
+    [
+        ({"alpha": -1}, "alpha", "must be a number >= 0"),
+        ({"switch_prob": 2}, "switch_prob", "must be a number in [0, 1]"),
+        ({"minmax": (0.5, 0.2)}, "minmax", "must be (min, max) with 0 < min < max <= 1"),
+        ({"alpha": 0}, None, "nothing to mix: alpha and mixup_alpha are both 0 and minmax is not set"),
+    ],
+)
+def test_recipe_errors_name_their_field_for_the_caller(kwargs, field, rule):
+    """A trainer names its own flag from ``field`` (train.py does), never by parsing the message."""
+    with pytest.raises(dali_cutmix.RecipeError) as info:
+        MixConfig(**kwargs)
+    assert (info.value.field, info.value.rule) == (field, rule)
+    assert isinstance(info.value, ValueError)

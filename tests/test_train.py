@@ -14,6 +14,7 @@ from conftest import sigterm_after_step, train_args, write_jpeg_tree
 
 import train
 from dali_cutmix import checkpoint as ckpt
+from dali_cutmix import engine
 from dali_cutmix.mix import MixConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,11 +243,11 @@ def test_mixing_in_the_loop_trains_and_resumes_exactly(jpeg_tree, tmp_path, monk
     flags = ["--epochs", "2", "--mix-in", "loop", "--mixup", "0.3", "--cutmix-mode", "elem"]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert train.main(train_args(jpeg_tree, whole, *flags)) == 0
-    real = train.train_step
+    real = engine.train_step
     sigterm_after_step(monkeypatch, 4)  # epoch 1, step 1
     assert train.main(train_args(jpeg_tree, parts, *flags)) == 128 + signal.SIGTERM
     assert (parts / "checkpoint_0001_step000001.pt").is_file()
-    monkeypatch.setattr(train, "train_step", real)
+    monkeypatch.setattr(engine, "train_step", real)
     assert train.main(train_args(jpeg_tree, parts, *flags, "--resume")) == 0
     a, b = (torch.load(out / "checkpoint_0002.pt", weights_only=True) for out in (whole, parts))
     assert a["loaders"][0]["mixer"] == b["loaders"][0]["mixer"]
@@ -332,15 +333,16 @@ def assert_same_weights(out: Path, reference: dict) -> None:
 SIGNAL_AT_STEP = """
 import os, sys
 import train
+from dali_cutmix import engine
 signum, at = int(sys.argv[1]), int(sys.argv[2])
-real, done = train.train_step, [0]
+real, done = engine.train_step, [0]
 def step(*args, **kwargs):
     loss = real(*args, **kwargs)
     done[0] += 1
     if done[0] == at:
         os.kill(os.getpid(), signum)
     return loss
-train.train_step = step
+engine.train_step = step
 sys.exit(train.main(sys.argv[3:]))
 """
 
