@@ -153,8 +153,9 @@ SETTLE = 0.3  # seconds between turns: longer than a pipeline takes to refill it
 
 def mix_and_normalise(images, kind: str, *, fp16: bool = False):
     """The operator section's graph after its source of (S, S, 3) uint8 images: normalised as in
-    training, alone (``"none"``), after one batch copy (``"copy"``), or after CutMix with backend
-    ``kind``. Shared with :mod:`benchmarks.instructions`."""
+    training, alone (``"none"``), after one batch copy (``"copy"``), after a Python operator that
+    returns its input (``"pycopy"``), or after CutMix with backend ``kind``. Shared with
+    :mod:`benchmarks.instructions`."""
     from nvidia.dali import fn
 
     from dali_cutmix.ops import Normalize, cutmix
@@ -165,8 +166,24 @@ def mix_and_normalise(images, kind: str, *, fp16: bool = False):
         return norm.apply(images)
     if kind == "copy":  # the floor of any mix done in a pass of its own: one copy of the batch
         return norm.apply(fn.copy(images))
+    if kind == "pycopy":  # the floor of the python backend's design: its pixel operator doing nothing
+        return norm.apply(
+            fn.dl_tensor_python_function(
+                images, function=_same_samples, batch_processing=True, synchronize_stream=False,
+                device=images.device, output_layouts="HWC",
+            )
+        )  # fmt: skip
     labels = fn.random.uniform(range=[0, 10], shape=[1])
     return cutmix(images, labels, backend=kind, normalize=norm)[0]
+
+
+def _same_samples(samples):
+    """A ``fn.dl_tensor_python_function`` callback that returns its samples as they are (through
+    torch, as the python backend's callback takes and gives them); DALI copies them out."""
+    import torch
+    from torch.utils.dlpack import to_dlpack
+
+    return [to_dlpack(torch.from_dlpack(t)) for t in samples]
 
 
 def cutmix_op_rows(args) -> list[Row]:
@@ -193,6 +210,7 @@ def cutmix_op_rows(args) -> list[Row]:
     names = {
         "none": "normalise, no CutMix",
         "copy": "one batch copy + normalise",
+        "pycopy": "Python operator returning its input + normalise",
         "python": "python backend + normalise",
         "native": "native backend + normalise",
         "ops": "ops backend + normalise",
@@ -484,10 +502,14 @@ def findings(rows: list[Row], args) -> list[str]:
 
     alone = by.get(("cutmix op", "normalise, no CutMix"))
     if alone:
-        for name in ("one batch copy + normalise", "python backend + normalise", "native backend + normalise"):
-            if ("cutmix op", name) in by:
-                cost = per_batch_ms(by[("cutmix op", name)].median) - per_batch_ms(alone.median)
-                out.append(f"cutmix op/{name}: {cost:+.2f} ms per batch of {args.batch_size} over normalising alone")
+        for (group, name), row in by.items():
+            if group == "cutmix op" and row is not alone:
+                cost = per_batch_ms(row.median) - per_batch_ms(alone.median)
+                cpu = statistics.median(row.cpu_ms) - statistics.median(alone.cpu_ms)
+                out.append(
+                    f"cutmix op/{name}: {cost:+.2f} ms per batch of {args.batch_size} ({cpu:+.2f} ms of CPU time) "
+                    "over normalising alone"
+                )
     for group in ("epochs", "pipeline"):
         base = by.get((group, "DALI, no CutMix"))
         for name in PIPELINES:

@@ -40,9 +40,12 @@ def test_profiler_runs_every_section_and_reports(photo_data, tmp_path, capsys):
     # The native backend fuses into the normalisation: one draw and one operator replace one operator.
     assert int(counts["native backend + normalise"].split()[0]) == int(counts["normalise, no CutMix"].split()[0]) + 2
     assert int(counts["ops backend + normalise"].split()[0]) > 30
+    # The python backend's floor: its pixel operator alone, one more operator than normalising.
+    assert int(counts["Python operator returning its input + normalise"].split()[0]) == 5
     assert (out / "bench.png").stat().st_size > 1000
     printed = capsys.readouterr().out
     assert "pipeline/DALI + CutMix (native): costs " in printed and "% CPU time per image" in printed
+    assert "cutmix op/python backend + normalise: " in printed and " ms of CPU time) over normalising" in printed
     assert "peers: pipeline/DALI + CutMix (native) is " in printed and "target" not in printed
 
 
