@@ -88,9 +88,11 @@ class TorchMix:
     """Batch callback of ``fn.dl_tensor_python_function``: DLPack samples in, mixed samples out.
 
     The same code on both devices: :func:`dali_cutmix.mix.mix_images` in torch (a gather of the
-    partners, a box mask, a select; MixUp blended in float32 and rounded half away from zero
-    explicitly), which never reads a value back to the host. On CUDA tensors it runs on DALI's
-    own stream, so nothing blocks on the device.
+    partners, a paste through row and column masks; MixUp blended in float32 and rounded half away
+    from zero explicitly), which never reads a value back to the host. On CUDA tensors it runs on
+    DALI's own stream, so nothing blocks on the device. On CPU tensors only the housekeeping
+    differs: torch on DALI's thread alone, and batch buffers kept between calls (see
+    docs/BENCHMARKS.md, "Where the python backend's cost goes").
     """
 
     def __init__(self, layout: str):
