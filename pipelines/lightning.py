@@ -8,8 +8,10 @@
 Why an adapter at all: the loaders must know this process's rank, world size and device, which
 Lightning settles only once ``fit`` has launched the processes; its hooks build them then. The
 loader's position is saved in Lightning's checkpoints (``state_dict``), so a run resumed from an
-epoch-end checkpoint continues the data stream exactly. Lightning's distributed sampler does not
-apply (DALI shards by itself), and nothing else is needed.
+epoch-end checkpoint, or from one taken mid-epoch (``every_n_train_steps``), continues the data
+stream exactly. On a mid-epoch resume Lightning warns that the dataloader is not resumable: it
+looks for ``state_dict`` on the loader, while the datamodule carries the position. Lightning's
+distributed sampler does not apply (DALI shards by itself), and nothing else is needed.
 """
 
 from __future__ import annotations

@@ -41,9 +41,12 @@ def record(out: Path, rank: int, log: dict) -> None:
     (out / f"rank{rank}.json").write_text(json.dumps(log))
 
 
-def fit_lightning(data, val, out: Path, devices: int = 1, epochs: int = 2, resume: str | None = None):
+def fit_lightning(
+    data, val, out: Path, devices: int = 1, epochs: int = 2, resume: str | None = None, every_n_steps: int | None = None
+):
     """Lightning's Trainer over :class:`pipelines.lightning.DALIDataModule`; with ``resume``, from that
-    checkpoint. Saves a checkpoint at each epoch's end; returns the rank's log."""
+    checkpoint. Saves a checkpoint at each epoch's end, or every ``every_n_steps`` training steps;
+    returns the rank's log."""
     import lightning as L
 
     from pipelines.lightning import DALIDataModule
@@ -59,6 +62,8 @@ def fit_lightning(data, val, out: Path, devices: int = 1, epochs: int = 2, resum
 
         def training_step(self, batch, _):
             images, labels_a, labels_b, lam = batch
+            if not self.log_["train"]:  # a fit resumed mid-epoch starts without on_train_epoch_start
+                self.log_["train"].append([])
             self.log_["train"][-1] += labels_a.tolist()
             return mixed_cross_entropy(self.net(images), labels_a, labels_b, lam)
 
@@ -81,7 +86,9 @@ def fit_lightning(data, val, out: Path, devices: int = 1, epochs: int = 2, resum
         devices=devices,
         strategy="ddp" if devices > 1 else "auto",
         logger=False,
-        callbacks=[L.pytorch.callbacks.ModelCheckpoint(out / "checkpoints", save_top_k=-1)],
+        callbacks=[
+            L.pytorch.callbacks.ModelCheckpoint(out / "checkpoints", save_top_k=-1, every_n_train_steps=every_n_steps)
+        ],
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=out,

@@ -40,6 +40,18 @@ def test_lightning_resumes_the_data_stream_exactly(unique_labels, tmp_path):
     assert resumed["after"] == whole["after"]
 
 
+def test_lightning_resumes_mid_epoch_exactly(unique_labels, tmp_path):
+    """A checkpoint taken 3 steps into the first epoch (``every_n_train_steps``): the resumed fit
+    reads that epoch's other half, then the next epoch, as the fit without a break did. Lightning
+    warns that the dataloader is not resumable; the datamodule's state carries the position."""
+    whole = fit_lightning(*unique_labels, tmp_path / "whole")
+    fit_lightning(*unique_labels, tmp_path / "first", epochs=1, every_n_steps=3)
+    checkpoint = tmp_path / "first" / "checkpoints" / "epoch=0-step=3.ckpt"
+    resumed = fit_lightning(*unique_labels, tmp_path / "resumed", resume=str(checkpoint))
+    assert resumed["train"] == [whole["train"][0][12:], whole["train"][1]]
+    assert resumed["after"] == whole["after"]
+
+
 def test_the_datamodule_leaves_unreadable_files_out(jpeg_tree, tmp_path, monkeypatch):
     from pipelines.lightning import DALIDataModule
 
