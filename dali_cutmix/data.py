@@ -87,16 +87,25 @@ def load_split(path: str | os.PathLike, classes: list[str] | None = None) -> Spl
     return Split(files, labels, classes)
 
 
-def load_source(spec, classes: list[str] | None = None):
+def load_source(
+    spec,
+    classes: list[str] | None = None,
+    *,
+    check: str = "quick",
+    workers: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+):
     """A :class:`Split` (a ``<class>/<image>`` folder or a file list) or, for ``.tar`` paths,
-    patterns and folders of them, :class:`dali_cutmix.shards.Shards` (checked and indexed once,
-    cached under ``CACHE/shards``)."""
+    patterns and folders of them, :class:`dali_cutmix.shards.Shards` (checked with ``check`` by
+    ``workers`` processes and indexed once, cached under ``cache_dir/shards``, by default
+    ``CACHE/shards``). A Split or Shards is returned as it is."""
     from .shards import Shards, is_shards, load_shards  # shards builds on the scan, which builds on this module
 
     if isinstance(spec, (Split, Shards)):
         return spec
     if is_shards(spec):
-        return load_shards(spec, classes, cache_dir=CACHE / "shards")
+        cache = Path(cache_dir) if cache_dir is not None else CACHE
+        return load_shards(spec, classes, cache_dir=cache / "shards", check=check, workers=workers)
     return load_split(spec, classes)
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .data import CACHE, Split, load_split
+from .data import CACHE, Split, load_source
 
 DECODABLE = {"JPEG", "PNG", "BMP", "TIFF", "WEBP", "JPEG2000", "PPM"}
 TAIL = 64  # bytes read from the end: an EOI marker may be followed by a little padding
@@ -183,21 +183,18 @@ def usable(
     and listed in ``listing_dir/bad_files_{name}.txt`` (:func:`leave_out`), or is a ``ValueError``
     with ``strict``. ``check``: ``"quick"``, ``"full"`` (decode everything) or ``"off"``. Verdicts
     and shard indexes are cached under ``cache_dir`` (default ``dali_cutmix.data.CACHE``)."""
-    from .shards import Shards, is_shards, load_shards  # shards builds on this module's checks
+    from .shards import Shards  # shards builds on this module's checks
 
     cache = Path(cache_dir) if cache_dir is not None else CACHE
-    if isinstance(source, Shards) or (not isinstance(source, Split) and is_shards(source)):
-        shards = source
-        if not isinstance(source, Shards):
-            shards = load_shards(source, classes, cache_dir=cache / "shards", check=check, workers=workers)
-        if shards.bad:
-            total = len(shards) + len(shards.bad)
-            leave_out(shards.bad, total, name, strict=strict, listing_dir=listing_dir, report=report, what="samples")
-        return shards
-    split = source if isinstance(source, Split) else load_split(source, classes)
+    source = load_source(source, classes, check=check, workers=workers, cache_dir=cache)
+    if isinstance(source, Shards):
+        if source.bad:
+            total = len(source) + len(source.bad)
+            leave_out(source.bad, total, name, strict=strict, listing_dir=listing_dir, report=report, what="samples")
+        return source
     if check == "off":
-        return split
-    return drop_undecodable(split, name, cache_dir=cache / "scan", workers=workers, full=check == "full",
+        return source
+    return drop_undecodable(source, name, cache_dir=cache / "scan", workers=workers, full=check == "full",
                             strict=strict, listing_dir=listing_dir, report=report)  # fmt: skip
 
 
