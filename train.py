@@ -147,9 +147,10 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--smoothing must be in [0, 1), got {args.smoothing}")
     if args.lr <= 0 or args.warmup_epochs < 0:
         p.error(f"--lr must be > 0 and --warmup-epochs >= 0, got {args.lr} and {args.warmup_epochs}")
-    if args.data is not None and not (is_shards(args.data) or Path(args.data).is_dir()):
+    shards = args.data is not None and is_shards(args.data)
+    if args.data is not None and not (shards or Path(args.data).is_dir()):
         p.error(f"--data {args.data!r} is neither a directory nor .tar shards")
-    if args.data is not None and is_shards(args.data) and args.val_data is None:
+    if shards and args.val_data is None:
         p.error(f"--data {args.data!r} names WebDataset shards: give the validation data with --val-data")
     for flag, spec in (("--data", args.data), ("--val-data", args.val_data)):
         if spec is not None and is_shards(spec):
