@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import os
 import signal
 import sys
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -30,13 +32,14 @@ from dali_cutmix import checkpoint as ckpt
 from dali_cutmix.data import CACHE, export_fashion_mnist, load_imagenet
 from dali_cutmix.engine import LRSchedule, Stop, evaluate, gather_states, train_epoch
 from dali_cutmix.loader import mix_schedule, process_shard
-from dali_cutmix.mix import LoopMixer, MixConfig, RecipeError
-from dali_cutmix.ops import BACKENDS
+from dali_cutmix.mix import LoopMixer
 from dali_cutmix.report import plot_metrics
 from dali_cutmix.scan import usable
 from dali_cutmix.shards import expand as expand_shards
 from dali_cutmix.shards import is_shards
 from pipelines.loaders import train_loader, val_loader
+from pipelines.preview import write_batch_png
+from pipelines.recipe_args import add_recipe_args, recipe_from_args
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 # Flags whose default differs between the demo (no --data) and real data.
@@ -47,9 +50,6 @@ RESUMABLE = ("epochs", "lr", "lr_schedule", "lr_step", "warmup_epochs", "workers
              "scan", "strict", "max_steps", "device", "no_amp")  # fmt: skip
 # Where, how, or checked another way (the data by its fingerprint).
 NOT_FLAGS = ("output", "resume", "overwrite", "data", "val_data", "recipe", "default_output")
-# The flag that sets each MixConfig field.
-RECIPE_FLAGS = {"alpha": "--cutmix-alpha", "prob": "--cutmix-prob", "mode": "--cutmix-mode", "mixup_alpha": "--mixup",
-                "switch_prob": "--mixup-switch-prob", "minmax": "--cutmix-minmax"}  # fmt: skip
 DATA_DEFAULTS = {"epochs": 90, "batch_size": 256, "image_size": 224, "arch": "resnet50", "warmup_epochs": 5}
 
 
@@ -79,18 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup-epochs", type=float, default=None, help="linear warmup (demo 0, else 5)")
     p.add_argument("--smoothing", "--label-smoothing", type=float, default=0.0, dest="smoothing")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DALI CPU threads")
-    # Mixing flags; the second names are timm's.
-    p.add_argument("--cutmix-alpha", "--cutmix", type=float, default=1.0, help="CutMix Beta(a, a); 0: no CutMix")
-    p.add_argument("--mixup", type=float, default=0.0, dest="mixup_alpha", help="MixUp alpha; > 0 turns MixUp on")
-    p.add_argument("--cutmix-prob", "--mixup-prob", type=float, default=1.0, help="chance of mixing at all")
-    p.add_argument("--mixup-switch-prob", type=float, default=0.5, help="with both on, the chance of CutMix")
-    p.add_argument(
-        "--cutmix-mode", "--mixup-mode", choices=("batch", "elem"), default="batch", help="draw per batch or sample"
-    )
-    p.add_argument("--cutmix-minmax", type=float, nargs=2, metavar=("MIN", "MAX"), help="box sides in [MIN, MAX)")
-    p.add_argument("--mix-no-self", action="store_true", help="partners are never the sample itself")
-    p.add_argument("--cutmix-backend", choices=tuple(BACKENDS), help="default: native on the CPU, python on the GPU")
-    p.add_argument("--no-cutmix", action="store_true", help="train without any mixing (the baseline)")
+    add_recipe_args(p)  # the mixing flags, timm's names among them (pipelines.recipe_args)
     p.add_argument(
         "--mix-in",
         choices=("pipeline", "loop"),
@@ -136,13 +125,17 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     for flag, value in positive.items():
         if value < 1:
             p.error(f"{flag} must be >= 1, got {value}")
+    if args.max_steps is not None and args.max_steps < 1:
+        p.error(f"--max-steps must be >= 1, got {args.max_steps} (leave it out to train whole epochs)")
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        p.error(f"--output {args.output!r} is a file, not a folder: give a folder for the run")
     if args.image_size < 16:
         p.error(f"--image-size must be >= 16, got {args.image_size}")
     if not 0 < args.random_area[0] <= args.random_area[1] <= 1:
         p.error(f"--random-area must be MIN MAX with 0 < MIN <= MAX <= 1, got {' '.join(map(str, args.random_area))}")
     if args.arch not in ARCHS:
         p.error(f"--arch must be one of {', '.join(ARCHS)}, got {args.arch!r}")
-    args.recipe = None if args.no_cutmix else recipe_from_args(p, args)
+    args.recipe = recipe_from_args(p, args)
     if not 0 <= args.smoothing < 1:
         p.error(f"--smoothing must be in [0, 1), got {args.smoothing}")
     if args.lr <= 0 or args.warmup_epochs < 0:
@@ -162,24 +155,6 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--device gpu: CUDA is not available on this machine")
     if args.resume not in (None, "latest") and not Path(args.resume).is_file():
         p.error(f"--resume {args.resume!r}: no such checkpoint file")
-
-
-def recipe_from_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> MixConfig:
-    """The mixing flags as one checked recipe; errors are reported with the flags' names."""
-    try:
-        return MixConfig(
-            alpha=args.cutmix_alpha,
-            prob=args.cutmix_prob,
-            mode=args.cutmix_mode,
-            mixup_alpha=args.mixup_alpha,
-            switch_prob=args.mixup_switch_prob,
-            minmax=tuple(args.cutmix_minmax) if args.cutmix_minmax else None,
-            no_self=args.mix_no_self,
-        )
-    except RecipeError as e:
-        if e.field is None:
-            p.error("--cutmix-alpha and --mixup are both 0: nothing to mix (--no-cutmix trains without mixing)")
-        p.error(f"{RECIPE_FLAGS[e.field]} {e.rule}, got {e.value!r}")
 
 
 def parse_schedule(text: str) -> dict[int, float]:
@@ -206,12 +181,21 @@ def setup_distributed(args) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
+class Data(NamedTuple):
+    train: object  # DALILoader of (images, labels_a, labels_b, lam)
+    val: object  # DALILoader of (images, labels)
+    classes: list[str]
+    fingerprint: str
+    mixer: LoopMixer | None  # --mix-in loop: mixes the plain batches in the training loop
+
+
 def load_data(args, rank: int, world: int, device: torch.device, start_epoch: int, out: Path, loader_state=None):
-    """The train and val loaders for this rank's shard, and the class names.
+    """This rank's loaders, the class names, the data's fingerprint and the loop mixer.
 
     Undecodable files and shard samples are found first (``dali_cutmix.scan``, ``dali_cutmix.shards``)
     and left out, or are an error with ``--strict``. Rank 0 exports the demo data and scans while
-    the others wait, then they read its caches.
+    the others wait, then they read its caches. A fresh run's rank 0 draws its first batch to
+    ``out/batch.png``.
     """
     if world > 1 and rank != 0:
         dist.barrier()
@@ -223,6 +207,12 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
     val_split = usable(args.val_data or val_split, "val", train_split.classes, **checks)
     if world > 1 and rank == 0:
         dist.barrier()
+    share = -(-len(train_split) // world)  # DALI pads every rank's share to the largest
+    if share < args.batch_size:
+        raise ValueError(
+            f"--batch-size {args.batch_size} is larger than this rank's share of the training data: {share} of "
+            f"{len(train_split)} images over {world} process(es); lower --batch-size (or run fewer processes)"
+        )
     dali_device = "gpu" if device.type == "cuda" else "cpu"
     common = dict(
         batch_size=args.batch_size,
@@ -234,11 +224,9 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
         image_size=args.image_size,
         torch_device=device,
     )
-    train = train_loader(
-        train_split,
+    settings = dict(
         seed=args.seed,
         start_epoch=start_epoch,
-        state=loader_state,
         recipe=args.recipe if args.mix_in == "pipeline" else None,  # loop: plain batches, mixed by the trainer
         backend=args.cutmix_backend,
         prob_schedule=prob_schedule(args),
@@ -247,12 +235,17 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
         last_batch="drop",  # equal batches on every rank, and no batch of 1 for BatchNorm
         **common,
     )
-    if len(train) == 0:
-        raise ValueError(
-            f"--batch-size {args.batch_size} is larger than this rank's share of {len(train_split)} training images"
-        )
+    train = train_loader(train_split, state=loader_state, **settings)
     val = val_loader(val_split, classes=train_split.classes, **common)
-    return train, val, train_split.classes, train_split.fingerprint(root)
+    mixer = None
+    if args.recipe is not None and args.mix_in == "loop":
+        mixer = LoopMixer(args.recipe, seed=args.seed * 1000 + rank + 1)
+        if loader_state and loader_state.get("mixer"):
+            mixer.load_state(loader_state["mixer"])
+    if rank == 0 and loader_state is None and start_epoch == 0:
+        first = (prob_schedule(args) or (lambda epoch: None))(0)
+        write_batch_png(out / "batch.png", train_split, train_split.classes, mixer=mixer, prob=first, **settings)
+    return Data(train, val, train_split.classes, train_split.fingerprint(root), mixer)
 
 
 def prob_schedule(args):
@@ -285,11 +278,15 @@ def build_optimizer(args, model: torch.nn.Module, world: int, steps_per_epoch: i
 
 
 def prepare(args, rank: int, world: int, device: torch.device, out: Path):
-    """The checkpoint to resume from (or None), the loaders, the classes and the data's
-    fingerprint; ValueError on bad input, before anything in ``out`` changes."""
-    state, loader_state = None, None
+    """The checkpoint to resume from (or None), the data (:class:`Data`) and (rank 0) the lock on
+    ``out``; ValueError on bad input, before anything in ``out`` changes."""
+    state, loader_state, lock = None, None, None
     say = print if rank == 0 else lambda *a, **k: None
     if rank == 0:
+        holder = ckpt.live_run(out)  # first: a live run's folder is neither resumed nor moved aside
+        if holder:
+            raise ckpt.RunInUse(f"--output {out} is in use by a live run ({holder}): wait for it to end, "
+                                f"or choose another --output")  # fmt: skip
         for partial in ckpt.remove_partial(out):
             say(f"removed {partial}, left by a write that never finished")
     if args.resume:
@@ -318,11 +315,18 @@ def prepare(args, rank: int, world: int, device: torch.device, out: Path):
         )
     if not state and ckpt.holds_run(out) and rank == 0:  # --overwrite, or the default folder
         say(f"moved the earlier run in {out} to {ckpt.move_aside(out)}")
-    start_epoch = state["epoch"] if state else 0
-    train, val, classes, fingerprint = load_data(args, rank, world, device, start_epoch, out, loader_state)
-    if state:
-        ckpt.check_data(state, path, len(classes), fingerprint)
-    return state, train, val, classes, fingerprint
+    if rank == 0:  # held for the run (released when it ends, or by the OS); under torchrun rank 0 holds it
+        lock = ckpt.RunLock(out)
+    try:
+        start_epoch = state["epoch"] if state else 0
+        data = load_data(args, rank, world, device, start_epoch, out, loader_state)
+        if state:
+            ckpt.check_data(state, path, len(data.classes), data.fingerprint)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return state, data, lock
 
 
 class StopRun(Exception):
@@ -340,18 +344,24 @@ def run(args) -> int:
     torch.manual_seed(args.seed)
     out = Path(args.output)
     try:
-        state, train, val, classes, fingerprint = prepare(args, rank, world, device, out)
+        state, data, lock = prepare(args, rank, world, device, out)
     except (ValueError, FileNotFoundError) as e:
         raise StopRun(e, 2) from e
+    try:
+        return fit(args, rank, world, device, out, state, data)
+    finally:
+        if lock is not None:
+            lock.release()
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def fit(args, rank: int, world: int, device: torch.device, out: Path, state: dict | None, data: Data) -> int:
+    """Train and evaluate epoch by epoch from ``state`` (or afresh), saving as it goes; the exit code."""
+    train, val, classes, fingerprint, mixer = data
     model = build_model(args.arch, len(classes), device)
     optimizer, scheduler = build_optimizer(args, model, world, len(train))
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and not args.no_amp else None
-    mixer = None
-    if args.recipe is not None and args.mix_in == "loop":
-        mixer = LoopMixer(args.recipe, seed=args.seed * 1000 + rank + 1)
-        saved = (state or {}).get("loaders") or []
-        if len(saved) == world and saved[rank].get("mixer"):
-            mixer.load_state(saved[rank]["mixer"])
     if state:  # prepare checked that it fits (flags, data, classes)
         ckpt.restore(state, model, optimizer, scheduler, scaler, steps_per_epoch=len(train))
     ddp = (
@@ -389,6 +399,8 @@ def run(args) -> int:
     rows = ckpt.read_metrics(metrics_path, before_epoch=start_epoch) if rank == 0 else []
     try:
         for epoch in range(start_epoch, args.epochs):
+            if rank == 0:  # the checkpoint at this epoch's end must fit: said now, not after an hour's work
+                on_disk_full(out, ckpt.check_space, out, checkpoint_bytes(out, model, optimizer))
             row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
             try:
                 row |= train_epoch(ddp, train, optimizer, scheduler, scaler, epoch=epoch, device=device, stop=stop,
@@ -401,14 +413,14 @@ def run(args) -> int:
                         keep=args.keep_checkpoints, loaders=loaders)  # fmt: skip
             if row.pop("stopped"):
                 if rank == 0:
-                    path = ckpt.save(out, epoch, step=row["steps"], **save)
+                    path = on_disk_full(out, ckpt.save, out, epoch, step=row["steps"], **save)
                     print(f"saved {path}; continue with --resume", file=sys.stderr)
                 return 128 + (stop.signal or signal.SIGTERM)  # a rank told by another: as if SIGTERM
             start_step = 0
             row |= evaluate(ddp, val, device, world, amp=not args.no_amp)
             if rank == 0:
                 rows.append(row)
-                ckpt.save(out, epoch + 1, **save)
+                on_disk_full(out, ckpt.save, out, epoch + 1, **save)
                 ckpt.write_metrics(metrics_path, rows)
                 plot_metrics(rows, out / "curves.png")
                 print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
@@ -416,8 +428,37 @@ def run(args) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+
+
+def checkpoint_bytes(out: Path, model, optimizer) -> int:
+    """The size of the next checkpoint: the last one's, else the weights and the optimizer state
+    (the momentum, as large as the weights, counted before the first step makes it)."""
+    last = ckpt.latest(out)
+    if last is not None:
+        return last.stat().st_size
+    weights = ckpt.checkpoint_bytes(model, None)
+    return max(2 * weights, ckpt.checkpoint_bytes(model, optimizer))
+
+
+def on_disk_full(out: Path, write, *args, **kwargs):
+    """``write(*args, **kwargs)``; a full disk (or another OSError) stops the run in one line naming the file and
+    the last good checkpoint, which the atomic writes leave intact for ``--resume``."""
+    try:
+        return write(*args, **kwargs)
+    except OSError as e:
+        last = ckpt.latest(out)
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint has been written yet"
+        todo = "free some space" if e.errno == errno.ENOSPC else "fix that"
+        raise StopRun(f"{e.filename or out}: {e.strerror or e}; nothing was lost, {kept}: {todo}, then continue "
+                      f"with --resume", 1) from e  # fmt: skip
+
+
+# What to do about an OSError outside a checkpoint write, by errno.
+OS_ADVICE = {errno.ENOSPC: "free some space, then continue with --resume",
+             errno.EACCES: "choose another --output, or fix its permissions",
+             errno.EPERM: "choose another --output, or fix its permissions",
+             errno.EROFS: "choose another --output on a writable disk",
+             errno.ENOTDIR: "a part of that path is a file: choose another --output"}  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -427,6 +468,17 @@ def main(argv=None) -> int:
     except StopRun as e:  # the one way out with an error: one line on stderr
         print(f"train.py: error: {e}", file=sys.stderr)
         return e.code
+    except Exception as e:  # the disk, the folder or a bug: one line; DALI_CUTMIX_DEBUG=1 shows the traceback
+        if os.environ.get("DALI_CUTMIX_DEBUG"):
+            raise
+        if isinstance(e, OSError) and e.strerror:
+            advice = OS_ADVICE.get(e.errno, "see the message")
+            print(f"train.py: error: {e.filename or args.output}: {e.strerror}: {advice}", file=sys.stderr)
+            return 1
+        first = (str(e).strip().splitlines() or [""])[0]
+        print(f"train.py: error: {type(e).__name__}: {first} (DALI_CUTMIX_DEBUG=1 shows the traceback)",
+              file=sys.stderr)  # fmt: skip
+        return 1
 
 
 if __name__ == "__main__":

@@ -290,9 +290,14 @@ def make_loader(args, train_split, **overrides):
     """The training loader as train.py builds it (float16 output on the GPU)."""
     from pipelines.loaders import train_loader
 
+    uint8 = overrides.get("uint8", False)
     settings = dict(batch_size=args.batch_size, image_size=args.image_size, device=args.device,
-                    num_threads=args.workers, fp16=args.device == "gpu", backend=args.backend)  # fmt: skip
-    return train_loader(train_split, **{**settings, **overrides})
+                    num_threads=args.workers, fp16=args.device == "gpu" and not uint8,
+                    backend=args.backend)  # fmt: skip
+    loader = train_loader(train_split, **{**settings, **overrides})
+    if uint8:
+        loader.normalize = None  # a GPU trainer normalises on its device: the rows are the pipeline's cost alone
+    return loader
 
 
 PIPELINES = {
@@ -302,6 +307,14 @@ PIPELINES = {
     "DALI + CutMix (ops)": {"backend": "ops"},
     # The native operator with nothing mixed: its normalisation against crop_mirror_normalize's.
     "DALI + native operator, prob 0": {"backend": "native", "recipe": MixConfig(prob=0.0)},
+    # What a CPU pipeline ships to a GPU trainer: uint8, flipped, not normalised (HWC).
+    "DALI, no CutMix, uint8 out": {"recipe": None, "uint8": True},
+    "DALI + CutMix (native), uint8 out": {"backend": "native", "uint8": True},
+}
+# The row each configuration is compared with (default: no CutMix, float out).
+COMPARED = {
+    "DALI, no CutMix, uint8 out": "DALI, no CutMix",
+    "DALI + CutMix (native), uint8 out": "DALI + CutMix (native)",
 }
 
 
@@ -353,7 +366,7 @@ def epoch_rows(args, train_split) -> list[Row]:
             got = epoch_run(args, args.data, name)
             rates[name].append(got["images"] / got["wall"])
             cpu[name].append(1000 * got["cpu"] / got["images"] * args.batch_size)
-    return [Row("epochs", n, rates[n], baseline="DALI, no CutMix", cpu_ms=cpu[n]) for n in names]
+    return [Row("epochs", n, rates[n], baseline=COMPARED.get(n, "DALI, no CutMix"), cpu_ms=cpu[n]) for n in names]
 
 
 def pipeline_rows(args, train_split) -> list[Row]:
@@ -373,7 +386,10 @@ def pipeline_rows(args, train_split) -> list[Row]:
     )
     for loader in loaders.values():
         loader.close()
-    return [Row("pipeline", name, rates[name], baseline="DALI, no CutMix", cpu_ms=cpu[name]) for name in runs]
+    return [
+        Row("pipeline", name, rates[name], baseline=COMPARED.get(name, "DALI, no CutMix"), cpu_ms=cpu[name])
+        for name in runs
+    ]
 
 
 # --- the trainer ----------------------------------------------------------------------------------
@@ -511,9 +527,9 @@ def findings(rows: list[Row], args) -> list[str]:
                     "over normalising alone"
                 )
     for group in ("epochs", "pipeline"):
-        base = by.get((group, "DALI, no CutMix"))
         for name in PIPELINES:
             row = by.get((group, name))
+            base = by.get((group, COMPARED.get(name, "DALI, no CutMix")))
             if base is None or row is None or row is base:
                 continue
             cost, low, high = paired_cost(row.images_per_s, base.images_per_s)
@@ -522,7 +538,7 @@ def findings(rows: list[Row], args) -> list[str]:
                 extra, clow, chigh = cpu_cost(row.cpu_ms, base.cpu_ms)
                 per_image = statistics.median(row.cpu_ms) / args.batch_size
                 line += f" and {extra:+.1f}% CPU time per image ({clow:+.1f}..{chigh:+.1f}; {per_image:.2f} ms)"
-            out.append(line + f" against {group}/DALI, no CutMix, {len(row.images_per_s)} paired repetitions")
+            out.append(line + f" against {group}/{base.name}, {len(row.images_per_s)} paired repetitions")
     tv = by.get(("peers", "torchvision DataLoader + v2.CutMix"))
     ours = by.get(("pipeline", f"DALI + CutMix ({args.backend})"))
     if tv and ours:

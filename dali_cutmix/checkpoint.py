@@ -10,10 +10,15 @@ check's caches (:mod:`dali_cutmix.scan`, :mod:`dali_cutmix.shards`) are written 
 
 from __future__ import annotations
 
+import fcntl
+import io
 import json
 import os
 import re
+import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 
 # checkpoint_0003.pt: 3 epochs done; checkpoint_0003_step000120.pt: interrupted 120 steps into
@@ -23,6 +28,7 @@ CHECKPOINT = re.compile(r"^checkpoint_(\d+)(?:_step(\d+))?\.pt$")
 PARTIAL = re.compile(r"^\.(checkpoint_\d+(?:_step\d+)?\.pt|config\.json|metrics\.jsonl)\..+\.tmp$")
 # The files that make a folder a run folder.
 RUN_FILES = ("config.json", "metrics.jsonl")
+LOCK = ".lock"  # flock'ed by the live run's (rank 0's) process; its text names that process
 
 
 class UnreadableCheckpoint(ValueError):
@@ -58,6 +64,77 @@ def remove_partial(out: Path) -> list[Path]:
     for p in partial:
         p.unlink(missing_ok=True)
     return partial
+
+
+class RunInUse(ValueError):
+    """The run folder is held by a live process (named in the message)."""
+
+
+def live_run(out: Path) -> str | None:
+    """Who holds ``out``'s lock (``"pid N on HOST since TIME"``), or None when no live process
+    does. Looks without creating anything: a folder nobody holds stays as it is."""
+    path = Path(out) / LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+    finally:
+        os.close(fd)  # closing drops a lock this call took
+    return None
+
+
+class RunLock:
+    """An OS lock (``fcntl.flock``) on ``out/.lock`` for as long as this object lives: a second
+    run into ``out`` sees it (:func:`live_run`), and the kernel drops it when the process ends,
+    so a killed run leaves no stale lock. Creates ``out``; ``RunInUse`` if a live run holds it."""
+
+    def __init__(self, out: Path):
+        Path(out).mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(Path(out) / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(self.fd)
+            raise RunInUse(f"--output {out} is in use by a live run ({holder}): wait for it to end, "
+                           f"or choose another --output") from None  # fmt: skip
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}".encode(), 0)
+
+    def release(self) -> None:
+        os.close(self.fd)
+
+
+def checkpoint_bytes(model, optimizer) -> int:
+    """What a checkpoint of ``model`` and ``optimizer`` (or None) takes on disk, near enough: their
+    tensors and a MiB for the rest."""
+    import torch
+
+    def size(obj) -> int:
+        if isinstance(obj, torch.Tensor):
+            return obj.numel() * obj.element_size()
+        if isinstance(obj, dict):
+            return sum(size(v) for v in obj.values())
+        if isinstance(obj, (list, tuple)):
+            return sum(size(v) for v in obj)
+        return 0
+
+    return size(model.state_dict()) + (size(optimizer.state_dict()) if optimizer is not None else 0) + (1 << 20)
+
+
+def check_space(out: Path, need: int) -> None:
+    """``OSError(ENOSPC)`` naming ``out`` when its disk has less than ``need`` bytes (plus a tenth)
+    free: said before an epoch is trained whose checkpoint could not be written."""
+    import errno
+
+    free = shutil.disk_usage(out).free
+    if free < need * 1.1:
+        raise OSError(errno.ENOSPC, f"{free / 2**20:.0f} MiB free, the next checkpoint takes about "
+                      f"{need / 2**20:.0f} MiB", str(out))  # fmt: skip
 
 
 def holds_run(out: Path) -> bool:
@@ -126,7 +203,11 @@ def save(
     }
     name = f"checkpoint_{epoch:04d}.pt" if step == 0 else f"checkpoint_{epoch:04d}_step{step:06d}.pt"
     path = Path(out) / name
-    atomic_write(path, lambda f: torch.save(state, f))
+    # Serialised in memory first, so a full disk fails the file write itself with OSError(ENOSPC)
+    # (torch.save straight to a full disk fails with a RuntimeError that does not say so).
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
     found = _checkpoints(out)
     epochs = [p for (e, s), p in found if s == 0]
     stale = [p for (e, s), p in found if s and (e, s) < (epoch, step)]

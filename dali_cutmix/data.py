@@ -73,17 +73,26 @@ def load_split(path: str | os.PathLike, classes: list[str] | None = None) -> Spl
         raise ValueError(f"{str(path)!r} has no class folders (expected <class>/<image> files)")
     classes = list(classes) if classes is not None else found
     index = {name: i for i, name in enumerate(classes)}
-    files, labels = [], []
+    files, labels, empty = [], [], []
     for name in found:
         if name not in index:
             raise ValueError(f"class folder {str(path / name)!r} is not among the training classes")
+        before = len(files)
         for root, _, names in os.walk(path / name):
             for f in sorted(names):
                 if f.lower().endswith(IMAGE_EXTENSIONS):
                     files.append(os.path.join(root, f))
                     labels.append(index[name])
+        if len(files) == before:
+            empty.append(name)
     if not files:
         raise ValueError(f"{str(path)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    if empty:  # a class no sample trains; torchvision's ImageFolder refuses such a folder too
+        shown = ", ".join(repr(n) for n in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        raise ValueError(
+            f"{str(path)!r} has class folders without images: {shown}; add images ({', '.join(IMAGE_EXTENSIONS)}) "
+            f"or remove the folders"
+        )
     return Split(files, labels, classes)
 
 

@@ -3,6 +3,10 @@ schedule (:func:`mix_schedule`). ``pipelines.loaders`` builds the ImageNet ones.
 
 Each ``for`` over a loader is one epoch; the DALI iterator is reset after it. DALI reuses its
 output buffers, so a batch is valid until the next one is drawn (copy what you keep).
+
+A GPU pipeline's outputs are GPU tensors (every output moved inside the graph), used in place; a
+CPU pipeline's outputs bound for a GPU go through pinned memory that torch owns
+(:func:`dali_cutmix.device.to_device`), never straight out of DALI's buffers.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+from .device import to_device
 
 POLICIES = {"partial": LastBatchPolicy.PARTIAL, "drop": LastBatchPolicy.DROP, "fill": LastBatchPolicy.FILL}
 
@@ -37,7 +43,9 @@ def steps_per_epoch(num_samples: int, batch_size: int, num_shards: int = 1, last
 class DALILoader:
     """Iterate a built DALI pipeline as tuples of torch tensors on ``device``.
 
-    Integer label outputs come out as (B,) int64, ``lam`` as (B,) float32.
+    Integer label outputs come out as (B,) int64, ``lam`` as (B,) float32. ``normalize``: a
+    callable applied to ``images`` on ``device`` (:class:`dali_cutmix.device.DeviceNormalize` for a
+    pipeline that ships uint8).
     """
 
     def __init__(
@@ -50,6 +58,7 @@ class DALILoader:
         start_epoch: int = 0,
         origin: int | None = None,
         reader_name: str = "Reader",
+        normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         if last_batch not in POLICIES:
             raise ValueError(f"last_batch must be one of {tuple(POLICIES)}, got {last_batch!r}")
@@ -57,6 +66,7 @@ class DALILoader:
         self.device = torch.device(device)
         self.classes = getattr(pipeline, "classes", None)
         self.pipeline = pipeline
+        self.normalize = normalize
         self.epoch = start_epoch
         self.origin = start_epoch if origin is None else origin  # the epoch of the pipeline's first batch
         self._closed = False
@@ -90,15 +100,19 @@ class DALILoader:
                     next(self._it)
                 except StopIteration:
                     finished = True
-            self._it.reset()
+            if finished:  # a loader closed mid-epoch stays where it is (DALI refuses a reset there)
+                self._it.reset()
             self.epoch += 1
 
     def _convert(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        t = to_device(t, self.device)
         if name.startswith("label"):
-            t = t.reshape(-1).long()
-        elif name == "lam":
-            t = t.reshape(-1)
-        return t.to(self.device, non_blocking=True)
+            return t.reshape(-1).long()
+        if name == "lam":
+            return t.reshape(-1)
+        if name == "images" and self.normalize is not None:
+            return self.normalize(t)
+        return t
 
 
 def mix_schedule(

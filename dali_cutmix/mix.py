@@ -334,10 +334,11 @@ def apply_cutmix(images, labels, params: CutMixParams, layout: str = "HWC"):
     if _is_torch(images):
         import torch
 
-        def xp(x, dtype=None):
-            return None if x is None else torch.as_tensor(x, device=images.device, dtype=dtype)
+        from .device import from_numpy
 
-        perm, boxes, lam, blend = xp(perm, torch.long), xp(boxes), xp(lam), xp(blend, torch.bool)
+        # On CUDA through pinned memory torch owns, without blocking: no host sync in a step.
+        perm, boxes = from_numpy(perm, images.device, torch.long), from_numpy(boxes, images.device)
+        lam, blend = from_numpy(lam, images.device), from_numpy(blend, images.device, torch.bool)
     mixed = mix_images(images, perm, boxes, lam, blend, layout)
     return mixed, labels, labels[perm], lam
 
@@ -367,7 +368,8 @@ def mix_images(images, perm, boxes, lam, blend, layout: str, *, out=None):
         # Rows of W*C values: the masks broadcast along whole rows, never along the 3 channels
         # (a slow pattern on CPUs).
         C = images.shape[3]
-        cols = cols.repeat_interleave(C, dim=1) if torch_ else np.repeat(cols, C, axis=1)
+        # expand + reshape, not repeat_interleave: nothing that could ask the device for a size.
+        cols = cols[:, :, None].expand(B, W, C).reshape(B, W * C) if torch_ else np.repeat(cols, C, axis=1)
         own, other = images.reshape(B, H, W * C), partners.reshape(B, H, W * C)
         rows, cols = rows[:, :, None], cols[:, None, :]
     else:
@@ -439,9 +441,13 @@ class LoopMixer:
 
     def __call__(self, images, labels, prob: float | None = None):
         """``(B, C, H, W)`` images and ``(B,)`` labels -> ``images, labels_a, labels_b, lam``."""
-        config = self.config if prob is None else replace(self.config, prob=float(prob))
         B, _, H, W = images.shape
-        return apply_cutmix(images, labels, sample_mix(B, H, W, config, self.rng), "CHW")
+        return apply_cutmix(images, labels, self.sample(B, H, W, prob), "CHW")
+
+    def sample(self, batch_size: int, height: int, width: int, prob: float | None = None) -> CutMixParams:
+        """The parameters the next call mixes a batch of that size with (drawn: the generator moves on)."""
+        config = self.config if prob is None else replace(self.config, prob=float(prob))
+        return sample_mix(batch_size, height, width, config, self.rng)
 
     def state(self) -> str:
         return json.dumps(self.rng.bit_generator.state)

@@ -41,7 +41,7 @@ from nvidia.dali import fn, pipeline_def, types
 
 from .backends import native, ops, python
 from .backends.graph import Normalize, is_node
-from .mix import MixConfig, check_layout
+from .mix import MixConfig, check_image_size, check_layout
 
 BACKENDS = {"native": native, "python": python, "ops": ops}
 DEFAULT_BACKEND = {"cpu": "native", "gpu": "python"}
@@ -67,6 +67,7 @@ def cutmix(
     layout: str = "HWC",
     return_params: bool = False,
     normalize: Normalize | None = None,
+    size: tuple[int, int] | None = None,
     **recipe,
 ):
     """CutMix (optionally switching with MixUp) a uniformly shaped batch inside a DALI pipeline.
@@ -92,6 +93,10 @@ def cutmix(
             so the mix can be inspected or replayed.
         normalize: a :class:`Normalize` to apply to the mixed images (fused with the mix by the
             native backend, ``crop_mirror_normalize`` after it otherwise).
+        size: ``(H, W)`` of the images when the pipeline knows it (a resize to a fixed size).
+            The python backend then draws the boxes for it without reading the images' shapes, so
+            GPU images have no GPU -> CPU edge (a mismatch is an error when the batch runs).
+            Without it, GPU images' shapes reach the CPU sampler through ``images.shape()``.
 
     Returns:
         ``images, labels_a, labels_b, lam`` (``lam`` float32, the weight of ``labels_a``; 1.0 where
@@ -105,6 +110,8 @@ def cutmix(
     elif recipe:
         raise ValueError(f"give the recipe as config or as keywords, not both (got config and {sorted(recipe)})")
     check_layout(layout)
+    if size is not None:
+        size = _checked_size(size)
     device = images.device
     name = DEFAULT_BACKEND[device] if backend is None else backend
     if name not in BACKENDS:
@@ -113,13 +120,24 @@ def cutmix(
         if key in REFUSED:
             raise ValueError(REFUSED[key])
     module = BACKENDS[name]
-    mixed, labels_b, params = module.build(images, labels, config, prob=prob, layout=layout, normalize=normalize)
+    mixed, labels_b, params = module.build(
+        images, labels, config, prob=prob, layout=layout, normalize=normalize, size=size
+    )
     if normalize is not None and not module.FUSES_NORMALIZE:
         mixed = normalize.apply(mixed)
     outputs = (mixed, labels, labels_b, params.lam)
     if return_params:
         outputs += (params.perm, params.boxes) + ((params.blend,) if config.mixup else ())
     return outputs
+
+
+def _checked_size(size) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise ValueError(f"size must be (H, W), got {size!r}") from None
+    check_image_size(h, w)
+    return h, w
 
 
 def mix_arrays(batches, *, device: str = "cpu", seed: int = 0, layout: str = "HWC", num_threads: int = 1, **kwargs):

@@ -4,8 +4,9 @@ Graph fragments are plain DataNode -> DataNode functions; the ``@pipeline_def`` 
 them; :func:`train_pipeline` and :func:`val_pipeline` resolve the data and build a ready
 ``Pipeline`` whose reader is named ``"Reader"`` (for DALI's PyTorch iterators).
 
-Train outputs: ``images`` (B, 3, S, S) normalised float, ``labels_a``, ``labels_b`` (B, 1) int32,
-``lam`` (B,) float32. Val outputs: ``images``, ``labels``.
+Train outputs: ``images`` (B, 3, S, S) normalised float (or (B, S, S, 3) uint8 with ``uint8=True``),
+``labels_a``, ``labels_b`` (B, 1) int32, ``lam`` (B,) float32. Val outputs: ``images``, ``labels``.
+A GPU pipeline's outputs are all on the GPU.
 """
 
 from __future__ import annotations
@@ -58,58 +59,108 @@ def parse_labels(texts: list[np.ndarray]) -> list[np.ndarray]:
     return [np.array([int(t.tobytes())], dtype=np.int32) for t in texts]
 
 
-def _decoder_kwargs(device: str) -> dict:
-    if device == "gpu":
-        # Pre-size nvJPEG's buffers for ImageNet-sized images, as DALI's ResNet-50 example does.
-        return {"device": "mixed", "device_memory_padding": 211025920, "host_memory_padding": 140544512}
-    return {"device": "cpu"}
+# nvJPEG's per-thread buffers (DALI preallocates one device buffer and two pinned host buffers of
+# these sizes per thread): DALI's defaults, and DALI's ResNet-50 example's for ImageNet's largest.
+DALI_PADDINGS = {"device_memory_padding": 16 << 20, "host_memory_padding": 8 << 20}
+IMAGENET_PADDINGS = {"device_memory_padding": 211025920, "host_memory_padding": 140544512}
 
 
-def decode_random_resized_crop(jpegs, *, device: str, image_size: int, random_area=(0.08, 1.0)):
+def nvjpeg_paddings(source: Split | Shards, sample: int = 256) -> dict[str, int]:
+    """nvJPEG's paddings sized from the data: the largest decoded image (H x W x 3 bytes, from
+    the headers of up to ``sample`` files spread over the split) with a quarter to spare, between
+    DALI's defaults and the ImageNet example's sizes. Shards are not opened here: DALI's defaults
+    (nvJPEG grows a buffer when an image needs more)."""
+    if not isinstance(source, Split) or not len(source):
+        return dict(DALI_PADDINGS)
+    from PIL import Image
+
+    step = max(1, len(source) // sample)
+    largest = 0
+    for path in source.files[::step][:sample]:
+        try:
+            with Image.open(path) as im:
+                largest = max(largest, im.width * im.height * 3)
+        except OSError:  # the scan has its say on broken files; the size is a hint
+            continue
+    want = -(-largest * 5 // 4 // (1 << 20)) << 20  # +25%, whole MiB
+    return {key: min(max(want, DALI_PADDINGS[key]), IMAGENET_PADDINGS[key]) for key in DALI_PADDINGS}
+
+
+def _decoder_kwargs(device: str, paddings: dict[str, int]) -> dict:
+    return {"device": "mixed", **paddings} if device == "gpu" else {"device": "cpu"}
+
+
+def decode_random_resized_crop(jpegs, *, device: str, image_size: int, random_area=(0.08, 1.0), paddings=None):
     """Decode only the random crop (``random_area`` of the image, 8%-100% by default; aspect
-    3/4-4/3), then resize: (S, S, 3) uint8."""
+    3/4-4/3), then resize: (S, S, 3) uint8. ``paddings``: nvJPEG's (GPU; DALI's defaults if None)."""
     images = fn.decoders.image_random_crop(
         jpegs,
         output_type=types.RGB,
         random_area=[float(v) for v in random_area],
         random_aspect_ratio=[3 / 4, 4 / 3],
         num_attempts=100,
-        **_decoder_kwargs(device),
+        **_decoder_kwargs(device, paddings or DALI_PADDINGS),
     )
     return fn.resize(images, resize_x=image_size, resize_y=image_size, interp_type=types.INTERP_LINEAR, antialias=False)
 
 
-def decode_center(jpegs, *, device: str, image_size: int):
+def decode_center(jpegs, *, device: str, image_size: int, paddings=None):
     """Resize the shorter side to ``image_size / 0.875``: (S', >=S', 3) uint8, cropped later."""
-    images = fn.decoders.image(jpegs, output_type=types.RGB, **_decoder_kwargs(device))
+    images = fn.decoders.image(jpegs, output_type=types.RGB, **_decoder_kwargs(device, paddings or DALI_PADDINGS))
     return fn.resize(images, resize_shorter=int(image_size / 0.875), interp_type=types.INTERP_TRIANGULAR)
 
 
 @pipeline_def(enable_conditionals=False)
-def _train_graph(split, *, image_size, random_area, device, shard_id, num_shards, shuffle_seed, fp16, mix, prob_source):
+def _train_graph(split, *, image_size, random_area, device, shard_id, num_shards, shuffle_seed, fp16, uint8, paddings,
+                 mix, prob_source, return_params):  # fmt: skip
     jpegs, labels = read(split, shard_id=shard_id, num_shards=num_shards, shuffle=True, seed=shuffle_seed)
-    images = decode_random_resized_crop(jpegs, device=device, image_size=image_size, random_area=random_area)
+    images = decode_random_resized_crop(
+        jpegs, device=device, image_size=image_size, random_area=random_area, paddings=paddings
+    )
     # The flip comes after the mix so it fuses into the normalisation; flipping a mixed image
     # equals mixing flipped images with a flipped box, so the distribution is the same.
-    norm = Normalize(mean=MEAN, std=STD, mirror=fn.random.coin_flip(), fp16=fp16)
+    mirror = fn.random.coin_flip()
+    norm = _normalize(fp16, uint8, mirror=mirror)
     if mix is None:
-        return norm.apply(images), labels, labels, fn.ones(shape=[], dtype=types.FLOAT)  # lam: (B,) 1.0
-    recipe, backend = mix
-    prob = None
-    if prob_source is not None:
-        prob = fn.external_source(source=prob_source, batch=True, batch_info=True, dtype=types.FLOAT)
-    # The native backend (the CPU default) mixes and normalises in one pass (dali_cutmix.ops).
-    return cutmix(images, labels, recipe, prob=prob, backend=backend, normalize=norm)
+        outputs = norm.apply(images), labels, labels, fn.ones(shape=[], dtype=types.FLOAT)  # lam: (B,) 1.0
+        if return_params:
+            outputs += (mirror,)
+    else:
+        recipe, backend = mix
+        prob = None
+        if prob_source is not None:
+            prob = fn.external_source(source=prob_source, batch=True, batch_info=True, dtype=types.FLOAT)
+        # The native backend (the CPU default) mixes and normalises in one pass (dali_cutmix.ops);
+        # the size is known, so GPU images never reach the CPU sampler.
+        outputs = cutmix(images, labels, recipe, prob=prob, backend=backend, normalize=norm,
+                         size=(image_size, image_size), return_params=return_params)  # fmt: skip
+        if return_params:
+            outputs += (mirror,)
+    return on_device(outputs, device)
 
 
 @pipeline_def(enable_conditionals=False)
-def _val_graph(split, *, image_size, device, shard_id, num_shards, fp16):
+def _val_graph(split, *, image_size, device, shard_id, num_shards, fp16, uint8, paddings):
     jpegs, labels = read(split, shard_id=shard_id, num_shards=num_shards, shuffle=False, seed=0)
-    images = decode_center(jpegs, device=device, image_size=image_size)
-    return Normalize(mean=MEAN, std=STD, fp16=fp16).apply(images, crop=(image_size, image_size)), labels
+    images = decode_center(jpegs, device=device, image_size=image_size, paddings=paddings)
+    return on_device((_normalize(fp16, uint8).apply(images, crop=(image_size, image_size)), labels), device)
 
 
-def _common(data, batch_size, image_size, device, num_threads, shard_id, num_shards, fp16, classes):
+def _normalize(fp16: bool, uint8: bool, mirror=False) -> Normalize:
+    """ImageNet's mean/std to CHW float; ``uint8``: HWC uint8, flipped only (the trainer's device
+    normalises: :class:`dali_cutmix.device.DeviceNormalize` with the same MEAN and STD)."""
+    return Normalize(mean=MEAN, std=STD, mirror=mirror, fp16=fp16, uint8=uint8, output_layout="HWC" if uint8 else "CHW")
+
+
+def on_device(outputs: tuple, device: str) -> tuple:
+    """A GPU pipeline's outputs all on the GPU, moved inside the graph (as DALI's ResNet-50 example
+    does with its labels): the loader then hands torch only device memory that DALI has
+    synchronised, never DALI's host buffers (pinned ones, which torch.from_dlpack refuses, or
+    pageable ones that DALI recycles before a non-blocking copy has read them)."""
+    return tuple(o.gpu() if device == "gpu" and o.device == "cpu" else o for o in outputs)
+
+
+def _common(data, batch_size, image_size, device, num_threads, shard_id, num_shards, fp16, uint8, classes):
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     for name, value, low in (
@@ -123,6 +174,8 @@ def _common(data, batch_size, image_size, device, num_threads, shard_id, num_sha
         raise ValueError(f"shard_id must be in [0, num_shards={num_shards}), got {shard_id!r}")
     if fp16 and device != "gpu":
         raise ValueError("fp16 output needs device='gpu'")
+    if fp16 and uint8:
+        raise ValueError("fp16 and uint8 output exclude each other (uint8 is normalised on the trainer's device)")
     split = load_source(data, classes)
     return split
 
@@ -143,6 +196,8 @@ def train_pipeline(
     shard_id: int = 0,
     num_shards: int = 1,
     fp16: bool = False,
+    uint8: bool = False,
+    return_params: bool = False,
     steps_per_epoch: int | None = None,
     start_epoch: int = 0,
     prefetch_queue_depth: int = 2,
@@ -161,8 +216,13 @@ def train_pipeline(
     an earlier pipeline of the same arguments, resumes its reader position and random streams
     exactly, the schedule's batch counter included (``start_epoch`` is then the epoch at which
     that earlier pipeline started).
+    ``uint8``: images come out ``(B, S, S, 3)`` uint8, flipped but not normalised, for a trainer
+    whose device normalises them (:class:`dali_cutmix.device.DeviceNormalize` with MEAN and STD;
+    the loaders do it when a CPU pipeline feeds a GPU). On the GPU every output is a GPU tensor.
+    ``return_params``: the outputs go on with :func:`output_names`' extras: each sample's partner,
+    box and (MixUp on) blend flag, and whether it was flipped (after the mix).
     """
-    split = _common(data_dir, batch_size, image_size, device, num_threads, shard_id, num_shards, fp16, None)
+    split = _common(data_dir, batch_size, image_size, device, num_threads, shard_id, num_shards, fp16, uint8, None)
     lo, hi = random_area
     if not 0 < lo <= hi <= 1:
         raise ValueError(f"random_area must be (min, max) with 0 < min <= max <= 1, got {tuple(random_area)}")
@@ -180,8 +240,11 @@ def train_pipeline(
         num_shards=num_shards,
         shuffle_seed=seed,
         fp16=fp16,
+        uint8=uint8,
+        paddings=nvjpeg_paddings(split) if device == "gpu" else None,
         mix=None if recipe is None else (recipe, backend),
         prob_source=prob_source,
+        return_params=return_params,
         batch_size=batch_size,
         num_threads=num_threads,
         device_id=_device_id(device, device_id),
@@ -206,10 +269,12 @@ def val_pipeline(
     shard_id: int = 0,
     num_shards: int = 1,
     fp16: bool = False,
+    uint8: bool = False,
     classes: list[str] | None = None,
 ):
-    """The validation pipeline: shorter side to ``image_size / 0.875``, centre crop, normalise."""
-    split = _common(data_dir, batch_size, image_size, device, num_threads, shard_id, num_shards, fp16, classes)
+    """The validation pipeline: shorter side to ``image_size / 0.875``, centre crop, normalise
+    (``uint8`` as in :func:`train_pipeline`)."""
+    split = _common(data_dir, batch_size, image_size, device, num_threads, shard_id, num_shards, fp16, uint8, classes)
     pipe = _val_graph(
         split,
         image_size=image_size,
@@ -217,6 +282,8 @@ def val_pipeline(
         shard_id=shard_id,
         num_shards=num_shards,
         fp16=fp16,
+        uint8=uint8,
+        paddings=nvjpeg_paddings(split) if device == "gpu" else None,
         batch_size=batch_size,
         num_threads=num_threads,
         device_id=_device_id(device, device_id),
@@ -224,6 +291,15 @@ def val_pipeline(
     )
     pipe.classes = split.classes
     return pipe
+
+
+def output_names(recipe: MixConfig | None, return_params: bool = False) -> tuple[str, ...]:
+    """The names of :func:`train_pipeline`'s outputs, in order."""
+    names = ("images", "labels_a", "labels_b", "lam")
+    if not return_params:
+        return names
+    params = () if recipe is None else ("perm", "boxes") + (("blend",) if recipe.mixup else ())
+    return names + params + ("mirror",)
 
 
 def _device_id(device: str, device_id: int | None) -> int | None:

@@ -16,10 +16,11 @@ from collections.abc import Callable
 import torch
 
 from dali_cutmix.data import Split, load_source
+from dali_cutmix.device import DeviceNormalize
 from dali_cutmix.loader import DALILoader, process_shard, steps_per_epoch
 from dali_cutmix.shards import Shards
 
-from .imagenet import READER_NAME, train_pipeline, val_pipeline
+from .imagenet import DEFAULT_RECIPE, MEAN, READER_NAME, STD, output_names, train_pipeline, val_pipeline
 
 
 def train_loader(
@@ -34,6 +35,8 @@ def train_loader(
     prob_schedule: Callable[[int], float] | None = None,
     last_batch: str = "partial",
     state: dict | None = None,
+    uint8: bool | None = None,
+    return_params: bool = False,
     **pipeline_kwargs,
 ) -> DALILoader:
     """A loader of ``(images, labels_a, labels_b, lam)`` over the training pipeline.
@@ -46,10 +49,14 @@ def train_loader(
     that loader was, mid-epoch too (without one, a loader starting at a later epoch draws other
     augmentations than epoch 0's: its seed moves with ``start_epoch``). ``shard_id``/``num_shards``
     default to this process's rank and world size (:func:`dali_cutmix.loader.process_shard`), so
-    under DDP each rank reads its own share. Other keyword arguments go to
-    :func:`pipelines.imagenet.train_pipeline`.
+    under DDP each rank reads its own share. ``uint8`` (default: when a CPU pipeline feeds a
+    GPU): the pipeline ships uint8 images and the loader normalises them on ``torch_device``.
+    ``return_params``: each batch goes on with the mix's parameters
+    (:func:`pipelines.imagenet.output_names`), for pictures and checks. Other keyword arguments go
+    to :func:`pipelines.imagenet.train_pipeline`.
     """
     shard_id, num_shards = _shard(shard_id, num_shards)
+    torch_device, normalize = _outputs(device, torch_device, uint8, pipeline_kwargs)
     origin = state["origin"] if state else start_epoch
     split = load_source(data)
     # The pipeline runs ceil(shard / batch) times an epoch whatever the policy: "drop" runs the
@@ -68,16 +75,18 @@ def train_loader(
         steps_per_epoch=runs_per_epoch,
         start_epoch=origin,
         checkpoint=state["dali"] if state else None,
+        return_params=return_params,
         **pipeline_kwargs,
     )
     return DALILoader(
         pipe,
-        ("images", "labels_a", "labels_b", "lam"),
-        device=torch_device or _default_torch_device(device, pipeline_kwargs.get("device_id")),
+        output_names(pipeline_kwargs.get("recipe", DEFAULT_RECIPE), return_params),
+        device=torch_device,
         last_batch=last_batch,
         start_epoch=start_epoch,
         origin=origin,
         reader_name=READER_NAME,
+        normalize=normalize,
     )
 
 
@@ -89,21 +98,20 @@ def val_loader(
     torch_device: torch.device | str | None = None,
     shard_id: int | None = None,
     num_shards: int | None = None,
+    uint8: bool | None = None,
     **pipeline_kwargs,
 ) -> DALILoader:
     """A loader of ``(images, labels)`` over the validation pipeline: this rank's share of every
-    sample once (shards as in :func:`train_loader`)."""
+    sample once (shards and ``uint8`` as in :func:`train_loader`)."""
     shard_id, num_shards = _shard(shard_id, num_shards)
+    torch_device, normalize = _outputs(device, torch_device, uint8, pipeline_kwargs)
     pipe = val_pipeline(
         data, batch_size=batch_size, device=device, shard_id=shard_id, num_shards=num_shards, **pipeline_kwargs
     )
     return DALILoader(
-        pipe,
-        ("images", "labels"),
-        device=torch_device or _default_torch_device(device, pipeline_kwargs.get("device_id")),
-        last_batch="partial",
-        reader_name=READER_NAME,
-    )
+        pipe, ("images", "labels"), device=torch_device, last_batch="partial", reader_name=READER_NAME,
+        normalize=normalize,
+    )  # fmt: skip
 
 
 def _shard(shard_id: int | None, num_shards: int | None) -> tuple[int, int]:
@@ -114,5 +122,13 @@ def _shard(shard_id: int | None, num_shards: int | None) -> tuple[int, int]:
     return shard_id, num_shards
 
 
-def _default_torch_device(device: str, device_id: int | None) -> torch.device:
-    return torch.device("cuda", device_id or 0) if device == "gpu" else torch.device("cpu")
+def _outputs(device: str, torch_device, uint8: bool | None, pipeline_kwargs: dict):
+    """The torch device and, for uint8 output, the device-side normalisation; sets the pipeline's
+    ``uint8`` (by default on when a CPU pipeline feeds a GPU: a quarter of the bytes to copy)."""
+    if torch_device is None:
+        torch_device = torch.device("cuda", pipeline_kwargs.get("device_id") or 0) if device == "gpu" else "cpu"
+    torch_device = torch.device(torch_device)
+    if uint8 is None:
+        uint8 = device == "cpu" and torch_device.type == "cuda"
+    pipeline_kwargs["uint8"] = uint8
+    return torch_device, DeviceNormalize(MEAN, STD) if uint8 else None

@@ -1,8 +1,11 @@
 """The profiler and its benchmark data builder, on a tiny real-photo dataset."""
 
+import pytest
+
+pytest.importorskip("nvidia.dali", exc_type=ImportError)  # `pytest -m gpu` collects without DALI
+
 import json
 
-import pytest
 from PIL import Image
 
 from benchmarks import bench, benchdata

@@ -1,11 +1,14 @@
 """``dali_cutmix/data.py``: ImageNet as it is downloaded (flat val folder labelled by a CSV), folder and
 list errors, the demo export."""
 
+import pytest
+
+pytest.importorskip("nvidia.dali", exc_type=ImportError)  # `pytest -m gpu` collects without DALI
+
 import gzip
 import shutil
 
 import numpy as np
-import pytest
 import torchvision
 from conftest import train_args
 from PIL import Image

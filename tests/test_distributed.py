@@ -1,5 +1,9 @@
 """Data-parallel training on the CPU (gloo): shards, identical weights, rank 0 writes, failures."""
 
+import pytest
+
+pytest.importorskip("nvidia.dali", exc_type=ImportError)  # `pytest -m gpu` collects without DALI
+
 import json
 import os
 import signal
@@ -10,7 +14,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp

@@ -1,10 +1,12 @@
 """The instruction counter: its driven runs, its arithmetic and its flags (valgrind itself is
 too slow for the suite: a run takes minutes)."""
 
+import pytest
+
+pytest.importorskip("nvidia.dali", exc_type=ImportError)  # `pytest -m gpu` collects without DALI
+
 import subprocess
 from types import SimpleNamespace
-
-import pytest
 
 from benchmarks import instructions
 

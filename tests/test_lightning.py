@@ -1,12 +1,15 @@
 """The loaders under PyTorch Lightning (``pipelines/lightning.py``): one process and two DDP
 processes for 2 epochs, and a resumed fit that continues the data stream exactly."""
 
+import pytest
+
+pytest.importorskip("nvidia.dali", exc_type=ImportError)  # `pytest -m gpu` collects without DALI
+
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from client_fit import fit_lightning
 from conftest import assert_each_epoch_covers
 

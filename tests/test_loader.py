@@ -2,6 +2,8 @@
 
 import pytest
 
+pytest.importorskip("nvidia.dali", exc_type=ImportError)  # `pytest -m gpu` collects without DALI
+
 from dali_cutmix.loader import mix_schedule, process_shard, steps_per_epoch
 from pipelines import train_pipeline
 from pipelines.loaders import train_loader

@@ -1,12 +1,15 @@
 """The loaders (``pipelines/loaders.py``) under Hugging Face Accelerate: one process, and two started
 by ``accelerate launch``, each reading its own share."""
 
+import pytest
+
+pytest.importorskip("nvidia.dali", exc_type=ImportError)  # `pytest -m gpu` collects without DALI
+
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from client_fit import fit_accelerate
 from conftest import assert_each_epoch_covers
 

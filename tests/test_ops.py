@@ -1,8 +1,11 @@
 """The DALI CutMix operator, on real pipeline output, against the pure reference."""
 
-import numpy as np
 import pytest
-from conftest import BACKEND_LAYOUTS, BACKENDS, REPLAY_CONFIGS, box_lam, random_batch, reference_mix
+
+pytest.importorskip("nvidia.dali", exc_type=ImportError)  # `pytest -m gpu` collects without DALI
+
+import numpy as np
+from conftest import REPLAY_CONFIGS, backends, box_lam, random_batch, reference_mix
 from nvidia.dali import fn, pipeline_def, types
 
 import dali_cutmix
@@ -11,6 +14,8 @@ from dali_cutmix.backends.ops import ops_params, paste_ops
 from dali_cutmix.backends.python import TorchMix, torch_mix
 from dali_cutmix.mix import NUMPY_OPS, CutMixParams, cutmix_box
 from dali_cutmix.ops import DEFAULT_BACKEND, REFUSED, mix_arrays
+
+BACKENDS, BACKEND_LAYOUTS = backends()
 
 H, W = 40, 72
 

@@ -1,13 +1,18 @@
 """``pipelines/imagenet.py`` through its loaders (``pipelines/loaders.py``) on a generated JPEG tree."""
 
+import pytest
+
+pytest.importorskip("nvidia.dali", exc_type=ImportError)  # `pytest -m gpu` collects without DALI
+
 from collections import Counter
 
-import pytest
 import torch
+from nvidia.dali import fn, pipeline_def, types
 
-from dali_cutmix.data import load_split
+from dali_cutmix.data import Split, load_split
 from dali_cutmix.loader import mix_schedule
 from dali_cutmix.mix import MixConfig
+from dali_cutmix.ops import cutmix
 from pipelines import train_pipeline
 from pipelines.imagenet import MEAN, STD
 from pipelines.loaders import train_loader, val_loader
@@ -130,6 +135,23 @@ def test_gpu_train_loader_decodes_on_the_gpu(jpeg_tree, backend):
     assert sum(len(y) for _, y in val) == 9
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("mixup", [0.0, 0.4], ids=["cutmix", "mixup-switch"])
+def test_gpu_pipeline_outputs_and_a_cpu_pipeline_feeding_the_gpu_give_the_same_batches(jpeg_tree, mixup):
+    """The GPU pipeline hands torch only GPU tensors (MixUp's lam too, which a CPU output would
+    give as pinned memory torch.from_dlpack refuses); a CPU pipeline feeding the GPU ships uint8
+    through torch's pinned memory and normalises on the device, as the float CPU pipeline does."""
+    common = dict(batch_size=6, image_size=32, num_threads=1, seed=3, recipe=MixConfig(mixup_alpha=mixup))
+    on_gpu = next(iter(train_loader(jpeg_tree / "train", device="gpu", backend="python", **common)))
+    assert all(t.is_cuda for t in on_gpu)
+    fed = [tuple(t.clone() for t in b) for b in train_loader(jpeg_tree / "train", torch_device="cuda", **common)]
+    ref = [tuple(t.clone() for t in b) for b in train_loader(jpeg_tree / "train", **common)]
+    for got, want in zip(fed, ref):
+        assert got[0].is_cuda and got[0].is_contiguous(memory_format=torch.channels_last)
+        assert torch.allclose(got[0].cpu(), want[0], atol=1e-5)
+        assert all(torch.equal(a.cpu(), b) for a, b in zip(got[1:], want[1:]))
+
+
 @pytest.mark.parametrize("backend", ["python", "native"])
 def test_loader_state_resumes_the_exact_stream(jpeg_tree, backend):
     def make(state=None):
@@ -162,3 +184,90 @@ def test_a_later_start_without_state_does_not_replay_epoch_0(jpeg_tree):
 
     assert torch.equal(first_batch(3), first_batch(3))
     assert not torch.equal(first_batch(0), first_batch(3))
+
+
+@pytest.mark.parametrize("backend", ["native", "python", "ops"])
+def test_uint8_output_normalised_on_the_trainers_device_equals_the_float_pipeline(jpeg_tree, backend):
+    """What a CPU pipeline feeding a GPU does (uint8 out, normalised by the loader on the device),
+    here with the CPU as the device: the same images, labels and lam as the float pipeline."""
+    runs = {}
+    for uint8 in (False, True):
+        loader = train_loader(jpeg_tree / "train", batch_size=6, image_size=32, num_threads=1, seed=3,
+                              backend=backend, recipe=MixConfig(mixup_alpha=0.4, mode="elem"), uint8=uint8)  # fmt: skip
+        assert (loader.normalize is not None) == uint8
+        runs[uint8] = [tuple(t.clone() for t in batch) for batch in loader]
+    for floats, bytes_ in zip(*runs.values()):
+        assert bytes_[0].is_contiguous(memory_format=torch.channels_last)
+        assert torch.allclose(floats[0], bytes_[0], atol=1e-5)
+        assert all(torch.equal(a, b) for a, b in zip(floats[1:], bytes_[1:]))
+    val = {u: [b[0] for b in val_loader(jpeg_tree / "val", batch_size=9, image_size=32, uint8=u)] for u in runs}
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(*val.values()))
+    pipe = train_pipeline(jpeg_tree / "train", batch_size=6, image_size=32, num_threads=1, backend=backend, uint8=True)
+    pipe.build()
+    images = pipe.run()[0]
+    assert images.dtype == types.UINT8 and images.layout() == "HWC" and images.as_tensor().shape() == [6, 32, 32, 3]
+
+
+def test_nvjpeg_paddings_follow_the_largest_image_within_dalis_defaults_and_imagenets(tmp_path):
+    from PIL import Image
+
+    from pipelines.imagenet import DALI_PADDINGS, IMAGENET_PADDINGS, nvjpeg_paddings
+
+    def split_of(*sizes):
+        files = []
+        for i, (w, h) in enumerate(sizes):
+            Image.new("RGB", (w, h)).save(tmp_path / f"{i}.jpg")
+            files.append(str(tmp_path / f"{i}.jpg"))
+        return Split(files, [0] * len(files), ["a"])
+
+    assert nvjpeg_paddings(split_of((28, 28), (64, 48))) == DALI_PADDINGS  # the demo's size: DALI's defaults
+    big = nvjpeg_paddings(split_of((64, 48), (3000, 2000)))  # 18 MB decoded, +25%: 22 MiB
+    assert big == {"device_memory_padding": 22 << 20, "host_memory_padding": 22 << 20}
+    assert all(DALI_PADDINGS[k] <= v <= IMAGENET_PADDINGS[k] for k, v in big.items())
+
+
+def test_a_size_that_the_images_do_not_have_is_an_error_naming_it(jpeg_tree):
+    split = load_split(jpeg_tree / "train")
+
+    @pipeline_def(batch_size=4, num_threads=1, device_id=None)
+    def sized():
+        jpegs, labels = fn.readers.file(files=split.files, labels=split.labels)
+        images = fn.resize(fn.decoders.image(jpegs), resize_x=32, resize_y=32)
+        return cutmix(images, labels, backend="python", size=(24, 24))[0]
+
+    pipe = sized()
+    pipe.build()
+    with pytest.raises(Exception, match=r"cutmix\(size=\(24, 24\)\) got sample 0 of shape \(32, 32, 3\)"):
+        pipe.run()
+    with pytest.raises(ValueError, match=r"size must be \(H, W\), got 32"):
+        cutmix(None, None, size=32)
+
+
+@pytest.mark.parametrize("recipe", [MixConfig(mixup_alpha=0.4, mode="elem"), None], ids=["mixup-elem", "no-mix"])
+def test_the_batch_with_its_parameters_is_the_batch_the_loader_gives(jpeg_tree, recipe):
+    """What the picture draws (train_loader(return_params=True)) is the loader's own first batch."""
+    common = dict(batch_size=6, image_size=32, num_threads=1, seed=4, recipe=recipe)
+    plain = next(iter(train_loader(jpeg_tree / "train", **common)))
+    loader = train_loader(jpeg_tree / "train", return_params=True, **common)
+    drawn = next(iter(loader))
+    assert loader.output_map[4:] == (["perm", "boxes", "blend", "mirror"] if recipe else ["mirror"])
+    assert all(torch.equal(a, b) for a, b in zip(plain, drawn[:4]))
+
+
+def test_the_preview_command_draws_the_first_batch(jpeg_tree, tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from dali_cutmix.report import grid_size
+
+    command = [sys.executable, "-m", "pipelines.preview", "--data", str(jpeg_tree), "--output", str(tmp_path / "b.png"),
+               "--batch-size", "6", "--image-size", "32", "--mixup", "0.4", "--cutmix-mode", "elem"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert Image.open(tmp_path / "b.png").size == grid_size(6, 32, 32)
+    bad = subprocess.run([*command, "--cutmix-prob", "2"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].endswith(
+        "--cutmix-prob must be a number in [0, 1], got 2.0"
+    )

@@ -1,8 +1,11 @@
 """The compiled operator ``fn.dali_cutmix.mix``: replaying given parameters, fused normalisation,
 the python backend's fallback, and what a failed build says."""
 
-import numpy as np
 import pytest
+
+pytest.importorskip("nvidia.dali", exc_type=ImportError)  # `pytest -m gpu` collects without DALI
+
+import numpy as np
 from conftest import random_batch
 from nvidia.dali import fn, pipeline_def, types
 

@@ -1,14 +1,19 @@
 """The mixing recipes on every backend: MixUp, switching, box limits, no-self partners; timm as oracle."""
 
-import numpy as np
 import pytest
+
+pytest.importorskip("nvidia.dali", exc_type=ImportError)  # `pytest -m gpu` collects without DALI
+
+import numpy as np
 import torch
-from conftest import BACKEND_LAYOUTS, BACKENDS, random_batch
+from conftest import backends, random_batch
 from timm.data import mixup as timm_mixup
 
 from dali_cutmix import mixed_targets
 from dali_cutmix.mix import CutMixParams, apply_cutmix, sample_cutmix
 from dali_cutmix.ops import mix_arrays
+
+BACKENDS, BACKEND_LAYOUTS = backends()
 
 H, W, K = 40, 72, 10
 

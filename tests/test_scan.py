@@ -1,12 +1,15 @@
 """``dali_cutmix/scan.py``: bad files told from odd but valid ones, left out and listed, cached."""
 
+import pytest
+
+pytest.importorskip("nvidia.dali", exc_type=ImportError)  # `pytest -m gpu` collects without DALI
+
 import io
 import json
 import os
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from conftest import train_args, write_jpeg_tree
 from PIL import Image
@@ -132,19 +135,20 @@ def test_scan_leaves_bad_files_out_and_caches(tmp_path):
 def test_training_goes_on_past_bad_files_and_strict_stops(tmp_path, capsys, monkeypatch):
     root = write_jpeg_tree(tmp_path / "data")
     write_bad_files(root / "train" / "class2")
-    (root / "train" / "class3-empty").mkdir()
+    (root / "train" / "class3-broken").mkdir()  # a class whose only image is broken
+    (root / "train" / "class3-broken" / "zero.JPEG").write_bytes(b"")
     monkeypatch.setattr(train, "CACHE", tmp_path / "cache")  # scan verdicts cached here
     out = tmp_path / "run"
     args = train_args(root, out, "--epochs", "1")
     assert train.main(args) == 0
     printed = capsys.readouterr().out
-    assert "left out 4 of 22 train files that are unusable" in printed
-    assert "1 train classes have no usable images: class3-empty" in printed
+    assert "left out 5 of 23 train files that are unusable" in printed
+    assert "1 train classes have no usable images: class3-broken" in printed
     listed = (out / "bad_files_train.txt").read_text().splitlines()
-    assert len(listed) == 4 and all("\t" in line for line in listed)
+    assert len(listed) == 5 and all("\t" in line for line in listed)
     assert json.loads((out / "metrics.jsonl").read_text())["train_images"] == 18
     assert train.main([*args, "--strict", "--output", str(tmp_path / "strict")]) == 2
-    assert "--strict: 4 train files are unusable, first" in capsys.readouterr().err
+    assert "--strict: 5 train files are unusable, first" in capsys.readouterr().err
 
 
 def test_the_check_and_its_cache_load_neither_torch_nor_dali(tmp_path):

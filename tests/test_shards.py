@@ -1,11 +1,14 @@
 """WebDataset shards: expansion, the check and index (bad members left out and listed), DALI's
 reader over the index (every good sample once an epoch, per-rank shares, exact resume), train.py."""
 
+import pytest
+
+pytest.importorskip("nvidia.dali", exc_type=ImportError)  # `pytest -m gpu` collects without DALI
+
 import io
 import signal
 import tarfile
 
-import pytest
 import torch
 import torchvision
 from conftest import sigterm_after_step, train_args, write_jpeg_tree

@@ -1,8 +1,10 @@
 """study.py, the payoff study, in its --quick form: the command cannot rot."""
 
-import json
-
 import pytest
+
+pytest.importorskip("nvidia.dali", exc_type=ImportError)  # `pytest -m gpu` collects without DALI
+
+import json
 
 import study
 

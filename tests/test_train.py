@@ -1,6 +1,10 @@
 """train.py end to end on the CPU: a few steps, metrics, checkpoints, resume (after SIGTERM and
 SIGKILL too, exactly), bad input, non-finite loss."""
 
+import pytest
+
+pytest.importorskip("nvidia.dali", exc_type=ImportError)  # `pytest -m gpu` collects without DALI
+
 import json
 import re
 import signal
@@ -8,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from conftest import sigterm_after_step, train_args, write_jpeg_tree
 

@@ -38,18 +38,20 @@ class Normalize:
     mirror: Any = False
     fp16: bool = False
     output_layout: str = "CHW"
+    uint8: bool = False  # flip and lay out only, uint8: mean/std are the trainer's device's work
+
+    def __post_init__(self) -> None:
+        if self.uint8 and self.fp16:
+            raise ValueError("Normalize: uint8 and fp16 exclude each other")
 
     def apply(self, images, *, crop: tuple[int, int] | None = None):
         """The stock operator, for the backends that mix in a pass of their own and for
         validation, which takes a centre ``crop`` (H, W) in the same pass."""
+        scale = {"dtype": types.UINT8} if self.uint8 else {
+            "dtype": types.FLOAT16 if self.fp16 else types.FLOAT, "mean": list(self.mean), "std": list(self.std)
+        }  # fmt: skip
         return fn.crop_mirror_normalize(
-            images,
-            dtype=types.FLOAT16 if self.fp16 else types.FLOAT,
-            output_layout=self.output_layout,
-            mean=list(self.mean),
-            std=list(self.std),
-            mirror=self.mirror,
-            **({"crop": crop} if crop else {}),
+            images, output_layout=self.output_layout, mirror=self.mirror, **scale, **({"crop": crop} if crop else {})
         )
 
 

@@ -15,8 +15,9 @@ from .graph import Normalize, Params
 FUSES_NORMALIZE = True
 
 
-def build(images, labels, config: MixConfig, *, prob, layout: str, normalize: Normalize | None):
-    """``images, labels -> images (normalised when asked), labels_b, Params``."""
+def build(images, labels, config: MixConfig, *, prob, layout: str, normalize: Normalize | None, size=None):
+    """``images, labels -> images (normalised when asked), labels_b, Params``; ``size`` is not
+    needed: the operator reads the CPU batch's shapes itself."""
     from .. import plugin  # here, so that `python -m dali_cutmix.plugin` runs the module once
 
     plugin.load()
@@ -24,13 +25,13 @@ def build(images, labels, config: MixConfig, *, prob, layout: str, normalize: No
     if normalize is not None:
         if normalize.fp16:
             raise ValueError("float16 output is for the GPU; the CPU operator writes float32")
-        args.update(
-            mean=[float(v) for v in normalize.mean],
-            std=[float(v) for v in normalize.std],
-            mirror=normalize.mirror,
-            output_layout=normalize.output_layout,
-            dtype=types.FLOAT,
-        )
+        args.update(mirror=normalize.mirror, output_layout=normalize.output_layout)
+        if normalize.uint8:
+            args.update(dtype=types.UINT8)
+        else:
+            args.update(
+                mean=[float(v) for v in normalize.mean], std=[float(v) for v in normalize.std], dtype=types.FLOAT
+            )
     entropy = fn.random.uniform(range=[0.0, 1.0], shape=[2])
     inputs = [images, labels, entropy] + ([prob] if prob is not None else [])
     mixed, labels_b, lam, perm, boxes, blend = fn.dali_cutmix.mix(*inputs, **args)

@@ -23,8 +23,9 @@ from .graph import DALI_OPS, Normalize, Params, check_shapes, is_node
 FUSES_NORMALIZE = False
 
 
-def build(images, labels, config: MixConfig, *, prob, layout: str, normalize: Normalize | None):
-    """``images, labels -> images, labels_b, Params`` (``normalize`` is applied by the caller)."""
+def build(images, labels, config: MixConfig, *, prob, layout: str, normalize: Normalize | None, size=None):
+    """``images, labels -> images, labels_b, Params`` (``normalize`` is applied by the caller);
+    ``size`` is not needed: the batch is on the CPU, where its shapes cost no wait."""
     sampled = ops_params(images, config, layout=layout, prob=prob)
     mixed = paste_ops(images, sampled, layout=layout)
     return mixed, fn.permute_batch(labels, indices=sampled.params.perm), sampled.params

@@ -1,0 +1,75 @@
+"""A picture of what the pipeline feeds: the first training batch, un-normalised, as a grid with
+each image's two class names and lam, the pasted box outlined
+(:func:`dali_cutmix.report.show_batch`).
+
+    python -m pipelines.preview --data DIR [--mixup 0.4 --cutmix-mode elem ...] --output batch.png
+
+``train.py`` writes the same picture of its own first batch to ``OUTPUT/batch.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+from dali_cutmix.data import load_source
+from dali_cutmix.mix import LoopMixer, apply_cutmix
+from dali_cutmix.report import show_batch
+
+from .imagenet import MEAN, STD
+from .loaders import train_loader
+from .recipe_args import add_recipe_args, recipe_from_args
+
+
+def write_batch_png(path, data, classes, *, mixer: LoopMixer | None = None, prob: float | None = None,
+                    **loader_kwargs) -> Path:  # fmt: skip
+    """Draw the first batch of ``train_loader(data, **loader_kwargs)`` to ``path``: the batch that
+    loader gives first (the same pipeline, its parameters returned too). ``mixer``: a trainer that
+    mixes in the loop (``recipe=None`` in the loader) mixes the first batch as that mixer would
+    next (a copy of it draws; the mixer itself does not move), with chance ``prob``."""
+    loader = train_loader(data, return_params=True, **loader_kwargs)
+    batches = iter(loader)
+    batch = dict(zip(loader.output_map, next(batches)))
+    loader.close()  # one batch, not the rest of the epoch
+    batches.close()
+    mirror = batch.get("mirror")
+    if mixer is not None:
+        images = batch["images"]
+        params = copy.deepcopy(mixer).sample(images.shape[0], *images.shape[2:], prob)
+        batch["images"], batch["labels_a"], batch["labels_b"], batch["lam"] = apply_cutmix(
+            images, batch["labels_a"], params, "CHW"
+        )
+        batch["boxes"], batch["blend"], mirror = params.boxes, params.blend, None  # mixed after the flip
+    labelled = batch["images"], batch["labels_a"], batch["labels_b"], batch["lam"]
+    return show_batch(*labelled, classes, path, boxes=batch.get("boxes"), blend=batch.get("blend"), mirror=mirror,
+                      mean=MEAN, std=STD)  # fmt: skip
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="training folder, file list or shards (an ImageNet root: its train/)")
+    p.add_argument("--output", default="batch.png", help="the PNG to write")
+    p.add_argument("--batch-size", type=int, default=16, help="images in the batch (up to 16 are drawn)")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--seed", type=int, default=0)
+    add_recipe_args(p)
+    args = p.parse_args(argv)
+    recipe = recipe_from_args(p, args)
+    if args.batch_size < 1 or args.image_size < 16:
+        p.error(f"--batch-size must be >= 1 and --image-size >= 16, got {args.batch_size} and {args.image_size}")
+    data = Path(args.data) / "train" if (Path(args.data) / "train").is_dir() else args.data
+    try:
+        source = load_source(data)
+        path = write_batch_png(args.output, source, source.classes, batch_size=args.batch_size,
+                               image_size=args.image_size, seed=args.seed, recipe=recipe, backend=args.cutmix_backend,
+                               num_threads=2, shard_id=0, num_shards=1)  # fmt: skip
+    except (ValueError, OSError) as e:
+        p.exit(2, f"{p.prog}: error: {e}\n")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

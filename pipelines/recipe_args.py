@@ -1,0 +1,48 @@
+"""The mixing recipe's command-line flags (timm's names where timm has the option), shared by
+``train.py`` and ``python -m pipelines.preview``: one :class:`dali_cutmix.MixConfig` from them."""
+
+from __future__ import annotations
+
+import argparse
+
+from dali_cutmix.mix import MixConfig, RecipeError
+from dali_cutmix.ops import BACKENDS
+
+# The flag that sets each MixConfig field.
+RECIPE_FLAGS = {"alpha": "--cutmix-alpha", "prob": "--cutmix-prob", "mode": "--cutmix-mode", "mixup_alpha": "--mixup",
+                "switch_prob": "--mixup-switch-prob", "minmax": "--cutmix-minmax"}  # fmt: skip
+
+
+def add_recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cutmix-alpha", "--cutmix", type=float, default=1.0, help="CutMix Beta(a, a); 0: no CutMix")
+    p.add_argument("--mixup", type=float, default=0.0, dest="mixup_alpha", help="MixUp alpha; > 0 turns MixUp on")
+    p.add_argument("--cutmix-prob", "--mixup-prob", type=float, default=1.0, help="chance of mixing at all")
+    p.add_argument("--mixup-switch-prob", type=float, default=0.5, help="with both on, the chance of CutMix")
+    p.add_argument(
+        "--cutmix-mode", "--mixup-mode", choices=("batch", "elem"), default="batch", help="draw per batch or sample"
+    )
+    p.add_argument("--cutmix-minmax", type=float, nargs=2, metavar=("MIN", "MAX"), help="box sides in [MIN, MAX)")
+    p.add_argument("--mix-no-self", action="store_true", help="partners are never the sample itself")
+    p.add_argument("--cutmix-backend", choices=tuple(BACKENDS), help="default: native on the CPU, python on the GPU")
+    p.add_argument("--no-cutmix", action="store_true", help="no mixing at all (the baseline)")
+
+
+def recipe_from_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> MixConfig | None:
+    """The mixing flags as one checked recipe (None with ``--no-cutmix``); a bad one is a usage
+    error naming its flag."""
+    if args.no_cutmix:
+        return None
+    try:
+        return MixConfig(
+            alpha=args.cutmix_alpha,
+            prob=args.cutmix_prob,
+            mode=args.cutmix_mode,
+            mixup_alpha=args.mixup_alpha,
+            switch_prob=args.mixup_switch_prob,
+            minmax=tuple(args.cutmix_minmax) if args.cutmix_minmax else None,
+            no_self=args.mix_no_self,
+        )
+    except RecipeError as e:
+        if e.field is None:
+            p.error("--cutmix-alpha and --mixup are both 0: nothing to mix (--no-cutmix trains without mixing)")
+        p.error(f"{RECIPE_FLAGS[e.field]} {e.rule}, got {e.value!r}")

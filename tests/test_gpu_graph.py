@@ -1,0 +1,88 @@
+"""The GPU pipelines' boundaries, walked on a machine without a GPU.
+
+DALI builds the Python graph of a ``device_id=0`` pipeline without touching a GPU
+(``Pipeline._build_graph``; nothing is built or run), so every GPU training pipeline (each recipe
+and backend the GPU allows) and the validation pipeline are checked here for: every output on the
+GPU; no operator with a GPU input and a CPU output (a GPU -> CPU edge makes the CPU stage wait for
+the GPU's); and exactly the Python operators the README documents.
+"""
+
+from collections import Counter
+
+import pytest
+
+pytest.importorskip("nvidia.dali")
+
+from dali_cutmix import ops  # noqa: E402
+from dali_cutmix.mix import MixConfig  # noqa: E402
+from pipelines.imagenet import train_pipeline, val_pipeline  # noqa: E402
+
+RECIPES = {
+    "cutmix": MixConfig(),
+    "elem-prob": MixConfig(prob=0.5, mode="elem"),
+    "mixup-switch": MixConfig(mixup_alpha=0.4),
+    "mixup-only": MixConfig(alpha=0.0, mixup_alpha=0.2),
+    "minmax-no-self": MixConfig(minmax=(0.2, 0.8), no_self=True, mode="elem"),
+}
+GPU_BACKENDS = [b for b in ops.BACKENDS if (b, "gpu") not in ops.REFUSED]
+# The Python operators of a GPU pipeline, as the README's GPU section lists them: the python
+# backend's sampler (CPU) and its torch callback (GPU); none without mixing.
+MIXING = Counter({("PythonFunction", "cpu"): 1, ("DLTensorPythonFunction", "gpu"): 1})
+
+
+def walk(pipe):
+    """(operators as (schema, device, input devices, output devices), output devices)."""
+    pipe._build_graph()  # DALI's Python graph only: nothing is built on a device or run
+    operators = [
+        (
+            getattr(o._op, "schema_name", type(o._op).__name__),
+            o._op.device,
+            [i.device for i in o.inputs],
+            [x.device for x in o.outputs],
+        )  # fmt: skip
+        for o in pipe._ops
+    ]
+    return operators, [n.device for n in pipe._graph_outputs]
+
+
+def assert_boundaries(operators, outputs, python_ops: Counter):
+    assert outputs and all(d == "gpu" for d in outputs), f"outputs on {outputs}"
+    edges = [(name, dev) for name, dev, ins, outs in operators if "gpu" in ins and "cpu" in outs]
+    assert not edges, f"GPU -> CPU edges: {edges}"
+    found = Counter((name, dev) for name, dev, _, _ in operators if "PythonFunction" in name)
+    assert found == python_ops
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("recipe", list(RECIPES.values()), ids=list(RECIPES))
+@pytest.mark.parametrize("schedule", [False, True], ids=["fixed-prob", "prob-schedule"])
+def test_gpu_training_graphs_keep_every_output_on_the_gpu(jpeg_tree, recipe, backend, schedule):
+    extra = dict(prob_schedule=lambda epoch: 0.5, steps_per_epoch=3) if schedule else {}
+    pipe = train_pipeline(jpeg_tree / "train", batch_size=4, image_size=32, device="gpu", recipe=recipe,
+                          backend=backend, fp16=True, **extra)  # fmt: skip
+    assert_boundaries(*walk(pipe), MIXING)
+
+
+def test_gpu_graphs_without_mixing_and_for_validation(jpeg_tree):
+    plain = train_pipeline(jpeg_tree / "train", batch_size=4, image_size=32, device="gpu", recipe=None)
+    assert_boundaries(*walk(plain), Counter())
+    val = val_pipeline(jpeg_tree / "val", batch_size=4, image_size=32, device="gpu", fp16=True)
+    assert_boundaries(*walk(val), Counter())
+
+
+def test_the_walk_finds_a_gpu_to_cpu_edge_and_cpu_outputs(jpeg_tree):
+    """The fallback without ``size`` has the edge the training pipelines avoid, and a CPU pipeline's
+    outputs are on the CPU: the checks above can fail."""
+    from nvidia.dali import fn, pipeline_def
+
+    @pipeline_def(batch_size=4, num_threads=1, device_id=0)
+    def unsized():
+        images = fn.external_source(name="images", device="gpu", layout="HWC")
+        labels = fn.external_source(name="labels")
+        return ops.cutmix(images, labels, backend="python")
+
+    operators, outputs = walk(unsized())
+    with pytest.raises(AssertionError, match="outputs on"):
+        assert_boundaries(operators, outputs, MIXING)
+    with pytest.raises(AssertionError, match=r"GPU -> CPU edges: \[\('_Shape', 'cpu'\)\]"):
+        assert_boundaries(operators, ["gpu"] * len(outputs), MIXING)
