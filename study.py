@@ -30,9 +30,10 @@ from pathlib import Path
 
 import torch
 
-import train
-from dali_cutmix.engine import evaluate
+from dali_cutmix.data import demo_root
 from pipelines.loaders import val_loader
+from trainer.engine import evaluate
+from trainer.model import build_model
 
 CUTMIX = ["--cutmix-alpha", "1.0", "--cutmix-prob", "0.5"]  # the paper's CIFAR recipe (beta 1, prob 0.5)
 CONFIGS = {
@@ -103,9 +104,9 @@ def final_evaluation(out: Path, per_class: int) -> dict:
     state = torch.load(sorted(out.glob("checkpoint_*.pt"))[-1], map_location="cpu", weights_only=True)
     config = state["config"]
     device = torch.device("cpu")
-    model = train.build_model(config["arch"], config["num_classes"], device)
+    model = build_model(config["arch"], config["num_classes"], device)
     model.load_state_dict(state["model"])
-    root = train.demo_root(per_class)
+    root = demo_root(per_class)
     common = dict(batch_size=256, image_size=config["image_size"], num_threads=2, classes=config["classes"])
     val = val_loader(root / "val", **common)
     result = {
@@ -243,7 +244,7 @@ def plot(results: dict[str, list[dict]], path: Path) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     args.output.mkdir(parents=True, exist_ok=True)
-    train.demo_root(args.per_class)  # export once, before the runs
+    demo_root(args.per_class)  # export once, before the runs
     results = run_grid(args)
     command = " ".join(["python study.py", *(sys.argv[1:] if argv is None else argv)])
     report = write_report(args, results, command)

@@ -26,22 +26,22 @@ from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
-import torchvision
 
-from dali_cutmix import checkpoint as ckpt
-from dali_cutmix.data import CACHE, export_fashion_mnist, load_imagenet
-from dali_cutmix.engine import LRSchedule, Stop, evaluate, gather_states, train_epoch
+from dali_cutmix.data import demo_root, load_imagenet
+from dali_cutmix.files import write_json
 from dali_cutmix.loader import mix_schedule, process_shard
 from dali_cutmix.mix import LoopMixer
-from dali_cutmix.report import plot_metrics
 from dali_cutmix.scan import usable
 from dali_cutmix.shards import expand as expand_shards
 from dali_cutmix.shards import is_shards
 from pipelines.loaders import train_loader, val_loader
 from pipelines.preview import write_batch_png
 from pipelines.recipe_args import add_recipe_args, recipe_from_args
+from trainer import checkpoint as ckpt
+from trainer.curves import plot_metrics
+from trainer.engine import LRSchedule, Stop, evaluate, gather_states, train_epoch
+from trainer.model import ARCHS, build_model
 
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 # Flags whose default differs between the demo (no --data) and real data.
 DEMO_DEFAULTS = {"epochs": 10, "batch_size": 128, "image_size": 32, "arch": "resnet18", "warmup_epochs": 0}
 # What may differ between a run and its resumption (the lr schedule is rebuilt from the flags and
@@ -254,18 +254,6 @@ def prob_schedule(args):
     return schedule if callable(schedule) else None
 
 
-def demo_root(per_class: int) -> Path:
-    """The demo data (Fashion-MNIST, ``per_class`` training images a class) as JPEG folders."""
-    return export_fashion_mnist(CACHE / f"fashion-mnist-{per_class}", per_class_train=per_class)
-
-
-def build_model(arch: str, num_classes: int, device: torch.device) -> torch.nn.Module:
-    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model
-
-
 def build_optimizer(args, model: torch.nn.Module, world: int, steps_per_epoch: int):
     """SGD with nesterov momentum, lr scaled by global batch / 256, no decay on BN and biases."""
     decay = [p for p in model.parameters() if p.ndim > 1]
@@ -383,7 +371,7 @@ def fit(args, rank: int, world: int, device: torch.device, out: Path, state: dic
     }
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        ckpt.write_json(out / "config.json", config)
+        write_json(out / "config.json", config)
         print(
             f"{args.arch} on {device} x{world}: {len(classes)} classes, {len(train)} steps/epoch, "
             f"epochs {state['epoch'] if state else 0}..{args.epochs - 1}, output {out}",

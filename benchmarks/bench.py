@@ -397,8 +397,8 @@ def pipeline_rows(args, train_split) -> list[Row]:
 
 def make_trainer(args, num_classes: int):
     """Model (train.py's own builder), optimizer and a step function on the chosen device."""
-    from dali_cutmix.engine import train_step
-    from train import build_model
+    from trainer.engine import train_step
+    from trainer.model import build_model
 
     device = torch.device("cuda") if args.device == "gpu" else torch.device("cpu")
     model = build_model(args.arch, num_classes, device)

@@ -260,3 +260,8 @@ def _find_idx(source: Path, name: str) -> Path:
         f"Fashion-MNIST file {source / name}.gz not found: install the demo data with "
         f"'sudo apt-get install dataset-fashion-mnist', or pass --data DIR"
     )
+
+
+def demo_root(per_class: int) -> Path:
+    """The demo data (Fashion-MNIST, ``per_class`` training images a class) as JPEG folders."""
+    return export_fashion_mnist(CACHE / f"fashion-mnist-{per_class}", per_class_train=per_class)

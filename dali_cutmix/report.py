@@ -1,5 +1,5 @@
-"""Pictures of a run: the curves of ``metrics.jsonl`` (:func:`plot_metrics`) and a grid of the batch
-the pipeline feeds (:func:`show_batch`)."""
+"""A picture of the batch a pipeline feeds (:func:`show_batch`): the quickest check that a recipe
+does what was asked, on the user's own data."""
 
 from __future__ import annotations
 
@@ -9,33 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import atomic_write
+from .files import atomic_write
 
 BOX_COLOUR = (255, 0, 255)  # the pasted box's outline: magenta, rare in photos and in the demo's greys
-
-
-def plot_metrics(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in rows]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train (mixed)")
-    ax_loss.plot(epochs, [r["val_loss"] for r in rows], "o-", label="val")
-    ax_loss.set(xlabel="epoch", ylabel="cross entropy", title="loss")
-    ax_acc.plot(epochs, [r["val_top1"] for r in rows], "o-", label="top-1")
-    ax_acc.plot(epochs, [r["val_top5"] for r in rows], "o-", label="top-5")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="validation")
-    for ax in (ax_loss, ax_acc):
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write(path, lambda f: f.write(png.getbuffer()))
 
 
 def tile_scale(height: int, width: int, at_least: int = 128) -> int:

@@ -246,7 +246,7 @@ def _read_cache(path: Path) -> dict[str, tuple[tuple[int, int], str]]:
 
 
 def _write_cache(path: Path, entries: dict[str, tuple[tuple[int, int], str]]) -> None:
-    from .checkpoint import atomic_write
+    from .files import atomic_write
 
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = "".join(f"{k[0]}\t{k[1]}\t{reason}\t{p}\n" for p, (k, reason) in entries.items())

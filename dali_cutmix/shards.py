@@ -179,7 +179,7 @@ def _cached(path: str, cache_dir, check: str) -> dict | None:
 def _store(path: str, cache_dir, check: str, lines: list[str], labels: list[tuple[str, int]], bad: list) -> dict:
     """Cache one shard's index (see :func:`_index`): ``{"index", "count", "digest", "max_label",
     "labels" (of the indexed samples, in order), "bad": [(item, reason)]}``."""
-    from .checkpoint import atomic_write
+    from .files import atomic_write
 
     key, meta_path, index_path = _cache_key(path, cache_dir, check)
     atomic_write(index_path, lambda f: f.write(_index_text(lines).encode()))

@@ -223,7 +223,7 @@ def check_train_step(device) -> list[dict]:
     import torch
     import torchvision
 
-    from dali_cutmix.engine import train_step
+    from trainer.engine import train_step
 
     cuda = device.type == "cuda"
     torch.manual_seed(0)

@@ -96,7 +96,7 @@ def sigterm_after_step(monkeypatch, at: int) -> None:
     import os
     import signal
 
-    from dali_cutmix import engine
+    from trainer import engine
 
     real, done = engine.train_step, [0]
 

@@ -1,11 +1,13 @@
-"""``dali_cutmix/checkpoint.py``: atomic, synced writes; foreign or broken checkpoints are clear errors."""
+"""Atomic, synced writes (``dali_cutmix/files.py``); foreign or broken checkpoints are clear errors
+(``trainer/checkpoint.py``)."""
 
 import os
 
 import pytest
 import torch
 
-from dali_cutmix import checkpoint as ckpt
+from dali_cutmix.files import atomic_write
+from trainer import checkpoint as ckpt
 
 
 def test_checkpoint_writes_are_atomic(tmp_path):
@@ -17,7 +19,7 @@ def test_checkpoint_writes_are_atomic(tmp_path):
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        ckpt.atomic_write(target, crash)
+        atomic_write(target, crash)
     assert target.read_bytes() == b"old" and list(tmp_path.iterdir()) == [target]
 
 
@@ -32,7 +34,7 @@ def test_checkpoint_writes_sync_the_folder_after_the_rename(tmp_path, monkeypatc
         real(fd)
 
     monkeypatch.setattr(os, "fsync", spy)
-    ckpt.atomic_write(tmp_path / "c.pt", lambda f: f.write(b"data"))
+    atomic_write(tmp_path / "c.pt", lambda f: f.write(b"data"))
     assert synced == [False, True]  # the file's bytes, then the folder's entry
 
 

@@ -1,4 +1,4 @@
-"""``dali_cutmix/engine.py``: occlusion, evaluation under AMP, the agreed stop signal."""
+"""``trainer/engine.py``: occlusion, evaluation under AMP, the agreed stop signal."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ import torch.distributed as dist
 
 
 def test_occlusion_hides_a_centred_quarter():
-    from dali_cutmix.engine import occluded
+    from trainer.engine import occluded
 
     images = torch.ones(2, 3, 32, 48)
     out = occluded(images, 0.25)
@@ -17,7 +17,7 @@ def test_occlusion_hides_a_centred_quarter():
 def test_evaluation_follows_the_amp_flag(monkeypatch, amp):
     from contextlib import nullcontext
 
-    from dali_cutmix import engine
+    from trainer import engine
 
     seen = []
     monkeypatch.setattr(engine, "autocast", lambda device, enabled: seen.append(enabled) or nullcontext())
@@ -30,7 +30,7 @@ def test_evaluation_follows_the_amp_flag(monkeypatch, amp):
 def test_ranks_agree_on_a_stop_every_n_steps_only(monkeypatch):
     """Under DDP agreeing costs an all-reduce and a read back (a device sync on CUDA): every
     ``every`` steps, and once more at the end of the epoch (step 0), never in between."""
-    from dali_cutmix.engine import Stop
+    from trainer.engine import Stop
 
     calls = []
     monkeypatch.setattr(dist, "all_reduce", lambda flag, op=None: calls.append(flag.item()))

@@ -20,8 +20,8 @@ from conftest import train_args, write_jpeg_tree
 from PIL import Image
 
 import train
-from dali_cutmix import checkpoint as ckpt
 from dali_cutmix.report import BOX_COLOUR, grid_size, show_batch, tile_origin, tile_scale
+from trainer import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -137,7 +137,7 @@ def test_training_goes_on_past_bad_files_and_strict_stops(tmp_path, capsys, monk
     write_bad_files(root / "train" / "class2")
     (root / "train" / "class3-broken").mkdir()  # a class whose only image is broken
     (root / "train" / "class3-broken" / "zero.JPEG").write_bytes(b"")
-    monkeypatch.setattr(train, "CACHE", tmp_path / "cache")  # scan verdicts cached here
+    monkeypatch.setattr("dali_cutmix.scan.CACHE", tmp_path / "cache")  # scan verdicts cached here
     out = tmp_path / "run"
     args = train_args(root, out, "--epochs", "1")
     assert train.main(args) == 0

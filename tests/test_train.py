@@ -16,9 +16,9 @@ import torch
 from conftest import sigterm_after_step, train_args, write_jpeg_tree
 
 import train
-from dali_cutmix import checkpoint as ckpt
-from dali_cutmix import engine
 from dali_cutmix.mix import MixConfig
+from trainer import checkpoint as ckpt
+from trainer import engine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -336,7 +336,7 @@ def assert_same_weights(out: Path, reference: dict) -> None:
 SIGNAL_AT_STEP = """
 import os, sys
 import train
-from dali_cutmix import engine
+from trainer import engine
 signum, at = int(sys.argv[1]), int(sys.argv[2])
 real, done = engine.train_step, [0]
 def step(*args, **kwargs):

@@ -17,7 +17,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 import torch.distributed as dist
 
-from .loss import mixed_cross_entropy
+from dali_cutmix.loss import mixed_cross_entropy
 
 
 @contextmanager

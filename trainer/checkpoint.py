@@ -1,12 +1,6 @@
-"""Checkpoints and run records that survive crashes: atomic writes, safe loads.
-
-Every file is written to a temporary name in the same folder and renamed over the target, so a
-reader sees the old file or the new one, never half of one. Checkpoints load with
-``torch.load(weights_only=True)``: no pickled code runs.
-
-torch is imported by the functions that save, load or restore a checkpoint only, so the bad-file
-check's caches (:mod:`dali_cutmix.scan`, :mod:`dali_cutmix.shards`) are written without it.
-"""
+"""Checkpoints and run records that survive crashes (:mod:`dali_cutmix.files`' atomic writes),
+safe loads (``torch.load(weights_only=True)``: no pickled code runs), the lock on a live run's
+folder and the free-space check."""
 
 from __future__ import annotations
 
@@ -17,9 +11,10 @@ import os
 import re
 import shutil
 import socket
-import tempfile
 import time
 from pathlib import Path
+
+from dali_cutmix.files import atomic_write
 
 # checkpoint_0003.pt: 3 epochs done; checkpoint_0003_step000120.pt: interrupted 120 steps into
 # epoch index 3. Sorting by (epoch, step) puts the newest last.
@@ -33,27 +28,6 @@ LOCK = ".lock"  # flock'ed by the live run's (rank 0's) process; its text names 
 
 class UnreadableCheckpoint(ValueError):
     """A file that is not a loadable dali-cutmix checkpoint (truncated, foreign, garbage)."""
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(file)`` on a temporary file, fsync it, then rename it to ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    # The rename itself is durable only once the folder's entry is on disk.
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
 
 
 def remove_partial(out: Path) -> list[Path]:
@@ -151,10 +125,6 @@ def move_aside(out: Path) -> Path:
         n += 1
     out.rename(target)
     return target
-
-
-def write_json(path: Path, obj) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True).encode()))
 
 
 def write_metrics(path: Path, rows: list[dict]) -> None:
