@@ -27,16 +27,15 @@ from typing import NamedTuple
 import torch
 import torch.distributed as dist
 
-from dali_cutmix.data import demo_root, load_imagenet
 from dali_cutmix.files import write_json
 from dali_cutmix.loader import mix_schedule, process_shard
 from dali_cutmix.mix import LoopMixer
-from dali_cutmix.scan import usable
-from dali_cutmix.shards import expand as expand_shards
-from dali_cutmix.shards import is_shards
+from pipelines.files import demo_root
 from pipelines.loaders import train_loader, val_loader
 from pipelines.preview import write_batch_png
 from pipelines.recipe_args import add_recipe_args, recipe_from_args
+from pipelines.scan import UnusableData
+from pipelines.sources import resolve, source_kind
 from trainer import checkpoint as ckpt
 from trainer.curves import plot_metrics
 from trainer.engine import LRSchedule, Stop, evaluate, gather_states, train_epoch
@@ -140,17 +139,15 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--smoothing must be in [0, 1), got {args.smoothing}")
     if args.lr <= 0 or args.warmup_epochs < 0:
         p.error(f"--lr must be > 0 and --warmup-epochs >= 0, got {args.lr} and {args.warmup_epochs}")
-    shards = args.data is not None and is_shards(args.data)
-    if args.data is not None and not (shards or Path(args.data).is_dir()):
-        p.error(f"--data {args.data!r} is neither a directory nor .tar shards")
-    if shards and args.val_data is None:
-        p.error(f"--data {args.data!r} names WebDataset shards: give the validation data with --val-data")
+    kinds = {}
     for flag, spec in (("--data", args.data), ("--val-data", args.val_data)):
-        if spec is not None and is_shards(spec):
+        if spec is not None:
             try:
-                expand_shards(spec)
+                kinds[flag] = source_kind(spec)
             except ValueError as e:
-                p.error(f"{flag}: {e}")
+                p.error(f"{flag} {e}")
+    if kinds.get("--data") == "shards" and args.val_data is None:
+        p.error(f"--data {args.data!r} names WebDataset shards: give the validation data with --val-data")
     if args.device == "gpu" and not torch.cuda.is_available():
         p.error("--device gpu: CUDA is not available on this machine")
     if args.resume not in (None, "latest") and not Path(args.resume).is_file():
@@ -192,19 +189,19 @@ class Data(NamedTuple):
 def load_data(args, rank: int, world: int, device: torch.device, start_epoch: int, out: Path, loader_state=None):
     """This rank's loaders, the class names, the data's fingerprint and the loop mixer.
 
-    Undecodable files and shard samples are found first (``dali_cutmix.scan``, ``dali_cutmix.shards``)
-    and left out, or are an error with ``--strict``. Rank 0 exports the demo data and scans while
-    the others wait, then they read its caches. A fresh run's rank 0 draws its first batch to
-    ``out/batch.png``.
+    The data is resolved once (:func:`pipelines.sources.resolve`); undecodable files and shard
+    samples are found first and left out, or are an error with ``--strict``. Rank 0 exports the
+    demo data and scans while the others wait, then they read its caches. A fresh run's rank 0
+    draws its first batch to ``out/batch.png``.
     """
     if world > 1 and rank != 0:
         dist.barrier()
     root = args.data or demo_root(args.demo_per_class)
-    train_split, val_split = (root, args.val_data) if is_shards(root) else load_imagenet(root)
-    strict = "--strict" if args.strict else False  # how the error names the switch
-    checks = dict(check=args.scan, strict=strict, workers=args.workers, listing_dir=out, report=rank == 0)
-    train_split = usable(train_split, "train", **checks)
-    val_split = usable(args.val_data or val_split, "val", train_split.classes, **checks)
+    checks = dict(check=args.scan, strict=args.strict, workers=args.workers, listing_dir=out, report=rank == 0)
+    try:
+        train_split, val_split = resolve(root, args.val_data, **checks)
+    except UnusableData as e:
+        raise ValueError(f"--strict: {e}") from e
     if world > 1 and rank == 0:
         dist.barrier()
     share = -(-len(train_split) // world)  # DALI pads every rank's share to the largest

@@ -42,10 +42,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dali_cutmix.data import load_imagenet, load_source
 from dali_cutmix.mix import MixConfig
 from dali_cutmix.ops import BACKENDS, DEFAULT_BACKEND, REFUSED
-from dali_cutmix.shards import is_shards
+from pipelines.files import load_imagenet
+from pipelines.shards import is_shards
+from pipelines.sources import load_source
 
 
 @dataclass
@@ -246,11 +247,11 @@ def stage_rows(args, train_split) -> list[Row]:
     from nvidia.dali import fn, pipeline_def
 
     from dali_cutmix.ops import Normalize, cutmix
-    from pipelines.imagenet import MEAN, STD, decode_random_resized_crop, read
+    from pipelines.imagenet import MEAN, READER_NAME, STD, decode_random_resized_crop
 
     @pipeline_def(enable_conditionals=False)
     def graph(stop):
-        jpegs, labels = read(train_split, shard_id=0, num_shards=1, shuffle=True, seed=0)
+        jpegs, labels = train_split.read(shard_id=0, num_shards=1, shuffle=True, seed=0, name=READER_NAME)
         if stop == "read":
             return jpegs, labels
         images = decode_random_resized_crop(jpegs, device=args.device, image_size=args.image_size)
@@ -633,7 +634,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    # Training shards (benchmarks.shards) stand in for the root's train/ folder.
+    # Training shards (benchmarks.shards_vs_files) stand in for the root's train/ folder.
     train_split = load_source(args.data) if is_shards(args.data) else load_imagenet(args.data)[0]
     num_classes = len(train_split.classes)
     rows: list[Row] = []

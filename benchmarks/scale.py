@@ -64,10 +64,10 @@ def rss_mb() -> float:
 
 def measure(root: Path) -> dict:
     """Start-up figures of one tree, in this (fresh) process."""
-    from dali_cutmix.data import load_split
     from dali_cutmix.loader import DALILoader
-    from dali_cutmix.scan import scan
+    from pipelines.files import load_split
     from pipelines.imagenet import READER_NAME, train_pipeline
+    from pipelines.scan import scan
 
     figures = {"rss_start_mb": rss_mb()}
     start = time.perf_counter()

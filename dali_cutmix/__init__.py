@@ -1,6 +1,6 @@
 """dali-cutmix: CutMix inside NVIDIA DALI pipelines, for fast ResNet training in PyTorch.
 
-The names below load their module on first use (PEP 562), so ``import dali_cutmix.scan`` (what
+The names below load their module on first use (PEP 562), so ``import dali_cutmix.files`` (what
 the bad-file check's worker processes import) loads neither torch nor DALI.
 """
 

@@ -22,11 +22,8 @@ backend     CPU    GPU    what it is
                           formula on DataNodes, ``slice``, ``multi_paste``); ~40 operators
 ==========  =====  =====  ==================================================================
 
-Why ``ops`` refuses the GPU: DALI's GPU ``multi_paste`` (``paste_gpu.h``) reads every input with
-the row pitch of input 0 and its region sweep never closes an empty region, so a pasted box slice
-of another shape, or an unmixed sample's empty box, comes out wrong; DALI's own tests paste only
-same-shaped inputs with non-empty regions. On the GPU the only other operator on the pixels is
-``crop_mirror_normalize`` after the mix (``normalize=``), used as DALI's ResNet-50 example uses it.
+Why a backend refuses a device or layout: ``REFUSED`` says it in one line (docs/DESIGN.md tells
+the DALI GPU traps behind it).
 
 Given the same parameters, the backends' outputs are identical byte for byte, MixUp blends included
 (computed in float32 and rounded half away from zero explicitly, never by a cast).

@@ -18,10 +18,11 @@ import numpy as np
 import nvidia.dali.fn as fn
 from nvidia.dali import pipeline_def, types
 
-from dali_cutmix.data import Split, load_source
 from dali_cutmix.mix import MixConfig
 from dali_cutmix.ops import Normalize, cutmix
-from dali_cutmix.shards import IMAGE_EXTS, LABEL_EXT, Shards
+
+from .files import Split
+from .sources import Source, load_source
 
 READER_NAME = "Reader"
 MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
@@ -30,42 +31,13 @@ DEVICES = ("cpu", "gpu")
 DEFAULT_RECIPE = MixConfig()  # CutMix as in the paper: Beta(1, 1), every batch
 
 
-def read(source: Split | Shards, *, shard_id: int, num_shards: int, shuffle: bool, seed: int):
-    """(jpegs, labels (1,) int32) from image files or WebDataset shards, this rank's share."""
-    common = dict(
-        shard_id=shard_id,
-        num_shards=num_shards,
-        random_shuffle=shuffle,
-        initial_fill=min(4096, max(len(source), 1)),
-        pad_last_batch=True,
-        seed=seed,
-        name=READER_NAME,
-    )
-    if isinstance(source, Split):
-        return fn.readers.file(files=source.files, labels=source.labels, **common)
-    jpegs, cls = fn.readers.webdataset(
-        paths=source.paths,
-        index_paths=source.index_paths,  # only the good samples (dali_cutmix.shards)
-        ext=[";".join(IMAGE_EXTS), LABEL_EXT],
-        case_sensitive_extensions=False,
-        missing_component_behavior="error",
-        **common,
-    )
-    return jpegs, fn.python_function(cls, function=parse_labels, batch_processing=True)
-
-
-def parse_labels(texts: list[np.ndarray]) -> list[np.ndarray]:
-    """A batch of ``cls`` members (ASCII digits, checked when indexed) as (1,) int32 labels."""
-    return [np.array([int(t.tobytes())], dtype=np.int32) for t in texts]
-
-
 # nvJPEG's per-thread buffers (DALI preallocates one device buffer and two pinned host buffers of
 # these sizes per thread): DALI's defaults, and DALI's ResNet-50 example's for ImageNet's largest.
 DALI_PADDINGS = {"device_memory_padding": 16 << 20, "host_memory_padding": 8 << 20}
 IMAGENET_PADDINGS = {"device_memory_padding": 211025920, "host_memory_padding": 140544512}
 
 
-def nvjpeg_paddings(source: Split | Shards, sample: int = 256) -> dict[str, int]:
+def nvjpeg_paddings(source: Source, sample: int = 256) -> dict[str, int]:
     """nvJPEG's paddings sized from the data: the largest decoded image (H x W x 3 bytes, from
     the headers of up to ``sample`` files spread over the split) with a quarter to spare, between
     DALI's defaults and the ImageNet example's sizes. Shards are not opened here: DALI's defaults
@@ -113,7 +85,8 @@ def decode_center(jpegs, *, device: str, image_size: int, paddings=None):
 @pipeline_def(enable_conditionals=False)
 def _train_graph(split, *, image_size, random_area, device, shard_id, num_shards, shuffle_seed, fp16, uint8, paddings,
                  mix, prob_source, return_params):  # fmt: skip
-    jpegs, labels = read(split, shard_id=shard_id, num_shards=num_shards, shuffle=True, seed=shuffle_seed)
+    share = dict(shard_id=shard_id, num_shards=num_shards, name=READER_NAME)
+    jpegs, labels = split.read(shuffle=True, seed=shuffle_seed, **share)
     images = decode_random_resized_crop(
         jpegs, device=device, image_size=image_size, random_area=random_area, paddings=paddings
     )
@@ -141,7 +114,7 @@ def _train_graph(split, *, image_size, random_area, device, shard_id, num_shards
 
 @pipeline_def(enable_conditionals=False)
 def _val_graph(split, *, image_size, device, shard_id, num_shards, fp16, uint8, paddings):
-    jpegs, labels = read(split, shard_id=shard_id, num_shards=num_shards, shuffle=False, seed=0)
+    jpegs, labels = split.read(shard_id=shard_id, num_shards=num_shards, shuffle=False, seed=0, name=READER_NAME)
     images = decode_center(jpegs, device=device, image_size=image_size, paddings=paddings)
     return on_device((_normalize(fp16, uint8).apply(images, crop=(image_size, image_size)), labels), device)
 
@@ -181,7 +154,7 @@ def _common(data, batch_size, image_size, device, num_threads, shard_id, num_sha
 
 
 def train_pipeline(
-    data_dir: str | os.PathLike | Split | Shards,
+    data_dir: str | os.PathLike | Source,
     *,
     batch_size: int,
     recipe: MixConfig | None = DEFAULT_RECIPE,
@@ -204,7 +177,7 @@ def train_pipeline(
     checkpoint: str | None = None,
 ):
     """The training pipeline on ``data_dir``: a ``<class>/<image>`` folder, a file list, WebDataset
-    shards (a ``.tar`` pattern or folder), or a loaded Split or Shards (:func:`dali_cutmix.data.load_source`).
+    shards (a ``.tar`` pattern or folder), or a loaded Split or Shards (:func:`pipelines.sources.load_source`).
 
     ``recipe``: the mixing, one :class:`dali_cutmix.mix.MixConfig` passed untouched to
     :func:`dali_cutmix.cutmix` (None: no mixing, ``lam`` is 1); ``backend`` as there.
@@ -258,7 +231,7 @@ def train_pipeline(
 
 
 def val_pipeline(
-    data_dir: str | os.PathLike | Split | Shards,
+    data_dir: str | os.PathLike | Source,
     *,
     batch_size: int,
     image_size: int = 224,

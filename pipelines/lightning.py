@@ -22,15 +22,16 @@ import lightning as L
 import torch
 
 from dali_cutmix.loader import DALILoader, process_shard
-from dali_cutmix.scan import usable
 
 from .loaders import train_loader, val_loader
+from .scan import UnusableData
+from .sources import usable
 
 
 class DALIDataModule(L.LightningDataModule):
     """``train``/``val``: anything :func:`pipelines.loaders.train_loader` reads (a
     ``<class>/<image>`` folder, a file list, WebDataset shards, a Split or Shards).
-    What DALI cannot read is left out first (:func:`dali_cutmix.scan.usable`; ``check`` and
+    What DALI cannot read is left out first (:func:`pipelines.sources.usable`; ``check`` and
     ``strict`` as there), listed in the trainer's ``default_root_dir``. ``train_kwargs`` go to
     :func:`pipelines.loaders.train_loader` (``recipe``, ``backend``, ``image_size``,
     ``num_threads``, ``seed``, ...); validation takes ``image_size`` and ``num_threads`` from them."""
@@ -66,9 +67,12 @@ class DALIDataModule(L.LightningDataModule):
             listing_dir=Path(trainer.default_root_dir if trainer else "."),
             report=trainer is None or trainer.is_global_zero,
         )
-        self.train_source = usable(self.train_source, "train", **checks)
-        if self.val_source is not None:
-            self.val_source = usable(self.val_source, "val", self.train_source.classes, **checks)
+        try:
+            self.train_source = usable(self.train_source, "train", **checks)
+            if self.val_source is not None:
+                self.val_source = usable(self.val_source, "val", self.train_source.classes, **checks)
+        except UnusableData as e:
+            raise UnusableData(f"strict=True: {e}") from e  # named as this class's argument
 
     def _placement(self) -> dict:
         """This process's shard and device, from the trainer (or the environment without one)."""

@@ -15,18 +15,22 @@ from collections.abc import Callable
 
 import torch
 
-from dali_cutmix.data import Split, load_source
 from dali_cutmix.device import DeviceNormalize
 from dali_cutmix.loader import DALILoader, process_shard, steps_per_epoch
-from dali_cutmix.shards import Shards
+from dali_cutmix.mix import MixConfig
 
+from .files import Split
 from .imagenet import DEFAULT_RECIPE, MEAN, READER_NAME, STD, output_names, train_pipeline, val_pipeline
+from .shards import Shards
+from .sources import load_source
 
 
 def train_loader(
     data: str | os.PathLike | Split | Shards,
     *,
     batch_size: int,
+    recipe: MixConfig | None = DEFAULT_RECIPE,
+    backend: str | None = None,
     device: str = "cpu",
     torch_device: torch.device | str | None = None,
     shard_id: int | None = None,
@@ -41,8 +45,8 @@ def train_loader(
 ) -> DALILoader:
     """A loader of ``(images, labels_a, labels_b, lam)`` over the training pipeline.
 
-    ``recipe`` (a :class:`dali_cutmix.mix.MixConfig`, or None for no mixing) and ``backend`` go to
-    the pipeline untouched. ``prob_schedule`` (``epoch -> prob``, see
+    ``recipe`` (a :class:`dali_cutmix.mix.MixConfig`, or None for no mixing) and ``backend`` (as in
+    :func:`dali_cutmix.cutmix`) go to the pipeline untouched. ``prob_schedule`` (``epoch -> prob``, see
     :func:`dali_cutmix.loader.mix_schedule`) counts epochs from ``start_epoch``, so a resumed run
     sees the schedule where it left it.
     ``state`` (from :meth:`DALILoader.state`, with the same arguments) continues exactly where
@@ -68,6 +72,8 @@ def train_loader(
     pipe = train_pipeline(
         split,
         batch_size=batch_size,
+        recipe=recipe,
+        backend=backend,
         device=device,
         shard_id=shard_id,
         num_shards=num_shards,
@@ -80,7 +86,7 @@ def train_loader(
     )
     return DALILoader(
         pipe,
-        output_names(pipeline_kwargs.get("recipe", DEFAULT_RECIPE), return_params),
+        output_names(recipe, return_params),
         device=torch_device,
         last_batch=last_batch,
         start_epoch=start_epoch,

@@ -14,9 +14,9 @@ import copy
 import sys
 from pathlib import Path
 
-from dali_cutmix.data import load_source
 from dali_cutmix.mix import LoopMixer, apply_cutmix
 from dali_cutmix.report import show_batch
+from pipelines.sources import load_source
 
 from .imagenet import MEAN, STD
 from .loaders import train_loader

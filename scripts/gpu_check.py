@@ -397,7 +397,7 @@ def check_throughput(device: str, out: Path, cpu: bool) -> list[dict]:
 
 
 def check_training(device: str, out: Path, cpu: bool) -> list[dict]:
-    from dali_cutmix.data import FASHION_MNIST_DIR
+    from pipelines.files import FASHION_MNIST_DIR
 
     run_dir = out / "train"
     flags = ["--device", device, "--output", str(run_dir), "--epochs", "3", "--workers", "2", "--seed", "0",

@@ -105,8 +105,8 @@ def fit_lightning(
 def fit_accelerate(data: str, val: str, out: Path) -> None:
     from accelerate import Accelerator
 
-    from dali_cutmix.data import load_source
     from pipelines.loaders import train_loader, val_loader
+    from pipelines.sources import load_source
 
     accelerator = Accelerator(cpu=True)
     train_data = load_source(data)

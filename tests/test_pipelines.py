@@ -9,11 +9,11 @@ from collections import Counter
 import torch
 from nvidia.dali import fn, pipeline_def, types
 
-from dali_cutmix.data import Split, load_split
 from dali_cutmix.loader import mix_schedule
 from dali_cutmix.mix import MixConfig
 from dali_cutmix.ops import cutmix
 from pipelines import train_pipeline
+from pipelines.files import Split, load_split
 from pipelines.imagenet import MEAN, STD
 from pipelines.loaders import train_loader, val_loader
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dali_cutmix.data import load_split
+from pipelines.files import load_split
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -15,9 +15,9 @@ from conftest import train_args, write_jpeg_tree
 from PIL import Image
 
 import train
-from dali_cutmix.data import load_split
-from dali_cutmix.scan import check_file, scan
+from pipelines.files import load_split
 from pipelines.loaders import train_loader, val_loader
+from pipelines.scan import check_file, scan
 
 
 def photo(h=60, w=80, seed=0):
@@ -137,7 +137,7 @@ def test_training_goes_on_past_bad_files_and_strict_stops(tmp_path, capsys, monk
     write_bad_files(root / "train" / "class2")
     (root / "train" / "class3-broken").mkdir()  # a class whose only image is broken
     (root / "train" / "class3-broken" / "zero.JPEG").write_bytes(b"")
-    monkeypatch.setattr("dali_cutmix.scan.CACHE", tmp_path / "cache")  # scan verdicts cached here
+    monkeypatch.setattr("pipelines.sources.CACHE", tmp_path / "cache")  # scan verdicts cached here
     out = tmp_path / "run"
     args = train_args(root, out, "--epochs", "1")
     assert train.main(args) == 0
@@ -159,7 +159,7 @@ def test_the_check_and_its_cache_load_neither_torch_nor_dali(tmp_path):
 
     root = write_jpeg_tree(tmp_path / "data")
     code = (
-        "import sys; from dali_cutmix.data import load_split; from dali_cutmix.scan import scan; "
+        "import sys; from pipelines.files import load_split; from pipelines.scan import scan; "
         f"r = scan(load_split({str(root / 'train')!r}), cache_dir={str(tmp_path / 'cache')!r}, workers=1); "
         "print(r.scanned, sorted(m for m in ('torch', 'nvidia.dali') if m in sys.modules))"
     )

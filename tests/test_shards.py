@@ -14,9 +14,9 @@ import torchvision
 from conftest import sigterm_after_step, train_args, write_jpeg_tree
 
 import train
-from benchmarks.shards import write_shards
-from dali_cutmix import shards as wds
-from dali_cutmix.data import load_split
+from benchmarks.shards_vs_files import write_shards
+from pipelines import shards as wds
+from pipelines.files import load_split
 from pipelines.loaders import train_loader, val_loader
 
 

@@ -161,7 +161,7 @@ def test_resume_from_a_path_and_arch_mismatch(jpeg_tree, tmp_path, capsys):
         (["--data", "/nonexistent/imagenet"], "--data '/nonexistent/imagenet' is neither a directory nor .tar shards"),
         (
             ["--data", "/no/s-{0..1}.tar", "--val-data", "/no/v.tar"],
-            r"--data: shards '/no/s-\{0..1\}.tar': 2 of 2 files do not exist, first '/no/s-0.tar'",
+            r"--data shards '/no/s-\{0..1\}.tar': 2 of 2 files do not exist, first '/no/s-0.tar'",
         ),
         (["--cutmix-prob", "1.5"], r"--cutmix-prob must be a number in \[0, 1\], got 1.5"),
         (["--resume", "/nonexistent.pt"], "--resume '/nonexistent.pt': no such checkpoint file"),

@@ -3,8 +3,7 @@ pixels: ``batch_permutation`` and ``random.*`` draws, the box formula
 :func:`dali_cutmix.mix.mix_from_draws` evaluated on DataNodes, ``permute_batch``, ``slice`` and one
 ``multi_paste``. About 40 operators: on a CPU each costs a fixed ~0.05-0.1 ms per batch.
 
-It refuses the GPU (see ``dali_cutmix.ops.REFUSED``): DALI's GPU ``multi_paste``
-(``paste_gpu.h``) reads every input with input 0's row pitch and never closes an empty region.
+It refuses the GPU (``dali_cutmix.ops.REFUSED``; docs/DESIGN.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """WebDataset shards against the same images as files (not a timed test).
 
-    python -m benchmarks.shards --data /tmp/bd1k --out /tmp/bd1k-wds
+    python -m benchmarks.shards_vs_files --data /tmp/bd1k --out /tmp/bd1k-wds
 
 Writes ``--data``'s training images as tar shards (webdataset's own ``ShardWriter``, once), then
 measures the check and index of the shards (uncached and cached) beside the folder scan of the
@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 from benchmarks.bench import epoch_run
-from dali_cutmix.data import load_imagenet
-from dali_cutmix.scan import scan
-from dali_cutmix.shards import CLASSES_FILE, load_shards
+from pipelines.files import load_imagenet
+from pipelines.scan import scan
+from pipelines.shards import CLASSES_FILE, load_shards
 
 CONFIG = "DALI + CutMix (native)"
 

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .data import CACHE, Split, load_source
+from dali_cutmix.files import atomic_write
+
+from .files import Split, load_split
 
 DECODABLE = {"JPEG", "PNG", "BMP", "TIFF", "WEBP", "JPEG2000", "PPM"}
 TAIL = 64  # bytes read from the end: an EOI marker may be followed by a little padding
@@ -166,36 +168,8 @@ def drop_undecodable(
     return result.good
 
 
-def usable(
-    source,
-    name: str,
-    classes: list[str] | None = None,
-    *,
-    check: str = "quick",
-    strict: bool | str = False,
-    workers: int | None = None,
-    listing_dir: Path,
-    report: bool = True,
-    cache_dir: Path | None = None,
-):
-    """What DALI can read of ``source`` (image files: a ``<class>/<image>`` folder, a file list or a
-    Split; or WebDataset shards: a spec or Shards), as a trainer needs it: what is bad is left out
-    and listed in ``listing_dir/bad_files_{name}.txt`` (:func:`leave_out`), or is a ``ValueError``
-    with ``strict``. ``check``: ``"quick"``, ``"full"`` (decode everything) or ``"off"``. Verdicts
-    and shard indexes are cached under ``cache_dir`` (default ``dali_cutmix.data.CACHE``)."""
-    from .shards import Shards  # shards builds on this module's checks
-
-    cache = Path(cache_dir) if cache_dir is not None else CACHE
-    source = load_source(source, classes, check=check, workers=workers, cache_dir=cache)
-    if isinstance(source, Shards):
-        if source.bad:
-            total = len(source) + len(source.bad)
-            leave_out(source.bad, total, name, strict=strict, listing_dir=listing_dir, report=report, what="samples")
-        return source
-    if check == "off":
-        return source
-    return drop_undecodable(source, name, cache_dir=cache / "scan", workers=workers, full=check == "full",
-                            strict=strict, listing_dir=listing_dir, report=report)  # fmt: skip
+class UnusableData(ValueError):
+    """``strict``: some files or samples are unusable (the message says how many and the first)."""
 
 
 def leave_out(
@@ -203,19 +177,17 @@ def leave_out(
     total: int,
     name: str,
     *,
-    strict: bool | str,
+    strict: bool,
     listing_dir: Path,
     report: bool,
     what: str = "files",
 ):
     """Say that the ``bad`` ``(item, reason)`` pairs of a split of ``total`` ``what`` are left out: a
     one-line summary, and every one listed in ``listing_dir/bad_files_{name}.txt``; with ``strict``,
-    raise ``ValueError`` instead, led by ``strict`` when it is the caller's name for the switch
-    (train.py: ``"--strict"``), else by ``strict=True``."""
+    raise :class:`UnusableData` instead (its caller names its own switch)."""
     first = f"{bad[0][0]} ({bad[0][1]})"
     if strict:
-        switch = strict if isinstance(strict, str) else "strict=True"
-        raise ValueError(f"{switch}: {len(bad)} {name} {what} are unusable, first {first}")
+        raise UnusableData(f"{len(bad)} {name} {what} are unusable, first {first}")
     if report:
         listing_dir.mkdir(parents=True, exist_ok=True)
         listing = listing_dir / f"bad_files_{name}.txt"
@@ -246,18 +218,14 @@ def _read_cache(path: Path) -> dict[str, tuple[tuple[int, int], str]]:
 
 
 def _write_cache(path: Path, entries: dict[str, tuple[tuple[int, int], str]]) -> None:
-    from .files import atomic_write
-
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = "".join(f"{k[0]}\t{k[1]}\t{reason}\t{p}\n" for p, (k, reason) in entries.items())
     atomic_write(path, lambda f: f.write(gzip.compress(lines.encode("utf-8"), compresslevel=1)))
 
 
 def main(argv=None) -> None:
-    """``python -m dali_cutmix.scan DIR``: report the files of a split that DALI cannot decode."""
+    """``python -m pipelines.scan DIR``: report the files of a split that DALI cannot decode."""
     import argparse
-
-    from .data import load_split
 
     p = argparse.ArgumentParser(description="Find the images in a <class>/<image> folder that DALI cannot decode.")
     p.add_argument("path", help="a split folder (<class>/<image>) or a file list")

@@ -8,7 +8,7 @@ and its class index as text (``cls``). Class names come from a ``classes.txt`` b
 ``ImageFolder``'s), or are the indices themselves.
 
 Each shard is checked once, in parallel, as the folder scan checks files
-(:func:`dali_cutmix.scan.check_stream`), and a DALI index file (``wds2idx``'s ``v1.2`` format) is
+(:func:`pipelines.scan.check_stream`), and a DALI index file (``wds2idx``'s ``v1.2`` format) is
 written that holds only the good samples: the reader never meets a broken member. The index and
 the verdicts are cached by the shard's path, size and modification time.
 """
@@ -23,6 +23,11 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from dali_cutmix.files import atomic_write
+
+from .files import reader_args
 from .scan import check_stream, worker_pool
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp")
@@ -46,13 +51,34 @@ class Shards:
     def __len__(self) -> int:
         return sum(self.counts)
 
+    def read(self, *, shard_id: int, num_shards: int, shuffle: bool, seed: int, name: str):
+        """``(jpegs, labels (1,) int32)`` DataNodes of this rank's share, from
+        ``fn.readers.webdataset`` through the index of good samples (DALI imported here, as in
+        :meth:`pipelines.files.Split.read`)."""
+        import nvidia.dali.fn as fn
+
+        jpegs, cls = fn.readers.webdataset(
+            paths=self.paths,
+            index_paths=self.index_paths,
+            ext=[";".join(IMAGE_EXTS), LABEL_EXT],
+            case_sensitive_extensions=False,
+            missing_component_behavior="error",
+            **reader_args(len(self), shard_id, num_shards, shuffle, seed, name),
+        )
+        return jpegs, fn.python_function(cls, function=parse_labels, batch_processing=True)
+
     def fingerprint(self, root=None) -> str:
         """``"<count>:<hash>"`` of the shard names, their samples and the classes (see
-        :meth:`dali_cutmix.data.Split.fingerprint`); ``root`` is unused, shards are named by file name."""
+        :meth:`pipelines.files.Split.fingerprint`); ``root`` is unused, shards are named by file name."""
         digest = hashlib.sha1("\n".join(self.classes).encode())
         for path, tar_digest in zip(self.paths, self.digests):
             digest.update(f"{os.path.basename(path)} {tar_digest}\n".encode())
         return f"{len(self)}:{digest.hexdigest()[:16]}"
+
+
+def parse_labels(texts: list[np.ndarray]) -> list[np.ndarray]:
+    """A batch of ``cls`` members (ASCII digits, checked when indexed) as (1,) int32 labels."""
+    return [np.array([int(t.tobytes())], dtype=np.int32) for t in texts]
 
 
 def is_shards(spec: str | os.PathLike) -> bool:
@@ -179,8 +205,6 @@ def _cached(path: str, cache_dir, check: str) -> dict | None:
 def _store(path: str, cache_dir, check: str, lines: list[str], labels: list[tuple[str, int]], bad: list) -> dict:
     """Cache one shard's index (see :func:`_index`): ``{"index", "count", "digest", "max_label",
     "labels" (of the indexed samples, in order), "bad": [(item, reason)]}``."""
-    from .files import atomic_write
-
     key, meta_path, index_path = _cache_key(path, cache_dir, check)
     atomic_write(index_path, lambda f: f.write(_index_text(lines).encode()))
     meta = {

@@ -1,4 +1,5 @@
-"""Datasets on disk: ImageNet-layout folders, file lists, and the built-in Fashion-MNIST demo.
+"""Image files on disk: ImageNet-layout folders, file lists, ImageNet as downloaded, and the built-in
+Fashion-MNIST demo. :class:`Split` is the source kind "image files" (:mod:`pipelines.sources`).
 
 An ImageNet-layout root holds ``train/<class>/*.JPEG`` and ``val/<class>/*.JPEG``; classes are
 the sorted folder names of ``train``. A split may instead be a text file list of
@@ -43,6 +44,15 @@ class Split:
     def __len__(self) -> int:
         return len(self.files)
 
+    def read(self, *, shard_id: int, num_shards: int, shuffle: bool, seed: int, name: str):
+        """``(jpegs, labels)`` DataNodes of this rank's share, from ``fn.readers.file``: a graph
+        fragment for a ``@pipeline_def`` (DALI is imported here, when a pipeline is built: the
+        scan's worker processes import this module and stay light)."""
+        import nvidia.dali.fn as fn
+
+        return fn.readers.file(files=self.files, labels=self.labels, **reader_args(len(self), shard_id, num_shards,
+                                                                                   shuffle, seed, name))  # fmt: skip
+
     def fingerprint(self, root: str | os.PathLike) -> str:
         """``"<count>:<hash>"`` of the files (paths under ``root``), labels and classes: what a
         checkpoint was trained on, wherever the folder has moved since."""
@@ -51,6 +61,14 @@ class Split:
         for f, label in zip(self.files, self.labels):
             digest.update(f"{f[skip:]} {label}\n".encode())
         return f"{len(self)}:{digest.hexdigest()[:16]}"
+
+
+def reader_args(length: int, shard_id: int, num_shards: int, shuffle: bool, seed: int, name: str) -> dict:
+    """What every DALI reader of a source takes: the share, the shuffle (a buffer of up to 4,096
+    samples), equal shares (``pad_last_batch``) and the name DALI's iterators find it by."""
+    fill = min(4096, max(length, 1))
+    return dict(shard_id=shard_id, num_shards=num_shards, random_shuffle=shuffle, initial_fill=fill,
+                pad_last_batch=True, seed=seed, name=name)  # fmt: skip
 
 
 def list_classes(split_dir: Path) -> list[str]:
@@ -96,28 +114,6 @@ def load_split(path: str | os.PathLike, classes: list[str] | None = None) -> Spl
     return Split(files, labels, classes)
 
 
-def load_source(
-    spec,
-    classes: list[str] | None = None,
-    *,
-    check: str = "quick",
-    workers: int | None = None,
-    cache_dir: str | os.PathLike | None = None,
-):
-    """A :class:`Split` (a ``<class>/<image>`` folder or a file list) or, for ``.tar`` paths,
-    patterns and folders of them, :class:`dali_cutmix.shards.Shards` (checked with ``check`` by
-    ``workers`` processes and indexed once, cached under ``cache_dir/shards``, by default
-    ``CACHE/shards``). A Split or Shards is returned as it is."""
-    from .shards import Shards, is_shards, load_shards  # shards builds on the scan, which builds on this module
-
-    if isinstance(spec, (Split, Shards)):
-        return spec
-    if is_shards(spec):
-        cache = Path(cache_dir) if cache_dir is not None else CACHE
-        return load_shards(spec, classes, cache_dir=cache / "shards", check=check, workers=workers)
-    return load_split(spec, classes)
-
-
 def _load_file_list(path: Path, classes: list[str] | None) -> Split:
     files, labels = [], []
     for n, line in enumerate(path.read_text().splitlines(), 1):
@@ -145,14 +141,14 @@ def load_imagenet(root: str | os.PathLike) -> tuple[Split, Split]:
     """
     root = Path(root)
     if not root.is_dir():
-        raise ValueError(f"--data {str(root)!r} is not a directory")
+        raise ValueError(f"data {str(root)!r} is not a directory")
     images = root / "ILSVRC" / "Data" / "CLS-LOC"
     images = images if images.is_dir() else root
     parts = []
     for name in ("train", "val"):
         folder, listing = images / name, images / f"{name}.txt"
         if not folder.is_dir() and not listing.is_file():
-            raise ValueError(f"--data {str(root)!r} has no {name}/ folder (ImageNet layout expected)")
+            raise ValueError(f"data {str(root)!r} has no {name}/ folder (ImageNet layout expected)")
         parts.append(folder if folder.is_dir() else listing)
     train = load_split(parts[0])
     val_dir = parts[1]

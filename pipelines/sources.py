@@ -1,0 +1,82 @@
+"""Where the images come from, decided once: :func:`resolve` turns what a user names (an ImageNet
+root, as laid out or as downloaded; a ``<class>/<image>`` folder or a file list; WebDataset
+shards) into source objects, and everything downstream takes those objects.
+
+A source knows its ``classes``, its length, its ``fingerprint()`` (what a checkpoint was trained
+on) and how to read itself (``read()``: the DALI reader of a rank's share). The kinds:
+:class:`pipelines.files.Split` (image files) and :class:`pipelines.shards.Shards`. A new kind is a
+class with those four, and a line in :func:`load_source`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .files import CACHE, Split, load_imagenet, load_split
+from .scan import drop_undecodable, leave_out
+from .shards import Shards, expand, is_shards, load_shards
+
+Source = Split | Shards
+
+
+def source_kind(spec) -> str:
+    """``"shards"`` or ``"files"``: the one place that tells them apart. ``ValueError`` for a path
+    that is neither, or a shard pattern that names no file."""
+    if isinstance(spec, (Split, Shards)):
+        return "shards" if isinstance(spec, Shards) else "files"
+    if is_shards(spec):
+        expand(spec)  # a bad pattern is said now, not when the shards are indexed
+        return "shards"
+    if os.path.isdir(spec) or os.path.isfile(spec):
+        return "files"
+    raise ValueError(f"{str(spec)!r} is neither a directory nor .tar shards")
+
+
+def load_source(spec, classes: list[str] | None = None, *, check: str = "quick", workers: int | None = None,
+                cache_dir: str | os.PathLike | None = None) -> Source:  # fmt: skip
+    """A source from one spec: a Split or Shards as it is; ``.tar`` paths, patterns and folders of
+    them as :class:`Shards` (checked with ``check`` by ``workers`` processes and indexed once,
+    cached under ``cache_dir/shards``, by default ``CACHE/shards``); else a folder or file list."""
+    if isinstance(spec, (Split, Shards)):
+        return spec
+    if source_kind(spec) == "shards":
+        cache = Path(cache_dir) if cache_dir is not None else CACHE
+        return load_shards(spec, classes, cache_dir=cache / "shards", check=check, workers=workers)
+    return load_split(spec, classes)
+
+
+def usable(source, name: str, classes: list[str] | None = None, *, check: str = "quick", strict: bool = False,
+           workers: int | None = None, listing_dir: Path, report: bool = True,
+           cache_dir: Path | None = None) -> Source:  # fmt: skip
+    """What DALI can read of ``source`` (a spec, Split or Shards), as a trainer needs it: what is bad
+    is left out and listed in ``listing_dir/bad_files_{name}.txt``, or, with ``strict``, raises
+    :class:`pipelines.scan.UnusableData`. ``check``: ``"quick"``, ``"full"`` (decode everything) or
+    ``"off"``. Verdicts and shard indexes are cached under ``cache_dir`` (default ``CACHE``)."""
+    cache = Path(cache_dir) if cache_dir is not None else CACHE
+    source = load_source(source, classes, check=check, workers=workers, cache_dir=cache)
+    if isinstance(source, Shards):
+        if source.bad:
+            total = len(source) + len(source.bad)
+            leave_out(source.bad, total, name, strict=strict, listing_dir=listing_dir, report=report, what="samples")
+        return source
+    if check == "off":
+        return source
+    return drop_undecodable(source, name, cache_dir=cache / "scan", workers=workers, full=check == "full",
+                            strict=strict, listing_dir=listing_dir, report=report)  # fmt: skip
+
+
+def resolve(data, val=None, **checks) -> tuple[Source, Source]:
+    """The training and validation sources of ``data``, checked (:func:`usable`, ``checks`` as
+    there): an ImageNet root (``train/`` and ``val/``, folders or file lists, or ImageNet as
+    downloaded), whose ``val/`` ``val`` replaces; or WebDataset training shards, which need ``val``
+    (shards, a folder or a file list). Validation takes the training classes."""
+    if source_kind(data) == "shards":
+        if val is None:
+            raise ValueError(f"data {str(data)!r} names WebDataset shards: the validation data must be given too")
+        train, held_out = data, val
+    else:
+        train, held_out = load_imagenet(data)
+        held_out = held_out if val is None else val
+    train = usable(train, "train", **checks)
+    return train, usable(held_out, "val", train.classes, **checks)
