@@ -4,7 +4,7 @@ The names below load their module on first use (PEP 562), so ``import dali_cutmi
 the bad-file check's worker processes import) loads neither torch nor DALI.
 """
 
-from importlib import import_module
+from .lazy import lazy_names
 
 _HOME = {
     "mixed_cross_entropy": "loss",
@@ -21,13 +21,4 @@ _HOME = {
     "cutmix": "ops",
 }
 __all__ = sorted(_HOME)
-
-
-def __getattr__(name: str):
-    if name not in _HOME:
-        raise AttributeError(f"module 'dali_cutmix' has no attribute {name!r}")
-    return getattr(import_module(f".{_HOME[name]}", __name__), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_HOME))
+__getattr__, __dir__ = lazy_names(__name__, _HOME)
