@@ -28,9 +28,10 @@ import torch
 import torch.distributed as dist
 
 from dali_cutmix.files import write_json
-from dali_cutmix.loader import mix_schedule, process_shard
+from dali_cutmix.loader import process_shard
 from dali_cutmix.mix import LoopMixer
 from pipelines.files import demo_root
+from pipelines.imagenet import MIN_IMAGE_SIZE
 from pipelines.loaders import train_loader, val_loader
 from pipelines.preview import write_batch_png
 from pipelines.recipe_args import add_recipe_args, recipe_from_args
@@ -85,8 +86,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="pipeline",
         help="mix inside the DALI pipeline, or in the training loop on the device (the paper's way)",
     )
-    p.add_argument("--mix-off-epoch", "--mixup-off-epoch", type=int, help="no mixing from this epoch on")
-    p.add_argument("--prob-schedule", type=parse_schedule, default={}, help="mixing chance by epoch: 0:1.0,100:0.5")
     p.add_argument("--output", type=str, help="where config, checkpoints and metrics go (default runs/latest)")
     p.add_argument("--resume", nargs="?", const="latest", default=None, help="continue: latest in --output, or PATH")
     p.add_argument(
@@ -128,8 +127,8 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--max-steps must be >= 1, got {args.max_steps} (leave it out to train whole epochs)")
     if Path(args.output).exists() and not Path(args.output).is_dir():
         p.error(f"--output {args.output!r} is a file, not a folder: give a folder for the run")
-    if args.image_size < 16:
-        p.error(f"--image-size must be >= 16, got {args.image_size}")
+    if args.image_size < MIN_IMAGE_SIZE:
+        p.error(f"--image-size must be >= {MIN_IMAGE_SIZE}, got {args.image_size}")
     if not 0 < args.random_area[0] <= args.random_area[1] <= 1:
         p.error(f"--random-area must be MIN MAX with 0 < MIN <= MAX <= 1, got {' '.join(map(str, args.random_area))}")
     if args.arch not in ARCHS:
@@ -152,17 +151,6 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--device gpu: CUDA is not available on this machine")
     if args.resume not in (None, "latest") and not Path(args.resume).is_file():
         p.error(f"--resume {args.resume!r}: no such checkpoint file")
-
-
-def parse_schedule(text: str) -> dict[int, float]:
-    """``"0:1.0,100:0.5"`` -> ``{0: 1.0, 100: 0.5}`` (argparse turns a ValueError into a usage error)."""
-    schedule = {}
-    for item in filter(None, text.split(",")):
-        epoch, _, prob = item.partition(":")
-        schedule[int(epoch)] = float(prob)
-        if not 0 <= schedule[int(epoch)] <= 1:
-            raise ValueError(item)
-    return schedule
 
 
 def setup_distributed(args) -> tuple[int, int, torch.device]:
@@ -226,7 +214,6 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
         start_epoch=start_epoch,
         recipe=args.recipe if args.mix_in == "pipeline" else None,  # loop: plain batches, mixed by the trainer
         backend=args.cutmix_backend,
-        prob_schedule=prob_schedule(args),
         random_area=tuple(args.random_area),
         fp16=dali_device == "gpu" and not args.no_amp,
         last_batch="drop",  # equal batches on every rank, and no batch of 1 for BatchNorm
@@ -240,15 +227,8 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
         if loader_state and loader_state.get("mixer"):
             mixer.load_state(loader_state["mixer"])
     if rank == 0 and loader_state is None and start_epoch == 0:
-        first = (prob_schedule(args) or (lambda epoch: None))(0)
-        write_batch_png(out / "batch.png", train_split, train_split.classes, mixer=mixer, prob=first, **settings)
+        write_batch_png(out / "batch.png", train_split, train_split.classes, mixer=mixer, **settings)
     return Data(train, val, train_split.classes, train_split.fingerprint(root), mixer)
-
-
-def prob_schedule(args):
-    """The chance of mixing by epoch from the flags, or None when it is the recipe's ``prob`` throughout."""
-    schedule = mix_schedule(args.cutmix_prob, mix_off_epoch=args.mix_off_epoch, changes=args.prob_schedule)
-    return schedule if callable(schedule) else None
 
 
 def build_optimizer(args, model: torch.nn.Module, world: int, steps_per_epoch: int):
@@ -375,8 +355,6 @@ def fit(args, rank: int, world: int, device: torch.device, out: Path, state: dic
             flush=True,
         )
 
-    schedule = prob_schedule(args)  # --mix-in loop: the mixer takes each epoch's chance of mixing from it
-    loop_prob = schedule if schedule is not None else lambda epoch: None
     stop = Stop()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     start_epoch, start_step = (state["epoch"], state["step"]) if state else (0, 0)
@@ -390,7 +368,7 @@ def fit(args, rank: int, world: int, device: torch.device, out: Path, state: dic
             try:
                 row |= train_epoch(ddp, train, optimizer, scheduler, scaler, epoch=epoch, device=device, stop=stop,
                                    world=world, start_step=start_step, max_steps=args.max_steps, mixer=mixer,
-                                   prob=loop_prob(epoch), smoothing=args.smoothing, show=rank == 0)  # fmt: skip
+                                   smoothing=args.smoothing, show=rank == 0)  # fmt: skip
             except FloatingPointError as e:
                 raise StopRun(e, 1) from e
             loaders = gather_states(train, mixer, world)

@@ -1,5 +1,5 @@
-"""A PyTorch loader over any built DALI pipeline (:class:`DALILoader`), and the per-epoch mixing
-schedule (:func:`mix_schedule`). ``pipelines.loaders`` builds the ImageNet ones.
+"""A PyTorch loader over any built DALI pipeline (:class:`DALILoader`); ``pipelines.loaders``
+builds the ImageNet ones.
 
 Each ``for`` over a loader is one epoch; the DALI iterator is reset after it. DALI reuses its
 output buffers, so a batch is valid until the next one is drawn (copy what you keep).
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
@@ -20,6 +21,7 @@ from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from .device import to_device
+from .mix import MixConfig
 
 POLICIES = {"partial": LastBatchPolicy.PARTIAL, "drop": LastBatchPolicy.DROP, "fill": LastBatchPolicy.FILL}
 
@@ -45,7 +47,7 @@ class DALILoader:
 
     Integer label outputs come out as (B,) int64, ``lam`` as (B,) float32. ``normalize``: a
     callable applied to ``images`` on ``device`` (:class:`dali_cutmix.device.DeviceNormalize` for a
-    pipeline that ships uint8).
+    pipeline that ships uint8). ``classes``: the class names, kept as ``loader.classes``.
     """
 
     def __init__(
@@ -59,12 +61,13 @@ class DALILoader:
         origin: int | None = None,
         reader_name: str = "Reader",
         normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        classes: list[str] | None = None,
     ):
         if last_batch not in POLICIES:
             raise ValueError(f"last_batch must be one of {tuple(POLICIES)}, got {last_batch!r}")
         self.output_map = list(output_map)
         self.device = torch.device(device)
-        self.classes = getattr(pipeline, "classes", None)
+        self.classes = classes
         self.pipeline = pipeline
         self.normalize = normalize
         self.epoch = start_epoch
@@ -115,37 +118,11 @@ class DALILoader:
         return t
 
 
-def mix_schedule(
-    prob: float,
-    *,
-    off_epochs: Iterable[int] = (),
-    mix_off_epoch: int | None = None,
-    changes: dict[int, float] | None = None,
-) -> Callable[[int], float] | float:
-    """``prob``, or an ``epoch -> prob`` schedule.
-
-    ``changes`` maps an epoch to the probability from that epoch on (piecewise constant);
-    ``off_epochs`` and every epoch from ``mix_off_epoch`` on have probability 0.
-    """
-    changes = dict(changes or {})
-    for epoch, p in changes.items():
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"mix_schedule: prob for epoch {epoch} must be in [0, 1], got {p}")
-    off = frozenset(off_epochs)
-    if not off and mix_off_epoch is None and not changes:
-        return prob
-    return _Schedule(prob, off, mix_off_epoch, tuple(sorted(changes.items())))
-
-
-class _Schedule:
-    def __init__(self, prob: float, off: frozenset[int], mix_off_epoch: int | None, changes: tuple):
-        self.prob, self.off, self.mix_off_epoch, self.changes = prob, off, mix_off_epoch, changes
-
-    def __call__(self, epoch: int) -> float:
-        if epoch in self.off or (self.mix_off_epoch is not None and epoch >= self.mix_off_epoch):
-            return 0.0
-        prob = self.prob
-        for start, p in self.changes:
-            if epoch >= start:
-                prob = p
-        return prob
+def mix_schedule(prob: float, *, mix_off_epoch: int | None = None, changes: dict[int, float] | None = None):
+    """Deprecated (goes in the next release): the schedule is part of the recipe,
+    ``MixConfig(prob=prob, prob_schedule=changes, off_epoch=mix_off_epoch)``. Returns that
+    recipe's ``epoch -> prob``, as the loaders' deprecated ``prob_schedule=`` took it."""
+    warnings.warn("mix_schedule is deprecated and goes in the next release: give the schedule in the recipe, "
+                  "MixConfig(prob_schedule=changes, off_epoch=mix_off_epoch)", DeprecationWarning,
+                  stacklevel=2)  # fmt: skip
+    return MixConfig(prob=prob, prob_schedule=changes or {}, off_epoch=mix_off_epoch).prob_at

@@ -88,6 +88,10 @@ class MixConfig:
     minmax: ``(min, max)`` box sides as fractions of H and W, drawn independently (a random
         aspect), placed uniformly inside the image; lambda follows from the box.
     no_self: partners are never the sample itself (a permutation without fixed points).
+    prob_schedule: ``(epoch, prob)`` pairs (or a dict): ``prob`` from that epoch on, replacing
+        ``prob`` (piecewise constant); ``off_epoch``: no mixing from that epoch on (timm's
+        ``mixup_off_epoch``). :meth:`prob_at` gives an epoch's chance; the pipelines feed it per
+        batch, the loop mixer per epoch.
     """
 
     alpha: float = 1.0
@@ -97,16 +101,29 @@ class MixConfig:
     switch_prob: float = 0.5
     minmax: tuple[float, float] | None = None
     no_self: bool = False
+    prob_schedule: tuple[tuple[int, float], ...] = ()
+    off_epoch: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("alpha", "mixup_alpha"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise RecipeError(name, "must be a number >= 0", value)
-        for name in ("prob", "switch_prob"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise RecipeError(name, "must be a number in [0, 1]", value)
+        check_prob(self.prob, "prob")
+        check_prob(self.switch_prob, "switch_prob")
+        pairs = self.prob_schedule.items() if isinstance(self.prob_schedule, dict) else self.prob_schedule
+        try:
+            schedule = tuple(sorted((int(epoch), float(p)) for epoch, p in pairs))
+        except (TypeError, ValueError):
+            raise RecipeError("prob_schedule", "must be (epoch, prob) pairs", self.prob_schedule) from None
+        for epoch, p in schedule:
+            if epoch < 0:
+                raise RecipeError("prob_schedule", "must have epochs >= 0", self.prob_schedule)
+            check_prob(p, "prob_schedule")
+        object.__setattr__(self, "prob_schedule", schedule)  # normalised once: sorted pairs
+        if self.off_epoch is not None and (isinstance(self.off_epoch, bool) or not isinstance(self.off_epoch, int)
+                                           or self.off_epoch < 0):  # fmt: skip
+            raise RecipeError("off_epoch", "must be an epoch >= 0 or None", self.off_epoch)
         if self.mode not in MODES:
             raise RecipeError("mode", f"must be one of {MODES}", self.mode)
         if self.minmax is not None:
@@ -117,12 +134,33 @@ class MixConfig:
             raise RecipeError(None, "nothing to mix: alpha and mixup_alpha are both 0 and minmax is not set")
 
     @property
+    def scheduled(self) -> bool:
+        """Whether the chance of mixing changes with the epoch."""
+        return bool(self.prob_schedule) or self.off_epoch is not None
+
+    def prob_at(self, epoch: int) -> float:
+        """The chance of mixing in ``epoch`` (from 0)."""
+        if self.off_epoch is not None and epoch >= self.off_epoch:
+            return 0.0
+        prob = self.prob
+        for start, p in self.prob_schedule:
+            if epoch >= start:
+                prob = p
+        return prob
+
+    @property
     def cutmix(self) -> bool:
         return self.alpha > 0 or self.minmax is not None
 
     @property
     def mixup(self) -> bool:
         return self.mixup_alpha > 0
+
+
+def check_prob(value, field: str) -> None:
+    """The rule for every chance of mixing: a number in [0, 1]; ``RecipeError`` naming ``field``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0.0 <= value <= 1.0:
+        raise RecipeError(field, "must be a number in [0, 1]", value)
 
 
 def check_layout(layout: str) -> None:
@@ -266,8 +304,10 @@ def draw_mix(batch_size: int, config: MixConfig, rng=None, *, prob=None) -> tupl
         prob = np.float32(config.prob)
     else:
         prob = np.asarray(prob, np.float32).reshape(-1)
-        if prob.shape != (batch_size,) or not ((prob >= 0) & (prob <= 1)).all():
-            raise ValueError(f"prob must be {batch_size} values in [0, 1], got {prob.tolist()}")
+        if prob.shape != (batch_size,):
+            raise ValueError(f"prob must be {batch_size} values, got {prob.tolist()}")
+        for p in prob[:n]:
+            check_prob(p, "prob")
         prob = prob[:n]
 
     def coin(p) -> np.ndarray:
@@ -308,12 +348,6 @@ def box_rows_cols(boxes, height: int, width: int):
         rows, cols = np.arange(height), np.arange(width)
     y1, x1, y2, x2 = (boxes[:, k, None] for k in range(4))
     return (rows[None] >= y1) & (rows[None] < y2), (cols[None] >= x1) & (cols[None] < x2)
-
-
-def box_mask(boxes, height: int, width: int):
-    """(B, H, W) bool mask, True inside each sample's box. NumPy or torch, like ``boxes``."""
-    in_rows, in_cols = box_rows_cols(boxes, height, width)
-    return in_rows[:, :, None] & in_cols[:, None, :]
 
 
 def apply_cutmix(images, labels, params: CutMixParams, layout: str = "HWC"):
@@ -432,21 +466,21 @@ class LoopMixer:
     The same recipe and sampler as in the pipeline (:func:`sample_mix`, then :func:`apply_cutmix`
     on the batch, CHW), drawn from a NumPy generator of its own; :meth:`state` and
     :meth:`load_state` carry that generator through checkpoints, so a resumed run mixes as an
-    uninterrupted one. ``prob`` per call overrides ``config.prob`` (a per-epoch schedule).
+    uninterrupted one. ``epoch`` per call gives the recipe's chance of mixing in that epoch.
     """
 
     def __init__(self, config: MixConfig, seed: int):
         self.config = config
         self.rng = np.random.default_rng(seed)
 
-    def __call__(self, images, labels, prob: float | None = None):
+    def __call__(self, images, labels, epoch: int = 0):
         """``(B, C, H, W)`` images and ``(B,)`` labels -> ``images, labels_a, labels_b, lam``."""
         B, _, H, W = images.shape
-        return apply_cutmix(images, labels, self.sample(B, H, W, prob), "CHW")
+        return apply_cutmix(images, labels, self.sample(B, H, W, epoch), "CHW")
 
-    def sample(self, batch_size: int, height: int, width: int, prob: float | None = None) -> CutMixParams:
+    def sample(self, batch_size: int, height: int, width: int, epoch: int = 0) -> CutMixParams:
         """The parameters the next call mixes a batch of that size with (drawn: the generator moves on)."""
-        config = self.config if prob is None else replace(self.config, prob=float(prob))
+        config = replace(self.config, prob=self.config.prob_at(epoch), prob_schedule=(), off_epoch=None)
         return sample_mix(batch_size, height, width, config, self.rng)
 
     def state(self) -> str:

@@ -12,13 +12,14 @@ A GPU pipeline's outputs are all on the GPU.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 
 import numpy as np
 import nvidia.dali.fn as fn
 from nvidia.dali import pipeline_def, types
 
-from dali_cutmix.mix import MixConfig
+from dali_cutmix.mix import MixConfig, check_prob
 from dali_cutmix.ops import Normalize, cutmix
 
 from .files import Split
@@ -28,6 +29,7 @@ READER_NAME = "Reader"
 MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
 STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
 DEVICES = ("cpu", "gpu")
+MIN_IMAGE_SIZE = 16  # the smallest crop side the pipelines take (train.py's --image-size too)
 DEFAULT_RECIPE = MixConfig()  # CutMix as in the paper: Beta(1, 1), every batch
 
 
@@ -138,7 +140,7 @@ def _common(data, batch_size, image_size, device, num_threads, shard_id, num_sha
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     for name, value, low in (
         ("batch_size", batch_size, 1),
-        ("image_size", image_size, 8),
+        ("image_size", image_size, MIN_IMAGE_SIZE),
         ("num_threads", num_threads, 1),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -180,9 +182,10 @@ def train_pipeline(
     shards (a ``.tar`` pattern or folder), or a loaded Split or Shards (:func:`pipelines.sources.load_source`).
 
     ``recipe``: the mixing, one :class:`dali_cutmix.mix.MixConfig` passed untouched to
-    :func:`dali_cutmix.cutmix` (None: no mixing, ``lam`` is 1); ``backend`` as there.
-    ``prob_schedule``: ``epoch -> prob``, replacing the recipe's ``prob`` per epoch; it needs
-    ``steps_per_epoch`` (the loader passes it) and is fed per batch by a tiny external source.
+    :func:`dali_cutmix.cutmix` (None: no mixing, ``lam`` is 1); ``backend`` as there. A recipe
+    whose chance of mixing changes by epoch (``prob_schedule``, ``off_epoch``) needs
+    ``steps_per_epoch`` (the loader passes it): each batch's chance is fed by a tiny external
+    source. ``prob_schedule=`` here (an ``epoch -> prob`` callable) is deprecated.
     ``seed`` drives augmentation and mixing; the shuffle is seeded by ``seed`` alone so that all
     shards agree on the global order and together cover the dataset once per epoch.
     The pipeline is checkpointable (DALI's ``enable_checkpointing``): ``checkpoint``, a string from
@@ -199,11 +202,17 @@ def train_pipeline(
     lo, hi = random_area
     if not 0 < lo <= hi <= 1:
         raise ValueError(f"random_area must be (min, max) with 0 < min <= max <= 1, got {tuple(random_area)}")
+    schedule = recipe.prob_at if recipe is not None and recipe.scheduled else None
+    if prob_schedule is not None:
+        warnings.warn("train_pipeline(prob_schedule=) is deprecated and goes in the next release: give the "
+                      "schedule in the recipe, MixConfig(prob_schedule=..., off_epoch=...)", DeprecationWarning,
+                      stacklevel=2)  # fmt: skip
+        schedule = prob_schedule if recipe is not None else None
     prob_source = None
-    if recipe is not None and prob_schedule is not None:
+    if schedule is not None:
         if not steps_per_epoch:
-            raise ValueError("a prob_schedule needs steps_per_epoch")
-        prob_source = ProbSchedule(prob_schedule, batch_size, steps_per_epoch, start_epoch)
+            raise ValueError("a recipe with a prob_schedule or off_epoch needs steps_per_epoch (the loaders give it)")
+        prob_source = ProbSchedule(schedule, batch_size, steps_per_epoch, start_epoch)
     pipe = _train_graph(
         split,
         image_size=image_size,
@@ -226,7 +235,6 @@ def train_pipeline(
         enable_checkpointing=True,
         checkpoint=checkpoint,
     )
-    pipe.classes = split.classes
     return pipe
 
 
@@ -262,7 +270,6 @@ def val_pipeline(
         device_id=_device_id(device, device_id),
         seed=seed,
     )
-    pipe.classes = split.classes
     return pipe
 
 
@@ -293,6 +300,5 @@ class ProbSchedule:
     def __call__(self, info) -> list[np.ndarray]:
         epoch = self.start_epoch + info.iteration // self.steps_per_epoch
         prob = float(self.schedule(epoch))
-        if not 0.0 <= prob <= 1.0:
-            raise ValueError(f"cutmix_prob schedule gave {prob!r} for epoch {epoch}, expected [0, 1]")
+        check_prob(prob, f"the chance of mixing in epoch {epoch}")
         return [np.float32(prob)] * self.batch_size

@@ -46,9 +46,9 @@ def train_loader(
     """A loader of ``(images, labels_a, labels_b, lam)`` over the training pipeline.
 
     ``recipe`` (a :class:`dali_cutmix.mix.MixConfig`, or None for no mixing) and ``backend`` (as in
-    :func:`dali_cutmix.cutmix`) go to the pipeline untouched. ``prob_schedule`` (``epoch -> prob``, see
-    :func:`dali_cutmix.loader.mix_schedule`) counts epochs from ``start_epoch``, so a resumed run
-    sees the schedule where it left it.
+    :func:`dali_cutmix.cutmix`) go to the pipeline untouched. The recipe's per-epoch chance of
+    mixing counts epochs from ``start_epoch``, so a resumed run sees it where it left it
+    (``prob_schedule=``, an ``epoch -> prob`` callable, is deprecated).
     ``state`` (from :meth:`DALILoader.state`, with the same arguments) continues exactly where
     that loader was, mid-epoch too (without one, a loader starting at a later epoch draws other
     augmentations than epoch 0's: its seed moves with ``start_epoch``). ``shard_id``/``num_shards``
@@ -93,6 +93,7 @@ def train_loader(
         origin=origin,
         reader_name=READER_NAME,
         normalize=normalize,
+        classes=split.classes,
     )
 
 
@@ -111,12 +112,13 @@ def val_loader(
     sample once (shards and ``uint8`` as in :func:`train_loader`)."""
     shard_id, num_shards = _shard(shard_id, num_shards)
     torch_device, normalize = _outputs(device, torch_device, uint8, pipeline_kwargs)
+    source = load_source(data, pipeline_kwargs.pop("classes", None))
     pipe = val_pipeline(
-        data, batch_size=batch_size, device=device, shard_id=shard_id, num_shards=num_shards, **pipeline_kwargs
+        source, batch_size=batch_size, device=device, shard_id=shard_id, num_shards=num_shards, **pipeline_kwargs
     )
     return DALILoader(
         pipe, ("images", "labels"), device=torch_device, last_batch="partial", reader_name=READER_NAME,
-        normalize=normalize,
+        normalize=normalize, classes=source.classes,
     )  # fmt: skip
 
 

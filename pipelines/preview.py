@@ -23,12 +23,11 @@ from .loaders import train_loader
 from .recipe_args import add_recipe_args, recipe_from_args
 
 
-def write_batch_png(path, data, classes, *, mixer: LoopMixer | None = None, prob: float | None = None,
-                    **loader_kwargs) -> Path:  # fmt: skip
+def write_batch_png(path, data, classes, *, mixer: LoopMixer | None = None, **loader_kwargs) -> Path:
     """Draw the first batch of ``train_loader(data, **loader_kwargs)`` to ``path``: the batch that
     loader gives first (the same pipeline, its parameters returned too). ``mixer``: a trainer that
     mixes in the loop (``recipe=None`` in the loader) mixes the first batch as that mixer would
-    next (a copy of it draws; the mixer itself does not move), with chance ``prob``."""
+    next (a copy of it draws, for the loader's ``start_epoch``; the mixer itself does not move)."""
     loader = train_loader(data, return_params=True, **loader_kwargs)
     batches = iter(loader)
     batch = dict(zip(loader.output_map, next(batches)))
@@ -37,7 +36,7 @@ def write_batch_png(path, data, classes, *, mixer: LoopMixer | None = None, prob
     mirror = batch.get("mirror")
     if mixer is not None:
         images = batch["images"]
-        params = copy.deepcopy(mixer).sample(images.shape[0], *images.shape[2:], prob)
+        params = copy.deepcopy(mixer).sample(images.shape[0], *images.shape[2:], loader_kwargs.get("start_epoch", 0))
         batch["images"], batch["labels_a"], batch["labels_b"], batch["lam"] = apply_cutmix(
             images, batch["labels_a"], params, "CHW"
         )

@@ -10,7 +10,8 @@ from dali_cutmix.ops import BACKENDS
 
 # The flag that sets each MixConfig field.
 RECIPE_FLAGS = {"alpha": "--cutmix-alpha", "prob": "--cutmix-prob", "mode": "--cutmix-mode", "mixup_alpha": "--mixup",
-                "switch_prob": "--mixup-switch-prob", "minmax": "--cutmix-minmax"}  # fmt: skip
+                "switch_prob": "--mixup-switch-prob", "minmax": "--cutmix-minmax", "prob_schedule": "--prob-schedule",
+                "off_epoch": "--mix-off-epoch"}  # fmt: skip
 
 
 def add_recipe_args(p: argparse.ArgumentParser) -> None:
@@ -23,6 +24,8 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--cutmix-minmax", type=float, nargs=2, metavar=("MIN", "MAX"), help="box sides in [MIN, MAX)")
     p.add_argument("--mix-no-self", action="store_true", help="partners are never the sample itself")
+    p.add_argument("--mix-off-epoch", "--mixup-off-epoch", type=int, help="no mixing from this epoch on")
+    p.add_argument("--prob-schedule", type=parse_schedule, default={}, help="mixing chance by epoch: 0:1.0,100:0.5")
     p.add_argument("--cutmix-backend", choices=tuple(BACKENDS), help="default: native on the CPU, python on the GPU")
     p.add_argument("--no-cutmix", action="store_true", help="no mixing at all (the baseline)")
 
@@ -41,8 +44,20 @@ def recipe_from_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> Mi
             switch_prob=args.mixup_switch_prob,
             minmax=tuple(args.cutmix_minmax) if args.cutmix_minmax else None,
             no_self=args.mix_no_self,
+            prob_schedule=args.prob_schedule,
+            off_epoch=args.mix_off_epoch,
         )
     except RecipeError as e:
         if e.field is None:
             p.error("--cutmix-alpha and --mixup are both 0: nothing to mix (--no-cutmix trains without mixing)")
         p.error(f"{RECIPE_FLAGS[e.field]} {e.rule}, got {e.value!r}")
+
+
+def parse_schedule(text: str) -> dict[int, float]:
+    """``"0:1.0,100:0.5"`` -> ``{0: 1.0, 100: 0.5}`` (argparse turns a ValueError into a usage error;
+    the recipe checks the values)."""
+    schedule = {}
+    for item in filter(None, text.split(",")):
+        epoch, _, prob = item.partition(":")
+        schedule[int(epoch)] = float(prob)
+    return schedule

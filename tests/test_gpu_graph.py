@@ -7,6 +7,7 @@ GPU; no operator with a GPU input and a CPU output (a GPU -> CPU edge makes the 
 the GPU's); and exactly the Python operators the README documents.
 """
 
+import dataclasses
 from collections import Counter
 
 import pytest
@@ -57,9 +58,10 @@ def assert_boundaries(operators, outputs, python_ops: Counter):
 @pytest.mark.parametrize("recipe", list(RECIPES.values()), ids=list(RECIPES))
 @pytest.mark.parametrize("schedule", [False, True], ids=["fixed-prob", "prob-schedule"])
 def test_gpu_training_graphs_keep_every_output_on_the_gpu(jpeg_tree, recipe, backend, schedule):
-    extra = dict(prob_schedule=lambda epoch: 0.5, steps_per_epoch=3) if schedule else {}
+    if schedule:
+        recipe = dataclasses.replace(recipe, prob_schedule={1: 0.5}, off_epoch=3)
     pipe = train_pipeline(jpeg_tree / "train", batch_size=4, image_size=32, device="gpu", recipe=recipe,
-                          backend=backend, fp16=True, **extra)  # fmt: skip
+                          backend=backend, fp16=True, steps_per_epoch=3)  # fmt: skip
     assert_boundaries(*walk(pipe), MIXING)
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import dali_cutmix
-from dali_cutmix.mix import CutMixParams, MixConfig, apply_cutmix, box_mask, cutmix_box, sample_cutmix
+from dali_cutmix.mix import CutMixParams, MixConfig, apply_cutmix, box_rows_cols, cutmix_box, sample_cutmix
 
 H, W = 40, 72  # non-square on purpose: H and W must never be swapped
 
@@ -18,6 +18,12 @@ def reference_rand_bbox(rng, H, W, lam):
     y1, y2 = np.clip(cy - cut_h // 2, 0, H), np.clip(cy + cut_h // 2, 0, H)
     x1, x2 = np.clip(cx - cut_w // 2, 0, W), np.clip(cx + cut_w // 2, 0, W)
     return y1, x1, y2, x2
+
+
+def box_mask(boxes, height: int, width: int):
+    """(B, H, W) bool mask, True inside each sample's box."""
+    in_rows, in_cols = box_rows_cols(boxes, height, width)
+    return in_rows[:, :, None] & in_cols[:, None, :]
 
 
 def test_box_matches_reference_code_on_the_same_draws():

@@ -9,7 +9,6 @@ from collections import Counter
 import torch
 from nvidia.dali import fn, pipeline_def, types
 
-from dali_cutmix.loader import mix_schedule
 from dali_cutmix.mix import MixConfig
 from dali_cutmix.ops import cutmix
 from pipelines import train_pipeline
@@ -46,20 +45,28 @@ def test_cutmix_disabled_gives_lam_one(jpeg_tree):
 @pytest.mark.parametrize("batch_size, last_batch", [(6, "partial"), (4, "partial"), (4, "drop")])
 def test_schedule_switches_cutmix_off_for_chosen_epochs(jpeg_tree, batch_size, last_batch):
     # 18 images: 3 full batches of 6; 4 of 4 plus a short one, kept ("partial") or dropped ("drop")
-    schedule = mix_schedule(1.0, off_epochs=[1], mix_off_epoch=3)
     loader = train_loader(
         jpeg_tree / "train",
         batch_size=batch_size,
         last_batch=last_batch,
         image_size=32,
         num_threads=1,
-        recipe=MixConfig(mode="elem"),
-        prob_schedule=schedule,
+        recipe=MixConfig(mode="elem", prob_schedule={1: 0.0, 2: 1.0}, off_epoch=3),
     )
     mixed = []
     for _ in range(4):
         mixed.append(any((lam < 1).any().item() for *_, lam in loader))
     assert mixed == [True, False, True, False]
+
+
+def test_a_schedule_given_the_old_way_still_works_and_says_it_goes(jpeg_tree):
+    from dali_cutmix.loader import mix_schedule
+
+    with pytest.warns(DeprecationWarning):
+        schedule = mix_schedule(1.0, mix_off_epoch=1)
+        loader = train_loader(jpeg_tree / "train", batch_size=6, image_size=32, num_threads=1,
+                              recipe=MixConfig(mode="elem"), prob_schedule=schedule)  # fmt: skip
+    assert [any((lam < 1).any().item() for *_, lam in loader) for _ in range(2)] == [True, False]
 
 
 def test_val_is_deterministic_and_covers_every_image_once(jpeg_tree):
@@ -99,7 +106,7 @@ def test_file_list_is_accepted(jpeg_tree):
     "kwargs, match",
     [
         ({"batch_size": 0}, "batch_size must be an int >= 1, got 0"),
-        ({"image_size": 4}, "image_size must be an int >= 8, got 4"),
+        ({"image_size": 8}, "image_size must be an int >= 16, got 8"),
         ({"device": "tpu"}, "device must be one of .*, got 'tpu'"),
         ({"backend": "cupy"}, "backend must be one of .*, got 'cupy'"),
         ({"random_area": (0.5, 0.2)}, r"random_area must be \(min, max\) with 0 < min <= max <= 1, got \(0.5, 0.2\)"),
@@ -156,8 +163,8 @@ def test_gpu_pipeline_outputs_and_a_cpu_pipeline_feeding_the_gpu_give_the_same_b
 def test_loader_state_resumes_the_exact_stream(jpeg_tree, backend):
     def make(state=None):
         return train_loader(jpeg_tree / "train", batch_size=4, image_size=16, num_threads=1, backend=backend,
-                            recipe=MixConfig(mixup_alpha=0.3, mode="elem"),
-                            prob_schedule=mix_schedule(1.0, off_epochs=[1]), state=state)  # fmt: skip
+                            recipe=MixConfig(mixup_alpha=0.3, mode="elem", prob_schedule={1: 0.0, 2: 1.0}),
+                            state=state)  # fmt: skip
 
     loader = make()
     batches = iter(loader)

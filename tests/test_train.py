@@ -169,7 +169,7 @@ def test_resume_from_a_path_and_arch_mismatch(jpeg_tree, tmp_path, capsys):
         (["--mixup", "0.2", "--mixup-switch-prob", "2"], r"--mixup-switch-prob must be a number in \[0, 1\], got 2.0"),
         (["--cutmix-minmax", "0.9", "0.1"], r"--cutmix-minmax must be \(min, max\) with 0 < min < max <= 1"),
         (["--cutmix", "0"], "--cutmix-alpha and --mixup are both 0: nothing to mix"),
-        (["--prob-schedule", "0:1.5"], "argument --prob-schedule: invalid parse_schedule value: '0:1.5'"),
+        (["--prob-schedule", "0:1.5"], r"--prob-schedule must be a number in \[0, 1\], got 1.5"),
     ],
     ids=[
         "batch0",
@@ -232,9 +232,9 @@ def test_timm_style_recipe_flags_reach_the_pipeline(jpeg_tree, tmp_path, monkeyp
     ]
     assert train.main(train_args(jpeg_tree, out, *flags)) == 0
     assert seen["recipe"] == MixConfig(alpha=1.0, prob=0.9, mode="elem", mixup_alpha=0.2, switch_prob=0.4,
-                                       minmax=(0.2, 0.8), no_self=True)  # fmt: skip
-    schedule = seen["prob_schedule"]
-    assert [schedule(e) for e in range(4)] == [0.9, 0.5, 0.5, 0.0]
+                                       minmax=(0.2, 0.8), no_self=True, prob_schedule={1: 0.5},
+                                       off_epoch=3)  # fmt: skip
+    assert [seen["recipe"].prob_at(e) for e in range(4)] == [0.9, 0.5, 0.5, 0.0]
     config = json.loads((out / "config.json").read_text())
     assert config["mixup_alpha"] == 0.2 and config["smoothing"] == 0.1 and config["prob_schedule"] == {"1": 0.5}
     assert len(read_rows(out)) == 2

@@ -77,13 +77,12 @@ def train_epoch(
     max_steps: int | None = None,
     smoothing: float = 0.0,
     mixer=None,
-    prob: float | None = None,
     show: bool = True,
 ) -> dict:
     """Steps ``start_step..`` of one epoch (at most ``max_steps``); returns the mean loss, speed,
     data-wait time and the number of steps done, which is short of the epoch only when ``stop``
     was set (``"stopped"``). ``mixer``: a :class:`dali_cutmix.mix.LoopMixer` that mixes the plain
-    batches on their device, with this epoch's chance ``prob`` (None: the recipe's)."""
+    batches on their device, with the recipe's chance of mixing in ``epoch``."""
     from tqdm import tqdm
 
     model.train()
@@ -101,7 +100,7 @@ def train_epoch(
         if batch is None:
             break
         if mixer is not None:
-            batch = mixer(batch[0], batch[1], prob=prob)
+            batch = mixer(batch[0], batch[1], epoch=epoch)
         losses.append(train_step(model, optimizer, scaler, batch, smoothing=smoothing))
         scheduler.step()
         seen += len(batch[0])

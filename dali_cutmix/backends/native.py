@@ -6,6 +6,8 @@ holds no state), and writes each output pixel once, from the own image or the pa
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import nvidia.dali.fn as fn
 from nvidia.dali import types
 
@@ -38,15 +40,21 @@ def build(images, labels, config: MixConfig, *, prob, layout: str, normalize: No
     return mixed, labels_b, Params(perm, boxes, lam, blend if config.mixup else None)
 
 
+# Recipe fields the pipeline applies, not the operator (a schedule arrives as the ``prob`` input).
+NOT_OPERATOR_ARGS = ("prob_schedule", "off_epoch")
+
+
 def _recipe_args(config: MixConfig) -> dict:
-    args = {
-        "alpha": float(config.alpha),
-        "mixup_alpha": float(config.mixup_alpha),
-        "prob": float(config.prob),
-        "switch_prob": float(config.switch_prob),
-        "mode": config.mode,
-        "no_self": config.no_self,
-    }
-    if config.minmax is not None:
-        args["minmax"] = [float(v) for v in config.minmax]
+    """The operator's arguments: the recipe's fields under their own names (a field the operator
+    does not know is an error when the pipeline is built)."""
+    args = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if f.name in NOT_OPERATOR_ARGS or value is None:
+            continue
+        if isinstance(value, tuple):
+            value = [float(v) for v in value]
+        elif f.type.startswith("float"):  # DALI's float arguments take floats, not ints
+            value = float(value)
+        args[f.name] = value
     return args
