@@ -184,7 +184,10 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
     """
     if world > 1 and rank != 0:
         dist.barrier()
-    root = args.data or demo_root(args.demo_per_class)
+    try:
+        root = args.data or demo_root(args.demo_per_class)
+    except FileNotFoundError as e:
+        raise ValueError(f"{e}, or pass --data DIR") from e
     checks = dict(check=args.scan, strict=args.strict, workers=args.workers, listing_dir=out, report=rank == 0)
     try:
         train_split, val_split = resolve(root, args.val_data, **checks)

@@ -192,8 +192,8 @@ def cutmix_box(lam0, u, mixed, hw, ops: Any = NUMPY_OPS):
     operation, so NumPy and DALI agree bit for bit.
 
     Returns ``lo`` (``y1, x1``), ``hi`` (``y2, x2``) and ``size`` (``h, w``), whole numbers in
-    float32, and ``lam``. (In DALI every arithmetic node is an operator of its own, costing about
-    0.1 ms per batch on a CPU, so the formula is kept to few nodes.)
+    float32, and ``lam``. (In DALI every arithmetic node is an operator of its own, with a fixed
+    cost per batch, so the formula is kept to few nodes.)
     """
     # floor(floor(x) / 2) == floor(x / 2), and halving is exact in binary: folding the 0.5 into
     # the per-sample factor gives the reference's half-sides bit for bit with one node less.

@@ -4,29 +4,10 @@ Use it inside any ``@pipeline_def``::
 
     images, labels_a, labels_b, lam = dali_cutmix.cutmix(images, labels, alpha=1.0)
 
-Backends (``backend=``; by default ``native`` on the CPU, ``python`` on the GPU), all drawing from
-the pipeline's seed and captured by DALI's checkpoints:
-
-==========  =====  =====  ==================================================================
-backend     CPU    GPU    what it is
-==========  =====  =====  ==================================================================
-``native``  yes    no     one compiled DALI operator, ``fn.dali_cutmix.mix``
-                          (:mod:`dali_cutmix.plugin`, ``csrc/mix_op.cc``): draws the parameters
-                          itself and writes each pixel once, fused with ``normalize=``
-``python``  yes    yes    the reference sampler (:func:`dali_cutmix.mix.sample_mix`, NumPy) in one
-                          ``fn.python_function``; the pixels by torch in one
-                          ``fn.dl_tensor_python_function`` (:func:`dali_cutmix.mix.mix_images`,
-                          vectorised, no host sync): the *same* callback on CPU tensors (what CI
-                          runs) and on CUDA tensors on DALI's stream (what a GPU runs)
-``ops``     yes    no     DALI's stock operators only (``batch_permutation``, ``random.*``, the box
-                          formula on DataNodes, ``slice``, ``multi_paste``); ~40 operators
-==========  =====  =====  ==================================================================
-
-Why a backend refuses a device or layout: ``REFUSED`` says it in one line (docs/DESIGN.md tells
-the DALI GPU traps behind it).
-
-Given the same parameters, the backends' outputs are identical byte for byte, MixUp blends included
-(computed in float32 and rounded half away from zero explicitly, never by a cast).
+Backends (``backend=``): ``native`` (CPU default; :mod:`dali_cutmix.backends.native`), ``python``
+(GPU default; :mod:`dali_cutmix.backends.python`) and ``ops`` (CPU; :mod:`dali_cutmix.backends.ops`).
+Given the same parameters their outputs are identical byte for byte; ``REFUSED`` says in one line
+why a backend does not take a device or layout. docs/DESIGN.md tells why each exists.
 """
 
 from __future__ import annotations

@@ -254,7 +254,7 @@ def _find_idx(source: Path, name: str) -> Path:
             return candidate
     raise FileNotFoundError(
         f"Fashion-MNIST file {source / name}.gz not found: install the demo data with "
-        f"'sudo apt-get install dataset-fashion-mnist', or pass --data DIR"
+        f"'sudo apt-get install dataset-fashion-mnist'"
     )
 
 

@@ -45,7 +45,7 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
     """Processes for checking files, started by a fork server: forking this process itself could
     copy a lock held by one of DALI's or torch's threads (a pipeline or a model built earlier in
     the process) and hang the child. The price: each worker imports the ``__main__`` module anew
-    (about 1.5 s once a scan when that is a trainer that imports torch and DALI)."""
+    (docs/BENCHMARKS.md has the cost)."""
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
 
 

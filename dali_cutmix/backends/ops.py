@@ -1,7 +1,7 @@
 """Backend ``ops`` (CPU): DALI's stock operators only, nothing compiled and no Python touching
 pixels: ``batch_permutation`` and ``random.*`` draws, the box formula
 :func:`dali_cutmix.mix.mix_from_draws` evaluated on DataNodes, ``permute_batch``, ``slice`` and one
-``multi_paste``. About 40 operators: on a CPU each costs a fixed ~0.05-0.1 ms per batch.
+``multi_paste``: about 40 operators, each with a fixed cost per batch on a CPU.
 
 It refuses the GPU (``dali_cutmix.ops.REFUSED``; docs/DESIGN.md).
 """

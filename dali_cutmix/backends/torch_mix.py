@@ -79,7 +79,7 @@ def _one_torch_thread(torch):
     """torch's CPU ops on this (DALI's) thread alone while the callback runs.
 
     DALI's own threads already fill the cores; torch's OpenMP team on top of them oversubscribes
-    them and spins between ops (measured: about 7 ms of CPU time per batch of 64 at 224 px).
+    them and spins between ops (docs/BENCHMARKS.md has the cost).
     ``torch.set_num_threads`` sets the calling thread's OpenMP team size (the trainer's thread
     keeps its own) and the default for threads started meanwhile, so the old value comes back after.
     """
