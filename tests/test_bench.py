@@ -79,3 +79,13 @@ def test_scale_benchmark_measures_both_trees(tmp_path, capsys):
     for f in figures.values():
         assert f["scan_cached_files_per_s"] > 0 and 0 < f["build_s"] <= f["first_batch_s"]
     assert "extrapolated to 1,281,167" in capsys.readouterr().out
+
+
+def test_stand_in_data_where_the_debian_packages_are_missing(tmp_path):
+    """The GPU check's stand-ins: photo-like JPEGs for the profiler, learnable classes for training."""
+    root = benchdata.build(tmp_path / "photos", images=8, classes=2, photos="synthetic")
+    files = sorted((root / "train").rglob("*.JPEG"))
+    assert len(files) == 8 and all(min(Image.open(f).size) == 375 for f in files)
+    classes = benchdata.synthetic_classes(tmp_path / "classes", classes=4, per_class=5, size=24)
+    assert [len(list((classes / "train" / f"class{k}").iterdir())) for k in range(4)] == [5] * 4
+    assert Image.open(classes / "val" / "class3" / "00000.JPEG").size == (24, 24)
