@@ -283,6 +283,7 @@ def prepare(args, rank: int, world: int, device: torch.device, out: Path):
         )
     if not state and ckpt.holds_run(out) and rank == 0:  # --overwrite, or the default folder
         say(f"moved the earlier run in {out} to {ckpt.move_aside(out)}")
+    fresh = not out.exists()
     if rank == 0:  # held for the run (released when it ends, or by the OS); under torchrun rank 0 holds it
         lock = ckpt.RunLock(out)
     try:
@@ -292,7 +293,7 @@ def prepare(args, rank: int, world: int, device: torch.device, out: Path):
             ckpt.check_data(state, path, len(data.classes), data.fingerprint)
     except BaseException:
         if lock is not None:
-            lock.release()
+            lock.release(tidy=fresh)
         raise
     return state, data, lock
 

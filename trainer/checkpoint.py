@@ -68,7 +68,8 @@ class RunLock:
 
     def __init__(self, out: Path):
         Path(out).mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(Path(out) / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        self.path = Path(out) / LOCK
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -79,7 +80,13 @@ class RunLock:
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}".encode(), 0)
 
-    def release(self) -> None:
+    def release(self, tidy: bool = False) -> None:
+        """Drop the lock; ``tidy``: also remove the lock file, and the folder if nothing else is in it
+        (a run that failed before writing anything leaves no trace)."""
+        if tidy:
+            self.path.unlink(missing_ok=True)
+            if not any(self.path.parent.iterdir()):
+                self.path.parent.rmdir()
         os.close(self.fd)
 
 
