@@ -253,8 +253,7 @@ def prepare(args, rank: int, world: int, device: torch.device, out: Path):
     if rank == 0:
         holder = ckpt.live_run(out)  # first: a live run's folder is neither resumed nor moved aside
         if holder:
-            raise ckpt.RunInUse(f"--output {out} is in use by a live run ({holder}): wait for it to end, "
-                                f"or choose another --output")  # fmt: skip
+            raise ckpt.RunInUse(out, holder)
         for partial in ckpt.remove_partial(out):
             say(f"removed {partial}, left by a write that never finished")
     if args.resume:
@@ -266,7 +265,11 @@ def prepare(args, rank: int, world: int, device: torch.device, out: Path):
         else:
             path = Path(args.resume)
             state = ckpt.load(path, args.arch)
-        ckpt.check_flags(state.get("config") or {}, vars(args), path, may_change=RESUMABLE, skip=NOT_FLAGS)
+        try:
+            ckpt.check_flags(state.get("config") or {}, vars(args), path, may_change=RESUMABLE, skip=NOT_FLAGS,
+                             name=lambda key: "--" + key.replace("_", "-"))  # fmt: skip
+        except ValueError as e:
+            raise ValueError(f"--resume: {e}") from e
         saved = state["loaders"] or []
         loader_state = saved[rank] if len(saved) == world else None
         if rank == 0:
@@ -290,7 +293,10 @@ def prepare(args, rank: int, world: int, device: torch.device, out: Path):
         start_epoch = state["epoch"] if state else 0
         data = load_data(args, rank, world, device, start_epoch, out, loader_state)
         if state:
-            ckpt.check_data(state, path, len(data.classes), data.fingerprint)
+            try:
+                ckpt.check_data(state, path, len(data.classes), data.fingerprint)
+            except ValueError as e:
+                raise ValueError(f"--resume: {e}") from e
     except BaseException:
         if lock is not None:
             lock.release(tidy=fresh)
@@ -314,6 +320,8 @@ def run(args) -> int:
     out = Path(args.output)
     try:
         state, data, lock = prepare(args, rank, world, device, out)
+    except ckpt.RunInUse as e:
+        raise StopRun(f"--output {e}", 2) from e
     except (ValueError, FileNotFoundError) as e:
         raise StopRun(e, 2) from e
     try:

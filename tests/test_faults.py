@@ -140,7 +140,7 @@ def test_a_live_run_keeps_its_folder_from_a_second_run_and_from_resume(jpeg_tree
 def test_the_lock_is_held_for_the_run_and_dies_with_it(tmp_path):
     lock = ckpt.RunLock(tmp_path / "run")
     assert f"pid {os.getpid()} on " in ckpt.live_run(tmp_path / "run")
-    with pytest.raises(ckpt.RunInUse, match=r"--output .*run is in use by a live run \(pid \d+"):
+    with pytest.raises(ckpt.RunInUse, match=r".*run is in use by a live run \(pid \d+"):
         ckpt.RunLock(tmp_path / "run")
     lock.release()
     assert ckpt.live_run(tmp_path / "run") is None and ckpt.live_run(tmp_path / "nothing") is None

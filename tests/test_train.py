@@ -97,10 +97,10 @@ def test_the_default_folder_moves_an_earlier_run_aside(jpeg_tree, tmp_path, monk
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--batch-size", "4"], "was trained with --batch-size 6, this command has 4; on resume only --epochs"),
-        (["--seed", "3"], "was trained with --seed 0, this command has 3"),
-        (["--image-size", "48"], "was trained with --image-size 32, this command has 48"),
-        (["--no-cutmix"], "was trained with --no-cutmix False, this command has True"),
+        (["--batch-size", "4"], "was trained with --batch-size 6, this run has 4; on resume only --epochs"),
+        (["--seed", "3"], "was trained with --seed 0, this run has 3"),
+        (["--image-size", "48"], "was trained with --image-size 32, this run has 48"),
+        (["--no-cutmix"], "was trained with --no-cutmix False, this run has True"),
     ],
     ids=["batch", "seed", "size", "recipe"],
 )
@@ -147,7 +147,7 @@ def test_resume_from_a_path_and_arch_mismatch(jpeg_tree, tmp_path, capsys):
     assert train.main(train_args(jpeg_tree, out, "--epochs", "1", "--max-steps", "1")) == 0
     path = out / "checkpoint_0001.pt"
     assert train.main(train_args(jpeg_tree, out, "--epochs", "2", "--resume", str(path), "--arch", "resnet34")) == 2
-    assert f"checkpoint {path} is a resnet18, but --arch is resnet34" in capsys.readouterr().err
+    assert f"checkpoint {path} is a resnet18, but the model asked for is a resnet34" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -41,7 +41,11 @@ def remove_partial(out: Path) -> list[Path]:
 
 
 class RunInUse(ValueError):
-    """The run folder is held by a live process (named in the message)."""
+    """The run folder ``out`` is held by a live process, ``holder``."""
+
+    def __init__(self, out: Path, holder: str):
+        self.out, self.holder = out, holder
+        super().__init__(f"{out} is in use by a live run ({holder}): wait for it to end, or choose another folder")
 
 
 def live_run(out: Path) -> str | None:
@@ -75,8 +79,7 @@ class RunLock:
         except BlockingIOError:
             holder = os.pread(self.fd, 200, 0).decode(errors="replace").strip() or "another process"
             os.close(self.fd)
-            raise RunInUse(f"--output {out} is in use by a live run ({holder}): wait for it to end, "
-                           f"or choose another --output") from None  # fmt: skip
+            raise RunInUse(out, holder) from None
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}".encode(), 0)
 
@@ -230,21 +233,22 @@ def load(path: Path, arch: str) -> dict:
     state.setdefault("step", 0)
     state.setdefault("loaders", None)
     if state["arch"] != arch:
-        raise ValueError(f"checkpoint {path} is a {state['arch']}, but --arch is {arch}")
+        raise ValueError(f"checkpoint {path} is a {state['arch']}, but the model asked for is a {arch}")
     return state
 
 
-def check_flags(saved: dict, flags: dict, path: Path, *, may_change, skip) -> None:
-    """A one-line ValueError naming the first flag that differs from the run ``saved`` describes
-    (a checkpoint's config), other than those that ``may_change`` on resume or are ``skip``ped."""
-    for key, value in flags.items():
+def check_flags(saved: dict, settings: dict, path: Path, *, may_change, skip, name=str) -> None:
+    """A one-line ValueError naming (by ``name(key)``) the first setting that differs from the run
+    ``saved`` describes (a checkpoint's config), other than those that ``may_change`` on resume or
+    are ``skip``ped."""
+    for key, value in settings.items():
         if key in may_change or key in skip or key not in saved:
             continue
         if json.dumps(saved[key], sort_keys=True, default=str) != json.dumps(value, sort_keys=True, default=str):
-            allowed = ", ".join("--" + k.replace("_", "-") for k in may_change)
+            allowed = ", ".join(name(k) for k in may_change)
             raise ValueError(
-                f"--resume: {path} was trained with --{key.replace('_', '-')} {saved[key]!r}, this command has "
-                f"{value!r}; on resume only {allowed} may change"
+                f"{path} was trained with {name(key)} {saved[key]!r}, this run has {value!r}; on resume only "
+                f"{allowed} may change"
             )
 
 
@@ -256,7 +260,7 @@ def check_data(state: dict, path: Path, num_classes: int, fingerprint: str) -> N
     saved = state["config"].get("data_fingerprint", fingerprint)
     if saved != fingerprint:
         raise ValueError(
-            f"--resume: {path} was trained on other data ({saved.split(':')[0]} training files, "
+            f"{path} was trained on other data ({saved.split(':')[0]} training files, "
             f"now {fingerprint.split(':')[0]}, or other names or labels)"
         )
 
