@@ -98,8 +98,6 @@ def _train_graph(split, *, image_size, random_area, device, shard_id, num_shards
     norm = _normalize(fp16, uint8, mirror=mirror)
     if mix is None:
         outputs = norm.apply(images), labels, labels, fn.ones(shape=[], dtype=types.FLOAT)  # lam: (B,) 1.0
-        if return_params:
-            outputs += (mirror,)
     else:
         recipe, backend = mix
         prob = None
@@ -109,8 +107,8 @@ def _train_graph(split, *, image_size, random_area, device, shard_id, num_shards
         # the size is known, so GPU images never reach the CPU sampler.
         outputs = cutmix(images, labels, recipe, prob=prob, backend=backend, normalize=norm,
                          size=(image_size, image_size), return_params=return_params)  # fmt: skip
-        if return_params:
-            outputs += (mirror,)
+    if return_params:
+        outputs += (mirror,)
     return on_device(outputs, device)
 
 
@@ -149,8 +147,7 @@ def _common(data, batch_size, image_size, device, num_threads, shard_id, num_sha
         raise ValueError(f"shard_id must be in [0, num_shards={num_shards}), got {shard_id!r}")
     if fp16 and device != "gpu":
         raise ValueError("fp16 output needs device='gpu'")
-    if fp16 and uint8:
-        raise ValueError("fp16 and uint8 output exclude each other (uint8 is normalised on the trainer's device)")
+    _normalize(fp16, uint8)  # Normalize's own check of the output type, said before the graph is built
     split = load_source(data, classes)
     return split
 

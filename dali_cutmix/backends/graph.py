@@ -42,7 +42,7 @@ class Normalize:
 
     def __post_init__(self) -> None:
         if self.uint8 and self.fp16:
-            raise ValueError("Normalize: uint8 and fp16 exclude each other")
+            raise ValueError("fp16 and uint8 output exclude each other (uint8 is normalised on the trainer's device)")
 
     def apply(self, images, *, crop: tuple[int, int] | None = None):
         """The stock operator, for the backends that mix in a pass of their own and for
