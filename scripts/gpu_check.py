@@ -550,11 +550,7 @@ def main(argv=None) -> int:
             rows_file.unlink(missing_ok=True)
             command = [sys.executable, str(Path(__file__).resolve()), "--part", part, "--rows", str(rows_file),
                        "--output", str(out)] + (["--cpu"] if args.cpu else [])  # fmt: skip
-            try:
-                done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=limit)
-                code, text = done.returncode, done.stdout + done.stderr
-            except subprocess.TimeoutExpired:
-                code, text = 124, ""
+            code, text, _ = run(command, out / f"{part}.log", limit, env)
             rows = [json.loads(line) for line in rows_file.read_text().splitlines()] if rows_file.is_file() else []
             if code == 124:
                 rows.append(row(part, "timed out", device, False, f"stopped after {limit} s; the rows above ran"))
