@@ -59,10 +59,15 @@ def live_run(out: Path) -> str | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        return _holder(fd)
     finally:
         os.close(fd)  # closing drops a lock this call took
     return None
+
+
+def _holder(fd: int) -> str:
+    """What the lock file says of the process holding it."""
+    return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
 
 
 class RunLock:
@@ -77,7 +82,7 @@ class RunLock:
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(self.fd, 200, 0).decode(errors="replace").strip() or "another process"
+            holder = _holder(self.fd)
             os.close(self.fd)
             raise RunInUse(out, holder) from None
         os.ftruncate(self.fd, 0)
