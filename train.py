@@ -17,9 +17,12 @@ import argparse
 import dataclasses
 import errno
 import json
+import math
 import os
 import signal
 import sys
+import tempfile
+import traceback
 import uuid
 from pathlib import Path
 from typing import NamedTuple
@@ -27,11 +30,12 @@ from typing import NamedTuple
 import torch
 import torch.distributed as dist
 
+from dali_cutmix.errors import DataError, UserError
 from dali_cutmix.files import write_json
-from dali_cutmix.loader import process_shard
+from dali_cutmix.loader import DecodeFailed, process_shard
 from dali_cutmix.mix import LoopMixer
 from pipelines.files import demo_root
-from pipelines.imagenet import MIN_IMAGE_SIZE
+from pipelines.imagenet import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from pipelines.loaders import train_loader, val_loader
 from pipelines.preview import write_batch_png
 from pipelines.recipe_args import add_recipe_args, recipe_from_args
@@ -39,7 +43,7 @@ from pipelines.scan import UnusableData
 from pipelines.sources import resolve, source_kind
 from trainer import checkpoint as ckpt
 from trainer.curves import plot_metrics
-from trainer.engine import LRSchedule, Stop, evaluate, gather_states, train_epoch
+from trainer.engine import LRSchedule, Stop, evaluate, gather_states, sgd, train_epoch
 from trainer.model import ARCHS, build_model
 
 # Flags whose default differs between the demo (no --data) and real data.
@@ -111,8 +115,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+# Bounds of the numeric flags: (low, high, whether low itself is allowed); every one must be finite.
+FLOAT_RANGES = {"lr": (0, None, False), "momentum": (0, 1, True), "weight_decay": (0, None, True),
+                "warmup_epochs": (0, None, True), "smoothing": (0, 1, True)}  # fmt: skip
+MAX_SEED = 2**31 - 1  # DALI's seeds, derived from it per rank and epoch, stay in int64
+
+
 def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """One-line errors (exit code 2) for input we can judge before any work starts."""
+    for name, (low, high, closed) in FLOAT_RANGES.items():
+        value, flag = getattr(args, name), "--" + name.replace("_", "-")
+        below = value < low if closed else value <= low
+        if not math.isfinite(value) or below or (high is not None and value >= high):
+            bounds = f"{'>=' if closed else '>'} {low}" + (f" and < {high}" if high is not None else "")
+            p.error(f"{flag} must be a finite number {bounds}, got {value}")
+    if not 0 <= args.seed <= MAX_SEED:
+        p.error(f"--seed must be in [0, {MAX_SEED}], got {args.seed}")
+    if not all(math.isfinite(v) for v in args.random_area):
+        p.error(f"--random-area must be finite, got {' '.join(map(str, args.random_area))}")
     positive = {
         "--epochs": args.epochs,
         "--batch-size": args.batch_size,
@@ -127,23 +147,19 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--max-steps must be >= 1, got {args.max_steps} (leave it out to train whole epochs)")
     if Path(args.output).exists() and not Path(args.output).is_dir():
         p.error(f"--output {args.output!r} is a file, not a folder: give a folder for the run")
-    if args.image_size < MIN_IMAGE_SIZE:
-        p.error(f"--image-size must be >= {MIN_IMAGE_SIZE}, got {args.image_size}")
+    if not MIN_IMAGE_SIZE <= args.image_size <= MAX_IMAGE_SIZE:
+        p.error(f"--image-size must be in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}], got {args.image_size}")
     if not 0 < args.random_area[0] <= args.random_area[1] <= 1:
         p.error(f"--random-area must be MIN MAX with 0 < MIN <= MAX <= 1, got {' '.join(map(str, args.random_area))}")
     if args.arch not in ARCHS:
         p.error(f"--arch must be one of {', '.join(ARCHS)}, got {args.arch!r}")
     args.recipe = recipe_from_args(p, args)
-    if not 0 <= args.smoothing < 1:
-        p.error(f"--smoothing must be in [0, 1), got {args.smoothing}")
-    if args.lr <= 0 or args.warmup_epochs < 0:
-        p.error(f"--lr must be > 0 and --warmup-epochs >= 0, got {args.lr} and {args.warmup_epochs}")
     kinds = {}
     for flag, spec in (("--data", args.data), ("--val-data", args.val_data)):
         if spec is not None:
             try:
                 kinds[flag] = source_kind(spec)
-            except ValueError as e:
+            except UserError as e:
                 p.error(f"{flag} {e}")
     if kinds.get("--data") == "shards" and args.val_data is None:
         p.error(f"--data {args.data!r} names WebDataset shards: give the validation data with --val-data")
@@ -161,6 +177,7 @@ def setup_distributed(args) -> tuple[int, int, torch.device]:
     device = torch.device("cuda", local_rank) if use_gpu else torch.device("cpu")
     if use_gpu:
         torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True  # fixed-size input: cuDNN picks the fastest kernels once
     if world > 1:
         dist.init_process_group("nccl" if use_gpu else "gloo")
     return rank, world, device
@@ -186,18 +203,18 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
         dist.barrier()
     try:
         root = args.data or demo_root(args.demo_per_class)
-    except FileNotFoundError as e:
-        raise ValueError(f"{e}, or pass --data DIR") from e
+    except DataError as e:  # the demo's Debian package is missing
+        raise UserError(f"{e}, or pass --data DIR") from e
     checks = dict(check=args.scan, strict=args.strict, workers=args.workers, listing_dir=out, report=rank == 0)
     try:
         train_split, val_split = resolve(root, args.val_data, **checks)
     except UnusableData as e:
-        raise ValueError(f"--strict: {e}") from e
+        raise UserError(f"--strict: {e}") from e
     if world > 1 and rank == 0:
         dist.barrier()
     share = -(-len(train_split) // world)  # DALI pads every rank's share to the largest
     if share < args.batch_size:
-        raise ValueError(
+        raise UserError(
             f"--batch-size {args.batch_size} is larger than this rank's share of the training data: {share} of "
             f"{len(train_split)} images over {world} process(es); lower --batch-size (or run fewer processes)"
         )
@@ -235,19 +252,16 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
 
 
 def build_optimizer(args, model: torch.nn.Module, world: int, steps_per_epoch: int):
-    """SGD with nesterov momentum, lr scaled by global batch / 256, no decay on BN and biases."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    """SGD (:func:`trainer.engine.sgd`), lr scaled by global batch / 256, and its per-step schedule."""
     lr = args.lr * args.batch_size * world / 256
-    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = torch.optim.SGD(groups, lr=lr, momentum=args.momentum, nesterov=True)
+    optimizer = sgd(model, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
     schedule = LRSchedule(args.lr_schedule, args.warmup_epochs, args.epochs, args.lr_step, steps_per_epoch)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
 def prepare(args, rank: int, world: int, device: torch.device, out: Path):
     """The checkpoint to resume from (or None), the data (:class:`Data`) and (rank 0) the lock on
-    ``out``; ValueError on bad input, before anything in ``out`` changes."""
+    ``out``; :class:`UserError` on bad input, before anything in ``out`` changes."""
     state, loader_state, lock = None, None, None
     say = print if rank == 0 else lambda *a, **k: None
     if rank == 0:
@@ -260,7 +274,7 @@ def prepare(args, rank: int, world: int, device: torch.device, out: Path):
         if args.resume == "latest":
             found = ckpt.newest_loadable(out, args.arch, say=say)
             if found is None:
-                raise ValueError(f"--resume: no loadable checkpoint in {out}")
+                raise UserError(f"--resume: no loadable checkpoint in {out}")
             path, state = found
         else:
             path = Path(args.resume)
@@ -268,8 +282,11 @@ def prepare(args, rank: int, world: int, device: torch.device, out: Path):
         try:
             ckpt.check_flags(state.get("config") or {}, vars(args), path, may_change=RESUMABLE, skip=NOT_FLAGS,
                              name=lambda key: "--" + key.replace("_", "-"))  # fmt: skip
-        except ValueError as e:
-            raise ValueError(f"--resume: {e}") from e
+        except UserError as e:
+            raise UserError(f"--resume: {e}") from e
+        if args.epochs <= state["epoch"]:
+            raise UserError(f"--epochs {args.epochs} ends before the checkpoint {path}, which is at epoch "
+                            f"{state['epoch']}: give --epochs above {state['epoch']} to train on")  # fmt: skip
         saved = state["loaders"] or []
         loader_state = saved[rank] if len(saved) == world else None
         if rank == 0:
@@ -280,7 +297,7 @@ def prepare(args, rank: int, world: int, device: torch.device, out: Path):
             )
             print(f"resuming from {path}: epoch {state['epoch']}, step {state['step']}, with {exact}")
     elif ckpt.holds_run(out) and not (args.overwrite or args.default_output):
-        raise ValueError(
+        raise UserError(
             f"--output {out} already holds a run: continue it with --resume, or start afresh with --overwrite "
             f"(the old run is moved to {out}.old-N)"
         )
@@ -295,10 +312,14 @@ def prepare(args, rank: int, world: int, device: torch.device, out: Path):
         if state:
             try:
                 ckpt.check_data(state, path, len(data.classes), data.fingerprint)
-            except ValueError as e:
-                raise ValueError(f"--resume: {e}") from e
+            except UserError as e:
+                raise UserError(f"--resume: {e}") from e
     except BaseException:
         if lock is not None:
+            if fresh:  # what the start-up wrote into the folder it made: a failed start leaves no trace
+                for name in ("batch.png", "bad_files_train.txt", "bad_files_val.txt", "unreadable_files_train.txt",
+                             "unreadable_files_val.txt"):  # fmt: skip
+                    (out / name).unlink(missing_ok=True)
             lock.release(tidy=fresh)
         raise
     return state, data, lock
@@ -322,7 +343,10 @@ def run(args) -> int:
         state, data, lock = prepare(args, rank, world, device, out)
     except ckpt.RunInUse as e:
         raise StopRun(f"--output {e}", 2) from e
-    except (ValueError, FileNotFoundError) as e:
+    except DecodeFailed as e:  # met while drawing the first batch
+        raise StopRun(f"{e.path or 'a file'}: DALI failed to decode it: run with --scan full to leave such files "
+                      f"out", 2) from e  # fmt: skip
+    except UserError as e:  # what the user can fix; any other exception is a bug, reported by main()
         raise StopRun(e, 2) from e
     try:
         return fit(args, rank, world, device, out, state, data)
@@ -382,7 +406,10 @@ def fit(args, rank: int, world: int, device: torch.device, out: Path, state: dic
                                    world=world, start_step=start_step, max_steps=args.max_steps, mixer=mixer,
                                    smoothing=args.smoothing, show=rank == 0)  # fmt: skip
             except FloatingPointError as e:
-                raise StopRun(e, 1) from e
+                raise StopRun(f"{e}: lower --lr (or --warmup-epochs more); {kept(out)}", 1) from e
+            except DecodeFailed as e:
+                raise StopRun(f"{e.path or 'a file'}: DALI failed to decode it: run with --scan full to leave such "
+                              f"files out, then --resume; {kept(out)}", 1) from e  # fmt: skip
             loaders = gather_states(train, mixer, world)
             save = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, config=config,
                         keep=args.keep_checkpoints, loaders=loaders)  # fmt: skip
@@ -392,12 +419,16 @@ def fit(args, rank: int, world: int, device: torch.device, out: Path, state: dic
                     print(f"saved {path}; continue with --resume", file=sys.stderr)
                 return 128 + (stop.signal or signal.SIGTERM)  # a rank told by another: as if SIGTERM
             start_step = 0
-            row |= evaluate(ddp, val, device, world, amp=not args.no_amp)
-            if rank == 0:
+            try:
+                row |= evaluate(ddp, val, device, world, amp=not args.no_amp)
+            except DecodeFailed as e:
+                raise StopRun(f"{e.path or 'a validation file'}: DALI failed to decode it: run with --scan full to "
+                              f"leave such files out, then --resume; {kept(out)}", 1) from e  # fmt: skip
+            if rank == 0:  # the row first: a kill between the two leaves it for the epoch a resume trains again
                 rows.append(row)
-                on_disk_full(out, ckpt.save, out, epoch + 1, **save)
                 ckpt.write_metrics(metrics_path, rows)
                 plot_metrics(rows, out / "curves.png")
+                on_disk_full(out, ckpt.save, out, epoch + 1, **save)
                 print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
         return 0
     finally:
@@ -415,16 +446,20 @@ def checkpoint_bytes(out: Path, model, optimizer) -> int:
     return max(2 * weights, ckpt.checkpoint_bytes(model, optimizer))
 
 
+def kept(out: Path) -> str:
+    """What a run that stops now leaves to ``--resume`` from, for its error line."""
+    last = ckpt.latest(out)
+    return f"the last good checkpoint is {last}" if last else "no checkpoint has been written yet"
+
+
 def on_disk_full(out: Path, write, *args, **kwargs):
     """``write(*args, **kwargs)``; a full disk (or another OSError) stops the run in one line naming the file and
     the last good checkpoint, which the atomic writes leave intact for ``--resume``."""
     try:
         return write(*args, **kwargs)
     except OSError as e:
-        last = ckpt.latest(out)
-        kept = f"the last good checkpoint is {last}" if last else "no checkpoint has been written yet"
         todo = "free some space" if e.errno == errno.ENOSPC else "fix that"
-        raise StopRun(f"{e.filename or out}: {e.strerror or e}; nothing was lost, {kept}: {todo}, then continue "
+        raise StopRun(f"{e.filename or out}: {e.strerror or e}; nothing was lost, {kept(out)}: {todo}, then continue "
                       f"with --resume", 1) from e  # fmt: skip
 
 
@@ -433,27 +468,60 @@ OS_ADVICE = {errno.ENOSPC: "free some space, then continue with --resume",
              errno.EACCES: "choose another --output, or fix its permissions",
              errno.EPERM: "choose another --output, or fix its permissions",
              errno.EROFS: "choose another --output on a writable disk",
-             errno.ENOTDIR: "a part of that path is a file: choose another --output"}  # fmt: skip
+             errno.ENOTDIR: "a part of that path is a file: choose another --output",
+             errno.EIO: "the storage failed: check it, then run again (--resume continues a started run)"}  # fmt: skip
 
 
 def main(argv=None) -> int:
+    """Run, and end any failure in one line on stderr: what the user can fix says what to do; a
+    bug says so and names the file holding its traceback (``DALI_CUTMIX_DEBUG=1`` prints it too)."""
     args = parse_args(argv)
     try:
         return run(args)
-    except StopRun as e:  # the one way out with an error: one line on stderr
+    except StopRun as e:  # bad data, flags or checkpoints, a non-finite loss: the message says what to do
+        debug_traceback()
         print(f"train.py: error: {e}", file=sys.stderr)
         return e.code
-    except Exception as e:  # the disk, the folder or a bug: one line; DALI_CUTMIX_DEBUG=1 shows the traceback
-        if os.environ.get("DALI_CUTMIX_DEBUG"):
-            raise
-        if isinstance(e, OSError) and e.strerror:
-            advice = OS_ADVICE.get(e.errno, "see the message")
-            print(f"train.py: error: {e.filename or args.output}: {e.strerror}: {advice}", file=sys.stderr)
-            return 1
-        first = (str(e).strip().splitlines() or [""])[0]
-        print(f"train.py: error: {type(e).__name__}: {first} (DALI_CUTMIX_DEBUG=1 shows the traceback)",
+    except KeyboardInterrupt:  # Ctrl-C before training started, or a second one during it
+        print("train.py: interrupted; the checkpoints already written are kept (--resume continues from the last)",
               file=sys.stderr)  # fmt: skip
+        return 130
+    except OSError as e:  # the disk, the folder, the storage
+        debug_traceback()
+        if not e.strerror:
+            return report_bug(e, Path(args.output))
+        advice = OS_ADVICE.get(e.errno, "fix that, then run again (--resume continues a run that had started)")
+        print(f"train.py: error: {e.filename or args.output}: {e.strerror}: {advice}", file=sys.stderr)
         return 1
+    except Exception as e:
+        return report_bug(e, Path(args.output))
+
+
+def debug_traceback() -> None:
+    """With ``DALI_CUTMIX_DEBUG=1``, the traceback of the exception being handled, on stderr."""
+    if os.environ.get("DALI_CUTMIX_DEBUG"):
+        traceback.print_exc()
+
+
+def report_bug(error: BaseException, out: Path) -> int:
+    """A bug: one line that says so and names the file holding the traceback (``out/error.log``,
+    or a temporary file when ``out`` does not exist or cannot be written). Returns 1."""
+    text = "".join(traceback.format_exception(error))
+    debug_traceback()
+    try:
+        log = out / "error.log"
+        if not out.is_dir():
+            raise FileNotFoundError(out)
+        log.write_text(text)
+    except OSError:
+        fd, name = tempfile.mkstemp(prefix="dali-cutmix-error-", suffix=".log")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        log = Path(name)
+    first = (str(error).strip().splitlines() or [""])[0][:300]
+    print(f"train.py: internal error (a bug, not your input): {type(error).__name__}: {first}; the traceback is "
+          f"in {log}: please report it with the command you ran", file=sys.stderr)  # fmt: skip
+    return 1
 
 
 if __name__ == "__main__":

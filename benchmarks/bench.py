@@ -533,6 +533,9 @@ def findings(rows: list[Row], args) -> list[str]:
             base = by.get((group, COMPARED.get(name, "DALI, no CutMix")))
             if base is None or row is None or row is base:
                 continue
+            if min(len(row.images_per_s), len(base.images_per_s)) < 2:  # one repetition: no paired finding
+                out.append(f"{group}/{name}: timings only (one repetition; --reps 2 or more compares)")
+                continue
             cost, low, high = paired_cost(row.images_per_s, base.images_per_s)
             line = f"{group}/{name}: costs {cost:+.1f}% of throughput ({low:+.1f}..{high:+.1f})"
             if row.cpu_ms and base.cpu_ms:

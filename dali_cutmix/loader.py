@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 
@@ -21,7 +22,34 @@ from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from .device import to_device
+from .errors import DataError
 from .mix import MixConfig
+
+
+class DecodeFailed(DataError):
+    """DALI failed to decode a file of the data (a file the bad-file check would leave out); the
+    message names the file and keeps DALI's own words. ``path``: that file, or None."""
+
+    def __init__(self, message: str, path: str | None):
+        super().__init__(message)
+        self.path = path
+
+
+def dali_failure(error: RuntimeError) -> RuntimeError:
+    """DALI's error for a failed batch, as what it is: :class:`DecodeFailed` naming the file when a
+    decoder failed on one (DALI's text says ``Failed to decode sample #N : PATH``), else ``error``
+    itself (a bug, whose full text the caller keeps)."""
+    text = str(error)
+    match = re.search(r"^(.*?Failed to decode.*?)$", text, re.M)
+    if match is None:
+        return error
+    line = match.group(1).strip()
+    path = re.search(r"Failed to decode sample #\d+ : (.+)$", line)
+    path = path.group(1).strip() if path else None
+    return DecodeFailed(f"DALI failed to decode {path or 'a file'} ({line}); the pipeline cannot go on: leave such "
+                        f"files out with the bad-file check (a full check decodes every image), or remove the file",
+                        path)  # fmt: skip
+
 
 POLICIES = {"partial": LastBatchPolicy.PARTIAL, "drop": LastBatchPolicy.DROP, "fill": LastBatchPolicy.FILL}
 
@@ -34,6 +62,15 @@ def process_shard() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def process_device() -> int:
+    """This process's GPU index: torchrun's (and Accelerate's) ``LOCAL_RANK``, else torch's current
+    CUDA device (what ``torch.cuda.set_device`` chose), else 0. The loaders' default ``device_id``,
+    so that under a launcher each rank decodes on its own GPU."""
+    if "LOCAL_RANK" in os.environ:
+        return int(os.environ["LOCAL_RANK"])
+    return torch.cuda.current_device() if torch.cuda.is_available() else 0
 
 
 def steps_per_epoch(num_samples: int, batch_size: int, num_shards: int = 1, last_batch: str = "partial") -> int:
@@ -73,15 +110,20 @@ class DALILoader:
         self.epoch = start_epoch
         self.origin = start_epoch if origin is None else origin  # the epoch of the pipeline's first batch
         self._closed = False
-        self._it = DALIGenericIterator(
-            [pipeline], self.output_map, reader_name=reader_name, last_batch_policy=POLICIES[last_batch]
-        )
+        self._open = False  # an epoch was started and not finished
+        try:  # DALI's iterator runs the first batch as it is made
+            self._it = DALIGenericIterator(
+                [pipeline], self.output_map, reader_name=reader_name, last_batch_policy=POLICIES[last_batch]
+            )
+        except RuntimeError as e:
+            raise dali_failure(e) from e
 
     def __len__(self) -> int:
         return len(self._it)
 
     def close(self) -> None:
-        """Stop for good, as an interrupted run does: an epoch left open is not drained."""
+        """Done for good: the epoch in progress stays where it is (its state can still be saved),
+        and iterating again is an error."""
         self._closed = True
 
     def state(self) -> dict:
@@ -90,22 +132,41 @@ class DALILoader:
         return {"dali": self._it.checkpoints()[0], "origin": self.origin}
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        """One epoch. Leaving the loop early drains the rest of the epoch, so the next ``for``
-        starts a fresh epoch and per-epoch schedules stay aligned with the reader."""
-        finished = False
-        try:
-            for batch in self._it:
-                yield tuple(self._convert(name, batch[0][name]) for name in self.output_map)
-            finished = True
-        finally:
-            while not finished and not self._closed:  # next(), not a for: DALI's __iter__ would reset
-                try:
-                    next(self._it)
-                except StopIteration:
-                    finished = True
-            if finished:  # a loader closed mid-epoch stays where it is (DALI refuses a reset there)
-                self._it.reset()
-            self.epoch += 1
+        """One epoch. Leaving it early (a ``break``, an exception, a signal) returns at once: nothing
+        more is decoded. The next ``for`` first finishes the epoch left open (:meth:`finish_epoch`),
+        so it starts a fresh epoch and per-epoch schedules stay aligned with the reader."""
+        if self._closed:
+            raise RuntimeError("this DALILoader was closed: build a new one to read more")
+        self.finish_epoch()
+        self._open = True
+        batches = iter(self._it)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except RuntimeError as e:
+                raise dali_failure(e) from e
+            yield tuple(self._convert(name, batch[0][name]) for name in self.output_map)
+        self._end_epoch()
+
+    def finish_epoch(self) -> None:
+        """Run the rest of an epoch left early, now (nothing if none is open): what a trainer
+        that stops epochs short by choice (``max_steps``) calls before it saves :meth:`state`, so
+        that the state is at the epoch's end."""
+        if not self._open:
+            return
+        while True:  # next(), not a for: DALI's __iter__ would reset mid-epoch
+            try:
+                next(self._it)
+            except StopIteration:
+                break
+        self._end_epoch()
+
+    def _end_epoch(self) -> None:
+        self._open = False
+        self._it.reset()
+        self.epoch += 1
 
     def _convert(self, name: str, t: torch.Tensor) -> torch.Tensor:
         t = to_device(t, self.device)

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import UserError
+
 MODES = ("batch", "elem")
 LAYOUTS = ("HWC", "CHW")
 
@@ -68,7 +70,7 @@ class CutMixParams:
             )
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError):
     """A recipe that cannot be: ``field`` (None when the fields only clash together), the ``rule``
     it breaks and the ``value`` given, so a caller can name its own flag for the field."""
 
@@ -107,8 +109,8 @@ class MixConfig:
     def __post_init__(self) -> None:
         for name in ("alpha", "mixup_alpha"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise RecipeError(name, "must be a number >= 0", value)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise RecipeError(name, "must be a finite number >= 0", value)
         check_prob(self.prob, "prob")
         check_prob(self.switch_prob, "switch_prob")
         pairs = self.prob_schedule.items() if isinstance(self.prob_schedule, dict) else self.prob_schedule

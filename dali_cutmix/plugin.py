@@ -21,6 +21,8 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
+from .errors import UserError
+
 SOURCE = Path(__file__).parent / "csrc" / "mix_op.cc"
 # -ffp-contract=off: no fused multiply-adds, so the box formula rounds as NumPy's does.
 FLAGS = ["-std=c++20", "-O3", "-fPIC", "-shared", "-ffp-contract=off", "-Wno-c++20-extensions"]
@@ -35,7 +37,7 @@ PIP_HEADERS = {
 _loaded: Path | None = None  # like DALI's registry of operators, once per process
 
 
-class PluginError(RuntimeError):
+class PluginError(UserError, RuntimeError):
     """The plugin cannot be built or loaded; the message says what is missing."""
 
 

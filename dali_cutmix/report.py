@@ -70,6 +70,7 @@ def show_batch(images, labels_a, labels_b, lam, classes, path, *, boxes=None, bl
                 corners = [x0 + x1 * scale, y0 + y1 * scale, x0 + x2 * scale - 1, y0 + y2 * scale - 1]
                 draw.rectangle(corners, outline=BOX_COLOUR, width=max(1, scale // 2))
         names = [classes[int(k)] if 0 <= int(k) < len(classes) else str(int(k)) for k in (la[i], lb[i])]
+        names = [" ".join(n.split()) for n in names]  # a caption is one line: a class name may hold a newline
         caption = [f"{names[0]} / {names[1]}", f"lam {float(lam[i]):.2f}" + (" (MixUp)" if mixup else "")]
         for line, text in enumerate(caption):
             while len(text) > 3 and draw.textlength(text, font=font) > W * scale:

@@ -8,17 +8,55 @@ the sorted folder names of ``train``. A split may instead be a text file list of
 
 from __future__ import annotations
 
+import atexit
 import gzip
 import hashlib
 import os
+import shutil
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from dali_cutmix.errors import DataError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-CACHE = Path(os.environ.get("DALI_CUTMIX_CACHE", Path.home() / ".cache" / "dali-cutmix"))  # demo, scans, indexes
+
+
+def default_cache() -> Path:
+    """Where the demo export, the scan's verdicts and the shard indexes go: ``DALI_CUTMIX_CACHE``,
+    else ``$XDG_CACHE_HOME/dali-cutmix``, else ``~/.cache/dali-cutmix``."""
+    if os.environ.get("DALI_CUTMIX_CACHE"):
+        return Path(os.environ["DALI_CUTMIX_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dali-cutmix"
+
+
+CACHE = default_cache()
+_fallback: list[Path] = []  # this process's temporary cache, once one was needed
+
+
+def usable_cache(cache: str | os.PathLike) -> Path:
+    """``cache``, created if need be; when it cannot be written (a file, no permission, a full or
+    read-only disk), a temporary folder for this process instead, with a one-line warning: a cache
+    saves time, and its absence is no reason to stop."""
+    cache = Path(cache)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=cache):
+            return cache
+    except OSError as e:
+        if not _fallback:
+            _fallback.append(Path(tempfile.mkdtemp(prefix="dali-cutmix-cache-")))
+            atexit.register(shutil.rmtree, _fallback[0], ignore_errors=True)
+            print(f"warning: the cache {cache} cannot be used ({e.strerror or e}): this run caches in "
+                  f"{_fallback[0]}, removed when it ends; set DALI_CUTMIX_CACHE to a writable folder",
+                  file=sys.stderr)  # fmt: skip
+        return _fallback[0]
+
+
 FASHION_MNIST_CLASSES = (
     "t-shirt",
     "trouser",
@@ -57,9 +95,10 @@ class Split:
         """``"<count>:<hash>"`` of the files (paths under ``root``), labels and classes: what a
         checkpoint was trained on, wherever the folder has moved since."""
         digest = hashlib.sha1("\n".join(self.classes).encode())
-        skip = len(str(root))
+        prefix = str(Path(root))  # the paths were made under it: D/, D// and ./D all give "D"
         for f, label in zip(self.files, self.labels):
-            digest.update(f"{f[skip:]} {label}\n".encode())
+            rel = f[len(prefix) :] if f.startswith(prefix + os.sep) else os.sep + os.path.relpath(f, root)
+            digest.update(f"{rel} {label}\n".encode())
         return f"{len(self)}:{digest.hexdigest()[:16]}"
 
 
@@ -85,16 +124,20 @@ def load_split(path: str | os.PathLike, classes: list[str] | None = None) -> Spl
     if path.is_file():
         return _load_file_list(path, classes)
     if not path.is_dir():
-        raise ValueError(f"data path {str(path)!r} does not exist")
+        raise DataError(f"data path {str(path)!r} does not exist")
     found = list_classes(path)
     if not found:
-        raise ValueError(f"{str(path)!r} has no class folders (expected <class>/<image> files)")
+        raise DataError(f"{str(path)!r} has no class folders (expected <class>/<image> files)")
+    if {"train", "val"} <= set(found) and list_classes(path / "train"):
+        train, val = str(path / "train"), str(path / "val")
+        raise DataError(f"{str(path)!r} is an ImageNet root (train/ and val/ hold the class folders), not a split: "
+                        f"give {train!r} for training and {val!r} for validation")  # fmt: skip
     classes = list(classes) if classes is not None else found
     index = {name: i for i, name in enumerate(classes)}
     files, labels, empty = [], [], []
     for name in found:
         if name not in index:
-            raise ValueError(f"class folder {str(path / name)!r} is not among the training classes")
+            raise DataError(f"class folder {str(path / name)!r} is not among the training classes")
         before = len(files)
         for root, _, names in os.walk(path / name):
             for f in sorted(names):
@@ -104,10 +147,10 @@ def load_split(path: str | os.PathLike, classes: list[str] | None = None) -> Spl
         if len(files) == before:
             empty.append(name)
     if not files:
-        raise ValueError(f"{str(path)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        raise DataError(f"{str(path)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     if empty:  # a class no sample trains; torchvision's ImageFolder refuses such a folder too
         shown = ", ".join(repr(n) for n in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
-        raise ValueError(
+        raise DataError(
             f"{str(path)!r} has class folders without images: {shown}; add images ({', '.join(IMAGE_EXTENSIONS)}) "
             f"or remove the folders"
         )
@@ -121,11 +164,15 @@ def _load_file_list(path: Path, classes: list[str] | None) -> Split:
             continue
         name, _, label = line.rpartition(" ")
         if not name or not label.strip().isdigit():
-            raise ValueError(f"{path}:{n}: expected 'relative/path label', got {line!r}")
+            raise DataError(f"{path}:{n}: expected 'relative/path label', got {line!r}")
         files.append(str(path.parent / name))
         labels.append(int(label))
     if not files:
-        raise ValueError(f"file list {str(path)!r} is empty")
+        raise DataError(f"file list {str(path)!r} is empty")
+    if classes is not None and max(labels) >= len(classes):
+        n = next(i for i, label in enumerate(labels) if label >= len(classes))
+        raise DataError(f"file list {str(path)!r}: {files[n]} has label {labels[n]}, beyond the {len(classes)} "
+                        f"training classes (0..{len(classes) - 1})")  # fmt: skip
     num_classes = max(labels) + 1
     return Split(files, labels, list(classes) if classes else [str(i) for i in range(num_classes)])
 
@@ -141,14 +188,14 @@ def load_imagenet(root: str | os.PathLike) -> tuple[Split, Split]:
     """
     root = Path(root)
     if not root.is_dir():
-        raise ValueError(f"data {str(root)!r} is not a directory")
+        raise DataError(f"data {str(root)!r} is not a directory")
     images = root / "ILSVRC" / "Data" / "CLS-LOC"
     images = images if images.is_dir() else root
     parts = []
     for name in ("train", "val"):
         folder, listing = images / name, images / f"{name}.txt"
         if not folder.is_dir() and not listing.is_file():
-            raise ValueError(f"data {str(root)!r} has no {name}/ folder (ImageNet layout expected)")
+            raise DataError(f"data {str(root)!r} has no {name}/ folder (ImageNet layout expected)")
         parts.append(folder if folder.is_dir() else listing)
     train = load_split(parts[0])
     val_dir = parts[1]
@@ -169,7 +216,7 @@ def _check_synsets(mapping: Path | None, classes: list[str]) -> None:
         return
     wnids = [line.split()[0] for line in mapping.read_text().splitlines() if line.strip()]
     if wnids != classes:
-        raise ValueError(
+        raise DataError(
             f"{mapping} lists {len(wnids)} classes that are not the training folders ({len(classes)}) in the same order"
         )
 
@@ -186,14 +233,14 @@ def load_val_solution(val_dir: Path, solution: Path, classes: list[str]) -> Spli
         image_id, _, prediction = line.partition(",")
         wnid = prediction.split()[0] if prediction.split() else ""
         if wnid not in index:
-            raise ValueError(f"{solution}:{n}: class {wnid!r} of {image_id} is not among the training classes")
+            raise DataError(f"{solution}:{n}: class {wnid!r} of {image_id} is not among the training classes")
         path = val_dir / f"{image_id}.JPEG"
         if not path.is_file():
-            raise ValueError(f"{solution}:{n}: {path} does not exist")
+            raise DataError(f"{solution}:{n}: {path} does not exist")
         files.append(str(path))
         labels.append(index[wnid])
     if not files:
-        raise ValueError(f"{solution} labels no images")
+        raise DataError(f"{solution} labels no images")
     order = sorted(range(len(files)), key=files.__getitem__)  # a stable order, like a folder's
     return Split([files[i] for i in order], [labels[i] for i in order], list(classes))
 
@@ -207,7 +254,7 @@ def read_idx(path: Path) -> np.ndarray:
     with opener(path, "rb") as f:
         data = f.read()
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+        raise DataError(f"{path} is not an unsigned-byte IDX file")
     ndim = data[3]
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
@@ -252,7 +299,7 @@ def _find_idx(source: Path, name: str) -> Path:
     for candidate in (source / f"{name}.gz", source / name):
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(
+    raise DataError(
         f"Fashion-MNIST file {source / name}.gz not found: install the demo data with "
         f"'sudo apt-get install dataset-fashion-mnist'"
     )
@@ -260,4 +307,4 @@ def _find_idx(source: Path, name: str) -> Path:
 
 def demo_root(per_class: int) -> Path:
     """The demo data (Fashion-MNIST, ``per_class`` training images a class) as JPEG folders."""
-    return export_fashion_mnist(CACHE / f"fashion-mnist-{per_class}", per_class_train=per_class)
+    return export_fashion_mnist(usable_cache(CACHE) / f"fashion-mnist-{per_class}", per_class_train=per_class)

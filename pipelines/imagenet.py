@@ -30,6 +30,7 @@ MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
 STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
 DEVICES = ("cpu", "gpu")
 MIN_IMAGE_SIZE = 16  # the smallest crop side the pipelines take (train.py's --image-size too)
+MAX_IMAGE_SIZE = 4096  # the largest: beyond it is a typo, which DALI would allocate for every sample
 DEFAULT_RECIPE = MixConfig()  # CutMix as in the paper: Beta(1, 1), every batch
 
 
@@ -143,6 +144,8 @@ def _common(data, batch_size, image_size, device, num_threads, shard_id, num_sha
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    if image_size > MAX_IMAGE_SIZE:
+        raise ValueError(f"image_size must be <= {MAX_IMAGE_SIZE}, got {image_size}")
     if not 0 <= shard_id < num_shards:
         raise ValueError(f"shard_id must be in [0, num_shards={num_shards}), got {shard_id!r}")
     if fp16 and device != "gpu":
@@ -280,7 +283,12 @@ def output_names(recipe: MixConfig | None, return_params: bool = False) -> tuple
 
 
 def _device_id(device: str, device_id: int | None) -> int | None:
-    return (0 if device_id is None else device_id) if device == "gpu" else None
+    """A GPU pipeline's GPU: ``device_id``, by default this process's (``LOCAL_RANK``, else the current one)."""
+    if device != "gpu":
+        return None
+    from dali_cutmix.loader import process_device
+
+    return process_device() if device_id is None else device_id
 
 
 class ProbSchedule:

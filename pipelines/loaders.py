@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 
 from dali_cutmix.device import DeviceNormalize
-from dali_cutmix.loader import DALILoader, process_shard, steps_per_epoch
+from dali_cutmix.loader import DALILoader, process_device, process_shard, steps_per_epoch
 from dali_cutmix.mix import MixConfig
 
 from .files import Split
@@ -53,7 +53,9 @@ def train_loader(
     that loader was, mid-epoch too (without one, a loader starting at a later epoch draws other
     augmentations than epoch 0's: its seed moves with ``start_epoch``). ``shard_id``/``num_shards``
     default to this process's rank and world size (:func:`dali_cutmix.loader.process_shard`), so
-    under DDP each rank reads its own share. ``uint8`` (default: when a CPU pipeline feeds a
+    under DDP each rank reads its own share; with ``device="gpu"``, ``device_id`` defaults to this
+    process's GPU (:func:`dali_cutmix.loader.process_device`: ``LOCAL_RANK``, else the current one).
+    ``uint8`` (default: when a CPU pipeline feeds a
     GPU): the pipeline ships uint8 images and the loader normalises them on ``torch_device``.
     ``return_params``: each batch goes on with the mix's parameters
     (:func:`pipelines.imagenet.output_names`), for pictures and checks. Other keyword arguments go
@@ -132,9 +134,12 @@ def _shard(shard_id: int | None, num_shards: int | None) -> tuple[int, int]:
 
 def _outputs(device: str, torch_device, uint8: bool | None, pipeline_kwargs: dict):
     """The torch device and, for uint8 output, the device-side normalisation; sets the pipeline's
+    ``device_id`` (by default this process's GPU, :func:`dali_cutmix.loader.process_device`) and
     ``uint8`` (by default on when a CPU pipeline feeds a GPU: a quarter of the bytes to copy)."""
+    if device == "gpu" and pipeline_kwargs.get("device_id") is None:
+        pipeline_kwargs["device_id"] = process_device()  # this rank's GPU, not GPU 0 for every rank
     if torch_device is None:
-        torch_device = torch.device("cuda", pipeline_kwargs.get("device_id") or 0) if device == "gpu" else "cpu"
+        torch_device = torch.device("cuda", pipeline_kwargs["device_id"]) if device == "gpu" else "cpu"
     torch_device = torch.device(torch_device)
     if uint8 is None:
         uint8 = device == "cpu" and torch_device.type == "cuda"

@@ -18,7 +18,7 @@ from dali_cutmix.mix import LoopMixer, apply_cutmix
 from dali_cutmix.report import show_batch
 from pipelines.sources import load_source
 
-from .imagenet import MEAN, STD
+from .imagenet import MAX_IMAGE_SIZE, MEAN, MIN_IMAGE_SIZE, STD
 from .loaders import train_loader
 from .recipe_args import add_recipe_args, recipe_from_args
 
@@ -31,8 +31,6 @@ def write_batch_png(path, data, classes, *, mixer: LoopMixer | None = None, **lo
     loader = train_loader(data, return_params=True, **loader_kwargs)
     batches = iter(loader)
     batch = dict(zip(loader.output_map, next(batches)))
-    loader.close()  # one batch, not the rest of the epoch
-    batches.close()
     mirror = batch.get("mirror")
     if mixer is not None:
         images = batch["images"]
@@ -56,8 +54,11 @@ def main(argv=None) -> int:
     add_recipe_args(p)
     args = p.parse_args(argv)
     recipe = recipe_from_args(p, args)
-    if args.batch_size < 1 or args.image_size < 16:
-        p.error(f"--batch-size must be >= 1 and --image-size >= 16, got {args.batch_size} and {args.image_size}")
+    if args.batch_size < 1 or not MIN_IMAGE_SIZE <= args.image_size <= MAX_IMAGE_SIZE:
+        p.error(f"--batch-size must be >= 1 and --image-size in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}], got "
+                f"{args.batch_size} and {args.image_size}")  # fmt: skip
+    if Path(args.output).suffix.lower() != ".png":
+        p.error(f"--output {args.output!r}: the picture is a PNG, give a name ending in .png")
     data = Path(args.data) / "train" if (Path(args.data) / "train").is_dir() else args.data
     try:
         source = load_source(data)

@@ -4,6 +4,11 @@ A corrupt file makes DALI's decoder fail and the pipeline object unusable, so a 
 on the first bad JPEG it meets. The scan checks every file once, in parallel, and caches each
 verdict by ``(path, size, mtime)``, so a restart on 1.28 million files scans only what changed.
 
+Only verdicts about a file's content are cached. A storage error (an ``OSError`` with an errno:
+EIO from NFS or Lustre, EMFILE, EACCES, a vanished file) says nothing about the file: it is
+retried, and a file still unreadable is skipped for this run only, listed apart from the bad
+files, and checked again by the next scan.
+
 The default check is structural and cheap: the file opens and is not empty, its header parses
 (Pillow reads only the header: format, size, mode), its format is one DALI decodes, and its data
 is complete (JPEG ends with an EOI marker, PNG with an IEND chunk). ``full=True`` decodes every
@@ -16,25 +21,39 @@ import gzip
 import hashlib
 import multiprocessing
 import os
+import re
+import struct
+import sys
+import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from dali_cutmix.errors import DataError
 from dali_cutmix.files import atomic_write
 
 from .files import Split, load_split
 
+# A JPEG codes every 8x8 block of its first scan in at least one bit, so a file smaller than
+# width x height / 512 bytes cannot hold its image; the bound is four times looser than that.
+MIN_PIXELS_PER_BYTE = 2048
 DECODABLE = {"JPEG", "PNG", "BMP", "TIFF", "WEBP", "JPEG2000", "PPM"}
 TAIL = 64  # bytes read from the end: an EOI marker may be followed by a little padding
+RETRY_DELAYS = (0.2, 1.0)  # seconds before the second and third read of a file the storage failed
+# What Pillow raises on a malformed header or stream (any other exception is a bug, and is raised).
+MALFORMED = (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError, struct.error, ZeroDivisionError,
+             OverflowError, MemoryError)  # fmt: skip
 
 
 @dataclass(frozen=True)
 class ScanResult:
     good: Split
-    bad: list[tuple[str, str]]  # (path, reason)
+    bad: list[tuple[str, str]]  # (path, reason): the content, cached
     scanned: int  # files checked in this call (not from the cache)
     seconds: float
+    unreadable: list[tuple[str, str]] = ()  # (path, storage error): skipped this time, checked again next time
 
     @property
     def files_per_s(self) -> float:
@@ -46,21 +65,58 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
     copy a lock held by one of DALI's or torch's threads (a pipeline or a model built earlier in
     the process) and hang the child. The price: each worker imports the ``__main__`` module anew
     (docs/BENCHMARKS.md has the cost)."""
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"), initializer=_quiet_sigint)
+
+
+def _quiet_sigint() -> None:
+    """Ctrl-C reaches the whole process group: the parent ends the pool and says so in one line,
+    the workers print nothing."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def storage_error(e: BaseException) -> bool:
+    """Whether ``e`` is about the storage (EIO, EMFILE, EACCES, ENOENT, ...) rather than a file's
+    content: an ``OSError`` with an errno. Pillow's content errors carry none."""
+    return isinstance(e, OSError) and e.errno is not None
+
+
+def describe_storage_error(e: OSError) -> str:
+    """``EIO (errno 5): Input/output error``: what the storage said, for a listing."""
+    import errno
+
+    name = errno.errorcode.get(e.errno, "?")
+    return f"{name} (errno {e.errno}): {e.strerror or e}"
+
+
+def retried(read, *args, delays=RETRY_DELAYS):
+    """``read(*args)``, tried again after each of ``delays`` while the storage fails
+    (:func:`storage_error`); the last storage error is raised."""
+    for delay in (*delays, None):
+        try:
+            return read(*args)
+        except OSError as e:
+            if not storage_error(e) or delay is None:
+                raise
+            time.sleep(delay)
 
 
 def check_file(path: str, full: bool = False) -> str:
-    """'' if DALI can decode ``path``, else the reason it cannot."""
-    try:
+    """'' if DALI can decode ``path``, else the reason it cannot. Raises ``OSError`` when the
+    storage fails to read it, after :data:`RETRY_DELAYS` retries."""
+
+    def check() -> str:
         with open(path, "rb") as f:
             return check_stream(f, os.fstat(f.fileno()).st_size, full)
-    except OSError as e:
-        return f"{type(e).__name__}: {e}".splitlines()[0][:200]
+
+    return retried(check)
 
 
 def check_stream(f: BinaryIO, size: int, full: bool = False) -> str:
     """'' if DALI can decode the ``size`` bytes of the seekable binary file ``f`` (a file on disk
-    or a member of a tar shard), else the reason it cannot."""
+    or a member of a tar shard), else the reason it cannot. A storage error while reading ``f``
+    is raised (:func:`storage_error`), as is any error that is not Pillow's word on the data."""
     from PIL import Image
 
     if size == 0:
@@ -69,7 +125,10 @@ def check_stream(f: BinaryIO, size: int, full: bool = False) -> str:
         f.seek(max(0, size - TAIL))
         tail = f.read()
         f.seek(0)
-        with Image.open(f) as image:
+        with warnings.catch_warnings():  # the check gives its own verdict on huge headers
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(f)
+        with image:
             fmt = image.format
             if fmt not in DECODABLE:
                 return f"{fmt} is not a format DALI decodes"
@@ -77,9 +136,11 @@ def check_stream(f: BinaryIO, size: int, full: bool = False) -> str:
                 return f"bad size {image.width}x{image.height}"
             if full:
                 image.load()
-    except OSError as e:  # unreadable, unknown format, truncated on full decode
-        return f"{type(e).__name__}: {e}".splitlines()[0][:200]
-    except Exception as e:  # Pillow raises assorted errors on garbage headers
+            elif fmt == "JPEG" and size < image.width * image.height // MIN_PIXELS_PER_BYTE:
+                return f"{image.width}x{image.height} JPEG in only {size} bytes (truncated or forged header)"
+    except (*MALFORMED, Image.DecompressionBombError) as e:  # unreadable, unknown format, truncated, a bomb
+        if storage_error(e):
+            raise
         return f"{type(e).__name__}: {e}".splitlines()[0][:200]
     if fmt == "JPEG" and b"\xff\xd9" not in tail:
         return "truncated JPEG (no end-of-image marker)"
@@ -88,24 +149,32 @@ def check_stream(f: BinaryIO, size: int, full: bool = False) -> str:
     return ""
 
 
-def _check_chunk(paths: list[str], full: bool) -> list[str]:
-    return [check_file(p, full) for p in paths]
+def _check_chunk(paths: list[str], full: bool) -> list[tuple[str, str]]:
+    """``(reason, storage error)`` of each path: one of the two is ''."""
+    out = []
+    for p in paths:
+        try:
+            out.append((check_file(p, full), ""))
+        except OSError as e:
+            if not storage_error(e):
+                raise
+            out.append(("", describe_storage_error(e)))
+    return out
 
 
 def scan(split: Split, *, cache_dir: Path | None = None, workers: int | None = None, full: bool = False) -> ScanResult:
-    """Check every file of ``split``; return the decodable ones and the reasons for the rest."""
-    import time
-
+    """Check every file of ``split``; return the decodable ones, the reasons for the bad ones, and
+    the files the storage failed to read (with its error; not cached)."""
     start = time.perf_counter()
     cache_path = _cache_path(split, cache_dir, full) if cache_dir is not None else None
     cache = _read_cache(cache_path) if cache_path else {}
-    stats, verdicts, todo = [], {}, []
+    stats, verdicts, unreadable, todo = [], {}, {}, []
     for path in split.files:
         try:
-            st = os.stat(path)
+            st = retried(os.stat, path)
             key = (st.st_size, st.st_mtime_ns)
         except OSError as e:
-            verdicts[path] = f"{type(e).__name__}: {e.strerror}"
+            unreadable[path] = describe_storage_error(e)
             continue
         stats.append((path, key))
         cached = cache.get(path)
@@ -114,7 +183,7 @@ def scan(split: Split, *, cache_dir: Path | None = None, workers: int | None = N
         else:
             todo.append(path)
     if todo:
-        workers = workers or os.cpu_count() or 1
+        workers = min(workers or os.cpu_count() or 1, os.cpu_count() or 1)  # more processes than cores only cost
         chunk = max(1, min(2048, len(todo) // (workers * 8) or 1))
         chunks = [todo[i : i + chunk] for i in range(0, len(todo), chunk)]
         if workers == 1 or len(chunks) == 1:
@@ -122,19 +191,26 @@ def scan(split: Split, *, cache_dir: Path | None = None, workers: int | None = N
         else:
             with worker_pool(workers) as pool:
                 results = list(pool.map(_check_chunk, chunks, [full] * len(chunks)))
-        for paths, reasons in zip(chunks, results):
-            verdicts.update(zip(paths, reasons))
-    if cache_path and todo:
-        _write_cache(cache_path, {p: (key, verdicts[p]) for p, key in stats})
+        for paths, found in zip(chunks, results):
+            for path, (reason, storage) in zip(paths, found):
+                if storage:
+                    unreadable[path] = storage
+                else:
+                    verdicts[path] = reason
+    if cache_path and todo:  # content verdicts only: what the storage failed to read is checked again
+        _write_cache(cache_path, {p: (key, verdicts[p]) for p, key in stats if p in verdicts})
     good_files, good_labels, bad = [], [], []
     for path, label in zip(split.files, split.labels):
+        if path in unreadable:
+            continue
         if verdicts[path]:
             bad.append((path, verdicts[path]))
         else:
             good_files.append(path)
             good_labels.append(label)
     good = Split(good_files, good_labels, split.classes)
-    return ScanResult(good, bad, len(todo), time.perf_counter() - start)
+    skipped = [(p, unreadable[p]) for p in split.files if p in unreadable]
+    return ScanResult(good, bad, len(todo), time.perf_counter() - start, skipped)
 
 
 def drop_undecodable(
@@ -160,15 +236,17 @@ def drop_undecodable(
         print(f"scanned {result.scanned} {name} files in {result.seconds:.1f} s ({result.files_per_s:.0f} files/s)")
     if report and empty and name == "train":
         print(f"warning: {len(empty)} {name} classes have no usable images: {', '.join(empty[:5])}")
-    if not result.bad:
-        return split
-    leave_out(result.bad, len(split), name, strict=strict, listing_dir=listing_dir, report=report)
+    if result.unreadable:
+        skip_unreadable(result.unreadable, len(split), name, strict=strict, listing_dir=listing_dir, report=report)
+    if result.bad:
+        leave_out(result.bad, len(split), name, strict=strict, listing_dir=listing_dir, report=report)
     if not len(result.good):
-        raise ValueError(f"no decodable {name} images left ({len(result.bad)} bad files)")
-    return result.good
+        raise DataError(f"no decodable {name} images left ({len(result.bad)} bad, {len(result.unreadable)} "
+                         f"unreadable files)")  # fmt: skip
+    return result.good if result.bad or result.unreadable else split
 
 
-class UnusableData(ValueError):
+class UnusableData(DataError):
     """``strict``: some files or samples are unusable (the message says how many and the first)."""
 
 
@@ -189,10 +267,30 @@ def leave_out(
     if strict:
         raise UnusableData(f"{len(bad)} {name} {what} are unusable, first {first}")
     if report:
-        listing_dir.mkdir(parents=True, exist_ok=True)
-        listing = listing_dir / f"bad_files_{name}.txt"
-        listing.write_text("".join(f"{item}\t{reason}\n" for item, reason in bad))
+        listing = write_listing(listing_dir / f"bad_files_{name}.txt", bad)
         print(f"left out {len(bad)} of {total} {name} {what} that are unusable, first {first}; all listed in {listing}")
+
+
+def write_listing(path: Path, pairs: list[tuple[str, str]]) -> Path:
+    """``item<TAB>why`` lines, one a pair (a name's tabs and newlines escaped); returns ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{escape(item)}\t{escape(why)}\n" for item, why in pairs), errors="surrogateescape")
+    return path
+
+
+def skip_unreadable(unreadable: list[tuple[str, str]], total: int, name: str, *, strict: bool, listing_dir: Path,
+                    report: bool) -> None:  # fmt: skip
+    """Say that the storage failed to read ``unreadable`` ``(path, error)`` files of a split of
+    ``total``: skipped for this run only and listed in ``listing_dir/unreadable_files_{name}.txt``
+    (the next scan checks them again); with ``strict``, raise :class:`UnusableData` instead."""
+    first = f"{unreadable[0][0]} ({unreadable[0][1]})"
+    if strict:
+        raise UnusableData(f"the storage failed to read {len(unreadable)} {name} files, first {first}")
+    if report:
+        listing = write_listing(listing_dir / f"unreadable_files_{name}.txt", unreadable)
+        print(f"warning: the storage failed to read {len(unreadable)} of {total} {name} files after "
+              f"{len(RETRY_DELAYS) + 1} tries, first {first}: skipped in this run only (the next run checks them "
+              f"again); all listed in {listing}")  # fmt: skip
 
 
 def _cache_path(split: Split, cache_dir: Path, full: bool) -> Path:
@@ -202,16 +300,31 @@ def _cache_path(split: Split, cache_dir: Path, full: bool) -> Path:
     return Path(cache_dir) / f"scan-{digest}.tsv.gz"
 
 
+_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def escape(text: str) -> str:
+    """``text`` on one line with no tab (a file name may hold both): backslash escapes, reversed
+    by :func:`unescape`."""
+    return "".join(_ESCAPES.get(c, c) for c in text) if any(c in text for c in _ESCAPES) else text
+
+
+def unescape(text: str) -> str:
+    if "\\" not in text:
+        return text
+    return re.sub(r"\\(.)", lambda m: {"t": "\t", "n": "\n", "r": "\r"}.get(m.group(1), m.group(1)), text)
+
+
 def _read_cache(path: Path) -> dict[str, tuple[tuple[int, int], str]]:
     """{path: ((size, mtime_ns), reason)}; a damaged cache is ignored (the scan redoes it)."""
     if not path.is_file():
         return {}
     cache = {}
     try:
-        with gzip.open(path, "rt", encoding="utf-8") as f:
+        with gzip.open(path, "rt", encoding="utf-8", errors="surrogateescape") as f:
             for line in f:
                 size, mtime, reason, file = line.rstrip("\n").split("\t", 3)
-                cache[file] = ((int(size), int(mtime)), reason)
+                cache[unescape(file)] = ((int(size), int(mtime)), unescape(reason))
     except (OSError, ValueError, EOFError):
         return {}
     return cache
@@ -219,35 +332,46 @@ def _read_cache(path: Path) -> dict[str, tuple[tuple[int, int], str]]:
 
 def _write_cache(path: Path, entries: dict[str, tuple[tuple[int, int], str]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = "".join(f"{k[0]}\t{k[1]}\t{reason}\t{p}\n" for p, (k, reason) in entries.items())
-    atomic_write(path, lambda f: f.write(gzip.compress(lines.encode("utf-8"), compresslevel=1)))
+    lines = "".join(f"{k[0]}\t{k[1]}\t{escape(reason)}\t{escape(p)}\n" for p, (k, reason) in entries.items())
+    data = gzip.compress(lines.encode("utf-8", errors="surrogateescape"), compresslevel=1)
+    atomic_write(path, lambda f: f.write(data))
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     """``python -m pipelines.scan DIR``: report the files of a split that DALI cannot decode."""
     import argparse
 
     p = argparse.ArgumentParser(description="Find the images in a <class>/<image> folder that DALI cannot decode.")
     p.add_argument("path", help="a split folder (<class>/<image>) or a file list")
     p.add_argument("--full", action="store_true", help="decode every image, not only check its structure")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (at most the cores)")
     p.add_argument("--cache", default=None, help="cache folder (default: none, scan everything)")
     p.add_argument("--repeat", type=int, default=1, help="scan again N-1 times (measures the cached restart)")
     args = p.parse_args(argv)
+    if args.workers < 1 or args.repeat < 1:
+        p.error(f"--workers and --repeat must be >= 1, got {args.workers} and {args.repeat}")
+    if args.cache and os.path.exists(args.cache) and not os.path.isdir(args.cache):
+        p.error(f"--cache {args.cache!r} is a file, not a folder: give a folder for the cache")
     try:
         split = load_split(args.path)
+        for _ in range(args.repeat):
+            result = scan(split, cache_dir=Path(args.cache) if args.cache else None, workers=args.workers,
+                          full=args.full)  # fmt: skip
+            rate = len(split) / result.seconds if result.seconds > 0 else float("inf")
+            print(f"{len(split)} files, {len(result.bad)} bad, {len(result.unreadable)} unreadable, "
+                  f"{result.scanned} checked, {result.seconds:.2f} s, {rate:.0f} files/s")  # fmt: skip
     except ValueError as e:
         p.error(str(e))
-    for _ in range(args.repeat):
-        result = scan(split, cache_dir=Path(args.cache) if args.cache else None, workers=args.workers, full=args.full)
-        rate = len(split) / result.seconds if result.seconds > 0 else float("inf")
-        print(
-            f"{len(split)} files, {len(result.bad)} bad, {result.scanned} checked, {result.seconds:.2f} s, "
-            f"{rate:.0f} files/s"
-        )
+    except KeyboardInterrupt:
+        print("pipelines.scan: interrupted; the verdicts of a finished scan are cached, nothing else was written",
+              file=sys.stderr)  # fmt: skip
+        return 130
     for path, reason in result.bad:
         print(f"{path}\t{reason}")
+    for path, error in result.unreadable:
+        print(f"{path}\tunreadable this time, not cached: {error}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -25,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from dali_cutmix.errors import DataError
 from dali_cutmix.files import atomic_write
 
 from .files import reader_args
-from .scan import check_stream, worker_pool
+from .scan import check_stream, retried, storage_error, worker_pool
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp")
 LABEL_EXT = "cls"
@@ -96,12 +97,12 @@ def expand(spec: str | os.PathLike) -> list[str]:
     if os.path.isdir(spec):
         paths = sorted(os.path.join(spec, e.name) for e in os.scandir(spec) if e.name.endswith(".tar"))
         if not paths:
-            raise ValueError(f"{spec!r} holds no .tar shards")
+            raise DataError(f"{spec!r} holds no .tar shards")
         return paths
     paths = _braces(spec)
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-        raise ValueError(f"shards {spec!r}: {len(missing)} of {len(paths)} files do not exist, first {missing[0]!r}")
+        raise DataError(f"shards {spec!r}: {len(missing)} of {len(paths)} files do not exist, first {missing[0]!r}")
     return paths
 
 
@@ -114,13 +115,13 @@ def _braces(spec: str) -> list[str]:
     if numeric:
         first, last = numeric.groups()
         if int(last) < int(first):
-            raise ValueError(f"shards {spec!r}: range {{{body}}} runs backwards")
+            raise DataError(f"shards {spec!r}: range {{{body}}} runs backwards")
         width = len(first) if first.startswith("0") else 0
         items = [str(i).zfill(width) for i in range(int(first), int(last) + 1)]
     elif "," in body:
         items = body.split(",")
     else:
-        raise ValueError(f"shards {spec!r}: {{{body}}} is neither a range {{a..b}} nor a list {{a,b}}")
+        raise DataError(f"shards {spec!r}: {{{body}}} is neither a range {{a..b}} nor a list {{a,b}}")
     return [p for item in items for p in _braces(head + item + tail)]
 
 
@@ -154,9 +155,9 @@ def load_shards(
     workers = min(workers or os.cpu_count() or 1, len(todo))
     if workers > 1:  # only the shards not cached start worker processes; this one writes the cache
         with worker_pool(workers) as pool:
-            fresh = list(pool.map(_index, [paths[i] for i in todo], [check] * len(todo)))
+            fresh = list(pool.map(_index_retried, [paths[i] for i in todo], [check] * len(todo)))
     else:
-        fresh = [_index(paths[i], check) for i in todo]
+        fresh = [_index_retried(paths[i], check) for i in todo]
     for i, found in zip(todo, fresh):
         results[i] = _store(paths[i], cache_dir, check, *found)
     if classes is None:
@@ -164,24 +165,28 @@ def load_shards(
         classes = [str(i) for i in range(top + 1)]
     bad = [tuple(b) for r in results for b in r["bad"]]
     index_paths, counts, digests = [], [], []
+    kept = []
     for path, r in zip(paths, results):
         if r["max_label"] >= len(classes):  # rare: an index without those samples (not cached)
             r, beyond = _within(r, len(classes), cache_dir)
             bad.extend(
                 (f"{path}:{name}", f"class {label} is beyond the {len(classes)} classes") for name, label in beyond
             )
+        if not r["count"]:
+            continue  # a tar with no good sample (empty, or not a tar) is listed in bad and not read
+        kept.append(path)
         index_paths.append(r["index"])
         counts.append(r["count"])
         digests.append(r["digest"])
     if not sum(counts):
-        raise ValueError(f"shards {str(spec)!r} hold no usable samples ({len(bad)} bad), first {bad[0] if bad else ''}")
-    return Shards(paths, index_paths, counts, list(classes), digests, bad)
+        raise DataError(f"shards {str(spec)!r} hold no usable samples ({len(bad)} bad), first {bad[0] if bad else ''}")
+    return Shards(kept, index_paths, counts, list(classes), digests, bad)
 
 
 def _read_classes(path: Path) -> list[str]:
     names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if len(set(names)) != len(names):
-        raise ValueError(f"{path} lists a class twice")
+        raise DataError(f"{path} lists a class twice")
     return names
 
 
@@ -245,9 +250,21 @@ def _within(meta: dict, num_classes: int, cache_dir: Path) -> tuple[dict, list[t
     return {**meta, "index": str(index_path), **summary}, [(name, label) for _, name, label in beyond]
 
 
+def _index_retried(path: str, check: str):
+    """:func:`_index`, retried while the storage fails; a storage error that persists is raised
+    naming the shard (a shard is too large a part of the data to skip quietly)."""
+    try:
+        return retried(_index, path, check)
+    except OSError as e:
+        if storage_error(e) and not e.filename:
+            raise OSError(e.errno, f"{e.strerror or e} (reading the shard)", path) from e
+        raise
+
+
 def _index(path: str, check: str) -> tuple[list[str], list[tuple[str, int]], list[tuple[str, str]]]:
     """Read one tar: the index line of each good sample, its (image member, label), and the bad
-    ``(path:member, reason)`` pairs. A tar that breaks off keeps the samples before the break."""
+    ``(path:member, reason)`` pairs. A tar that breaks off keeps the samples before the break. A
+    storage error (:func:`pipelines.scan.storage_error`) is raised."""
     lines, labels, bad = [], [], []
     size = os.path.getsize(path)
 
@@ -292,6 +309,8 @@ def _index(path: str, check: str) -> tuple[list[str], list[tuple[str, int]], lis
                 key = name_key
                 members.append(member)
         except (tarfile.TarError, OSError) as e:
+            if storage_error(e):
+                raise  # the storage's failure, not the tar's: retried, never cached
             bad.append((path, f"the tar breaks off after {len(lines)} good samples: {e}"))
         if members:
             finish(key, members, tar)

@@ -13,7 +13,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .files import CACHE, Split, load_imagenet, load_split
+from dali_cutmix.errors import DataError
+
+from .files import CACHE, Split, load_imagenet, load_split, usable_cache
 from .scan import drop_undecodable, leave_out
 from .shards import Shards, expand, is_shards, load_shards
 
@@ -30,7 +32,7 @@ def source_kind(spec) -> str:
         return "shards"
     if os.path.isdir(spec) or os.path.isfile(spec):
         return "files"
-    raise ValueError(f"{str(spec)!r} is neither a directory nor .tar shards")
+    raise DataError(f"{str(spec)!r} is neither a directory nor .tar shards")
 
 
 def load_source(spec, classes: list[str] | None = None, *, check: str = "quick", workers: int | None = None,
@@ -41,7 +43,7 @@ def load_source(spec, classes: list[str] | None = None, *, check: str = "quick",
     if isinstance(spec, (Split, Shards)):
         return spec
     if source_kind(spec) == "shards":
-        cache = Path(cache_dir) if cache_dir is not None else CACHE
+        cache = usable_cache(cache_dir if cache_dir is not None else CACHE)
         return load_shards(spec, classes, cache_dir=cache / "shards", check=check, workers=workers)
     return load_split(spec, classes)
 
@@ -53,7 +55,7 @@ def usable(source, name: str, classes: list[str] | None = None, *, check: str = 
     is left out and listed in ``listing_dir/bad_files_{name}.txt``, or, with ``strict``, raises
     :class:`pipelines.scan.UnusableData`. ``check``: ``"quick"``, ``"full"`` (decode everything) or
     ``"off"``. Verdicts and shard indexes are cached under ``cache_dir`` (default ``CACHE``)."""
-    cache = Path(cache_dir) if cache_dir is not None else CACHE
+    cache = usable_cache(cache_dir if cache_dir is not None else CACHE)
     source = load_source(source, classes, check=check, workers=workers, cache_dir=cache)
     if isinstance(source, Shards):
         if source.bad:
@@ -73,7 +75,7 @@ def resolve(data, val=None, **checks) -> tuple[Source, Source]:
     (shards, a folder or a file list). Validation takes the training classes."""
     if source_kind(data) == "shards":
         if val is None:
-            raise ValueError(f"data {str(data)!r} names WebDataset shards: the validation data must be given too")
+            raise DataError(f"data {str(data)!r} names WebDataset shards: the validation data must be given too")
         train, held_out = data, val
     else:
         train, held_out = load_imagenet(data)

@@ -17,8 +17,10 @@ export PYTHONUNBUFFERED=1
 if [ "${1:-}" != "--cpu" ]; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/env.txt"
 fi
-# The parts' own limits add up to 345 s; this one only catches the orchestrator itself.
-timeout 360 $py scripts/gpu_check.py --output "$out" "$@" 2>&1 | tee "$out/gpu_check.txt"
+# The parts' own limits add up to 345 s (6x that with --cpu); this one only catches the orchestrator.
+limit=360
+[ "${1:-}" = "--cpu" ] && limit=2160
+timeout "$limit" $py scripts/gpu_check.py --output "$out" "$@" 2>&1 | tee "$out/gpu_check.txt"
 check=${PIPESTATUS[0]}
 echo "checks rc=$check; report: $out/report.md" | tee "$out/summary.txt"
 [ "$check" -eq 0 ]

@@ -61,7 +61,20 @@ def test_epochs_section_runs_each_configuration_alone_for_whole_epochs(photo_dat
     rows = json.loads((out / "bench.json").read_text())["rows"]
     assert {r["group"] for r in rows} == {"epochs"} and len(rows) == len(bench.PIPELINES)
     assert all(r["median"] > 0 and r["cpu_ms"][0] > 0 for r in rows)
-    assert "epochs/DALI + CutMix (python): " in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "epochs/DALI + CutMix (python): timings only (one repetition" in printed
+    assert "costs" not in printed  # one repetition gives no paired finding
+
+
+def test_the_gil_benchmark_times_both_python_operators_and_the_loop_mixer(capsys):
+    from benchmarks import gil
+
+    assert gil.main(["--batch-size", "16", "--batches", "8"]) == 0
+    printed = capsys.readouterr().out
+    for name in ("sampler", "callback", "loop mixer"):
+        ms = float(printed.split(f"\n{name}: ")[1].split(" ms")[0])
+        assert ms > 0, name
+    assert "pipeline mixing holds the GIL" in printed
 
 
 def test_profiler_rejects_bad_flags(photo_data):

@@ -14,6 +14,7 @@ from conftest import train_args
 from PIL import Image
 
 import train
+from dali_cutmix.errors import DataError
 from pipelines.files import export_fashion_mnist, load_imagenet, load_split, read_idx
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]  # sorted, as LOC_synset_mapping.txt lists them
@@ -117,7 +118,7 @@ def test_demo_export_from_idx_files(tmp_path):
 
 
 def test_demo_export_without_the_package(tmp_path):
-    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
         export_fashion_mnist(tmp_path / "out", source=tmp_path / "nowhere")
 
 

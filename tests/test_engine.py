@@ -40,3 +40,31 @@ def test_ranks_agree_on_a_stop_every_n_steps_only(monkeypatch):
     stop.signal = 15
     assert stop.agreed(2, torch.device("cpu"), 20) and calls == [1.0]
     assert stop.agreed(1, torch.device("cpu"), 7)  # alone: every step, no collective
+
+
+def test_evaluation_counts_on_the_host_not_with_a_tensor_per_batch(monkeypatch):
+    """A tensor made from a Python int each batch is a blocking host-to-device copy on CUDA."""
+    import torch
+
+    from trainer import engine
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    batches = [(torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 2, 0])) for _ in range(3)]
+    made = []
+    real = torch.tensor
+    monkeypatch.setattr(torch, "tensor", lambda *a, **k: made.append(a) or real(*a, **k))
+    result = engine.evaluate(model, batches, torch.device("cpu"), 1, amp=False)
+    assert made == [] and result["val_images"] == 12
+
+
+def test_the_optimizer_is_sgd_with_nesterov_and_no_decay_on_norms_and_biases():
+    import torch
+
+    from trainer.engine import sgd
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    opt = sgd(model, lr=0.1, momentum=0.9, weight_decay=1e-4)
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 1e-4 and [p.ndim for p in decay["params"]] == [2]
+    assert no_decay["weight_decay"] == 0 and len(no_decay["params"]) == 3 and decay["nesterov"]
+    assert not decay["fused"]  # fused on CUDA only

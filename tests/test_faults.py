@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -170,20 +171,59 @@ def test_a_class_folder_without_images_is_an_error_naming_it(jpeg_tree, tmp_path
     assert "has class folders without images: 'class9-empty'" in line and "remove the folders" in line
 
 
-def test_an_unexpected_error_is_one_line_and_the_traceback_is_behind_a_switch(jpeg_tree, tmp_path):
+def test_a_bug_is_one_line_that_says_so_and_names_the_file_with_its_traceback(jpeg_tree, tmp_path):
+    out = tmp_path / "run"
     done = subprocess.run([sys.executable, "-c", "import sys, train; train.build_model = None; sys.exit(train.main())",
-                           *train_args(jpeg_tree, tmp_path / "run", "--epochs", "1")], cwd=ROOT, capture_output=True,
+                           *train_args(jpeg_tree, out, "--epochs", "1")], cwd=ROOT, capture_output=True,
                           text=True)  # fmt: skip
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert (
-        lines[-1]
-        == "train.py: error: TypeError: 'NoneType' object is not callable (DALI_CUTMIX_DEBUG=1 shows the traceback)"
+    assert lines[-1] == (
+        f"train.py: internal error (a bug, not your input): TypeError: 'NoneType' object is not callable; the "
+        f"traceback is in {out / 'error.log'}: please report it with the command you ran"
     )
+    assert "Traceback (most recent call last)" in (out / "error.log").read_text()
     debug = subprocess.run(
         done.args, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "DALI_CUTMIX_DEBUG": "1"}
     )
     assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
+
+
+def test_a_bug_before_the_output_exists_keeps_its_traceback_in_a_temporary_file(jpeg_tree, tmp_path, capsys,
+                                                                                  monkeypatch):  # fmt: skip
+    def broken(*args, **kwargs):
+        raise KeyError("a bug in the data's resolution")
+
+    monkeypatch.setattr(train, "resolve", broken)
+    assert train.main(train_args(jpeg_tree, tmp_path / "never", "--epochs", "1")) == 1
+    line = one_line_error(capsys)
+    assert line.startswith("train.py: internal error (a bug, not your input): KeyError:")
+    log = Path(line.split("the traceback is in ")[1].split(":")[0])
+    assert log.parent == Path(tempfile.gettempdir()) and "KeyError" in log.read_text()
+    log.unlink()
+    assert not (tmp_path / "never").exists()
+
+
+def test_a_library_value_error_is_a_bug_not_a_usage_error(jpeg_tree, tmp_path, capsys, monkeypatch):
+    """A ValueError from inside is no longer taken for bad input (exit 2): only the library's
+    UserError is."""
+
+    def broken(*args, **kwargs):
+        raise ValueError("shard_id must be in [0, num_shards=1), got 3")
+
+    monkeypatch.setattr(train, "train_loader", broken)
+    assert train.main(train_args(jpeg_tree, tmp_path / "run", "--epochs", "1")) == 1
+    assert "internal error (a bug, not your input): ValueError: shard_id" in one_line_error(capsys)
+
+
+def test_the_error_line_starts_on_a_line_of_its_own_after_the_progress_bar(jpeg_tree, tmp_path):
+    code = ("import sys, train; from trainer import engine; real = engine.train_step\n"
+            "def step(*a, **k):\n    raise RuntimeError('a bug mid-epoch')\n"
+            "engine.train_step = step; sys.exit(train.main())")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code, *train_args(jpeg_tree, tmp_path / "run", "--epochs", "1")],
+                          cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 1
+    assert "\ntrain.py: internal error (a bug, not your input): RuntimeError: a bug mid-epoch" in done.stderr
 
 
 # ---------------------------------------------------------------- the picture of the batch

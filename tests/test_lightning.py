@@ -26,7 +26,7 @@ def test_lightning_one_process(unique_labels, tmp_path):
 
 def test_lightning_ddp_two_processes_read_their_own_shares(unique_labels, tmp_path):
     cmd = [sys.executable, "tests/client_fit.py", "lightning", *unique_labels, str(tmp_path), "--devices", "2"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     logs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert_each_epoch_covers(logs, 24, 6)

@@ -47,3 +47,77 @@ def test_the_old_schedule_function_still_works_and_says_it_goes():
     with pytest.warns(DeprecationWarning, match="mix_schedule is deprecated"):
         schedule = mix_schedule(1.0, changes={3: 0.5}, mix_off_epoch=5)
     assert [schedule(e) for e in range(6)] == [1.0, 1.0, 1.0, 0.5, 0.5, 0.0]
+
+
+class _Count:
+    """A batch callback that counts the pipeline's runs and passes its input on."""
+
+    def __init__(self):
+        self.runs = 0
+
+    def __call__(self, labels):
+        self.runs += 1
+        return labels
+
+
+def _counted_loader(tree, batches: int):
+    """A DALILoader of ``batches`` batches of 2 labels an epoch, and the counter of its pipeline's runs."""
+    import nvidia.dali.fn as fn
+    from nvidia.dali import pipeline_def
+
+    from dali_cutmix.loader import DALILoader
+
+    files = sorted(str(f) for f in (tree / "train").rglob("*.JPEG"))
+    files = (files * batches)[: 2 * batches]
+    count = _Count()
+
+    @pipeline_def(batch_size=2, num_threads=1, device_id=None, seed=0)
+    def counted():
+        _, labels = fn.readers.file(files=files, labels=list(range(len(files))), name="Reader")
+        return fn.python_function(labels, function=count, batch_processing=True)
+
+    return DALILoader(counted(), ["labels"]), count
+
+
+def test_an_exception_leaves_the_epoch_at_once_and_the_next_epoch_is_whole(jpeg_tree):
+    loader, count = _counted_loader(jpeg_tree, batches=60)
+    with pytest.raises(ZeroDivisionError):
+        for step, _ in enumerate(loader):
+            if step == 2:
+                raise ZeroDivisionError("a bug in the training step")
+    assert count.runs <= 6  # the 3 batches taken and DALI's prefetch, not the 60 of the epoch
+    seen = [labels.tolist() for (labels,) in loader]  # the next for finishes the open epoch first
+    assert len(seen) == 60 and sorted(sum(seen, [])) == list(range(120)) and loader.epoch == 2
+
+
+def test_a_break_costs_nothing_until_the_next_epoch_and_finish_epoch_runs_it_now(jpeg_tree):
+    loader, count = _counted_loader(jpeg_tree, batches=30)
+    for _ in loader:
+        break
+    assert count.runs <= 4 and loader.epoch == 0
+    loader.finish_epoch()  # what a trainer stopping epochs short by choice calls before it saves
+    assert count.runs >= 30 and loader.epoch == 1
+    assert len(list(loader)) == 30 and loader.epoch == 2
+    loader.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        next(iter(loader))
+
+
+@pytest.mark.parametrize("which", ["train", "val"])
+def test_gpu_loaders_default_to_this_process_gpu(jpeg_tree, monkeypatch, which):
+    """Under a launcher (LOCAL_RANK=1) a GPU loader decodes on GPU 1 and hands tensors on cuda:1.
+    DALI makes the GPU pipeline object without a GPU; only the iterator, which builds it, is
+    recorded instead of made."""
+    from pipelines import loaders
+
+    made = {}
+    monkeypatch.setattr(loaders, "DALILoader", lambda pipe, names, **kw: made.update(pipe=pipe, **kw))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    make = loaders.train_loader if which == "train" else loaders.val_loader
+    make(jpeg_tree / which, batch_size=2, image_size=32, num_threads=1, device="gpu", shard_id=0, num_shards=1)
+    assert made["pipe"].device_id == 1 and str(made["device"]) == "cuda:1"
+    made["pipe"]._build_graph()  # the graph itself, on the GPU the pipeline names
+    assert all(node.device == "gpu" for node in made["pipe"]._graph_outputs)
+    make(jpeg_tree / which, batch_size=2, image_size=32, num_threads=1, device="gpu", device_id=0, shard_id=0,
+         num_shards=1)  # fmt: skip
+    assert made["pipe"].device_id == 0 and str(made["device"]) == "cuda:0"  # an explicit device_id wins

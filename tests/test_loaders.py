@@ -31,7 +31,7 @@ def test_accelerate_launch_two_processes_read_their_own_shares(unique_labels, tm
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
     cmd = [*launch, "tests/client_fit.py", "accelerate", *unique_labels, str(tmp_path)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     logs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert_each_epoch_covers(logs, 24, 6)

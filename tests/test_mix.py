@@ -121,7 +121,7 @@ def test_layouts_agree():
     "kwargs, match",
     [
         ({"alpha": 0.0}, "nothing to mix: alpha and mixup_alpha are both 0"),
-        ({"alpha": -1}, "alpha must be a number >= 0, got -1"),
+        ({"alpha": -1}, "alpha must be a finite number >= 0, got -1"),
         ({"prob": 1.5}, r"prob must be a number in \[0, 1\], got 1.5"),
         ({"prob": -0.1}, r"prob must be a number in \[0, 1\], got -0.1"),
         ({"mode": "pair"}, "mode must be one of .*, got 'pair'"),
@@ -149,7 +149,7 @@ def test_apply_errors():
 @pytest.mark.parametrize(
     "kwargs, field, rule",
     [
-        ({"alpha": -1}, "alpha", "must be a number >= 0"),
+        ({"alpha": -1}, "alpha", "must be a finite number >= 0"),
         ({"switch_prob": 2}, "switch_prob", "must be a number in [0, 1]"),
         ({"minmax": (0.5, 0.2)}, "minmax", "must be (min, max) with 0 < min < max <= 1"),
         ({"alpha": 0}, None, "nothing to mix: alpha and mixup_alpha are both 0 and minmax is not set"),

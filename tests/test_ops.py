@@ -12,6 +12,7 @@ import dali_cutmix
 from dali_cutmix.backends.graph import DALI_OPS
 from dali_cutmix.backends.ops import ops_params, paste_ops
 from dali_cutmix.backends.python import TorchMix, torch_mix
+from dali_cutmix.backends.torch_mix import pack
 from dali_cutmix.mix import NUMPY_OPS, CutMixParams, cutmix_box
 from dali_cutmix.ops import DEFAULT_BACKEND, REFUSED, mix_arrays
 
@@ -60,16 +61,13 @@ def test_the_gpu_callback_keeps_no_stale_pixels_or_torch_threads_between_batches
     from torch.utils.dlpack import to_dlpack
 
     rng = np.random.default_rng(5)
-    mix, threads = TorchMix("HWC"), torch.get_num_threads()
+    mix, threads = TorchMix("HWC", mixup=False), torch.get_num_threads()
     for batch_size, shape in [(6, (H, W, 3)), (6, (H, W, 3)), (4, (W, H, 3)), (6, (H, W, 3))]:
         images = random_batch(rng, batch_size, shape)
         boxes = np.sort(rng.integers(0, [[shape[0], shape[1]]] * 2, (batch_size, 2, 2)), axis=1).reshape(-1, 4)
         params = CutMixParams(perm=rng.permutation(batch_size), boxes=boxes, lam=box_lam(boxes, *shape[:2]))
-        out = mix(
-            [to_dlpack(torch.from_numpy(x)) for x in images],
-            [to_dlpack(torch.tensor(v, dtype=torch.int32)) for v in params.perm],
-            [to_dlpack(torch.from_numpy(b.astype(np.int32))) for b in params.boxes],
-        )
+        packed = pack(params.perm, params.boxes, params.lam)
+        out = mix([to_dlpack(torch.from_numpy(x)) for x in images], [to_dlpack(torch.from_numpy(r)) for r in packed])
         mixed = np.stack([torch.from_dlpack(o).numpy() for o in out])
         np.testing.assert_array_equal(mixed, reference_mix(np.stack(images), params, "HWC"))
         assert torch.get_num_threads() == threads
@@ -253,7 +251,7 @@ def test_same_seed_same_batches_other_seed_other_batches(backend):
     "kwargs, match",
     [
         ({"alpha": 0}, "nothing to mix: alpha and mixup_alpha are both 0"),
-        ({"alpha": -2}, "alpha must be a number >= 0, got -2"),
+        ({"alpha": -2}, "alpha must be a finite number >= 0, got -2"),
         ({"mixup_alpha": 0.2, "switch_prob": 2}, r"switch_prob must be a number in \[0, 1\], got 2"),
         ({"minmax": (0.5, 0.2)}, r"minmax must be \(min, max\) with 0 < min < max <= 1, got \(0.5, 0.2\)"),
         ({"prob": 2.0}, r"prob must be a number in \[0, 1\], got 2.0"),

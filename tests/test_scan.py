@@ -81,8 +81,92 @@ def test_check_file_tells_good_from_bad(tmp_path):
     assert reasons["garbage"].startswith("UnidentifiedImageError")
     assert reasons["text"].startswith("UnidentifiedImageError")
     unreadable = tmp_path / "bad" / "unreadable.JPEG"
-    unreadable.mkdir()  # a directory with an image name: open() fails
-    assert check_file(str(unreadable)).startswith("IsADirectoryError")
+    unreadable.mkdir()  # a directory with an image name: open() fails, which says nothing of an image
+    with pytest.raises(IsADirectoryError):
+        check_file(str(unreadable))
+
+
+def test_a_header_that_claims_more_pixels_than_its_bytes_hold_is_bad(tmp_path):
+    data = bytearray(jpeg_bytes(photo(16, 16)))
+    sof = data.index(b"\xff\xc0")  # baseline frame header: length (2), precision (1), height (2), width (2)
+    data[sof + 5 : sof + 9] = (13000).to_bytes(2, "big") * 2
+    forged = tmp_path / "forged.JPEG"
+    forged.write_bytes(bytes(data))
+    assert check_file(str(forged)) == f"13000x13000 JPEG in only {len(data)} bytes (truncated or forged header)"
+
+
+def test_a_bug_in_the_check_is_raised_not_taken_for_a_bad_file(tmp_path, monkeypatch):
+    path = tmp_path / "fine.JPEG"
+    path.write_bytes(jpeg_bytes(photo()))
+
+    def broken(*args, **kwargs):
+        raise NameError("a bug")
+
+    monkeypatch.setattr("PIL.Image.open", broken)
+    with pytest.raises(NameError, match="a bug"):
+        check_file(str(path))
+
+
+def _scan_cli(root: Path, cache: Path, faults: dict | None = None):
+    """``python -m pipelines.scan`` with 2 worker processes, with storage faults injected into
+    every process (tests/faults/sitecustomize.py)."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo / "tests" / "faults"), str(repo)])}
+    if faults is not None:
+        env["DALI_CUTMIX_TEST_FAULTS"] = json.dumps(faults)
+    command = [sys.executable, "-m", "pipelines.scan", str(root / "train"), "--workers", "2", "--cache", str(cache)]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=repo, check=True).stdout
+
+
+def test_a_storage_error_is_retried_and_never_cached_as_a_verdict(tmp_path):
+    root = write_jpeg_tree(tmp_path / "data")
+    files = sorted(str(p) for p in (root / "train").rglob("*.JPEG"))
+    on_open, on_read = files[0], files[-1]
+    cache = tmp_path / "cache"
+    printed = _scan_cli(root, cache, {"open": [on_open], "read": [on_read], "times": None})
+    assert printed.splitlines()[0].startswith("18 files, 0 bad, 2 unreadable, 18 checked")
+    assert f"{on_open}\tunreadable this time, not cached: EIO (errno 5): Input/output error" in printed
+    assert f"{on_read}\tunreadable this time, not cached: EIO (errno 5)" in printed
+    healthy = _scan_cli(root, cache)  # the storage is back: those two are checked again, and are good
+    assert len(healthy.splitlines()) == 1 and healthy.startswith("18 files, 0 bad, 0 unreadable, 2 checked")
+    tally = tmp_path / "tally"
+    tally.mkdir()
+    fresh = tmp_path / "cache2"
+    hiccup = _scan_cli(root, fresh, {"open": [on_open], "read": [on_read], "times": 1, "tally": str(tally)})
+    assert hiccup.startswith("18 files, 0 bad, 0 unreadable, 18 checked")  # one failed try each, then read
+    assert sorted(p.stat().st_size for p in tally.iterdir()) == [2, 2]
+
+
+def test_a_run_skips_unreadable_files_for_this_run_only_and_lists_them_apart(tmp_path, capsys, monkeypatch):
+    from pipelines.scan import drop_undecodable
+
+    root = write_jpeg_tree(tmp_path / "data")
+    write_bad_files(root / "train" / "class0")
+    split = load_split(root / "train")
+    gone = split.files[3]
+
+    def storage_fails(path, full=False):
+        if path == gone:
+            raise OSError(5, "Input/output error", path)
+        return real(path, full)
+
+    real = check_file
+    monkeypatch.setattr("pipelines.scan.check_file", storage_fails)
+    checks = dict(cache_dir=tmp_path / "cache", workers=1, full=False, listing_dir=tmp_path / "out", report=True)
+    kept = drop_undecodable(split, "train", strict=False, **checks)
+    assert len(kept) == 17 and gone not in kept.files
+    printed = capsys.readouterr().out
+    assert "the storage failed to read 1 of 22 train files after 3 tries, first " + gone in printed
+    assert "skipped in this run only" in printed and "left out 4 of 22 train files" in printed
+    assert (tmp_path / "out" / "unreadable_files_train.txt").read_text().startswith(gone + "\tEIO (errno 5)")
+    assert gone not in (tmp_path / "out" / "bad_files_train.txt").read_text()
+    with pytest.raises(ValueError, match="the storage failed to read 1 train files"):
+        drop_undecodable(split, "train", strict=True, **checks)
+    monkeypatch.setattr("pipelines.scan.check_file", real)
+    assert len(drop_undecodable(split, "train", strict=False, **checks)) == 18
 
 
 @pytest.mark.parametrize("backend", ["python", "native"])

@@ -14,19 +14,27 @@ import socket
 import time
 from pathlib import Path
 
+from dali_cutmix.errors import UserError
 from dali_cutmix.files import atomic_write
 
 # checkpoint_0003.pt: 3 epochs done; checkpoint_0003_step000120.pt: interrupted 120 steps into
 # epoch index 3. Sorting by (epoch, step) puts the newest last.
 CHECKPOINT = re.compile(r"^checkpoint_(\d+)(?:_step(\d+))?\.pt$")
 # What atomic_write leaves behind when the process dies mid-write (SIGKILL, power loss).
-PARTIAL = re.compile(r"^\.(checkpoint_\d+(?:_step\d+)?\.pt|config\.json|metrics\.jsonl)\..+\.tmp$")
-# The files that make a folder a run folder.
-RUN_FILES = ("config.json", "metrics.jsonl")
+PARTIAL = re.compile(
+    r"^\.(checkpoint_\d+(?:_step\d+)?\.pt|config\.json|metrics\.jsonl|curves\.png|batch\.png)"
+    r"\..+\.tmp$"
+)
+# With the checkpoints, what makes a folder a run: config.json alone is a run that saved nothing.
+RUN_FILES = ("metrics.jsonl",)
 LOCK = ".lock"  # flock'ed by the live run's (rank 0's) process; its text names that process
 
 
-class UnreadableCheckpoint(ValueError):
+class CheckpointError(UserError):
+    """A checkpoint that does not fit this run: another architecture, flags, data or classes."""
+
+
+class UnreadableCheckpoint(CheckpointError):
     """A file that is not a loadable dali-cutmix checkpoint (truncated, foreign, garbage)."""
 
 
@@ -40,7 +48,7 @@ def remove_partial(out: Path) -> list[Path]:
     return partial
 
 
-class RunInUse(ValueError):
+class RunInUse(UserError):
     """The run folder ``out`` is held by a live process, ``holder``."""
 
     def __init__(self, out: Path, holder: str):
@@ -127,7 +135,7 @@ def check_space(out: Path, need: int) -> None:
 
 
 def holds_run(out: Path) -> bool:
-    """Whether ``out`` holds (part of) a training run: its config, metrics or a checkpoint."""
+    """Whether ``out`` holds (part of) a training run: its metrics or a checkpoint."""
     out = Path(out)
     return out.is_dir() and (any((out / name).exists() for name in RUN_FILES) or bool(_checkpoints(out)))
 
@@ -225,25 +233,30 @@ def newest_loadable(out: Path, arch: str, say=print) -> tuple[Path, dict] | None
 
 
 def load(path: Path, arch: str) -> dict:
-    """Load safely and check the architecture; raises ``ValueError`` naming the file."""
+    """Load safely and check the architecture; raises :class:`CheckpointError` naming the file."""
     import torch
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file
         first = (str(e).strip().splitlines() or ["?"])[0]
-        raise UnreadableCheckpoint(f"checkpoint {path} cannot be loaded: {type(e).__name__}: {first}") from e
+        if first.startswith("Weights only load failed"):  # torch's advice (load unsafely) is not ours to give
+            first = "it holds objects other than tensors and plain data, which a safe load refuses"
+        else:
+            first = f"{type(e).__name__}: {first}"
+        raise UnreadableCheckpoint(f"checkpoint {path} cannot be loaded ({first}): it is truncated, damaged or "
+                                   f"not a dali-cutmix checkpoint") from e  # fmt: skip
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
         raise UnreadableCheckpoint(f"checkpoint {path} is not a dali-cutmix training checkpoint")
     state.setdefault("step", 0)
     state.setdefault("loaders", None)
     if state["arch"] != arch:
-        raise ValueError(f"checkpoint {path} is a {state['arch']}, but the model asked for is a {arch}")
+        raise CheckpointError(f"checkpoint {path} is a {state['arch']}, but the model asked for is a {arch}")
     return state
 
 
 def check_flags(saved: dict, settings: dict, path: Path, *, may_change, skip, name=str) -> None:
-    """A one-line ValueError naming (by ``name(key)``) the first setting that differs from the run
+    """A one-line :class:`CheckpointError` naming (by ``name(key)``) the first setting that differs from the run
     ``saved`` describes (a checkpoint's config), other than those that ``may_change`` on resume or
     are ``skip``ped."""
     for key, value in settings.items():
@@ -251,22 +264,23 @@ def check_flags(saved: dict, settings: dict, path: Path, *, may_change, skip, na
             continue
         if json.dumps(saved[key], sort_keys=True, default=str) != json.dumps(value, sort_keys=True, default=str):
             allowed = ", ".join(name(k) for k in may_change)
-            raise ValueError(
+            raise CheckpointError(
                 f"{path} was trained with {name(key)} {saved[key]!r}, this run has {value!r}; on resume only "
                 f"{allowed} may change"
             )
 
 
 def check_data(state: dict, path: Path, num_classes: int, fingerprint: str) -> None:
-    """A one-line ValueError when the data is not what the checkpoint was trained on: first the
+    """A one-line :class:`CheckpointError` when the data is not what the checkpoint was trained on: first the
     class count, then the fingerprint of files, labels and classes (``Split.fingerprint``)."""
     if state["num_classes"] != num_classes:
-        raise ValueError(f"checkpoint has {state['num_classes']} classes, but the data has {num_classes}")
+        raise CheckpointError(f"checkpoint has {state['num_classes']} classes, but the data has {num_classes}")
     saved = state["config"].get("data_fingerprint", fingerprint)
     if saved != fingerprint:
-        raise ValueError(
+        raise CheckpointError(
             f"{path} was trained on other data ({saved.split(':')[0]} training files, "
-            f"now {fingerprint.split(':')[0]}, or other names or labels)"
+            f"now {fingerprint.split(':')[0]}, or other names or labels; a bad-file check that now leaves out other "
+            f"files counts as other data)"
         )
 
 

@@ -62,6 +62,16 @@ def train_step(model, optimizer, scaler, batch, *, smoothing: float = 0.0) -> to
     return loss.detach()
 
 
+def sgd(model: torch.nn.Module, *, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    """SGD with nesterov momentum and no decay on BN and biases; fused on CUDA, where it also lets
+    ``GradScaler.step`` skip its per-step read of the inf check back to the host."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = next(model.parameters()).is_cuda
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True, fused=fused or None)
+
+
 def train_epoch(
     model,
     loader,
@@ -92,29 +102,30 @@ def train_epoch(
     bar = tqdm(total=total, initial=start_step, desc=f"epoch {epoch}", disable=not show, unit="batch", mininterval=1.0)
     batches = iter(loader)
     start = time.perf_counter()
-    while step < total and not stop.agreed(world, device, step):
-        tick = time.perf_counter()
-        with nvtx("data", on_gpu):
-            batch = next(batches, None)
-        waited += time.perf_counter() - tick
-        if batch is None:
-            break
-        if mixer is not None:
-            batch = mixer(batch[0], batch[1], epoch=epoch)
-        losses.append(train_step(model, optimizer, scaler, batch, smoothing=smoothing))
-        scheduler.step()
-        seen += len(batch[0])
-        step += 1
-        bar.update(1)
-        if step % 20 == 0:
-            check_finite(losses, epoch, start_step)
-            bar.set_postfix(loss=f"{losses[-1].item():.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
-    bar.close()
+    try:  # an error ends the bar first, so that its message starts on a line of its own
+        while step < total and not stop.agreed(world, device, step):
+            tick = time.perf_counter()
+            with nvtx("data", on_gpu):
+                batch = next(batches, None)
+            waited += time.perf_counter() - tick
+            if batch is None:
+                break
+            if mixer is not None:
+                batch = mixer(batch[0], batch[1], epoch=epoch)
+            losses.append(train_step(model, optimizer, scaler, batch, smoothing=smoothing))
+            scheduler.step()
+            seen += len(batch[0])
+            step += 1
+            bar.update(1)
+            if step % 20 == 0:
+                check_finite(losses, epoch, start_step)
+                bar.set_postfix(loss=f"{losses[-1].item():.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+    finally:
+        bar.close()
     stopped = stop.agreed(world, device, 0)  # every rank leaves the epoch knowing the same
-    if stopped:
-        loader.close()  # an interrupted run leaves the epoch where it is: no draining
-    batches.close()  # drains the epoch if it was left early (max_steps)
     check_finite(losses, epoch, start_step)
+    if not stopped:
+        loader.finish_epoch()  # cut short by max_steps: the state saved next is at the epoch's end
     seconds = time.perf_counter() - start
     mean = torch.stack(losses).mean().item() if losses else float("nan")
     return {
@@ -192,10 +203,7 @@ def check_finite(losses: list[torch.Tensor], epoch: int, start_step: int) -> Non
     bad = torch.nonzero(~torch.isfinite(torch.stack(losses))).flatten()
     if len(bad):
         first = bad[0].item()
-        raise FloatingPointError(
-            f"non-finite loss {losses[first].item()} at epoch {epoch}, step {start_step + first}; "
-            f"stopping, the last checkpoint is kept"
-        )
+        raise FloatingPointError(f"non-finite loss {losses[first].item()} at epoch {epoch}, step {start_step + first}")
 
 
 @torch.no_grad()
@@ -205,7 +213,8 @@ def evaluate(model, loader, device: torch.device, world: int, *, amp: bool, occl
     hidden by a centred box of the image's aspect, set to the mean colour (0 after normalising),
     as in the CutMix paper's occlusion test."""
     model.eval()
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top-1, top-5, count
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, top-1, top-5
+    count = 0  # on the host: a tensor made from it each batch would be a blocking copy
     for images, labels in loader:
         if occlude:
             images = occluded(images, occlude)
@@ -220,12 +229,15 @@ def evaluate(model, loader, device: torch.device, world: int, *, amp: bool, occl
                 torch.nn.functional.cross_entropy(logits, labels, reduction="sum").double(),
                 top[:, :1].sum().double(),
                 top.sum().double(),
-                torch.tensor(len(labels), dtype=torch.float64, device=device),
             ]
         )
+        count += len(labels)
     if world > 1:
+        totals = torch.cat([totals, torch.tensor([count], dtype=torch.float64, device=device)])
         dist.all_reduce(totals)
-    loss, top1, top5, n = totals.tolist()
+        loss, top1, top5, n = totals.tolist()
+    else:
+        (loss, top1, top5), n = totals.tolist(), count
     return {"val_loss": loss / n, "val_top1": 100 * top1 / n, "val_top5": 100 * top5 / n, "val_images": int(n)}
 
 

@@ -67,6 +67,7 @@ class Params(NamedTuple):
     boxes: DataNode
     lam: DataNode
     blend: DataNode | None
+    packed: DataNode | None = None  # the python backend's: all of them, one float32 row a sample
 
 
 def check_shapes(shapes, layout: str) -> tuple[int, int]:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 import nvidia.dali.fn as fn
+from nvidia.dali import types
 from nvidia.dali.data_node import DataNode
 
 from ..mix import MixConfig, sample_mix
 from .graph import Normalize, Params, check_shapes
-from .torch_mix import TorchMix
+from .torch_mix import PACKED, TorchMix, pack
 
 FUSES_NORMALIZE = False
 
@@ -31,24 +32,29 @@ def python_params(images, config: MixConfig, *, layout: str, prob: DataNode | No
     """The parameters drawn by :func:`dali_cutmix.mix.sample_mix` in one CPU Python operator.
 
     Its generator is seeded per batch by one DALI draw, so the pipeline's seed governs it and
-    DALI's checkpoints capture it (the operator itself is stateless). The image size is ``size``
-    ``(H, W)`` when given (the training pipelines know it: no edge from the images to the CPU
-    sampler); else it comes from ``DataNode.shape()``, which for GPU images is a GPU -> CPU edge
-    (the CPU stage of each iteration then waits for the GPU's): the fallback for GPU images of
-    unknown size.
+    DALI's checkpoints capture it (the operator itself is stateless). It returns one row of
+    :data:`~dali_cutmix.backends.torch_mix.PACKED` a sample (B objects a batch); DALI's own
+    operators slice the parameters out of it. The image size is ``size`` ``(H, W)`` when given (no
+    edge from the images to the CPU sampler); else it comes from ``DataNode.shape()``, which for
+    GPU images is a GPU -> CPU edge: the fallback for GPU images of unknown size.
     """
     entropy = fn.random.uniform(range=[0.0, 1.0], shape=[2])
     shapes = [] if size is not None else [images.shape(device="cpu")]
     inputs = [entropy, *shapes] + ([prob] if prob is not None else [])
-    perm, boxes, lam, blend = fn.python_function(
-        *inputs, function=_Sample(config, layout, size), batch_processing=True, num_outputs=4
+    packed = fn.python_function(*inputs, function=_Sample(config, layout, size), batch_processing=True)
+    column = PACKED.index
+    return Params(
+        perm=fn.cast(packed[column("perm")], dtype=types.INT32),
+        boxes=fn.cast(packed[column("y1") : column("x2") + 1], dtype=types.INT32),
+        lam=packed[column("lam")],
+        blend=packed[column("blend")] if config.mixup else None,
+        packed=packed,
     )
-    return Params(perm, boxes, lam, blend if config.mixup else None)
 
 
 class _Sample:
-    """Batch callback: ``entropy[, shapes][, prob] -> perm, boxes, lam, blend`` (one array per
-    sample); ``shapes`` is an input only when ``size`` is not known."""
+    """Batch callback: ``entropy[, shapes][, prob] -> packed`` (a (7,) float32 row a sample);
+    ``shapes`` is an input only when ``size`` is not known."""
 
     def __init__(self, config: MixConfig, layout: str, size: tuple[int, int] | None):
         self.config, self.layout, self.size = config, layout, size
@@ -68,27 +74,33 @@ class _Sample:
             rng,
             prob=None if prob is None else np.concatenate([np.asarray(v, np.float32).reshape(-1) for v in prob]),
         )
-        blend = np.zeros(len(entropy), np.float32) if p.blend is None else p.blend.astype(np.float32)
-        return (
-            [np.asarray(v, np.int32) for v in p.perm],  # 0-d arrays: DALI takes arrays, not scalars
-            list(p.boxes),
-            [np.asarray(v, np.float32) for v in p.lam],
-            [np.asarray(v, np.float32) for v in blend],
-        )
+        return list(pack(p.perm, p.boxes, p.lam, p.blend))  # B row views of one array
 
 
 def torch_mix(images, params: Params, *, layout: str, size=None):
     """The pixels of given parameters: one ``fn.dl_tensor_python_function`` running
-    :class:`TorchMix` on the images' device (CPU tensors in CI, CUDA tensors on a GPU); with
+    :class:`TorchMix` on the images' device (CPU tensors in CI, CUDA tensors on a GPU) on the
+    images and the packed parameters (made here from the parts when ``params`` has none); with
     ``size``, the callback checks that the images have it."""
     gpu = images.device == "gpu"
-    tensors = [params.perm, params.boxes] + ([params.lam, params.blend] if params.blend is not None else [])
+    packed = params.packed if params.packed is not None else packed_node(params)
     return fn.dl_tensor_python_function(
         images,
-        *(t.gpu() if gpu else t for t in tensors),
-        function=TorchMix(layout, size=size),
+        packed.gpu() if gpu else packed,
+        function=TorchMix(layout, size=size, mixup=params.blend is not None),
         batch_processing=True,
         synchronize_stream=False,  # the callback queues its kernels on DALI's stream itself
         device=images.device,
         output_layouts=layout,
     )
+
+
+def packed_node(params: Params):
+    """The :data:`~dali_cutmix.backends.torch_mix.PACKED` row of each sample from the parameters'
+    parts, by DALI's own operators (for parameters another backend drew)."""
+
+    def column(x, n: int):
+        return fn.reshape(fn.cast(x, dtype=types.FLOAT), shape=[n])
+
+    blend = params.blend if params.blend is not None else params.lam * 0
+    return fn.cat(column(params.perm, 1), column(params.boxes, 4), column(params.lam, 1), column(blend, 1), axis=0)

@@ -8,23 +8,51 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import contextmanager
 
+import numpy as np
+
 from ..mix import mix_images, spatial_size
+
+# The columns of one sample's parameters as the sampler hands them to the callback: one float32
+# row a sample (exact for integers below 2**24), so a batch is B DLPack objects, not 4B.
+PACKED = ("perm", "y1", "x1", "y2", "x2", "lam", "blend")
+
+
+def pack(perm, boxes, lam, blend=None) -> np.ndarray:
+    """(B, 7) float32 rows of :data:`PACKED` from (B,) ``perm``, (B, 4) ``boxes``, (B,) ``lam`` and
+    (B,) ``blend`` (None: no MixUp, a column of zeros)."""
+    B = len(perm)
+    rows = np.empty((B, len(PACKED)), np.float32)
+    rows[:, 0] = perm
+    rows[:, 1:5] = boxes
+    rows[:, 5] = lam
+    rows[:, 6] = 0 if blend is None else blend
+    return rows
+
+
+def unpack(rows, mixup: bool):
+    """``perm`` (B,) int64, ``boxes`` (B, 4) int64, ``lam`` (B,) float32 and ``blend`` (B,) bool
+    (None for both without MixUp) from (B, 7) float32 torch ``rows``, on their device."""
+    perm, boxes = rows[:, 0].long(), rows[:, 1:5].long()
+    return perm, boxes, *((rows[:, 5], rows[:, 6] > 0) if mixup else (None, None))
 
 
 class TorchMix:
-    """Batch callback of ``fn.dl_tensor_python_function``: DLPack samples in, mixed samples out.
+    """Batch callback of ``fn.dl_tensor_python_function``: ``images, packed`` DLPack samples in
+    (``packed``: a row of :data:`PACKED` a sample), mixed samples out.
 
     The same code on both devices: :func:`dali_cutmix.mix.mix_images` in torch (a gather of the
     partners, a paste through row and column masks; MixUp blended in float32 and rounded half away
     from zero explicitly), which never reads a value back to the host. On CUDA tensors it runs on
     DALI's own stream, so nothing blocks on the device. On CPU tensors only the housekeeping
     differs: torch on DALI's thread alone, and batch buffers kept between calls (see
-    docs/BENCHMARKS.md, "Where the python backend's cost goes").
+    docs/DESIGN.md). It holds the GIL while it runs: 2B DLPack objects in and B out a batch.
     """
 
-    def __init__(self, layout: str, size: tuple[int, int] | None = None, dali_stream: Callable[[], int] | None = None):
+    def __init__(self, layout: str, size: tuple[int, int] | None = None, dali_stream: Callable[[], int] | None = None,
+                 mixup: bool = True):  # fmt: skip
         self.layout, self.size = layout, size  # size: the (H, W) the parameters were drawn for
         self.dali_stream = dali_stream  # the raw CUDA stream the callback runs on; None: DALI's own
+        self.mixup = mixup  # False: the blend column is all zeros, and the blend is skipped
         self.buffers = {}
 
     def reused(self, name: str, shape: tuple, like):
@@ -40,7 +68,7 @@ class TorchMix:
             buf = self.buffers[name] = torch.empty(shape, dtype=like.dtype)
         return buf
 
-    def __call__(self, images, perm, boxes, lam=None, blend=None):
+    def __call__(self, images, packed):
         import torch
         from torch.utils.dlpack import to_dlpack
 
@@ -56,20 +84,13 @@ class TorchMix:
         else:
             stream = _one_torch_thread(torch)
 
-        def batch(capsules):
-            return torch.stack([torch.from_dlpack(t) for t in capsules])
-
         with stream:
             # (B, H, W, C) or (B, C, H, W): one copy, DALI's samples stay untouched; stacked as flat
             # rows (a memcpy each; stacking (H, W, 3) uint8 samples runs an element-wise kernel).
-            flat = [s.reshape(-1) for s in samples]
+            flat = [s.view(-1) for s in samples]
             x = torch.stack(flat, out=self.reused("images", (len(flat), flat[0].numel()), flat[0]))
             x = x.view(len(samples), *samples[0].shape)
-            params = [batch(perm).long().reshape(-1), batch(boxes).reshape(-1, 4).long()]
-            if blend is not None:
-                params += [batch(lam).reshape(-1), batch(blend).reshape(-1) > 0]
-            else:
-                params += [None, None]
+            params = unpack(torch.stack([torch.from_dlpack(t) for t in packed]), self.mixup)
             out = mix_images(x, *params, self.layout, out=self.reused("partners", x.shape, x))
             return [to_dlpack(o) for o in out]
 
@@ -94,9 +115,13 @@ def _one_torch_thread(torch):
 def check_size(samples, size: tuple[int, int], layout: str) -> None:
     """``ValueError`` unless every sample is ``size`` (H, W) in ``layout``: the size the parameters
     were drawn for (metadata only: nothing is read from the device)."""
+    first = samples[0].shape
+    if spatial_size(tuple(first), layout) == tuple(size) and all(s.shape == first for s in samples):
+        return
     for i, s in enumerate(samples):
-        if spatial_size(tuple(s.shape), layout) != tuple(size) or s.shape != samples[0].shape:
+        if spatial_size(tuple(s.shape), layout) != tuple(size):
             raise ValueError(
                 f"cutmix(size={tuple(size)}) got sample {i} of shape {tuple(s.shape)} ({layout}); "
                 f"resize or crop to that size first, or leave size out"
             )
+    raise ValueError(f"cutmix needs one image shape a batch, got {tuple(first)} and others ({layout})")

@@ -1,0 +1,294 @@
+"""What a hostile new user tried (issue: 282 cases, 24 silently wrong): each now behaves as its
+neighbours do, in one line naming the file, flag or value, or by doing the right thing."""
+
+import io
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("nvidia.dali", exc_type=ImportError)  # `pytest -m gpu` collects without DALI
+
+import numpy as np
+import torch
+from conftest import train_args, write_jpeg_tree
+from PIL import Image
+
+import train
+from dali_cutmix.errors import DataError
+from pipelines import files as files_module
+from pipelines.files import load_split, usable_cache
+from pipelines.loaders import train_loader, val_loader
+from trainer import checkpoint as ckpt
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def last_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and "Traceback" not in "\n".join(err), err
+    return err[-1]
+
+
+def rows(out: Path) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def corrupt_png(path: Path) -> None:
+    """A PNG whose header and IEND are intact but whose pixel data is garbage: the quick check
+    passes it, DALI's decoder fails on it."""
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), np.uint8)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    for k in range(60, len(data) - 20):
+        data[k] = (data[k] * 7 + 3) % 256
+    path.write_bytes(bytes(data))
+
+
+# ---------------------------------------------------------------- flags
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+        (["--lr", "inf"], "--lr must be a finite number > 0, got inf"),
+        (["--momentum", "nan"], r"--momentum must be a finite number >= 0 and < 1, got nan"),
+        (["--momentum", "1.5"], r"--momentum must be a finite number >= 0 and < 1, got 1.5"),
+        (["--weight-decay", "nan"], "--weight-decay must be a finite number >= 0, got nan"),
+        (["--warmup-epochs", "inf"], "--warmup-epochs must be a finite number >= 0, got inf"),
+        (["--smoothing", "nan"], r"--smoothing must be a finite number >= 0 and < 1, got nan"),
+        (["--seed", str(2**40)], r"--seed must be in \[0, 2147483647\], got 1099511627776"),
+        (["--seed", "-1"], r"--seed must be in \[0, 2147483647\], got -1"),
+        (["--image-size", "100000"], r"--image-size must be in \[16, 4096\], got 100000"),
+        (["--cutmix-alpha", "inf"], "--cutmix-alpha must be a finite number >= 0, got inf"),
+        (["--random-area", "nan", "1"], "--random-area must be finite, got nan 1.0"),
+    ],
+    ids=[
+        "lr-nan",
+        "lr-inf",
+        "momentum-nan",
+        "momentum-big",
+        "wd-nan",
+        "warmup-inf",
+        "smoothing-nan",
+        "seed-huge",
+        "seed-neg",
+        "size-huge",
+        "alpha-inf",
+        "area-nan",
+    ],  # fmt: skip
+)
+def test_non_finite_and_out_of_range_numbers_are_refused_before_anything_runs(flags, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        train.parse_args(flags)
+    assert stop.value.code == 2
+    assert re.search(message, last_error(capsys))
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_a_file_dali_cannot_decode_is_named_in_one_line(jpeg_tree, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("pipelines.sources.CACHE", tmp_path / "cache")
+    bad = jpeg_tree / "train" / "class0" / "zz-corrupt.png"
+    corrupt_png(bad)
+    out = tmp_path / "run"
+    code = train.main(train_args(jpeg_tree, out, "--epochs", "1", "--batch-size", "19"))  # every file in batch 1
+    line = last_error(capsys)
+    assert code == 2 and line.startswith(f"train.py: error: {bad}: DALI failed to decode it")
+    assert "--scan full" in line
+    assert not out.exists()  # a failed start leaves no batch.png, listing or lock behind
+    assert train.main(train_args(jpeg_tree, out, "--epochs", "1", "--scan", "full")) == 0  # no --overwrite needed
+    assert str(bad) in (out / "bad_files_train.txt").read_text()
+
+
+def test_the_library_names_the_file_dali_failed_on(jpeg_tree):
+    from dali_cutmix.loader import DecodeFailed
+
+    bad = jpeg_tree / "train" / "class1" / "zz-corrupt.png"
+    corrupt_png(bad)
+    with pytest.raises(DecodeFailed, match=f"DALI failed to decode {bad}") as failed:
+        list(train_loader(jpeg_tree / "train", batch_size=19, image_size=32, num_threads=1, shard_id=0, num_shards=1))
+    assert failed.value.path == str(bad)
+
+
+def test_an_imagenet_root_given_as_a_split_is_refused(jpeg_tree):
+    with pytest.raises(DataError, match="is an ImageNet root .* give '.*/train' for training"):
+        train_loader(jpeg_tree, batch_size=2, num_threads=1, shard_id=0, num_shards=1)
+
+
+def test_a_file_list_label_beyond_the_classes_is_refused_naming_it(jpeg_tree):
+    files = sorted((jpeg_tree / "val").rglob("*.JPEG"))
+    listing = jpeg_tree / "val.txt"
+    listing.write_text("".join(f"{f.relative_to(jpeg_tree)} {i % 3}\n" for i, f in enumerate(files[:-1]))
+                       + f"{files[-1].relative_to(jpeg_tree)} 9\n")  # fmt: skip
+    classes = load_split(jpeg_tree / "train").classes
+    with pytest.raises(DataError, match=f"{files[-1]} has label 9, beyond the 3 training classes"):
+        val_loader(listing, batch_size=2, num_threads=1, classes=classes, shard_id=0, num_shards=1)
+
+
+def test_a_newline_in_a_file_or_class_name_keeps_the_cache_and_the_picture(tmp_path, monkeypatch):
+    from pipelines.scan import scan
+
+    root = write_jpeg_tree(tmp_path / "data")
+    odd = root / "train" / "line\nbreak"
+    for split in ("train", "val"):
+        (root / split / "class2").rename(root / split / "line\nbreak")
+    (odd / "img0.JPEG").rename(odd / "new\nline\tand tab.JPEG")
+    split = load_split(root / "train")
+    assert scan(split, cache_dir=tmp_path / "cache", workers=1).scanned == 18
+    assert scan(split, cache_dir=tmp_path / "cache", workers=1).scanned == 0  # the cache holds every file
+    monkeypatch.setattr("pipelines.sources.CACHE", tmp_path / "cache")
+    assert train.main(train_args(root, tmp_path / "run", "--epochs", "1")) == 0
+    assert (tmp_path / "run" / "batch.png").stat().st_size > 0
+
+
+# ---------------------------------------------------------------- the cache
+
+
+def test_the_cache_follows_xdg_and_an_unusable_cache_is_a_warning(jpeg_tree, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("DALI_CUTMIX_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert files_module.default_cache() == tmp_path / "xdg" / "dali-cutmix"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("DALI_CUTMIX_CACHE", str(blocker))
+    assert files_module.default_cache() == blocker
+    monkeypatch.setattr("pipelines.sources.CACHE", blocker)
+    assert train.main(train_args(jpeg_tree, tmp_path / "run", "--epochs", "1")) == 0
+    err = capsys.readouterr().err
+    assert f"warning: the cache {blocker} cannot be used" in err and "DALI_CUTMIX_CACHE" in err
+    assert usable_cache(tmp_path / "fine") == tmp_path / "fine"
+
+
+# ---------------------------------------------------------------- resume
+
+
+def test_the_same_data_spelled_otherwise_resumes(jpeg_tree, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    assert train.main(train_args(jpeg_tree, out, "--epochs", "1")) == 0
+    monkeypatch.chdir(jpeg_tree.parent)
+    for i, spelling in enumerate([f"{jpeg_tree}/", f"{jpeg_tree}//", f"./{jpeg_tree.name}"]):
+        flags = train_args(spelling, out, "--epochs", str(2 + i), "--resume")
+        assert train.main(flags) == 0, spelling
+    assert rows(out) == [0, 1, 2, 3]
+
+
+def test_a_resume_that_would_end_before_the_checkpoint_is_refused(jpeg_tree, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main(train_args(jpeg_tree, out, "--epochs", "2")) == 0
+    config = (out / "config.json").read_text()
+    assert train.main(train_args(jpeg_tree, out, "--epochs", "1", "--resume")) == 2
+    line = last_error(capsys)
+    assert "--epochs 1 ends before the checkpoint" in line and "give --epochs above 2" in line
+    assert (out / "config.json").read_text() == config
+
+
+def test_the_metrics_row_of_an_epoch_survives_a_kill_before_its_checkpoint(jpeg_tree, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    real = ckpt.write_metrics
+
+    def killed_after(path, written):
+        real(path, written)
+        if len(written) == 2:
+            raise KeyboardInterrupt  # stands for a SIGKILL between the row and the checkpoint
+
+    monkeypatch.setattr(ckpt, "write_metrics", killed_after)
+    assert train.main(train_args(jpeg_tree, out, "--epochs", "2")) == 130
+    monkeypatch.setattr(ckpt, "write_metrics", real)
+    assert train.main(train_args(jpeg_tree, out, "--epochs", "2", "--resume")) == 0
+    assert rows(out) == [0, 1]  # epoch 1 trained again from checkpoint 1, its row written once
+
+
+def test_a_foreign_checkpoint_gets_our_advice_not_torchs(jpeg_tree, tmp_path, capsys):
+    import collections
+
+    path = tmp_path / "foreign.pt"
+    torch.save({"model": collections.OrderedDict(a=Path("x")), "epoch": 1}, path)  # a Path: refused by a safe load
+    assert train.main(train_args(jpeg_tree, tmp_path / "run", "--epochs", "2", "--resume", str(path))) == 2
+    line = last_error(capsys)
+    assert f"checkpoint {path} cannot be loaded" in line and "weights_only" not in line and "trust" not in line
+
+
+# ---------------------------------------------------------------- interruptions and small things
+
+
+def test_ctrl_c_during_the_start_up_scan_is_one_line(jpeg_tree, tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "resolve", interrupted)
+    assert train.main(train_args(jpeg_tree, tmp_path / "run", "--epochs", "1")) == 130
+    assert last_error(capsys).startswith("train.py: interrupted")
+    assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_twice_during_training_is_one_line(jpeg_tree, tmp_path, monkeypatch):
+    code = ("import os, signal, sys, train; from trainer import engine; real = engine.train_step\n"
+            "def step(*a, **k):\n    os.kill(os.getpid(), signal.SIGINT); os.kill(os.getpid(), signal.SIGINT)\n"
+            "    return real(*a, **k)\n"
+            "engine.train_step = step; sys.exit(train.main())")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code, *train_args(jpeg_tree, tmp_path / "run", "--epochs", "1")],
+                          cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("train.py: interrupted")
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--repeat", "0"], "--workers and --repeat must be >= 1, got"),
+        (["--workers", "-3"], "--workers and --repeat must be >= 1, got -3"),
+        (["--cache", "FILE"], "--cache .* is a file, not a folder"),
+    ],
+    ids=["repeat0", "workers-neg", "cache-file"],
+)
+def test_the_scan_command_refuses_bad_flags_in_one_line(jpeg_tree, tmp_path, flags, message):
+    (tmp_path / "FILE").write_text("x")
+    flags = [str(tmp_path / "FILE") if f == "FILE" else f for f in flags]
+    done = subprocess.run([sys.executable, "-m", "pipelines.scan", str(jpeg_tree / "train"), *flags], cwd=ROOT,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert re.search(message, done.stderr.strip().splitlines()[-1])
+
+
+def test_scan_workers_are_capped_at_the_cores(tmp_path, monkeypatch):
+    from pipelines import scan as scan_module
+
+    root = write_jpeg_tree(tmp_path / "data", train_per_class=40)
+    asked = []
+    real = scan_module.worker_pool
+    monkeypatch.setattr(scan_module, "worker_pool", lambda n: asked.append(n) or real(n))
+    scan_module.scan(load_split(root / "train"), workers=1000)
+    assert asked == [] or asked[0] <= (os.cpu_count() or 1)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--image-size", "100000"], r"--image-size in \[16, 4096\], got 16 and 100000"),
+    (["--output", "x.jpg"], "--output 'x.jpg': the picture is a PNG"),
+], ids=["size", "jpg"])  # fmt: skip
+def test_the_preview_refuses_bad_flags_in_one_line(jpeg_tree, flags, message):
+    done = subprocess.run([sys.executable, "-m", "pipelines.preview", "--data", str(jpeg_tree), *flags], cwd=ROOT,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert re.search(message, done.stderr.strip().splitlines()[-1])
+
+
+def test_output_files_take_the_umask_not_a_private_mode(jpeg_tree, tmp_path):
+    out = tmp_path / "run"
+    assert train.main(train_args(jpeg_tree, out, "--epochs", "1")) == 0
+    expected = 0o666 & ~files_module_umask()
+    for name in ("config.json", "metrics.jsonl", "checkpoint_0001.pt"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == expected, name
+
+
+def files_module_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
