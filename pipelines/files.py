@@ -35,6 +35,7 @@ def default_cache() -> Path:
 
 
 CACHE = default_cache()
+PREPARING = ".preparing"  # in a root that pipelines.prepare is writing, or that a stopped prepare left
 _fallback: list[Path] = []  # this process's temporary cache, once one was needed
 
 
@@ -121,6 +122,7 @@ def load_split(path: str | os.PathLike, classes: list[str] | None = None) -> Spl
     Raises ``ValueError`` naming the path when nothing usable is there.
     """
     path = Path(path)
+    check_finished(path.parent)
     if path.is_file():
         return _load_file_list(path, classes)
     if not path.is_dir():
@@ -177,6 +179,13 @@ def _load_file_list(path: Path, classes: list[str] | None) -> Split:
     return Split(files, labels, list(classes) if classes else [str(i) for i in range(num_classes)])
 
 
+def check_finished(root: Path) -> None:
+    """A :class:`DataError` when ``root`` is a prepared root that is not finished (``pipelines.prepare``)."""
+    if (root / PREPARING).exists():
+        raise DataError(f"{str(root)!r} is being prepared, or its preparation stopped half-way: run the same "
+                        f"python -m pipelines.prepare command to finish it")  # fmt: skip
+
+
 def load_imagenet(root: str | os.PathLike) -> tuple[Split, Split]:
     """``root/train`` and ``root/val`` (folders or file lists ``train.txt``/``val.txt``).
 
@@ -189,6 +198,7 @@ def load_imagenet(root: str | os.PathLike) -> tuple[Split, Split]:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data {str(root)!r} is not a directory")
+    check_finished(root)
     images = root / "ILSVRC" / "Data" / "CLS-LOC"
     images = images if images.is_dir() else root
     parts = []

@@ -1,0 +1,160 @@
+"""``pipelines.prepare``: data prepared for speed keeps its classes and indices, has the sizes it
+promises, leaves bad files out, and a stopped run continues without ever passing for a finished one."""
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("nvidia.dali", exc_type=ImportError)  # `pytest -m gpu` collects without DALI
+
+import numpy as np
+from PIL import Image
+
+from dali_cutmix.errors import DataError, UserError
+from pipelines import prepare as prep
+from pipelines.files import PREPARING, load_imagenet
+from pipelines.loaders import train_loader, val_loader
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = prep.Settings(max_side=64, val_size=32, quality=90)  # validation: shorter side up to ceil(32/0.875) = 37
+
+
+def photo(h: int, w: int, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    base = np.linspace(0, 255, w)[None, :, None] * np.ones((h, 1, 3))
+    return Image.fromarray(np.clip(base + rng.integers(0, 30, (h, w, 3)), 0, 255).astype(np.uint8))
+
+
+def source_tree(root: Path, classes=("cat", "dog", "eel")) -> Path:
+    """Images large and small, one EXIF-rotated, a PNG named .JPEG and a truncated file."""
+    sizes = [(120, 90), (40, 50), (300, 200), (64, 64)]
+    for split, per_class in (("train", 4), ("val", 2)):
+        for c, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                h, w = sizes[(c + i) % len(sizes)]
+                photo(h, w, 10 * c + i).save(folder / f"{name}_{i}.JPEG", quality=92)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 200 wide x 100 high, shown 100 wide x 200 high
+    photo(100, 200, 99).save(root / "train" / "dog" / "rotated.JPEG", exif=exif.tobytes())
+    photo(150, 100, 98).save(root / "train" / "eel" / "png.JPEG", format="PNG")
+    good = (root / "train" / "cat" / "cat_0.JPEG").read_bytes()
+    (root / "train" / "cat" / "broken.JPEG").write_bytes(good[: len(good) // 2])
+    return root
+
+
+@pytest.fixture
+def source(tmp_path, monkeypatch):
+    monkeypatch.setattr("pipelines.sources.CACHE", tmp_path / "cache")
+    return source_tree(tmp_path / "src")
+
+
+def test_prepared_data_keeps_classes_and_indices_and_has_the_promised_sizes(source, tmp_path):
+    out = tmp_path / "out"
+    done = prep.prepare(source, out, SETTINGS, workers=2, show=False)
+    assert done["files"] == 20 and done["skipped"] == 0 and done["resized"] + done["copied"] == 20
+    assert not (out / PREPARING).exists() and (out / prep.PREPARED).is_file()
+    src_train, src_val = load_imagenet(source)
+    train, val = load_imagenet(out)
+    assert train.classes == src_train.classes == ["cat", "dog", "eel"]
+    for before, after in ((src_train, train), (src_val, val)):
+        labels = {Path(f).name: label for f, label in zip(before.files, before.labels) if "broken" not in f}
+        assert {Path(f).name: label for f, label in zip(after.files, after.labels)} == labels
+    for f in train.files:
+        with Image.open(f) as im:
+            assert max(im.size) <= 64, f
+    for f in val.files:
+        with Image.open(f) as im:
+            assert min(im.size) <= math.ceil(32 / 0.875), f
+    small = source / "train" / "dog" / "dog_0.JPEG"  # 40x50: copied byte for byte
+    assert (out / "train" / "dog" / "dog_0.JPEG").read_bytes() == small.read_bytes()
+    with Image.open(out / "train" / "dog" / "rotated.JPEG") as im:
+        assert im.size == (32, 64)  # upright (as DALI shows the source), longer side 64
+    with Image.open(out / "train" / "eel" / "png.JPEG") as im:
+        assert im.format == "JPEG" and im.size == (43, 64)
+    assert "broken.JPEG" in (out / "bad_files_train.txt").read_text()
+    images, *_ = next(iter(train_loader(out / "train", batch_size=4, image_size=32, num_threads=1,
+                                        shard_id=0, num_shards=1)))  # fmt: skip
+    assert images.shape == (4, 3, 32, 32)
+    (images, _), *_ = list(val_loader(out / "val", batch_size=6, image_size=32, num_threads=1, shard_id=0,
+                                      num_shards=1, classes=train.classes))  # fmt: skip
+    assert images.shape == (6, 3, 32, 32)
+
+
+def test_a_stopped_prepare_is_refused_as_data_and_continues_where_it_stopped(source, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    real, calls = prep.prepare_image, []
+
+    def stops_after_five(*args, **kwargs):
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        calls.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(prep, "prepare_image", stops_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        prep.prepare(source, out, SETTINGS, workers=1, show=False)
+    assert (out / PREPARING).exists() and not (out / prep.PREPARED).exists()
+    with pytest.raises(DataError, match="preparation stopped half-way: run the same"):
+        load_imagenet(out)
+    with pytest.raises(UserError, match="a stopped prepare with .*continue it with the same flags"):
+        prep.prepare(source, out, prep.Settings(max_side=96, val_size=32, quality=90), workers=1, show=False)
+    monkeypatch.setattr(prep, "prepare_image", real)
+    done = prep.prepare(source, out, SETTINGS, workers=1, show=False)
+    assert done["skipped"] == 5 and done["files"] == 20 and not (out / PREPARING).exists()
+    assert not list(out.rglob("*.tmp"))
+    assert prep.prepare(source, out, SETTINGS, workers=1, show=False) == done  # finished: nothing to do
+    assert len(load_imagenet(out)[0]) == 14
+
+
+def test_numeric_classes_from_file_lists_keep_their_indices(tmp_path, monkeypatch):
+    monkeypatch.setattr("pipelines.sources.CACHE", tmp_path / "cache")
+    src = tmp_path / "src"
+    for split, n in (("train", 12), ("val", 12)):
+        (src / "img" / split).mkdir(parents=True)
+        lines = []
+        for i in range(n):
+            photo(30, 100, i).save(src / "img" / split / f"{i}.jpg")
+            lines.append(f"img/{split}/{i}.jpg {i}\n")  # 12 classes: "10" sorts before "2"
+        (src / f"{split}.txt").write_text("".join(lines))
+    out = tmp_path / "out"
+    prep.prepare(src, out, SETTINGS, workers=1, show=False)
+    assert (out / "train.txt").is_file() and not (out / "train").exists()
+    train, val = load_imagenet(out)
+    assert [Path(f).name for f in train.files] == [f"{i}.jpg" for i in range(12)] and train.labels == list(range(12))
+    assert val.labels == list(range(12))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-side", "8"], r"--max-side must be in \[16, 4096\], got 8"),
+    (["--max-side", "64", "--quality", "0"], r"--quality must be in \[1, 95\], got 0"),
+    (["--max-side", "64", "--workers", "0"], r"--workers must be in \[1, inf\], got 0"),
+], ids=["side", "quality", "workers"])  # fmt: skip
+def test_bad_arguments_are_one_line(tmp_path, flags, message):
+    (tmp_path / "src").mkdir()
+    done = subprocess.run([sys.executable, "-m", "pipelines.prepare", str(tmp_path / "src"), str(tmp_path / "out"),
+                           *flags], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert re.search(message, done.stderr.strip().splitlines()[-1])
+
+
+def test_an_output_holding_other_files_is_refused(source, tmp_path):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="holds other files: give a new or empty folder"):
+        prep.prepare(source, tmp_path / "busy", SETTINGS, workers=1, show=False)
+
+
+def test_the_command_prepares_and_reports_its_speed(source, tmp_path):
+    env = {**os.environ, "DALI_CUTMIX_CACHE": str(tmp_path / "c")}
+    done = subprocess.run([sys.executable, "-m", "pipelines.prepare", str(source), str(tmp_path / "out"),
+                           "--max-side", "64", "--val-size", "32", "--workers", "2"], cwd=ROOT, capture_output=True,
+                          text=True, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "prepared 20 files into" in done.stdout and "files/s" in done.stdout and "1,281,167" in done.stdout
