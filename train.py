@@ -35,7 +35,7 @@ from dali_cutmix.files import write_json
 from dali_cutmix.loader import DecodeFailed, process_shard
 from dali_cutmix.mix import LoopMixer
 from pipelines.files import demo_root
-from pipelines.imagenet import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+from pipelines.imagenet import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, SizeSchedule
 from pipelines.loaders import train_loader, val_loader
 from pipelines.preview import write_batch_png
 from pipelines.recipe_args import add_recipe_args, recipe_from_args
@@ -51,7 +51,7 @@ DEMO_DEFAULTS = {"epochs": 10, "batch_size": 128, "image_size": 32, "arch": "res
 # What may differ between a run and its resumption (the lr schedule is rebuilt from the flags and
 # continues from the checkpoint's step); every other flag must match the checkpoint's.
 RESUMABLE = ("epochs", "lr", "lr_schedule", "lr_step", "warmup_epochs", "workers", "keep_checkpoints",
-             "scan", "strict", "max_steps", "device", "no_amp")  # fmt: skip
+             "scan", "strict", "max_steps", "device", "no_amp", "val_image_size")  # fmt: skip
 # Where, how, or checked another way (the data by its fingerprint).
 NOT_FLAGS = ("output", "resume", "overwrite", "data", "val_data", "recipe", "default_output")
 DATA_DEFAULTS = {"epochs": 90, "batch_size": 256, "image_size": 224, "arch": "resnet50", "warmup_epochs": 5}
@@ -67,6 +67,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None, help="per process (demo 128, else 256)")
     p.add_argument("--arch", default=None, help=f"one of {', '.join(ARCHS)} (demo resnet18, else resnet50)")
     p.add_argument("--image-size", type=int, default=None, help="train crop side (demo 32, else 224)")
+    p.add_argument(
+        "--size-schedule",
+        default=None,
+        metavar="EPOCH:SIDE,...",
+        help="progressive resizing: the train crop side from each epoch on, e.g. 0:160,10:192",
+    )
+    p.add_argument(
+        "--val-image-size",
+        type=int,
+        default=None,
+        help="validation crop side (default: the last training side; FFCV trains at 192, validates at 256)",
+    )
     p.add_argument(
         "--random-area",
         type=float,
@@ -149,6 +161,14 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--output {args.output!r} is a file, not a folder: give a folder for the run")
     if not MIN_IMAGE_SIZE <= args.image_size <= MAX_IMAGE_SIZE:
         p.error(f"--image-size must be in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}], got {args.image_size}")
+    try:
+        sizes = SizeSchedule.parse(args.size_schedule) if args.size_schedule else None
+    except UserError as e:
+        p.error(f"--size-schedule: {e}")
+    if args.val_image_size is None:
+        args.val_image_size = sizes.sizes()[-1] if sizes else args.image_size
+    if not MIN_IMAGE_SIZE <= args.val_image_size <= MAX_IMAGE_SIZE:
+        p.error(f"--val-image-size must be in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}], got {args.val_image_size}")
     if not 0 < args.random_area[0] <= args.random_area[1] <= 1:
         p.error(f"--random-area must be MIN MAX with 0 < MIN <= MAX <= 1, got {' '.join(map(str, args.random_area))}")
     if args.arch not in ARCHS:
@@ -235,12 +255,13 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
         recipe=args.recipe if args.mix_in == "pipeline" else None,  # loop: plain batches, mixed by the trainer
         backend=args.cutmix_backend,
         random_area=tuple(args.random_area),
+        size_schedule=size_schedule(args),
         fp16=dali_device == "gpu" and not args.no_amp,
         last_batch="drop",  # equal batches on every rank, and no batch of 1 for BatchNorm
         **common,
     )
     train = train_loader(train_split, state=loader_state, **settings)
-    val = val_loader(val_split, classes=train_split.classes, **common)
+    val = val_loader(val_split, classes=train_split.classes, **(common | {"image_size": args.val_image_size}))
     mixer = None
     if args.recipe is not None and args.mix_in == "loop":
         mixer = LoopMixer(args.recipe, seed=args.seed * 1000 + rank + 1)
@@ -249,6 +270,11 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
     if rank == 0 and loader_state is None and start_epoch == 0:
         write_batch_png(out / "batch.png", train_split, train_split.classes, mixer=mixer, **settings)
     return Data(train, val, train_split.classes, train_split.fingerprint(root), mixer)
+
+
+def size_schedule(args) -> SizeSchedule | None:
+    """``--size-schedule`` as the loaders take it (checked by :func:`check_args`)."""
+    return SizeSchedule.parse(args.size_schedule) if args.size_schedule else None
 
 
 def build_optimizer(args, model: torch.nn.Module, world: int, steps_per_epoch: int):
@@ -400,7 +426,9 @@ def fit(args, rank: int, world: int, device: torch.device, out: Path, state: dic
         for epoch in range(start_epoch, args.epochs):
             if rank == 0:  # the checkpoint at this epoch's end must fit: said now, not after an hour's work
                 on_disk_full(out, ckpt.check_space, out, checkpoint_bytes(out, model, optimizer))
-            row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+            sizes = size_schedule(args)
+            side = sizes.at(epoch, args.image_size) if sizes else args.image_size
+            row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "image_size": side}
             try:
                 row |= train_epoch(ddp, train, optimizer, scheduler, scaler, epoch=epoch, device=device, stop=stop,
                                    world=world, start_step=start_step, max_steps=args.max_steps, mixer=mixer,

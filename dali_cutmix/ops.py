@@ -71,10 +71,12 @@ def cutmix(
             so the mix can be inspected or replayed.
         normalize: a :class:`Normalize` to apply to the mixed images (fused with the mix by the
             native backend, ``crop_mirror_normalize`` after it otherwise).
-        size: ``(H, W)`` of the images when the pipeline knows it (a resize to a fixed size).
+        size: ``(H, W)`` of the images when the pipeline knows it (a resize to a fixed size), or
+            a CPU DataNode of one int32 ``(H, W)`` a sample (a size schedule fed at run time).
             The python backend then draws the boxes for it without reading the images' shapes, so
-            GPU images have no GPU -> CPU edge (a mismatch is an error when the batch runs).
-            Without it, GPU images' shapes reach the CPU sampler through ``images.shape()``.
+            GPU images have no GPU -> CPU edge (a fixed size that does not match is an error when
+            the batch runs). Without it, GPU images' shapes reach the CPU sampler through
+            ``images.shape()``.
 
     Returns:
         ``images, labels_a, labels_b, lam`` (``lam`` float32, the weight of ``labels_a``; 1.0 where
@@ -88,7 +90,7 @@ def cutmix(
     elif recipe:
         raise ValueError(f"give the recipe as config or as keywords, not both (got config and {sorted(recipe)})")
     check_layout(layout)
-    if size is not None:
+    if size is not None and not is_node(size):
         size = _checked_size(size)
     device = images.device
     name = DEFAULT_BACKEND[device] if backend is None else backend

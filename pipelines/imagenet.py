@@ -11,14 +11,17 @@ A GPU pipeline's outputs are all on the GPU.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import nvidia.dali.fn as fn
 from nvidia.dali import pipeline_def, types
 
+from dali_cutmix.errors import UserError
 from dali_cutmix.mix import MixConfig, check_prob
 from dali_cutmix.ops import Normalize, cutmix
 
@@ -65,9 +68,10 @@ def _decoder_kwargs(device: str, paddings: dict[str, int]) -> dict:
     return {"device": "mixed", **paddings} if device == "gpu" else {"device": "cpu"}
 
 
-def decode_random_resized_crop(jpegs, *, device: str, image_size: int, random_area=(0.08, 1.0), paddings=None):
+def decode_random_resized_crop(jpegs, *, device: str, image_size, random_area=(0.08, 1.0), paddings=None):
     """Decode only the random crop (``random_area`` of the image, 8%-100% by default; aspect
-    3/4-4/3), then resize: (S, S, 3) uint8. ``paddings``: nvJPEG's (GPU; DALI's defaults if None)."""
+    3/4-4/3), then resize: (S, S, 3) uint8. ``image_size``: S, an int or a per-sample CPU DataNode
+    (a schedule fed at run time). ``paddings``: nvJPEG's (GPU; DALI's defaults if None)."""
     images = fn.decoders.image_random_crop(
         jpegs,
         output_type=types.RGB,
@@ -87,9 +91,14 @@ def decode_center(jpegs, *, device: str, image_size: int, paddings=None):
 
 @pipeline_def(enable_conditionals=False)
 def _train_graph(split, *, image_size, random_area, device, shard_id, num_shards, shuffle_seed, fp16, uint8, paddings,
-                 mix, prob_source, return_params):  # fmt: skip
+                 mix, prob_source, size_source, return_params):  # fmt: skip
     share = dict(shard_id=shard_id, num_shards=num_shards, name=READER_NAME)
     jpegs, labels = split.read(shuffle=True, seed=shuffle_seed, **share)
+    size = (image_size, image_size)
+    if size_source is not None:  # progressive resizing: each batch's side from its epoch, no rebuild
+        side = fn.external_source(source=size_source, batch=True, batch_info=True, dtype=types.INT32)
+        image_size = fn.cast(side, dtype=types.FLOAT)
+        size = fn.cat(fn.reshape(side, shape=[1]), fn.reshape(side, shape=[1]))  # (H, W) for the sampler
     images = decode_random_resized_crop(
         jpegs, device=device, image_size=image_size, random_area=random_area, paddings=paddings
     )
@@ -106,8 +115,8 @@ def _train_graph(split, *, image_size, random_area, device, shard_id, num_shards
             prob = fn.external_source(source=prob_source, batch=True, batch_info=True, dtype=types.FLOAT)
         # The native backend (the CPU default) mixes and normalises in one pass (dali_cutmix.ops);
         # the size is known, so GPU images never reach the CPU sampler.
-        outputs = cutmix(images, labels, recipe, prob=prob, backend=backend, normalize=norm,
-                         size=(image_size, image_size), return_params=return_params)  # fmt: skip
+        outputs = cutmix(images, labels, recipe, prob=prob, backend=backend, normalize=norm, size=size,
+                         return_params=return_params)  # fmt: skip
     if return_params:
         outputs += (mirror,)
     return on_device(outputs, device)
@@ -177,6 +186,7 @@ def train_pipeline(
     start_epoch: int = 0,
     prefetch_queue_depth: int = 2,
     checkpoint: str | None = None,
+    size_schedule: SizeSchedule | None = None,
 ):
     """The training pipeline on ``data_dir``: a ``<class>/<image>`` folder, a file list, WebDataset
     shards (a ``.tar`` pattern or folder), or a loaded Split or Shards (:func:`pipelines.sources.load_source`).
@@ -197,8 +207,14 @@ def train_pipeline(
     the loaders do it when a CPU pipeline feeds a GPU). On the GPU every output is a GPU tensor.
     ``return_params``: the outputs go on with :func:`output_names`' extras: each sample's partner,
     box and (MixUp on) blend flag, and whether it was flipped (after the mix).
+    ``size_schedule``: progressive resizing, the crop side by epoch (:class:`SizeSchedule`; needs
+    ``steps_per_epoch``, as a scheduled recipe does): each batch's side is fed at run time from
+    its epoch, so the pipeline is never rebuilt and resumes exactly; ``image_size`` applies
+    before its first epoch.
     """
     split = _common(data_dir, batch_size, image_size, device, num_threads, shard_id, num_shards, fp16, uint8, None)
+    for side in size_schedule.sizes() if size_schedule else ():
+        _common(split, batch_size, side, device, num_threads, shard_id, num_shards, fp16, uint8, None)
     lo, hi = random_area
     if not 0 < lo <= hi <= 1:
         raise ValueError(f"random_area must be (min, max) with 0 < min <= max <= 1, got {tuple(random_area)}")
@@ -208,11 +224,14 @@ def train_pipeline(
                       "schedule in the recipe, MixConfig(prob_schedule=..., off_epoch=...)", DeprecationWarning,
                       stacklevel=2)  # fmt: skip
         schedule = prob_schedule if recipe is not None else None
-    prob_source = None
+    prob_source = size_source = None
+    if (schedule is not None or size_schedule) and not steps_per_epoch:
+        raise ValueError("a scheduled recipe or size needs steps_per_epoch (the loaders give it)")
     if schedule is not None:
-        if not steps_per_epoch:
-            raise ValueError("a recipe with a prob_schedule or off_epoch needs steps_per_epoch (the loaders give it)")
-        prob_source = ProbSchedule(schedule, batch_size, steps_per_epoch, start_epoch)
+        prob_source = EpochFeed(_checked_prob(schedule), np.float32, batch_size, steps_per_epoch, start_epoch)
+    if size_schedule:
+        at = functools.partial(size_schedule.at, default=image_size)
+        size_source = EpochFeed(at, np.int32, batch_size, steps_per_epoch, start_epoch)
     pipe = _train_graph(
         split,
         image_size=image_size,
@@ -226,6 +245,7 @@ def train_pipeline(
         paddings=nvjpeg_paddings(split) if device == "gpu" else None,
         mix=None if recipe is None else (recipe, backend),
         prob_source=prob_source,
+        size_source=size_source,
         return_params=return_params,
         batch_size=batch_size,
         num_threads=num_threads,
@@ -291,19 +311,67 @@ def _device_id(device: str, device_id: int | None) -> int | None:
     return process_device() if device_id is None else device_id
 
 
-class ProbSchedule:
-    """External-source callback: the CutMix probability of each sample, from its epoch.
+@dataclass(frozen=True)
+class SizeSchedule:
+    """Progressive resizing: ``(epoch, side)`` pairs, each side in force from its epoch on, as
+    ``--size-schedule 0:160,10:192`` gives them (FFCV trains at 160 -> 192, fast.ai 128 -> 224 -> 288)."""
+
+    steps: tuple[tuple[int, int], ...]
+
+    def __post_init__(self) -> None:
+        steps = tuple(sorted((int(e), int(s)) for e, s in dict(self.steps).items()))
+        object.__setattr__(self, "steps", steps)
+        for epoch, side in steps:
+            if epoch < 0 or not MIN_IMAGE_SIZE <= side <= MAX_IMAGE_SIZE:
+                raise UserError(f"size schedule: {epoch}:{side} needs an epoch >= 0 and a side in "
+                                f"[{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}]")  # fmt: skip
+
+    @classmethod
+    def parse(cls, text: str) -> SizeSchedule:
+        """``"0:160,10:192"`` -> the schedule; ``UserError`` for text of another form."""
+        try:
+            pairs = [tuple(int(v) for v in item.split(":")) for item in text.split(",") if item.strip()]
+            if not pairs or any(len(p) != 2 for p in pairs):
+                raise ValueError(text)
+        except ValueError:
+            raise UserError(f"size schedule {text!r}: expected EPOCH:SIDE pairs such as 0:160,10:192") from None
+        return cls(tuple(pairs))
+
+    def at(self, epoch: int, default: int) -> int:
+        """The side in force in ``epoch`` (``default`` before the first step)."""
+        side = default
+        for start, value in self.steps:
+            if epoch >= start:
+                side = value
+        return side
+
+    def sizes(self) -> list[int]:
+        return [side for _, side in self.steps]
+
+
+def _checked_prob(schedule: Callable[[int], float]) -> Callable[[int], float]:
+    def prob(epoch: int) -> float:
+        value = float(schedule(epoch))
+        check_prob(value, f"the chance of mixing in epoch {epoch}")
+        return value
+
+    return prob
+
+
+class EpochFeed:
+    """External-source callback: every sample of a batch gets ``value_at(epoch)`` of its epoch
+    (the chance of mixing, the crop side).
 
     DALI prefetches, so the loader's notion of "current epoch" runs behind the pipeline; the
-    batch's own iteration number (``BatchInfo.iteration``) tells its epoch exactly.
+    batch's own iteration number (``BatchInfo.iteration``, which DALI's checkpoints restore) tells
+    its epoch exactly.
     """
 
-    def __init__(self, schedule: Callable[[int], float], batch_size: int, steps_per_epoch: int, start_epoch: int):
-        self.schedule, self.batch_size = schedule, batch_size
+    def __init__(self, value_at: Callable[[int], float], dtype, batch_size: int, steps_per_epoch: int,
+                 start_epoch: int):  # fmt: skip
+        self.value_at, self.dtype, self.batch_size = value_at, dtype, batch_size
         self.steps_per_epoch, self.start_epoch = steps_per_epoch, start_epoch
 
     def __call__(self, info) -> list[np.ndarray]:
         epoch = self.start_epoch + info.iteration // self.steps_per_epoch
-        prob = float(self.schedule(epoch))
-        check_prob(prob, f"the chance of mixing in epoch {epoch}")
-        return [np.float32(prob)] * self.batch_size
+        return [np.asarray(self.value_at(epoch), self.dtype)] * self.batch_size

@@ -65,6 +65,17 @@ def test_gpu_training_graphs_keep_every_output_on_the_gpu(jpeg_tree, recipe, bac
     assert_boundaries(*walk(pipe), MIXING)
 
 
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_a_gpu_graph_with_a_size_schedule_feeds_the_sampler_from_the_cpu(jpeg_tree, backend):
+    """Progressive resizing: the side comes from a CPU external source into the resize and the
+    sampler, so the images' shapes never travel GPU -> CPU."""
+    from pipelines.imagenet import SizeSchedule
+
+    pipe = train_pipeline(jpeg_tree / "train", batch_size=4, image_size=32, device="gpu", backend=backend,
+                          fp16=True, steps_per_epoch=3, size_schedule=SizeSchedule(((1, 48),)))  # fmt: skip
+    assert_boundaries(*walk(pipe), MIXING)
+
+
 def test_gpu_graphs_without_mixing_and_for_validation(jpeg_tree):
     plain = train_pipeline(jpeg_tree / "train", batch_size=4, image_size=32, device="gpu", recipe=None)
     assert_boundaries(*walk(plain), Counter())

@@ -15,7 +15,7 @@ from nvidia.dali import types
 from nvidia.dali.data_node import DataNode
 
 from ..mix import MixConfig, sample_mix
-from .graph import Normalize, Params, check_shapes
+from .graph import Normalize, Params, check_shapes, is_node
 from .torch_mix import PACKED, TorchMix, pack
 
 FUSES_NORMALIZE = False
@@ -39,9 +39,11 @@ def python_params(images, config: MixConfig, *, layout: str, prob: DataNode | No
     GPU images is a GPU -> CPU edge: the fallback for GPU images of unknown size.
     """
     entropy = fn.random.uniform(range=[0.0, 1.0], shape=[2])
-    shapes = [] if size is not None else [images.shape(device="cpu")]
+    fed = is_node(size)  # a size fed per batch (a schedule): (H, W) a sample, in place of the shapes
+    shapes = [size] if fed else [images.shape(device="cpu")] if size is None else []
     inputs = [entropy, *shapes] + ([prob] if prob is not None else [])
-    packed = fn.python_function(*inputs, function=_Sample(config, layout, size), batch_processing=True)
+    sample = _Sample(config, layout, None if fed else size, fed=fed)
+    packed = fn.python_function(*inputs, function=sample, batch_processing=True)
     column = PACKED.index
     return Params(
         perm=fn.cast(packed[column("perm")], dtype=types.INT32),
@@ -54,18 +56,19 @@ def python_params(images, config: MixConfig, *, layout: str, prob: DataNode | No
 
 class _Sample:
     """Batch callback: ``entropy[, shapes][, prob] -> packed`` (a (7,) float32 row a sample);
-    ``shapes`` is an input only when ``size`` is not known."""
+    ``shapes`` is an input only when ``size`` is not fixed: the images' shapes, or with ``fed``
+    the (H, W) of a size schedule."""
 
-    def __init__(self, config: MixConfig, layout: str, size: tuple[int, int] | None):
-        self.config, self.layout, self.size = config, layout, size
+    def __init__(self, config: MixConfig, layout: str, size: tuple[int, int] | None, fed: bool = False):
+        self.config, self.layout, self.size, self.fed = config, layout, size, fed
 
     def __call__(self, entropy, *rest):
         rng = np.random.default_rng(np.asarray(entropy[0], np.float32).view(np.uint32))
-        if self.size is None:
-            shapes, *rest = rest
-            hw = check_shapes(shapes, self.layout)
-        else:
+        if self.size is not None:
             hw = self.size
+        else:
+            shapes, *rest = rest
+            hw = tuple(int(v) for v in shapes[0]) if self.fed else check_shapes(shapes, self.layout)
         prob = rest[0] if rest else None
         p = sample_mix(
             len(entropy),
@@ -87,7 +90,7 @@ def torch_mix(images, params: Params, *, layout: str, size=None):
     return fn.dl_tensor_python_function(
         images,
         packed.gpu() if gpu else packed,
-        function=TorchMix(layout, size=size, mixup=params.blend is not None),
+        function=TorchMix(layout, size=None if is_node(size) else size, mixup=params.blend is not None),
         batch_processing=True,
         synchronize_stream=False,  # the callback queues its kernels on DALI's stream itself
         device=images.device,
