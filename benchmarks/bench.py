@@ -15,7 +15,11 @@ Sections (``--sections``), each configuration measured after a warm-up:
 * ``trainer``: the training step alone on synthetic batches already on the device;
 * ``end to end``: the loader (CutMix with ``--backend``) feeding the training step;
 * ``peers``: torchvision ``ImageFolder`` + ``DataLoader`` + ``transforms.v2.CutMix``, and timm's
-  transforms + ``DataLoader`` + ``Mixup`` in CutMix-only mode, same files, batch and workers.
+  transforms + ``DataLoader`` + ``Mixup`` in CutMix-only mode, same files, batch and workers;
+* ``ffcv`` (when ``ffcv`` is importable: ``bash scripts/peers.sh``): FFCV on the same photos as
+  JPEG and as its ImageNet recipe stores them, against the native backend on the originals and on
+  data prepared by ``pipelines.prepare``, whole epochs in processes of their own
+  (:mod:`benchmarks.ffcv_peers`).
 
 The DALI sections measure their configurations in turn (A B C, B C A, ...), and the CutMix costs
 are medians of per-repetition ratios (see :func:`interleaved`): on a shared machine that is what
@@ -42,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks import ffcv_peers
 from dali_cutmix.mix import MixConfig
 from dali_cutmix.ops import BACKENDS, DEFAULT_BACKEND, REFUSED
 from pipelines.files import load_imagenet
@@ -543,6 +548,7 @@ def findings(rows: list[Row], args) -> list[str]:
                 per_image = statistics.median(row.cpu_ms) / args.batch_size
                 line += f" and {extra:+.1f}% CPU time per image ({clow:+.1f}..{chigh:+.1f}; {per_image:.2f} ms)"
             out.append(line + f" against {group}/{base.name}, {len(row.images_per_s)} paired repetitions")
+    out += ffcv_peers.ffcv_findings(by)
     tv = by.get(("peers", "torchvision DataLoader + v2.CutMix"))
     ours = by.get(("pipeline", f"DALI + CutMix ({args.backend})"))
     if tv and ours:
@@ -594,7 +600,7 @@ def _sync(args) -> Callable[[], None]:
     return torch.cuda.synchronize if args.device == "gpu" else (lambda: None)
 
 
-SECTIONS = ("epochs", "op", "stages", "pipeline", "trainer", "e2e", "peers")
+SECTIONS = ("epochs", "op", "stages", "pipeline", "trainer", "e2e", "peers", "ffcv")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -647,11 +653,12 @@ def main(argv=None) -> None:
         "stages": lambda: stage_rows(args, train_split),
         "pipeline": lambda: pipeline_rows(args, train_split),
         "peers": lambda: peer_rows(args, Path(args.data) / "train", num_classes),
+        "ffcv": lambda: ffcv_peers.ffcv_rows(args, Path(args.data), num_classes, Row, epoch_run),
     }
     if args.epoch_worker:
         epoch_worker(args, train_split, args.epoch_worker)
         return
-    for section in ("epochs", "op", "stages", "pipeline", "peers"):
+    for section in ("epochs", "op", "stages", "pipeline", "peers", "ffcv"):
         if section in args.sections:
             print(f"measuring {section} ...", flush=True)
             rows += steps[section]()
@@ -682,6 +689,9 @@ def main(argv=None) -> None:
         "rows": [asdict(r) | {"median": r.median, "spread": r.spread} for r in rows],
     }
     (out / "bench.json").write_text(json.dumps(report, indent=2))
+    if not rows:
+        print(f"wrote {out / 'bench.json'} (nothing measured)")
+        return
     plot(rows, out / "bench.png")
     print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
 

@@ -77,9 +77,11 @@ def test_the_gil_benchmark_times_both_python_operators_and_the_loop_mixer(capsys
     assert "pipeline mixing holds the GIL" in printed
 
 
-def test_profiler_rejects_bad_flags(photo_data):
-    with pytest.raises(SystemExit):
+def test_profiler_rejects_bad_flags(photo_data, capsys):
+    with pytest.raises(SystemExit) as info:
         bench.main(["--data", str(photo_data), "--sections", "op,warp"])
+    assert info.value.code == 2
+    assert "--sections: unknown section 'warp', expected some of" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -102,3 +104,27 @@ def test_stand_in_data_where_the_debian_packages_are_missing(tmp_path):
     classes = benchdata.synthetic_classes(tmp_path / "classes", classes=4, per_class=5, size=24)
     assert [len(list((classes / "train" / f"class{k}").iterdir())) for k in range(4)] == [5] * 4
     assert Image.open(classes / "val" / "class3" / "00000.JPEG").size == (24, 24)
+
+
+def test_the_ffcv_section_says_when_ffcv_is_missing_and_measures_nothing(photo_data, tmp_path, capsys, monkeypatch):
+    from benchmarks import ffcv_peers
+
+    monkeypatch.setattr(ffcv_peers, "available", lambda: False)  # as on a machine without scripts/peers.sh
+    bench.main(["--data", str(photo_data), "--sections", "ffcv", "--reps", "1", "--output", str(tmp_path / "b"),
+                "--device", "cpu"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "ffcv: not importable here, nothing measured (bash scripts/peers.sh" in printed
+    assert json.loads((tmp_path / "b" / "bench.json").read_text())["rows"] == []
+
+
+def test_the_ffcv_findings_compare_paired_rounds_against_the_targets():
+    from benchmarks import ffcv_peers as fp
+
+    rows = {("ffcv", fp.OURS): bench.Row("ffcv", fp.OURS, [300.0, 330.0, 310.0]),
+            ("ffcv", fp.OURS_PREPARED): bench.Row("ffcv", fp.OURS_PREPARED, [500.0, 480.0, 520.0]),
+            ("ffcv", fp.FFCV_JPEG): bench.Row("ffcv", fp.FFCV_JPEG, [100.0, 100.0, 100.0]),
+            ("ffcv", fp.FFCV_RECIPE): bench.Row("ffcv", fp.FFCV_RECIPE, [260.0, 250.0, 270.0])}  # fmt: skip
+    found = fp.ffcv_findings(rows)
+    assert found[0].startswith("ffcv: prepared data against the originals: x1.67") and found[0].endswith("met")
+    assert "against FFCV's recipe: x1.92 (1.92..1.93, 3 rounds); target x2.0: NOT met" in found[1]
+    assert "x3.10 (3.00..3.30, 3 rounds); target x2.5: met" in found[2]
