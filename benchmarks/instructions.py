@@ -25,8 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 CONFIGS = ("none", "native", "python", "ops")
 
 
-def drive(config: str, batches: int, data: str | None, batch_size: int, image_size: int) -> None:
-    """Run ``batches`` batches of one configuration (the process valgrind watches)."""
+def drive(config: str, batches: int, data: str | None, batch_size: int, image_size: int) -> tuple:
+    """Run ``batches`` batches of one configuration (the process valgrind watches); returns the
+    last batch's outputs."""
     from nvidia.dali import fn, pipeline_def
 
     from benchmarks.bench import mix_and_normalise
@@ -49,8 +50,10 @@ def drive(config: str, batches: int, data: str | None, batch_size: int, image_si
 
         pipe = graph()
     pipe.build()
+    outputs = ()
     for _ in range(batches):
-        pipe.run()
+        outputs = pipe.run()
+    return outputs
 
 
 def count(config: str, batches: int, args) -> int:

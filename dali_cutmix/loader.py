@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
@@ -23,7 +22,6 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from .device import to_device
 from .errors import DataError
-from .mix import MixConfig
 
 
 class DecodeFailed(DataError):
@@ -177,13 +175,3 @@ class DALILoader:
         if name == "images" and self.normalize is not None:
             return self.normalize(t)
         return t
-
-
-def mix_schedule(prob: float, *, mix_off_epoch: int | None = None, changes: dict[int, float] | None = None):
-    """Deprecated (goes in the next release): the schedule is part of the recipe,
-    ``MixConfig(prob=prob, prob_schedule=changes, off_epoch=mix_off_epoch)``. Returns that
-    recipe's ``epoch -> prob``, as the loaders' deprecated ``prob_schedule=`` took it."""
-    warnings.warn("mix_schedule is deprecated and goes in the next release: give the schedule in the recipe, "
-                  "MixConfig(prob_schedule=changes, off_epoch=mix_off_epoch)", DeprecationWarning,
-                  stacklevel=2)  # fmt: skip
-    return MixConfig(prob=prob, prob_schedule=changes or {}, off_epoch=mix_off_epoch).prob_at

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import os
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -170,7 +169,6 @@ def train_pipeline(
     batch_size: int,
     recipe: MixConfig | None = DEFAULT_RECIPE,
     backend: str | None = None,
-    prob_schedule: Callable[[int], float] | None = None,
     image_size: int = 224,
     random_area: tuple[float, float] = (0.08, 1.0),
     device: str = "cpu",
@@ -195,7 +193,7 @@ def train_pipeline(
     :func:`dali_cutmix.cutmix` (None: no mixing, ``lam`` is 1); ``backend`` as there. A recipe
     whose chance of mixing changes by epoch (``prob_schedule``, ``off_epoch``) needs
     ``steps_per_epoch`` (the loader passes it): each batch's chance is fed by a tiny external
-    source. ``prob_schedule=`` here (an ``epoch -> prob`` callable) is deprecated.
+    source.
     ``seed`` drives augmentation and mixing; the shuffle is seeded by ``seed`` alone so that all
     shards agree on the global order and together cover the dataset once per epoch.
     The pipeline is checkpointable (DALI's ``enable_checkpointing``): ``checkpoint``, a string from
@@ -219,11 +217,6 @@ def train_pipeline(
     if not 0 < lo <= hi <= 1:
         raise ValueError(f"random_area must be (min, max) with 0 < min <= max <= 1, got {tuple(random_area)}")
     schedule = recipe.prob_at if recipe is not None and recipe.scheduled else None
-    if prob_schedule is not None:
-        warnings.warn("train_pipeline(prob_schedule=) is deprecated and goes in the next release: give the "
-                      "schedule in the recipe, MixConfig(prob_schedule=..., off_epoch=...)", DeprecationWarning,
-                      stacklevel=2)  # fmt: skip
-        schedule = prob_schedule if recipe is not None else None
     prob_source = size_source = None
     if (schedule is not None or size_schedule) and not steps_per_epoch:
         raise ValueError("a scheduled recipe or size needs steps_per_epoch (the loaders give it)")

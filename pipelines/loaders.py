@@ -11,7 +11,6 @@ A batch is valid until the next one is drawn (DALI reuses its buffers): copy wha
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 import torch
 
@@ -36,7 +35,6 @@ def train_loader(
     shard_id: int | None = None,
     num_shards: int | None = None,
     start_epoch: int = 0,
-    prob_schedule: Callable[[int], float] | None = None,
     last_batch: str = "partial",
     state: dict | None = None,
     uint8: bool | None = None,
@@ -47,8 +45,7 @@ def train_loader(
 
     ``recipe`` (a :class:`dali_cutmix.mix.MixConfig`, or None for no mixing) and ``backend`` (as in
     :func:`dali_cutmix.cutmix`) go to the pipeline untouched. The recipe's per-epoch chance of
-    mixing counts epochs from ``start_epoch``, so a resumed run sees it where it left it
-    (``prob_schedule=``, an ``epoch -> prob`` callable, is deprecated).
+    mixing counts epochs from ``start_epoch``, so a resumed run sees it where it left it.
     ``state`` (from :meth:`DALILoader.state`, with the same arguments) continues exactly where
     that loader was, mid-epoch too (without one, a loader starting at a later epoch draws other
     augmentations than epoch 0's: its seed moves with ``start_epoch``). ``shard_id``/``num_shards``
@@ -79,7 +76,6 @@ def train_loader(
         device=device,
         shard_id=shard_id,
         num_shards=num_shards,
-        prob_schedule=prob_schedule,
         steps_per_epoch=runs_per_epoch,
         start_epoch=origin,
         checkpoint=state["dali"] if state else None,

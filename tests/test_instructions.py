@@ -13,8 +13,9 @@ from benchmarks import instructions
 
 @pytest.mark.parametrize("config", instructions.CONFIGS)
 def test_driven_runs_work_in_memory_and_on_files(config, jpeg_tree):
-    instructions.drive(config, 2, None, batch_size=4, image_size=16)
-    instructions.drive(config, 1, str(jpeg_tree / "train"), batch_size=4, image_size=16)
+    for batches, data in ((2, None), (1, str(jpeg_tree / "train"))):
+        images = instructions.drive(config, batches, data, batch_size=4, image_size=16)[0]
+        assert len(images) == 4 and images.as_array().shape == (4, 3, 16, 16), (config, data)
 
 
 def test_per_batch_counts_are_differences(monkeypatch, capsys):

@@ -59,16 +59,6 @@ def test_schedule_switches_cutmix_off_for_chosen_epochs(jpeg_tree, batch_size, l
     assert mixed == [True, False, True, False]
 
 
-def test_a_schedule_given_the_old_way_still_works_and_says_it_goes(jpeg_tree):
-    from dali_cutmix.loader import mix_schedule
-
-    with pytest.warns(DeprecationWarning):
-        schedule = mix_schedule(1.0, mix_off_epoch=1)
-        loader = train_loader(jpeg_tree / "train", batch_size=6, image_size=32, num_threads=1,
-                              recipe=MixConfig(mode="elem"), prob_schedule=schedule)  # fmt: skip
-    assert [any((lam < 1).any().item() for *_, lam in loader) for _ in range(2)] == [True, False]
-
-
 def test_val_is_deterministic_and_covers_every_image_once(jpeg_tree):
     def run():
         loader = val_loader(jpeg_tree / "val", batch_size=4, image_size=32, num_threads=1)

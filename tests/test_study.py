@@ -21,7 +21,9 @@ def test_quick_study_trains_every_configuration_and_writes_the_report(tmp_path):
     assert (tmp_path / "report" / "results.png").stat().st_size > 5000
 
 
-def test_a_study_flag_error_is_one_line():
+def test_a_study_flag_error_is_one_line(capsys):
     with pytest.raises(SystemExit) as info:
         study.main(["--configs", "none,cutmix-everywhere"])
     assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "--configs: unknown configuration 'cutmix-everywhere', expected some of" in err[-1]
