@@ -32,7 +32,7 @@ import torch.distributed as dist
 
 from dali_cutmix.errors import DataError, UserError
 from dali_cutmix.files import write_json
-from dali_cutmix.loader import DecodeFailed, process_shard
+from dali_cutmix.loader import DecodeFailed, process_device, process_shard
 from dali_cutmix.mix import LoopMixer
 from pipelines.files import demo_root
 from pipelines.imagenet import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, SizeSchedule
@@ -193,8 +193,7 @@ def setup_distributed(args) -> tuple[int, int, torch.device]:
     """rank, world size and this process's device; torchrun sets the environment."""
     use_gpu = args.device == "gpu" or (args.device == "auto" and torch.cuda.is_available())
     rank, world = process_shard()
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = torch.device("cuda", local_rank) if use_gpu else torch.device("cpu")
+    device = torch.device("cuda", process_device()) if use_gpu else torch.device("cpu")
     if use_gpu:
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True  # fixed-size input: cuDNN picks the fastest kernels once

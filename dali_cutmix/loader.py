@@ -63,11 +63,14 @@ def process_shard() -> tuple[int, int]:
 
 
 def process_device() -> int:
-    """This process's GPU index: torchrun's (and Accelerate's) ``LOCAL_RANK``, else torch's current
-    CUDA device (what ``torch.cuda.set_device`` chose), else 0. The loaders' default ``device_id``,
-    so that under a launcher each rank decodes on its own GPU."""
+    """This process's GPU index: torchrun's (and Accelerate's) ``LOCAL_RANK`` when it names a
+    visible GPU, else torch's current CUDA device (what ``torch.cuda.set_device`` chose), else 0.
+    The loaders' default ``device_id``, so that under a launcher each rank decodes on its own GPU."""
     if "LOCAL_RANK" in os.environ:
-        return int(os.environ["LOCAL_RANK"])
+        local = int(os.environ["LOCAL_RANK"])
+        # One visible GPU a process (CUDA_VISIBLE_DEVICES set per rank): LOCAL_RANK is no ordinal there.
+        if not torch.cuda.is_available() or local < torch.cuda.device_count():
+            return local
     return torch.cuda.current_device() if torch.cuda.is_available() else 0
 
 

@@ -68,3 +68,30 @@ def test_the_optimizer_is_sgd_with_nesterov_and_no_decay_on_norms_and_biases():
     assert decay["weight_decay"] == 1e-4 and [p.ndim for p in decay["params"]] == [2]
     assert no_decay["weight_decay"] == 0 and len(no_decay["params"]) == 3 and decay["nesterov"]
     assert not decay["fused"]  # fused on CUDA only
+
+
+def test_momentum_starts_at_zero_so_a_skipped_first_step_leaves_nothing_undefined():
+    """The fused CUDA kernel makes fresh momentum with empty_like and writes nothing when
+    GradScaler skips the step: the buffers exist, zeroed, from the start. With them the first
+    step is exactly plain SGD's, whose first step copies the gradient into a new buffer."""
+    import torch
+
+    from trainer.engine import sgd
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    twin = __import__("copy").deepcopy(model)
+    ours = sgd(model, lr=0.1, momentum=0.9, weight_decay=1e-4)
+    assert all(torch.equal(ours.state[p]["momentum_buffer"], torch.zeros_like(p)) for p in model.parameters())
+    decay = [p for p in twin.parameters() if p.ndim > 1]
+    rest = [p for p in twin.parameters() if p.ndim <= 1]
+    plain = torch.optim.SGD([{"params": decay, "weight_decay": 1e-4}, {"params": rest, "weight_decay": 0.0}],
+                            lr=0.1, momentum=0.9, nesterov=True)  # fmt: skip
+    x = torch.randn(8, 4)
+    for _ in range(3):
+        for m, opt in ((model, ours), (twin, plain)):
+            opt.zero_grad()
+            m(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(a, b)

@@ -69,7 +69,14 @@ def sgd(model: torch.nn.Module, *, lr: float, momentum: float, weight_decay: flo
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = next(model.parameters()).is_cuda
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True, fused=fused or None)
+    optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True, fused=fused or None)
+    # Momentum starts at zero, as it would be made on the first step (buf = 0.9 * 0 + grad = grad):
+    # the fused kernel fills fresh buffers with torch.empty_like and skips writing them when
+    # GradScaler finds an inf, so an overflowing first step would leave garbage momentum behind.
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    return optimizer
 
 
 def train_epoch(
