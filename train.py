@@ -141,6 +141,8 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         if not math.isfinite(value) or below or (high is not None and value >= high):
             bounds = f"{'>=' if closed else '>'} {low}" + (f" and < {high}" if high is not None else "")
             p.error(f"{flag} must be a finite number {bounds}, got {value}")
+    if not math.isfinite(args.lr * args.batch_size * 1024 / 256):  # the lr scaled by the global batch
+        p.error(f"--lr {args.lr} overflows once scaled by the global batch: give a learning rate below 1e300")
     if not 0 <= args.seed <= MAX_SEED:
         p.error(f"--seed must be in [0, {MAX_SEED}], got {args.seed}")
     if not all(math.isfinite(v) for v in args.random_area):
@@ -162,9 +164,14 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if not MIN_IMAGE_SIZE <= args.image_size <= MAX_IMAGE_SIZE:
         p.error(f"--image-size must be in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}], got {args.image_size}")
     try:
-        sizes = SizeSchedule.parse(args.size_schedule) if args.size_schedule else None
+        sizes = SizeSchedule.parse(args.size_schedule) if args.size_schedule is not None else None
     except UserError as e:
         p.error(f"--size-schedule: {e}")
+    if sizes is not None:
+        if sizes.steps[-1][0] >= args.epochs:
+            p.error(f"--size-schedule: epoch {sizes.steps[-1][0]} is past the last epoch ({args.epochs - 1}) "
+                    f"of --epochs {args.epochs}")  # fmt: skip
+        args.size_schedule = sizes.text()  # one spelling: a resume compares the schedule, not its text
     if args.val_image_size is None:
         args.val_image_size = sizes.sizes()[-1] if sizes else args.image_size
     if not MIN_IMAGE_SIZE <= args.val_image_size <= MAX_IMAGE_SIZE:
@@ -509,6 +516,10 @@ def main(argv=None) -> int:
         debug_traceback()
         print(f"train.py: error: {e}", file=sys.stderr)
         return e.code
+    except UserError as e:  # found once the run had started (a damaged metrics file, ...)
+        debug_traceback()
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:  # Ctrl-C before training started, or a second one during it
         print("train.py: interrupted; the checkpoints already written are kept (--resume continues from the last)",
               file=sys.stderr)  # fmt: skip

@@ -49,10 +49,11 @@ def usable_cache(cache: str | os.PathLike) -> Path:
         with tempfile.TemporaryFile(dir=cache):
             return cache
     except OSError as e:
+        why = "it is a file, not a folder" if cache.exists() and not cache.is_dir() else e.strerror or str(e)
         if not _fallback:
             _fallback.append(Path(tempfile.mkdtemp(prefix="dali-cutmix-cache-")))
             atexit.register(shutil.rmtree, _fallback[0], ignore_errors=True)
-            print(f"warning: the cache {cache} cannot be used ({e.strerror or e}): this run caches in "
+            print(f"warning: the cache {cache} cannot be used ({why}): this run caches in "
                   f"{_fallback[0]}, removed when it ends; set DALI_CUTMIX_CACHE to a writable folder",
                   file=sys.stderr)  # fmt: skip
         return _fallback[0]
@@ -123,6 +124,7 @@ def load_split(path: str | os.PathLike, classes: list[str] | None = None) -> Spl
     """
     path = Path(path)
     check_finished(path.parent)
+    check_finished(path.parent.parent)  # a prepared root's file-list images lie in OUT/images/<split>
     if path.is_file():
         return _load_file_list(path, classes)
     if not path.is_dir():

@@ -312,7 +312,10 @@ class SizeSchedule:
     steps: tuple[tuple[int, int], ...]
 
     def __post_init__(self) -> None:
-        steps = tuple(sorted((int(e), int(s)) for e, s in dict(self.steps).items()))
+        epochs = [int(e) for e, _ in self.steps]
+        if len(set(epochs)) != len(epochs):
+            raise UserError(f"size schedule: epoch {next(e for e in epochs if epochs.count(e) > 1)} is given twice")
+        steps = tuple(sorted((int(e), int(s)) for e, s in self.steps))
         object.__setattr__(self, "steps", steps)
         for epoch, side in steps:
             if epoch < 0 or not MIN_IMAGE_SIZE <= side <= MAX_IMAGE_SIZE:
@@ -329,6 +332,10 @@ class SizeSchedule:
         except ValueError:
             raise UserError(f"size schedule {text!r}: expected EPOCH:SIDE pairs such as 0:160,10:192") from None
         return cls(tuple(pairs))
+
+    def text(self) -> str:
+        """The schedule as ``--size-schedule`` spells it, in epoch order: one spelling a schedule."""
+        return ",".join(f"{e}:{side}" for e, side in self.steps)
 
     def at(self, epoch: int, default: int) -> int:
         """The side in force in ``epoch`` (``default`` before the first step)."""

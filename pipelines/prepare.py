@@ -116,22 +116,35 @@ def _prepare_chunk(jobs: list[tuple[str, str, str]], settings: Settings) -> list
 
 def layout(splits: dict[str, Split], out: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
     """Where each file of ``splits`` goes under ``out`` (same order), and the file lists to write
-    (``{name: text}``; none when class folders keep the indices)."""
-    classes = splits["train"].classes
-    folders = sorted(classes) == list(classes) and all(c and "/" not in c and c not in (".", "..") for c in classes)
+    (``{name: text}``; none when class folders keep the indices). Two sources of one name in a
+    class get names of their own (``x-2.JPEG``, the first number no other file there takes)."""
+    classes = list(splits["train"].classes)
+    names_ok = all(c and "/" not in c and c not in (".", "..") for c in classes)
+    present = set(splits["train"].labels)
+    folders = sorted(classes) == classes and names_ok and present == set(range(len(classes)))
+    if not folders and classes != [str(i) for i in range(len(classes))]:
+        missing = ", ".join(repr(classes[i]) for i in range(len(classes)) if i not in present)
+        raise UserError(f"the classes {missing} have no usable training image, so a prepared copy could not keep "
+                        f"the class names and indices: add images or remove them")  # fmt: skip
     targets, lists = {}, {}
     for name, split in splits.items():
         base = out / name if folders else out / "images" / name
-        seen: dict[str, int] = {}
+        originals: dict[str, set[str]] = {}
+        for f, label in zip(split.files, split.labels):
+            originals.setdefault(classes[label] if folders else str(label), set()).add(os.path.basename(f))
+        used: dict[str, set[str]] = {}
         paths = []
         for f, label in zip(split.files, split.labels):
             folder = classes[label] if folders else str(label)
+            taken = used.setdefault(folder, set())
             stem = os.path.basename(f)
-            key = f"{folder}/{stem}"
-            n = seen[key] = seen.get(key, 0) + 1  # two sources of one name in a class: keep both
-            if n > 1:
+            if stem in taken:
                 root, ext = os.path.splitext(stem)
+                n = 2
+                while f"{root}-{n}{ext}" in taken or f"{root}-{n}{ext}" in originals[folder]:
+                    n += 1
                 stem = f"{root}-{n}{ext}"
+            taken.add(stem)
             paths.append(str(base / folder / stem))
         targets[name] = paths
         if not folders:
@@ -149,26 +162,36 @@ def prepare(src, out, settings: Settings, *, workers: int | None = None, check: 
 
     from .sources import resolve
 
-    out = Path(out)
+    out, source = Path(out), os.path.abspath(src)
+    if Path(os.path.abspath(out)).is_relative_to(source):
+        raise UserError(f"{out} is inside {src}: prepare into a folder outside the data")
     marker = out / PREPARING
     if (out / PREPARED).is_file() and not marker.exists():
         done = json.loads((out / PREPARED).read_text())
-        if done.get("settings") != asdict(settings):
-            raise UserError(f"{out} is already prepared with {done.get('settings')}: choose another output folder")
-        return done
+        if done.get("settings") != asdict(settings) or done.get("source") != source:
+            raise UserError(f"{out} is already prepared from {done.get('source')} with {_flags(done.get('settings'))}: "
+                            f"choose another output folder")  # fmt: skip
+        return {**done, "already": True}
     if out.exists() and not marker.exists() and any(out.iterdir()):
         raise UserError(f"{out} holds other files: give a new or empty folder to prepare into")
     if marker.exists():
         begun = json.loads(marker.read_text() or "{}")
-        if begun.get("settings") != asdict(settings):
-            raise UserError(f"{out} is a stopped prepare with {begun.get('settings')}: continue it with the same "
-                            f"flags, or choose another output folder")  # fmt: skip
+        if begun.get("settings") != asdict(settings) or begun.get("source") != source:
+            raise UserError(f"{out} is a stopped prepare of {begun.get('source')} with "
+                            f"{_flags(begun.get('settings'))}: continue it with those, or choose another output "
+                            f"folder")  # fmt: skip
+    made = not out.exists()
+    try:
+        train, val = resolve(src, check=check, workers=workers, listing_dir=out, report=True)  # bad files listed
+        if not isinstance(train, Split) or not isinstance(val, Split):
+            raise UserError(f"{src}: pipelines.prepare reads image files (folders or file lists), not shards")
+        targets, lists = layout({"train": train, "val": val}, out)
+    except BaseException:
+        if made:  # a start that fails leaves nothing behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     out.mkdir(parents=True, exist_ok=True)
-    write_json(marker, {"settings": asdict(settings), "source": str(src)})
-    train, val = resolve(src, check=check, workers=workers, listing_dir=out, report=True)  # bad files listed
-    if not isinstance(train, Split) or not isinstance(val, Split):
-        raise UserError(f"{src}: pipelines.prepare reads image files (folders or file lists), not shards")
-    targets, lists = layout({"train": train, "val": val}, out)
+    write_json(marker, {"settings": asdict(settings), "source": source})
     jobs = [
         (name, src_path, dst)
         for name, split in (("train", train), ("val", val))
@@ -202,7 +225,7 @@ def prepare(src, out, settings: Settings, *, workers: int | None = None, check: 
         atomic_write(out / name, lambda f, text=text: f.write(text.encode()))
     summary = {
         "settings": asdict(settings),
-        "source": str(src),
+        "source": source,
         "files": total,
         "train": len(train),
         "val": len(val),
@@ -215,6 +238,11 @@ def prepare(src, out, settings: Settings, *, workers: int | None = None, check: 
     write_json(out / PREPARED, summary)
     marker.unlink()  # last: the root is whole
     return summary
+
+
+def _flags(settings: dict | None) -> str:
+    """Settings as the flags that give them."""
+    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in (settings or {}).items())
 
 
 def main(argv=None) -> int:
@@ -252,6 +280,9 @@ def main(argv=None) -> int:
         return 130
     except OSError as e:
         p.exit(1, f"{p.prog}: error: {e.filename or args.out}: {e.strerror or e}; run the same command to continue\n")
+    if done.get("already"):
+        print(f"{args.out} is already prepared from {done['source']} ({done['files']} files): nothing to do")
+        return 0
     files_per_s = done.get("files_per_s") or 0
     eta = f", {1_281_167 / files_per_s / 3600:.1f} h for ImageNet's 1,281,167" if files_per_s else ""
     print(f"prepared {done['files']} files into {args.out}: {done['resized']} resized, {done['copied']} copied, "

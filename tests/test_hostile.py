@@ -292,3 +292,19 @@ def files_module_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_a_damaged_metrics_file_is_a_user_error_naming_its_line(jpeg_tree, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main(train_args(jpeg_tree, out, "--epochs", "1")) == 0
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write("GARBAGE{\n")
+    assert train.main(train_args(jpeg_tree, out, "--epochs", "2", "--resume")) == 2
+    line = last_error(capsys)
+    assert line.startswith(f"train.py: error: {out / 'metrics.jsonl'}:2 is damaged") and "remove that line" in line
+
+
+def test_a_learning_rate_that_overflows_once_scaled_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--lr", "1e308"])
+    assert "--lr 1e+308 overflows once scaled by the global batch" in last_error(capsys)

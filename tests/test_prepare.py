@@ -103,13 +103,14 @@ def test_a_stopped_prepare_is_refused_as_data_and_continues_where_it_stopped(sou
     assert (out / PREPARING).exists() and not (out / prep.PREPARED).exists()
     with pytest.raises(DataError, match="preparation stopped half-way: run the same"):
         load_imagenet(out)
-    with pytest.raises(UserError, match="a stopped prepare with .*continue it with the same flags"):
+    stopped = "a stopped prepare of .* with --max-side 64 --quality 90 --val-size 32: continue"
+    with pytest.raises(UserError, match=stopped):
         prep.prepare(source, out, prep.Settings(max_side=96, val_size=32, quality=90), workers=1, show=False)
     monkeypatch.setattr(prep, "prepare_image", real)
     done = prep.prepare(source, out, SETTINGS, workers=1, show=False)
     assert done["skipped"] == 5 and done["files"] == 20 and not (out / PREPARING).exists()
     assert not list(out.rglob("*.tmp"))
-    assert prep.prepare(source, out, SETTINGS, workers=1, show=False) == done  # finished: nothing to do
+    assert prep.prepare(source, out, SETTINGS, workers=1, show=False) == {**done, "already": True}  # nothing to do
     assert len(load_imagenet(out)[0]) == 14
 
 
@@ -158,3 +159,50 @@ def test_the_command_prepares_and_reports_its_speed(source, tmp_path):
                           text=True, env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "prepared 20 files into" in done.stdout and "files/s" in done.stdout and "1,281,167" in done.stdout
+
+
+def test_files_of_one_name_each_keep_their_own_output(tmp_path, monkeypatch):
+    monkeypatch.setattr("pipelines.sources.CACHE", tmp_path / "cache")
+    src = tmp_path / "src"
+    for split in ("train", "val"):
+        (src / split / "a" / "sub").mkdir(parents=True)
+        photo(30, 40, 1).save(src / split / "a" / "x.JPEG")
+        photo(30, 40, 2).save(src / split / "a" / "x-2.JPEG")
+        photo(30, 40, 3).save(src / split / "a" / "sub" / "x.JPEG")
+    out = tmp_path / "out"
+    assert prep.prepare(src, out, SETTINGS, workers=1, show=False)["files"] == 6
+    train, _ = load_imagenet(out)
+    assert sorted(Path(f).name for f in train.files) == ["x-2.JPEG", "x-3.JPEG", "x.JPEG"]
+    sources = sorted((src / "train").rglob("*.JPEG"))
+    assert sorted(Path(f).read_bytes() for f in train.files) == sorted(f.read_bytes() for f in sources)
+
+
+def test_a_class_left_without_images_is_refused_rather_than_shifting_the_indices(tmp_path, monkeypatch):
+    monkeypatch.setattr("pipelines.sources.CACHE", tmp_path / "cache")
+    src = source_tree(tmp_path / "src")
+    for f in (src / "train" / "dog").iterdir():
+        f.write_bytes(b"")  # every dog is unusable: the copy would have classes cat, eel
+    with pytest.raises(UserError, match="the classes 'dog' have no usable training image"):
+        prep.prepare(src, tmp_path / "out", SETTINGS, workers=1, show=False)
+    assert not (tmp_path / "out").exists()  # a start that fails leaves nothing behind
+
+
+def test_another_source_or_an_output_inside_the_source_is_refused(source, tmp_path):
+    out = tmp_path / "out"
+    prep.prepare(source, out, SETTINGS, workers=1, show=False)
+    other = source_tree(tmp_path / "other")
+    with pytest.raises(UserError, match=f"already prepared from {source} with --max-side 64"):
+        prep.prepare(other, out, SETTINGS, workers=1, show=False)
+    with pytest.raises(UserError, match="is inside .*: prepare into a folder outside the data"):
+        prep.prepare(source, source / "train" / "prepared", SETTINGS, workers=1, show=False)
+    assert not (source / "train" / "prepared").exists()
+
+
+def test_a_half_prepared_file_list_root_is_refused_through_its_image_folders(tmp_path, monkeypatch):
+    monkeypatch.setattr("pipelines.sources.CACHE", tmp_path / "cache")
+    out = tmp_path / "out"
+    (out / "images" / "train" / "0").mkdir(parents=True)
+    photo(20, 20, 0).save(out / "images" / "train" / "0" / "a.jpg")
+    (out / PREPARING).write_text("{}")
+    with pytest.raises(DataError, match="preparation stopped half-way"):
+        train_loader(out / "images" / "train", batch_size=1, image_size=16, num_threads=1, shard_id=0, num_shards=1)

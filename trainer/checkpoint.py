@@ -158,7 +158,18 @@ def read_metrics(path: Path, before_epoch: int) -> list[dict]:
     """The rows of epochs before ``before_epoch`` (a resumed run drops what it will redo)."""
     if not Path(path).is_file():
         return []
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+                raise ValueError("not an epoch's row")
+        except ValueError as e:
+            raise UserError(f"{path}:{n} is damaged ({str(e).splitlines()[0]}): remove that line (the checkpoints "
+                            f"are what resumes the run), then --resume again") from e  # fmt: skip
+        rows.append(row)
     return [r for r in rows if r["epoch"] < before_epoch]
 
 
