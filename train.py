@@ -428,11 +428,11 @@ def fit(args, rank: int, world: int, device: torch.device, out: Path, state: dic
     start_epoch, start_step = (state["epoch"], state["step"]) if state else (0, 0)
     metrics_path = out / "metrics.jsonl"
     rows = ckpt.read_metrics(metrics_path, before_epoch=start_epoch) if rank == 0 else []
+    sizes = size_schedule(args)
     try:
         for epoch in range(start_epoch, args.epochs):
             if rank == 0:  # the checkpoint at this epoch's end must fit: said now, not after an hour's work
                 on_disk_full(out, ckpt.check_space, out, checkpoint_bytes(out, model, optimizer))
-            sizes = size_schedule(args)
             side = sizes.at(epoch, args.image_size) if sizes else args.image_size
             row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "image_size": side}
             try:

@@ -9,8 +9,11 @@ import tempfile
 from pathlib import Path
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(file)`` on a temporary file, fsync it, then rename it to ``path``."""
+def atomic_write(path: Path, write, *, durable: bool = True) -> None:
+    """Call ``write(file)`` on a temporary file, fsync it, then rename it to ``path``. ``durable``
+    False skips the fsyncs: the rename still leaves the old file or the new one after a killed
+    process, but not necessarily after a crash of the machine (for many small files that can be
+    made again, such as a prepared copy of the data)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -18,11 +21,14 @@ def atomic_write(path: Path, write) -> None:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if not durable:
+        return
     # The rename itself is durable only once the folder's entry is on disk.
     folder = os.open(path.parent, os.O_RDONLY)
     try:
