@@ -396,7 +396,7 @@ def fit(args, rank: int, world: int, device: torch.device, out: Path, state: dic
     optimizer, scheduler = build_optimizer(args, model, world, len(train))
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and not args.no_amp else None
     if state:  # prepare checked that it fits (flags, data, classes)
-        ckpt.restore(state, model, optimizer, scheduler, scaler, steps_per_epoch=len(train))
+        scheduler = ckpt.restore(state, model, optimizer, scheduler, scaler, steps_per_epoch=len(train))
     ddp = (
         torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         if world > 1

@@ -251,28 +251,35 @@ def stage_rows(args, train_split) -> list[Row]:
     """The training pipeline cut after each stage; differences give each stage's cost."""
     from nvidia.dali import fn, pipeline_def
 
-    from dali_cutmix.ops import Normalize, cutmix
-    from pipelines.imagenet import MEAN, READER_NAME, STD, decode_random_resized_crop
+    from dali_cutmix.ops import Normalize, cutmix, resize_images
+    from pipelines.imagenet import MEAN, READER_NAME, STD, decode_random_crop
 
     @pipeline_def(enable_conditionals=False)
     def graph(stop):
         jpegs, labels = train_split.read(shard_id=0, num_shards=1, shuffle=True, seed=0, name=READER_NAME)
         if stop == "read":
             return jpegs, labels
-        images = decode_random_resized_crop(jpegs, device=args.device, image_size=args.image_size)
+        crops = decode_random_crop(jpegs, device=args.device)
         if stop == "decode":
+            return crops, labels
+        size = (args.image_size, args.image_size)
+        images = resize_images(crops, size)
+        if stop == "resize":
             return images, labels
         norm = Normalize(mean=MEAN, std=STD, mirror=fn.random.coin_flip(), fp16=args.device == "gpu")
         if stop == "normalise":
             return norm.apply(images), labels
-        images, labels, *_ = cutmix(images, labels, backend=args.backend, normalize=norm)
+        # The training pipeline's own graph: the crops go to cutmix, which resizes them (the native
+        # backend in its one pass, with the mix and the normalisation).
+        images, labels, *_ = cutmix(crops, labels, backend=args.backend, normalize=norm, size=size, resize=True)
         return images, labels
 
     stages = {
         "read": "read files",
-        "decode": "+ decode, crop, resize",
+        "decode": "+ decode the random crop",
+        "resize": "+ resize (fn.resize)",
         "normalise": "+ normalise (full pipeline, no CutMix)",
-        "cutmix": f"+ CutMix ({args.backend}; full pipeline)",
+        "cutmix": f"+ CutMix ({args.backend}; full pipeline, its own resize)",
     }
     pipes = {}
     for stop, name in stages.items():

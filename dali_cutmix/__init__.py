@@ -1,7 +1,9 @@
 """dali-cutmix: CutMix inside NVIDIA DALI pipelines, for fast ResNet training in PyTorch.
 
-The names below load their module on first use (PEP 562), so ``import dali_cutmix.files`` (what
-the bad-file check's worker processes import) loads neither torch nor DALI.
+The names below load their module on first use (PEP 562), so ``import dali_cutmix.files`` loads
+neither torch nor DALI: the bad-file check (``python -m pipelines.scan``) and ``pipelines.prepare``
+start their workers in a fraction of a second. (Under ``train.py`` Python's fork server imports
+``train.py`` again in each worker, its rule for ``__main__``, so there the workers load torch.)
 """
 
 from .lazy import lazy_names
@@ -15,9 +17,9 @@ _HOME = {
     "RecipeError": "mix",
     "apply_cutmix": "mix",
     "cutmix_box": "mix",
-    "sample_cutmix": "mix",
     "sample_mix": "mix",
     "Normalize": "ops",
+    "Mixed": "ops",
     "cutmix": "ops",
 }
 __all__ = sorted(_HOME)

@@ -6,7 +6,7 @@ batch, as in the reference code (clovaai/CutMix-PyTorch). The recipe options fol
 ``Mixup``: MixUp (Zhang et al., ICLR 2018) with its own alpha, ``switch_prob`` choosing CutMix or
 MixUp per batch or per sample, ``minmax`` box sides, and partners that are never the sample itself.
 
-The split follows torchvision's v2 transforms: :func:`sample_cutmix` draws every random number
+The split follows torchvision's v2 transforms: :func:`sample_mix` draws every random number
 and returns a frozen :class:`CutMixParams`; :func:`apply_cutmix` is pure. The box formula,
 :func:`cutmix_box`, is written once against a tiny array namespace so that the same lines run on
 NumPy arrays here and on DALI DataNodes inside a pipeline (see ``dali_cutmix.ops``): the DALI
@@ -252,30 +252,14 @@ def blend_weight(lam, blend):
     return lam * blend + (1.0 - blend)
 
 
-def sample_cutmix(
-    batch_size: int,
-    height: int,
-    width: int,
-    *,
-    alpha: float = 1.0,
-    prob: float = 1.0,
-    mode: str = "batch",
-    rng: np.random.Generator | int | None = None,
-    **recipe,
-) -> CutMixParams:
-    """Draw the parameters of one mixed batch (plain CutMix unless ``recipe`` says more).
+def sample_mix(batch_size: int, height: int, width: int, config: MixConfig, rng=None, *, prob=None) -> CutMixParams:
+    """Draw the parameters of one mixed batch of ``H x W`` images by the recipe ``config``.
 
     ``mode="batch"``: one lambda, one box and one mix/no-mix coin for the whole batch (the paper);
-    ``mode="elem"``: each sample draws its own. Partners are ``rng.permutation(batch_size)``.
-    ``recipe``: the other :class:`MixConfig` fields (``mixup_alpha``, ``switch_prob``, ``minmax``,
-    ``no_self``).
+    ``mode="elem"``: each sample draws its own. ``rng``: a NumPy Generator, a seed, or None (fresh
+    entropy). ``prob``: None, or a per-sample float32 array that replaces ``config.prob`` (as in
+    :func:`draw_mix`). Partners: a permutation of the batch (a derangement with ``no_self``).
     """
-    config = MixConfig(alpha=alpha, prob=prob, mode=mode, **recipe)
-    return sample_mix(batch_size, height, width, config, rng)
-
-
-def sample_mix(batch_size: int, height: int, width: int, config: MixConfig, rng=None, *, prob=None) -> CutMixParams:
-    """:func:`sample_cutmix` for a checked :class:`MixConfig`; ``prob`` as in :func:`draw_mix`."""
     check_image_size(height, width)
     draws, perm = draw_mix(batch_size, config, rng, prob=prob)
     lo, hi, _, lam, blend = mix_from_draws(draws, np.array([height, width], np.float32), config)

@@ -1,4 +1,4 @@
-"""CutMix as a DALI graph fragment: ``images, labels -> images, labels_a, labels_b, lam``.
+"""CutMix as a DALI graph fragment: ``images, labels -> Mixed(images, labels_a, labels_b, lam)``.
 
 Use it inside any ``@pipeline_def``::
 
@@ -18,7 +18,7 @@ import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
 from .backends import native, ops, python
-from .backends.graph import Normalize, is_node
+from .backends.graph import Normalize, Params, is_node
 from .mix import MixConfig, check_image_size, check_layout
 
 BACKENDS = {"native": native, "python": python, "ops": ops}
@@ -35,17 +35,38 @@ REFUSED = {
 }
 
 
+class Mixed(tuple):
+    """What :func:`cutmix` returns, every time: a 4-tuple ``images, labels_a, labels_b, lam``
+    (DataNodes; unpack it, or return it from a ``@pipeline_def``), with ``params`` (a
+    :class:`~dali_cutmix.backends.graph.Params`: ``perm``, ``boxes``, ``lam``, ``blend``) when
+    ``return_params`` asked for them, else None."""
+
+    images = property(lambda self: self[0])
+    labels_a = property(lambda self: self[1])
+    labels_b = property(lambda self: self[2])
+    lam = property(lambda self: self[3])
+
+    def __new__(cls, images, labels_a, labels_b, lam, params: Params | None = None):
+        mixed = super().__new__(cls, (images, labels_a, labels_b, lam))
+        mixed.params = params
+        return mixed
+
+    def __repr__(self) -> str:
+        return f"Mixed(images, labels_a, labels_b, lam, params={'set' if self.params else None})"
+
+
 def cutmix(
     images,
     labels,
     config: MixConfig | None = None,
     *,
-    prob=None,
+    sample_prob=None,
     backend: str | None = None,
     layout: str = "HWC",
     return_params: bool = False,
     normalize: Normalize | None = None,
     size: tuple[int, int] | None = None,
+    resize: bool = False,
     **recipe,
 ):
     """CutMix (optionally switching with MixUp) a uniformly shaped batch inside a DALI pipeline.
@@ -58,17 +79,17 @@ def cutmix(
         config: the recipe, a :class:`dali_cutmix.mix.MixConfig`; or give its fields as keywords
             (``alpha``, ``prob``, ``mode``, ``mixup_alpha``, ``switch_prob``, ``minmax``,
             ``no_self``), not both.
-        prob: a float32 DataNode with one value per sample (a schedule fed at run time) that
-            replaces ``config.prob``: in ``"elem"`` mode sample ``i`` is mixed with probability
-            ``prob[i]``, in ``"batch"`` mode the batch with probability ``prob[0]``, on every
-            backend. A number is the recipe's ``prob``.
+        sample_prob: None, or a float32 CPU DataNode of one value a sample (a schedule fed at
+            run time) that replaces the recipe's ``prob``: in ``"elem"`` mode sample ``i`` is mixed
+            with probability ``sample_prob[i]``, in ``"batch"`` mode the batch with
+            ``sample_prob[0]``, on every backend.
         backend: ``"native"``, ``"python"`` or ``"ops"`` (see the module docstring); None picks
             ``DEFAULT_BACKEND`` for the images' device. A combination in ``REFUSED`` is a
             ``ValueError`` that says why.
         layout: ``"HWC"`` or ``"CHW"``.
-        return_params: also return ``perm`` (int32 per sample) and ``boxes`` (int32 ``[4]``,
-            ``y1, x1, y2, x2``), and ``blend`` (float32, 1.0 for MixUp samples) when MixUp is on,
-            so the mix can be inspected or replayed.
+        return_params: set ``Mixed.params``: ``perm`` (int32 a sample), ``boxes`` (int32
+            ``[4]``, ``y1, x1, y2, x2``), ``lam``, and ``blend`` (float32, 1.0 for MixUp samples;
+            None when MixUp is off), so the mix can be inspected or replayed.
         normalize: a :class:`Normalize` to apply to the mixed images (fused with the mix by the
             native backend, ``crop_mirror_normalize`` after it otherwise).
         size: ``(H, W)`` of the images when the pipeline knows it (a resize to a fixed size), or
@@ -77,14 +98,19 @@ def cutmix(
             GPU images have no GPU -> CPU edge (a fixed size that does not match is an error when
             the batch runs). Without it, GPU images' shapes reach the CPU sampler through
             ``images.shape()``.
+        resize: the images may differ in shape (a decoder's random crops, HWC uint8): each is
+            first resized to ``size`` (required) bilinearly, as ``fn.resize(interp_type=
+            INTERP_LINEAR, antialias=False)`` does. The native backend does it in its one pass
+            (the resized batch is never written out); the others call ``fn.resize``.
 
     Returns:
-        ``images, labels_a, labels_b, lam`` (``lam`` float32, the weight of ``labels_a``; 1.0 where
-        nothing was mixed), then the parameters when ``return_params`` is true.
+        :class:`Mixed`: ``images, labels_a, labels_b, lam`` (``lam`` float32, the weight of
+        ``labels_a``; 1.0 where nothing was mixed), and ``params`` when asked for.
     """
-    if prob is not None and not is_node(prob):
-        recipe["prob"] = prob
-        prob = None
+    if is_node(recipe.get("prob")):
+        raise ValueError("prob is the recipe's number; a per-sample DataNode of chances goes in sample_prob=")
+    if sample_prob is not None and not is_node(sample_prob):
+        raise ValueError(f"sample_prob must be a DataNode (a number is the recipe's prob=), got {sample_prob!r}")
     if config is None:
         config = MixConfig(**recipe)
     elif recipe:
@@ -92,6 +118,8 @@ def cutmix(
     check_layout(layout)
     if size is not None and not is_node(size):
         size = _checked_size(size)
+    if resize and size is None:
+        raise ValueError("resize=True needs size: the (H, W) to resize the images to")
     device = images.device
     name = DEFAULT_BACKEND[device] if backend is None else backend
     if name not in BACKENDS:
@@ -100,15 +128,31 @@ def cutmix(
         if key in REFUSED:
             raise ValueError(REFUSED[key])
     module = BACKENDS[name]
+    fused = {}
+    if resize and module.FUSES_RESIZE:
+        fused["resize"] = True
+    elif resize:
+        images = resize_images(images, size)
     mixed, labels_b, params = module.build(
-        images, labels, config, prob=prob, layout=layout, normalize=normalize, size=size
+        images, labels, config, prob=sample_prob, layout=layout, normalize=normalize, size=size, **fused
     )
     if normalize is not None and not module.FUSES_NORMALIZE:
         mixed = normalize.apply(mixed)
-    outputs = (mixed, labels, labels_b, params.lam)
-    if return_params:
-        outputs += (params.perm, params.boxes) + ((params.blend,) if config.mixup else ())
-    return outputs
+    return Mixed(mixed, labels, labels_b, params.lam, params if return_params else None)
+
+
+def replay_params(params: Params) -> tuple:
+    """``perm, boxes[, blend]``: the parameters a pipeline returns to replay its mix (``blend``
+    only when MixUp is on)."""
+    return (params.perm, params.boxes) + (() if params.blend is None else (params.blend,))
+
+
+def resize_images(images, size):
+    """``images`` (HWC, any shapes) resized to ``size`` (H, W): a pair of ints or a CPU int32
+    DataNode of one ``(H, W)`` a sample; bilinear without antialiasing, the filter the native
+    backend's fused resize reproduces."""
+    hw = fn.cast(size, dtype=types.FLOAT) if is_node(size) else [float(v) for v in size]
+    return fn.resize(images, size=hw, interp_type=types.INTERP_LINEAR, antialias=False)
 
 
 def _checked_size(size) -> tuple[int, int]:
@@ -124,21 +168,23 @@ def mix_arrays(batches, *, device: str = "cpu", seed: int = 0, layout: str = "HW
     """Run :func:`cutmix` with ``return_params=True`` over in-memory batches (lists of NumPy
     arrays, one list a batch), the labels being each sample's index; yield NumPy
     ``(images, mixed, labels_a, labels_b, lam, perm, boxes[, blend])`` per batch. A NumPy ``prob``
-    is fed as the per-sample DataNode. For checking the operator outside a training pipeline
+    goes in as ``sample_prob``. For checking the operator outside a training pipeline
     (the tests and ``scripts/gpu_check.py``)."""
     batch_size = len(batches[0])
     feed = itertools.cycle(batches)
     labels = [np.array([i], dtype=np.int32) for i in range(batch_size)]
-    prob = kwargs.pop("prob", None)
-    per_sample = [np.asarray(p, np.float32) for p in prob] if isinstance(prob, np.ndarray) else None
+    prob = kwargs.get("prob")
+    per_sample = None
+    if isinstance(prob, np.ndarray):
+        per_sample = [np.asarray(p, np.float32) for p in kwargs.pop("prob")]
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=0 if device == "gpu" else None, seed=seed)
     def pipe():
         images = fn.external_source(source=lambda: next(feed), layout=layout, device=device)
-        node = prob if per_sample is None else fn.external_source(source=lambda: per_sample, dtype=types.FLOAT)
-        outputs = cutmix(images, fn.external_source(source=lambda: labels), prob=node, layout=layout,
-                         return_params=True, **kwargs)  # fmt: skip
-        return (images,) + tuple(outputs)
+        node = None if per_sample is None else fn.external_source(source=lambda: per_sample, dtype=types.FLOAT)
+        mixed = cutmix(images, fn.external_source(source=lambda: labels), sample_prob=node, layout=layout,
+                       return_params=True, **kwargs)  # fmt: skip
+        return (images, *mixed, *replay_params(mixed.params))
 
     p = pipe(prefetch_queue_depth=1)
     p.build()

@@ -22,7 +22,7 @@ from nvidia.dali import pipeline_def, types
 
 from dali_cutmix.errors import UserError
 from dali_cutmix.mix import MixConfig, check_prob
-from dali_cutmix.ops import Normalize, cutmix
+from dali_cutmix.ops import Normalize, cutmix, replay_params, resize_images
 
 from .files import Split
 from .sources import Source, load_source
@@ -67,11 +67,11 @@ def _decoder_kwargs(device: str, paddings: dict[str, int]) -> dict:
     return {"device": "mixed", **paddings} if device == "gpu" else {"device": "cpu"}
 
 
-def decode_random_resized_crop(jpegs, *, device: str, image_size, random_area=(0.08, 1.0), paddings=None):
+def decode_random_crop(jpegs, *, device: str, random_area=(0.08, 1.0), paddings=None):
     """Decode only the random crop (``random_area`` of the image, 8%-100% by default; aspect
-    3/4-4/3), then resize: (S, S, 3) uint8. ``image_size``: S, an int or a per-sample CPU DataNode
-    (a schedule fed at run time). ``paddings``: nvJPEG's (GPU; DALI's defaults if None)."""
-    images = fn.decoders.image_random_crop(
+    3/4-4/3): HWC uint8 of each crop's own size. ``paddings``: nvJPEG's (GPU; DALI's defaults if
+    None)."""
+    return fn.decoders.image_random_crop(
         jpegs,
         output_type=types.RGB,
         random_area=[float(v) for v in random_area],
@@ -79,6 +79,12 @@ def decode_random_resized_crop(jpegs, *, device: str, image_size, random_area=(0
         num_attempts=100,
         **_decoder_kwargs(device, paddings or DALI_PADDINGS),
     )
+
+
+def decode_random_resized_crop(jpegs, *, device: str, image_size, random_area=(0.08, 1.0), paddings=None):
+    """:func:`decode_random_crop`, then resized: (S, S, 3) uint8. ``image_size``: S, an int or a
+    per-sample CPU DataNode of S (a schedule fed at run time)."""
+    images = decode_random_crop(jpegs, device=device, random_area=random_area, paddings=paddings)
     return fn.resize(images, resize_x=image_size, resize_y=image_size, interp_type=types.INTERP_LINEAR, antialias=False)
 
 
@@ -96,26 +102,28 @@ def _train_graph(split, *, image_size, random_area, device, shard_id, num_shards
     size = (image_size, image_size)
     if size_source is not None:  # progressive resizing: each batch's side from its epoch, no rebuild
         side = fn.external_source(source=size_source, batch=True, batch_info=True, dtype=types.INT32)
-        image_size = fn.cast(side, dtype=types.FLOAT)
-        size = fn.cat(fn.reshape(side, shape=[1]), fn.reshape(side, shape=[1]))  # (H, W) for the sampler
-    images = decode_random_resized_crop(
-        jpegs, device=device, image_size=image_size, random_area=random_area, paddings=paddings
-    )
+        size = fn.cat(fn.reshape(side, shape=[1]), fn.reshape(side, shape=[1]))  # int32 (H, W) a sample
+    images = decode_random_crop(jpegs, device=device, random_area=random_area, paddings=paddings)
     # The flip comes after the mix so it fuses into the normalisation; flipping a mixed image
     # equals mixing flipped images with a flipped box, so the distribution is the same.
     mirror = fn.random.coin_flip()
     norm = _normalize(fp16, uint8, mirror=mirror)
-    if mix is None:
-        outputs = norm.apply(images), labels, labels, fn.ones(shape=[], dtype=types.FLOAT)  # lam: (B,) 1.0
+    if mix is None and device == "cpu":  # the native operator at prob 0: its fused resize, no mixing
+        mixed = cutmix(images, labels, MixConfig(prob=0.0), backend="native", normalize=norm, size=size, resize=True)
+        outputs = mixed.images, labels, labels, mixed.lam  # lam: 1.0
+    elif mix is None:
+        outputs = norm.apply(resize_images(images, size)), labels, labels, fn.ones(shape=[], dtype=types.FLOAT)  # lam
     else:
         recipe, backend = mix
         prob = None
         if prob_source is not None:
             prob = fn.external_source(source=prob_source, batch=True, batch_info=True, dtype=types.FLOAT)
-        # The native backend (the CPU default) mixes and normalises in one pass (dali_cutmix.ops);
-        # the size is known, so GPU images never reach the CPU sampler.
-        outputs = cutmix(images, labels, recipe, prob=prob, backend=backend, normalize=norm, size=size,
-                         return_params=return_params)  # fmt: skip
+        # The native backend (the CPU default) resizes, mixes and normalises in one pass; the
+        # others resize first (dali_cutmix.ops). The size is known, so GPU images never reach the
+        # CPU sampler.
+        mixed = cutmix(images, labels, recipe, sample_prob=prob, backend=backend, normalize=norm, size=size,
+                       resize=True, return_params=return_params)  # fmt: skip
+        outputs = tuple(mixed) + (replay_params(mixed.params) if return_params else ())
     if return_params:
         outputs += (mirror,)
     return on_device(outputs, device)

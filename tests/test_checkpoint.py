@@ -47,3 +47,28 @@ def test_a_foreign_or_broken_checkpoint_is_a_clear_error(tmp_path):
     torch.save({"weights": torch.zeros(2)}, foreign, pickle_protocol=2)
     with pytest.raises(ValueError, match="is not a dali-cutmix training checkpoint"):
         ckpt.load(foreign, "resnet18")
+
+
+def test_restore_returns_the_schedule_at_the_checkpoints_step_through_public_api(recwarn):
+    def schedule(step):
+        return 0.9**step
+
+    def fresh():
+        model = torch.nn.Linear(2, 2)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+        return model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+    model, optimizer, scheduler = fresh()
+    for _ in range(13):  # 2 epochs of 5 steps and 3 more
+        optimizer.step()
+        scheduler.step()
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 2, "step": 3,
+             "scaler": None, "torch_rng": torch.get_rng_state()}  # fmt: skip
+    model, optimizer, scheduler = fresh()
+    resumed = ckpt.restore(state, model, optimizer, scheduler, None, steps_per_epoch=5)
+    assert resumed.last_epoch == 13 and resumed.get_last_lr() == [0.5 * schedule(13)]
+    assert optimizer.param_groups[0]["lr"] == 0.5 * schedule(13)
+    optimizer.step()
+    resumed.step()
+    assert optimizer.param_groups[0]["lr"] == 0.5 * schedule(14)
+    assert not [w for w in recwarn if "lr_scheduler" in str(w.message)]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import dali_cutmix
-from dali_cutmix.mix import CutMixParams, MixConfig, apply_cutmix, box_rows_cols, cutmix_box, sample_cutmix
+from dali_cutmix.mix import CutMixParams, MixConfig, apply_cutmix, box_rows_cols, cutmix_box, sample_mix
 
 H, W = 40, 72  # non-square on purpose: H and W must never be swapped
 
@@ -43,7 +43,7 @@ def test_box_matches_reference_code_on_the_same_draws():
 
 @pytest.mark.parametrize("mode", ["batch", "elem"])
 def test_sample_shapes_and_modes(mode):
-    p = sample_cutmix(16, H, W, alpha=1.0, mode=mode, rng=1)
+    p = sample_mix(16, H, W, MixConfig(alpha=1.0, mode=mode), 1)
     assert p.perm.shape == (16,) and sorted(p.perm) == list(range(16))
     assert p.boxes.shape == (16, 4) and p.boxes.dtype == np.int32
     assert p.lam.dtype == np.float32
@@ -55,7 +55,7 @@ def test_sample_shapes_and_modes(mode):
 
 
 def test_prob_zero_mixes_nothing():
-    p = sample_cutmix(8, H, W, prob=0.0, mode="elem", rng=2)
+    p = sample_mix(8, H, W, MixConfig(prob=0.0, mode="elem"), 2)
     assert (p.lam == 1.0).all()
     images = np.random.default_rng(0).integers(0, 256, (8, H, W, 3), dtype=np.uint8)
     out, *_ = apply_cutmix(images, np.arange(8), p)
@@ -63,13 +63,13 @@ def test_prob_zero_mixes_nothing():
 
 
 def test_elem_prob_mixes_about_that_fraction():
-    p = sample_cutmix(4000, H, W, prob=0.3, mode="elem", rng=3)
+    p = sample_mix(4000, H, W, MixConfig(prob=0.3, mode="elem"), 3)
     mixed = (p.lam < 1.0).mean()
     assert 0.26 < mixed < 0.33  # a few of the 30% draw lam0 ~ 1 (an empty box)
 
 
 def test_same_rng_same_params_other_rng_other_params():
-    a, b, c = (sample_cutmix(32, H, W, mode="elem", rng=s) for s in (5, 5, 6))
+    a, b, c = (sample_mix(32, H, W, MixConfig(mode="elem"), s) for s in (5, 5, 6))
     np.testing.assert_array_equal(a.boxes, b.boxes)
     assert not np.array_equal(a.boxes, c.boxes)
 
@@ -82,7 +82,7 @@ def test_apply_invariants(layout, dtype):
     images = (rng.random(shape) * 255).astype(dtype)
     before = images.copy()
     labels = np.arange(16) * 10
-    p = sample_cutmix(16, H, W, mode="elem", rng=5)
+    p = sample_mix(16, H, W, MixConfig(mode="elem"), 5)
     out, la, lb, lam = apply_cutmix(images, labels, p, layout)
     np.testing.assert_array_equal(images, before)  # inputs untouched
     np.testing.assert_array_equal(lb, labels[p.perm])
@@ -100,7 +100,7 @@ def test_apply_invariants(layout, dtype):
 def test_torch_and_numpy_agree():
     rng = np.random.default_rng(6)
     images = rng.integers(0, 256, (8, 3, H, W), dtype=np.uint8)
-    p = sample_cutmix(8, H, W, mode="elem", rng=7)
+    p = sample_mix(8, H, W, MixConfig(mode="elem"), 7)
     out_np, _, lb_np, lam_np = apply_cutmix(images, np.arange(8), p, "CHW")
     out_t, _, lb_t, lam_t = apply_cutmix(torch.from_numpy(images), torch.arange(8), p, "CHW")
     np.testing.assert_array_equal(out_t.numpy(), out_np)
@@ -111,7 +111,7 @@ def test_torch_and_numpy_agree():
 def test_layouts_agree():
     rng = np.random.default_rng(8)
     hwc = rng.integers(0, 256, (8, H, W, 3), dtype=np.uint8)
-    p = sample_cutmix(8, H, W, mode="elem", rng=9)
+    p = sample_mix(8, H, W, MixConfig(mode="elem"), 9)
     out_hwc = apply_cutmix(hwc, np.arange(8), p, "HWC")[0]
     out_chw = apply_cutmix(np.ascontiguousarray(hwc.transpose(0, 3, 1, 2)), np.arange(8), p, "CHW")[0]
     np.testing.assert_array_equal(out_chw.transpose(0, 2, 3, 1), out_hwc)
@@ -133,11 +133,11 @@ def test_layouts_agree():
 def test_sample_errors(kwargs, match):
     args = {"batch_size": 4, "height": H, "width": W, **kwargs}
     with pytest.raises(ValueError, match=match):
-        sample_cutmix(args.pop("batch_size"), args.pop("height"), args.pop("width"), **args)
+        sample_mix(args.pop("batch_size"), args.pop("height"), args.pop("width"), MixConfig(**args))
 
 
 def test_apply_errors():
-    p = sample_cutmix(4, H, W, rng=0)
+    p = sample_mix(4, H, W, MixConfig(), 0)
     with pytest.raises(ValueError, match="layout must be one of .*, got 'NHWC'"):
         apply_cutmix(np.zeros((4, H, W, 3)), np.arange(4), p, "NHWC")
     with pytest.raises(ValueError, match=r"batch of 4 HWC images, got shape \(3, 40, 72, 3\)"):

@@ -299,3 +299,103 @@ def test_gpu_python_backend_is_the_oracle(recipe, mode, layout):
         images, mixed, la, lb = out[:4]
         np.testing.assert_array_equal(mixed, reference_mix(images, params_of(out, mixup), layout))
         np.testing.assert_array_equal(lb, la[out[5]])
+
+
+def bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """An independent oracle of the resize: pixel centres aligned, the border repeated, float64."""
+
+    def taps(out, n):
+        s = (np.arange(out) + 0.5) * (n / out) - 0.5
+        i = np.floor(s).astype(int)
+        return np.clip(i, 0, n - 1), np.clip(i + 1, 0, n - 1), (s - i)
+
+    y0, y1, wy = taps(height, image.shape[0])
+    x0, x1, wx = taps(width, image.shape[1])
+    img = image.astype(np.float64)
+    rows = img[y0] + (img[y1] - img[y0]) * wy[:, None, None]
+    return rows[:, x0] + (rows[:, x1] - rows[:, x0]) * wx[None, :, None]
+
+
+def resized_mix(backend, batch, size, **kwargs):
+    labels = [np.array([i], dtype=np.int32) for i in range(len(batch))]
+
+    @pipeline_def(batch_size=len(batch), num_threads=2, device_id=None, seed=7)
+    def pipe():
+        images = fn.external_source(source=lambda: batch, layout="HWC")
+        out = dali_cutmix.cutmix(images, fn.external_source(source=lambda: labels), backend=backend, size=size,
+                                 resize=True, return_params=True, **kwargs)  # fmt: skip
+        return (*out, out.params.perm, out.params.boxes)
+
+    p = pipe()
+    p.build()
+    return tuple(o.as_array() for o in p.run())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("size", [(32, 48), (90, 20)], ids=["down-and-up", "tall"])
+@pytest.mark.parametrize("prob", [1.0, 0.0], ids=["mixed", "prob-0"])  # prob 0: the no-CutMix CPU pipeline's path
+def test_resize_true_takes_crops_of_any_shape_and_resizes_them_bilinearly(backend, size, prob):
+    """The native backend's fused resize and fn.resize (the others) against a NumPy bilinear
+    resize then the loop oracle: within one level where float32 rounds a value near .5 the other
+    way (1-2% of the values of this noise)."""
+    rng = np.random.default_rng(1)
+    shapes = [(40, 72, 3), (17, 9, 3), (64, 64, 3), (33, 100, 3), (5, 80, 3), (120, 30, 3)]
+    batch = [rng.integers(0, 256, s, dtype=np.uint8) for s in shapes]
+    mixed, la, lb, lam, perm, boxes = resized_mix(backend, batch, size, prob=prob)
+    assert (lam < 1).any() == (prob == 1.0)
+    assert mixed.shape == (len(batch), *size, 3) and mixed.dtype == np.uint8
+    resized = np.stack([np.floor(bilinear(b, *size) + 0.5).astype(np.uint8) for b in batch])
+    params = CutMixParams(perm=perm.astype(np.int64), boxes=boxes, lam=lam, blend=None)
+    diff = np.abs(mixed.astype(int) - reference_mix(resized, params).astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.03, (diff > 0).mean()
+    np.testing.assert_array_equal(lb, la[perm])
+    np.testing.assert_array_equal(lam, box_lam(boxes, *size))
+
+
+def test_resize_true_needs_a_size_and_uint8_images_on_the_native_backend():
+    with pytest.raises(ValueError, match=r"resize=True needs size: the \(H, W\) to resize the images to"):
+        resized_mix("native", [np.zeros((8, 8, 3), np.uint8)] * 2, None)
+    with pytest.raises(RuntimeError, match=r"size \(the fused resize\) takes uint8 images"):
+        resized_mix("native", [np.zeros((8, 8, 3), np.float32)] * 2, (4, 4))
+
+
+@pytest.mark.parametrize("mixup", [False, True], ids=["cutmix", "mixup"])
+@pytest.mark.parametrize("return_params", [False, True], ids=["plain", "params"])
+def test_cutmix_returns_one_named_type_every_time(mixup, return_params):
+    """Mixed: four DataNodes that unpack and return from a pipeline as they are; params or None."""
+    seen = {}
+
+    @pipeline_def(batch_size=2, num_threads=1, device_id=None)
+    def pipe():
+        images = fn.external_source(source=lambda: [np.zeros((8, 8, 3), np.uint8)] * 2)
+        labels = fn.external_source(source=lambda: [np.array([0], np.int32)] * 2)
+        out = dali_cutmix.cutmix(images, labels, mixup_alpha=0.4 if mixup else 0.0, return_params=return_params)
+        seen["out"] = out
+        images, labels_a, labels_b, lam = out
+        assert (images, labels_a, labels_b, lam) == (out.images, out.labels_a, out.labels_b, out.lam)
+        return out
+
+    p = pipe()
+    p.build()
+    out = seen["out"]
+    assert type(out) is dali_cutmix.Mixed and len(p.run()) == 4
+    if not return_params:
+        assert out.params is None
+    else:
+        assert out.params.perm is not None and out.params.boxes is not None
+        assert (out.params.blend is not None) == mixup
+
+
+def test_a_per_sample_chance_has_its_own_argument():
+    @pipeline_def(batch_size=2, num_threads=1, device_id=None)
+    def pipe(node_as_prob):
+        images = fn.external_source(source=lambda: [np.zeros((8, 8, 3), np.uint8)] * 2)
+        labels = fn.external_source(source=lambda: [np.array([0])] * 2)
+        if node_as_prob:
+            return tuple(dali_cutmix.cutmix(images, labels, prob=fn.random.uniform(range=[0.0, 1.0])))
+        return tuple(dali_cutmix.cutmix(images, labels, sample_prob=0.5))
+
+    with pytest.raises(ValueError, match="a per-sample DataNode of chances goes in sample_prob="):
+        pipe(True).build()
+    with pytest.raises(ValueError, match=r"sample_prob must be a DataNode \(a number is the recipe's prob=\), got 0.5"):
+        pipe(False).build()

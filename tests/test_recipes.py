@@ -10,7 +10,7 @@ from conftest import backends, random_batch
 from timm.data import mixup as timm_mixup
 
 from dali_cutmix import mixed_targets
-from dali_cutmix.mix import CutMixParams, apply_cutmix, sample_cutmix
+from dali_cutmix.mix import CutMixParams, MixConfig, apply_cutmix, sample_mix
 from dali_cutmix.ops import mix_arrays
 
 BACKENDS, BACKEND_LAYOUTS = backends()
@@ -35,7 +35,7 @@ def test_timm_given_our_draws_mixes_like_us_in_batch_mode(monkeypatch, kind, smo
     config = {"alpha": 1.0, "mixup_alpha": 0.4, "switch_prob": 1.0 if kind == "cutmix" else 0.0}
     params = None
     for seed in range(100):  # a batch that is mixed (prob 1) with a non-empty box or a blend
-        params = flipped(sample_cutmix(B, H, W, mode="batch", rng=seed, **config))
+        params = flipped(sample_mix(B, H, W, MixConfig(mode="batch", **config), seed))
         if params.lam[0] < 1:
             break
     y1, x1, y2, x2 = (int(v) for v in params.boxes[0])
@@ -55,7 +55,7 @@ def test_timm_given_our_draws_mixes_like_us_in_elem_mode(monkeypatch):
     B = 8
     x = torch.rand(B, 3, H, W)
     target = torch.arange(B)
-    params = flipped(sample_cutmix(B, H, W, mode="elem", rng=3, alpha=1.0, mixup_alpha=0.4, switch_prob=0.5))
+    params = flipped(sample_mix(B, H, W, MixConfig(mode="elem", alpha=1.0, mixup_alpha=0.4, switch_prob=0.5), 3))
     use_cutmix = ~params.blend
     monkeypatch.setattr(timm_mixup.Mixup, "_params_per_elem", lambda self, n: (params.lam.copy(), use_cutmix))
     boxes = iter(
@@ -115,14 +115,14 @@ def test_our_draws_follow_timms_own_distribution():
     lam_raw, use_cutmix = timm._params_per_elem(n)
     theirs_cut = [timm_mixup.cutmix_bbox_and_lam((3, H, W), float(lam), correct_lam=True)[1]
                   for lam in lam_raw[use_cutmix]]  # fmt: skip
-    ours = sample_cutmix(n, H, W, mode="elem", rng=0, alpha=1.0, mixup_alpha=0.4, switch_prob=0.5)
+    ours = sample_mix(n, H, W, MixConfig(mode="elem", alpha=1.0, mixup_alpha=0.4, switch_prob=0.5), 0)
     assert abs(ours.blend.mean() - (~use_cutmix).mean()) < 0.02  # the share of MixUp samples
     assert abs(ours.lam[~ours.blend].mean() - np.mean(theirs_cut)) < 0.01  # CutMix lam after clipping
     assert abs(ours.lam[ours.blend].std() - lam_raw[~use_cutmix].std()) < 0.01  # Beta(0.4, 0.4)
 
 
 def test_switch_prob_sets_the_share_of_cutmix():
-    p = sample_cutmix(20000, H, W, mode="elem", rng=4, mixup_alpha=0.4, switch_prob=0.3, prob=0.5)
+    p = sample_mix(20000, H, W, MixConfig(mode="elem", mixup_alpha=0.4, switch_prob=0.3, prob=0.5), 4)
     mixed = (p.lam < 1) | p.blend
     assert abs(mixed.mean() - 0.5) < 0.02
     assert abs(p.blend[mixed].mean() - 0.7) < 0.02
@@ -144,7 +144,7 @@ def test_minmax_boxes_have_random_sides_within_limits(backend):
 
 
 def test_minmax_matches_timm_sampler_distribution():
-    ours = sample_cutmix(20000, H, W, mode="elem", rng=6, minmax=(0.3, 0.9))
+    ours = sample_mix(20000, H, W, MixConfig(mode="elem", minmax=(0.3, 0.9)), 6)
     np.random.seed(0)
     yl, yu, xl, xu = timm_mixup.rand_bbox_minmax((3, H, W), (0.3, 0.9), count=20000)
     h, w = ours.boxes[:, 2] - ours.boxes[:, 0], ours.boxes[:, 3] - ours.boxes[:, 1]
@@ -159,4 +159,4 @@ def test_no_self_partners(backend):
     for out in mix_arrays(batches, backend=backend, mode="elem", no_self=True):
         assert (out[5] != np.arange(4)).all()
     for seed in range(50):
-        assert (sample_cutmix(4, H, W, rng=seed, no_self=True).perm != np.arange(4)).all()
+        assert (sample_mix(4, H, W, MixConfig(no_self=True), seed).perm != np.arange(4)).all()

@@ -286,7 +286,7 @@ def check_data(state: dict, path: Path, num_classes: int, fingerprint: str) -> N
     class count, then the fingerprint of files, labels and classes (``Split.fingerprint``)."""
     if state["num_classes"] != num_classes:
         raise CheckpointError(f"checkpoint has {state['num_classes']} classes, but the data has {num_classes}")
-    saved = state["config"].get("data_fingerprint", fingerprint)
+    saved = state["config"]["data_fingerprint"]
     if saved != fingerprint:
         raise CheckpointError(
             f"{path} was trained on other data ({saved.split(':')[0]} training files, "
@@ -295,19 +295,20 @@ def check_data(state: dict, path: Path, num_classes: int, fingerprint: str) -> N
         )
 
 
-def restore(state: dict, model, optimizer, scheduler, scaler, *, steps_per_epoch: int) -> None:
+def restore(state: dict, model, optimizer, scheduler, scaler, *, steps_per_epoch: int):
     """Load the weights, optimizer and scaler state (:func:`check_data` says whether they fit);
-    the lr schedule is the one built from this run's flags (its total, warmup and lr scaling),
-    moved to the step where the checkpoint is."""
+    return the lr schedule built from this run's flags (``scheduler``: its total, warmup and lr
+    scaling) as a new ``LambdaLR`` at the checkpoint's step, which sets the optimizer's lr."""
     import torch
 
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    scheduler.last_epoch = state["epoch"] * steps_per_epoch + state["step"]
-    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+    done = state["epoch"] * steps_per_epoch + state["step"]  # >= 1: no checkpoint is written at step 0
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
         group["initial_lr"] = base
-        group["lr"] = base * factor(scheduler.last_epoch)
-    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    # Built at last_epoch = done - 1, the constructor's own first step lands on `done`.
+    resumed = torch.optim.lr_scheduler.LambdaLR(optimizer, scheduler.lr_lambdas, last_epoch=done - 1)
     if scaler is not None and state["scaler"] is not None:
         scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["torch_rng"])
+    return resumed

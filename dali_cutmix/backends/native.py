@@ -12,18 +12,23 @@ import nvidia.dali.fn as fn
 from nvidia.dali import types
 
 from ..mix import MixConfig
-from .graph import Normalize, Params
+from .graph import Normalize, Params, is_node
 
 FUSES_NORMALIZE = True
+FUSES_RESIZE = True
 
 
-def build(images, labels, config: MixConfig, *, prob, layout: str, normalize: Normalize | None, size=None):
-    """``images, labels -> images (normalised when asked), labels_b, Params``; ``size`` is not
-    needed: the operator reads the CPU batch's shapes itself."""
+def build(images, labels, config: MixConfig, *, prob, layout: str, normalize: Normalize | None, size=None,
+          resize: bool = False):  # fmt: skip
+    """``images, labels -> images (normalised when asked), labels_b, Params``. ``size`` is not
+    needed (the operator reads the CPU batch's shapes itself) unless ``resize``: then the operator
+    resizes each image to it in the same pass."""
     from .. import plugin  # here, so that `python -m dali_cutmix.plugin` runs the module once
 
     plugin.load()
     args = _recipe_args(config)
+    if resize:
+        args["size"] = size if is_node(size) else [int(v) for v in size]
     if normalize is not None:
         if normalize.fp16:
             raise ValueError("float16 output is for the GPU; the CPU operator writes float32")

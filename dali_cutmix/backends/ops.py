@@ -20,6 +20,7 @@ from ..mix import MixConfig, blend_weight, mix_from_draws
 from .graph import DALI_OPS, Normalize, Params, check_shapes, is_node
 
 FUSES_NORMALIZE = False
+FUSES_RESIZE = False
 
 
 def build(images, labels, config: MixConfig, *, prob, layout: str, normalize: Normalize | None, size=None):

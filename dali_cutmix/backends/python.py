@@ -19,6 +19,7 @@ from .graph import Normalize, Params, check_shapes, is_node
 from .torch_mix import PACKED, TorchMix, pack
 
 FUSES_NORMALIZE = False
+FUSES_RESIZE = False
 
 
 def build(images, labels, config: MixConfig, *, prob, layout: str, normalize: Normalize | None, size=None):

@@ -7,10 +7,17 @@
 // pixels are written once, straight from the own image or the partner's, through a per-channel
 // lookup table that does what crop_mirror_normalize does: (x - mean) * (1 / std), flip, layout.
 //
+// With `size`, the images come in any shape (a decoder's random crops) and each is resized to
+// size first, bilinearly as fn.resize(interp_type=INTERP_LINEAR, antialias=False) does (rounded to
+// uint8 as its output is): the rows each output row needs are resampled on the way, so the resized
+// batch is never written out. DALI's CPU resize costs ~3/4 of a prepared-data pipeline's time
+// (docs/BENCHMARKS.md); this pass does the same work for a fraction of it.
+//
 // The box formula is the one of dali_cutmix.mix.cutmix_box / minmax_box, in float32 operation for
 // operation (compiled with -ffp-contract=off), so NumPy given the same draws gets the same boxes.
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -45,6 +52,93 @@ struct Draws {
   float u[4] = {0, 0, 0, 0};
 };
 
+// Bilinear taps along one axis: output k reads inputs i0[k], i1[k] with weight w[k] on i1, the
+// pixel centres aligned ((k + 0.5) * in / out - 0.5), the border repeated: DALI's linear filter.
+struct Taps {
+  std::vector<int> i0, i1;
+  std::vector<float> w;
+
+  void Set(int out, int in) {
+    i0.resize(out), i1.resize(out), w.resize(out);
+    float scale = static_cast<float>(in) / static_cast<float>(out);
+    for (int k = 0; k < out; k++) {
+      float s = (static_cast<float>(k) + 0.5f) * scale - 0.5f;
+      int i = static_cast<int>(std::floor(s));
+      w[k] = s - static_cast<float>(i);
+      i0[k] = std::clamp(i, 0, in - 1), i1[k] = std::clamp(i + 1, 0, in - 1);
+    }
+  }
+};
+
+// A uint8 HWC image seen at H x W: Row(y) resamples output row y (columns [x0, x1)) from two
+// horizontally resampled source rows, which are kept while consecutive rows share them.
+class Resampled {
+ public:
+  void Reset(const uint8_t *src, int64_t h, int64_t w, int64_t C, int64_t H, int64_t W) {
+    src_ = src, w_ = w, C_ = C, W_ = W;
+    cols_.Set(static_cast<int>(W), static_cast<int>(w));
+    rows_.Set(static_cast<int>(H), static_cast<int>(h));
+    for (auto &slot : slots_) slot.row = -1, slot.values.resize(W * C);
+    out_.resize(W * C);
+  }
+
+  const uint8_t *Row(int64_t y, int64_t x0, int64_t x1) {
+    const float *a = Horizontal(rows_.i0[y], rows_.i1[y]);
+    const float *b = Horizontal(rows_.i1[y], rows_.i0[y]);
+    float wy = rows_.w[y];
+    // Locals and __restrict: a uint8_t store may alias anything, which would otherwise reload the
+    // bounds on every value and keep the loop from vectorising.
+    uint8_t *__restrict out = out_.data();
+    const float *__restrict ra = a, *__restrict rb = b;
+    const int64_t begin = x0 * C_, end = x1 * C_;
+    for (int64_t k = begin; k < end; k++) {  // in [0, 255]: a blend of uint8 values, rounded
+      out[k] = static_cast<uint8_t>(ra[k] + (rb[k] - ra[k]) * wy + 0.5f);
+    }
+    return out_.data();
+  }
+
+ private:
+  struct Slot {
+    int row = -1;
+    std::vector<float> values;
+  };
+
+  // Source row r resampled to W columns, in the slot that does not hold `keep`.
+  const float *Horizontal(int r, int keep) {
+    for (auto &slot : slots_)
+      if (slot.row == r) return slot.values.data();
+    Slot &slot = slots_[0].row == keep ? slots_[1] : slots_[0];
+    const uint8_t *in = src_ + static_cast<int64_t>(r) * w_ * C_;
+    if (C_ == 3) {
+      Horizontal<3>(in, slot.values.data());
+    } else {
+      Horizontal<0>(in, slot.values.data());
+    }
+    slot.row = r;
+    return slot.values.data();
+  }
+
+  template <int kChannels>  // 0: C_ channels
+  void Horizontal(const uint8_t *in, float *out) const {
+    const int64_t C = kChannels ? kChannels : C_, W = W_;
+    const int *i0 = cols_.i0.data(), *i1 = cols_.i1.data();
+    const float *w = cols_.w.data();
+    for (int64_t x = 0; x < W; x++) {
+      const uint8_t *p0 = in + i0[x] * C, *p1 = in + i1[x] * C;
+      for (int64_t c = 0; c < C; c++) {
+        float u = p0[c], v = p1[c];
+        out[x * C + c] = u + (v - u) * w[x];
+      }
+    }
+  }
+
+  const uint8_t *src_ = nullptr;
+  int64_t w_ = 0, C_ = 0, W_ = 0;
+  Taps cols_, rows_;
+  Slot slots_[2];
+  std::vector<uint8_t> out_;
+};
+
 class Mix : public ::dali::StatelessOperator<CPUBackend> {
  public:
   explicit Mix(const ::dali::OpSpec &spec)
@@ -57,7 +151,8 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
         no_self_(spec.GetArgument<bool>("no_self")),
         minmax_(spec.GetRepeatedArgument<float>("minmax")),
         normalize_(spec.HasArgument("mean") || spec.HasArgument("std")),
-        output_layout_(spec.GetArgument<std::string>("output_layout")) {
+        output_layout_(spec.GetArgument<std::string>("output_layout")),
+        resize_(spec.HasArgument("size") || spec.HasTensorArgument("size")) {
     auto mode = spec.GetArgument<std::string>("mode");
     DALI_ENFORCE(mode == "batch" || mode == "elem", "mode must be \"batch\" or \"elem\", got \"" + mode + "\"");
     per_sample_ = mode == "elem";
@@ -93,12 +188,29 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
                  "float32 images give float32 output (dtype=FLOAT)");
     DALI_ENFORCE(images.sample_dim() == 3, "dali_cutmix.mix takes HWC images (3 dimensions)");
     auto shape = images.tensor_shape(0);
-    for (int i = 1; i < n; i++) {
-      DALI_ENFORCE(images.tensor_shape(i) == shape,
-                   ::dali::make_string("CutMix needs a batch of one image shape (crop or resize first): sample 0 is ",
-                                       images.tensor_shape(0), ", sample ", i, " is ", images.tensor_shape(i)));
+    if (resize_) {
+      DALI_ENFORCE(images.type() == DALIDataType::DALI_UINT8, "size (the fused resize) takes uint8 images");
+      auto target = TargetSize(ws, 0);
+      for (int i = 0; i < n; i++) {
+        DALI_ENFORCE(TargetSize(ws, i) == target,
+                     ::dali::make_string("size must be one (H, W) for the whole batch: sample 0 has ", target[0], "x",
+                                         target[1], ", sample ", i, " has ", TargetSize(ws, i)[0], "x",
+                                         TargetSize(ws, i)[1]));
+        auto s = images.tensor_shape(i);
+        DALI_ENFORCE(s[0] >= 1 && s[1] >= 1 && s[2] == shape[2],
+                     ::dali::make_string("images to resize need one channel count and at least 1x1 pixels: sample 0 is ",
+                                         shape, ", sample ", i, " is ", s));
+      }
+      H_ = target[0], W_ = target[1], C_ = shape[2];
+    } else {
+      for (int i = 1; i < n; i++) {
+        DALI_ENFORCE(images.tensor_shape(i) == shape,
+                     ::dali::make_string("CutMix needs a batch of one image shape (crop or resize first, or give size): "
+                                         "sample 0 is ", images.tensor_shape(0), ", sample ", i, " is ",
+                                         images.tensor_shape(i)));
+      }
+      H_ = shape[0], W_ = shape[1], C_ = shape[2];
     }
-    H_ = shape[0], W_ = shape[1], C_ = shape[2];
     DALI_ENFORCE(H_ >= 2 && W_ >= 2,
                  ::dali::make_string("images must be at least 2x2 (HxW) for CutMix, got ", H_, "x", W_));
     for (auto *v : {&mean_, &std_}) {
@@ -164,7 +276,9 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
       tp.AddWork(
           [&, i, mirror](int) {
             const auto &p = params_[i];
-            if (float_in) {
+            if (resize_) {
+              WriteResized(out, images, i, p, mirror);
+            } else if (float_in) {
               Write(out.mutable_tensor<float>(i), images.tensor<float>(i), images.tensor<float>(p.perm), p, mirror);
             } else if (dtype_ == DALIDataType::DALI_FLOAT) {
               Write(out.mutable_tensor<float>(i), images.tensor<uint8_t>(i), images.tensor<uint8_t>(p.perm), p, mirror);
@@ -179,6 +293,24 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
   }
 
  private:
+  // The output (H, W) of sample i when resizing: the size argument, fixed or fed per sample.
+  std::array<int64_t, 2> TargetSize(const Workspace &ws, int i) const {
+    std::vector<int> size;
+    if (spec_.HasTensorArgument("size")) {
+      const auto &t = ws.ArgumentInput("size");
+      DALI_ENFORCE(t.type() == DALIDataType::DALI_INT32 && t.tensor_shape(i).num_elements() == 2,
+                   ::dali::make_string("size must be int32 (H, W) per sample, got ", t.type(), " of shape ",
+                                       t.tensor_shape(i)));
+      size.assign(t.tensor<int>(i), t.tensor<int>(i) + 2);
+    } else {
+      size = spec_.GetRepeatedArgument<int>("size");
+      DALI_ENFORCE(size.size() == 2, "size must be (H, W)");
+    }
+    DALI_ENFORCE(size[0] >= 2 && size[1] >= 2,
+                 ::dali::make_string("size must be at least 2x2 for CutMix, got ", size[0], "x", size[1]));
+    return {size[0], size[1]};
+  }
+
   // Per channel: mean and 1/std rounded to float once, as crop_mirror_normalize does, and for uint8
   // input a lookup table of (x - mean) * (1 / std) for each of the 256 values: one load per value.
   void BuildTables() {
@@ -207,15 +339,47 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
 
   template <typename Out, typename In>
   void Write(Out *out, const In *own, const In *partner, const SampleParams &p, bool mirror) const {
+    const int64_t row = W_ * C_;
+    WriteRows<In>(
+        out, [&](int64_t y, int64_t, int64_t) { return own + y * row; },
+        [&](int64_t y, int64_t, int64_t) { return partner + y * row; }, p, mirror);
+  }
+
+  // Sample i resized to H_ x W_ (own and partner), then written as above.
+  template <typename Out>
+  void WriteResized(Out *out, const ::dali::TensorList<CPUBackend> &images, int i, const SampleParams &p,
+                    bool mirror) const {
+    Resampled own, partner;
+    auto a = images.tensor_shape(i), b = images.tensor_shape(p.perm);
+    own.Reset(images.tensor<uint8_t>(i), a[0], a[1], C_, H_, W_);
+    partner.Reset(images.tensor<uint8_t>(p.perm), b[0], b[1], C_, H_, W_);
+    WriteRows<uint8_t>(
+        out, [&](int64_t y, int64_t x0, int64_t x1) { return own.Row(y, x0, x1); },
+        [&](int64_t y, int64_t x0, int64_t x1) { return partner.Row(y, x0, x1); }, p, mirror);
+  }
+
+  void WriteResized(::dali::TensorList<CPUBackend> &out, const ::dali::TensorList<CPUBackend> &images, int i,
+                    const SampleParams &p, bool mirror) const {
+    if (dtype_ == DALIDataType::DALI_FLOAT) {
+      WriteResized(out.mutable_tensor<float>(i), images, i, p, mirror);
+    } else {
+      WriteResized(out.mutable_tensor<uint8_t>(i), images, i, p, mirror);
+    }
+  }
+
+  // Row y of the own image and of the partner: own_row(y, x0, x1) / partner_row(y, x0, x1) return
+  // an HWC row valid at least in columns [x0, x1) (called only for the columns written from it).
+  template <typename In, typename Out, typename OwnRow, typename PartnerRow>
+  void WriteRows(Out *out, OwnRow own_row_at, PartnerRow partner_row_at, const SampleParams &p, bool mirror) const {
     const int64_t H = H_, W = W_, C = C_;
     const bool chw = output_layout_ == "CHW";
     std::vector<In> row(p.blend ? W * C : 0);
     for (int64_t y = 0; y < H; y++) {
-      const In *own_row = own + y * W * C;
-      const In *partner_row = partner + y * W * C;
       // Three runs of columns: own, partner (inside the box's rows only), own.
       int64_t x1 = 0, x2 = 0;
       if (y >= p.box[0] && y < p.box[2]) x1 = p.box[1], x2 = p.box[3];
+      const In *own_row = own_row_at(y, 0, W);
+      const In *partner_row = p.blend ? partner_row_at(y, 0, W) : x2 > x1 ? partner_row_at(y, x1, x2) : nullptr;
       const In *src = own_row;
       if (p.blend) {
         float w = p.lam, wp = 1.0f - p.lam;
@@ -355,6 +519,7 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
   std::vector<float> minmax_;
   bool normalize_;
   std::string output_layout_;
+  bool resize_;
   DALIDataType dtype_;
   std::vector<float> mean_, std_;
   bool cutmix_ = true, mixup_ = false;
@@ -371,7 +536,7 @@ DALI_REGISTER_OPERATOR(dali_cutmix__Mix, ::dali_cutmix::Mix, ::dali::CPU);
 
 DALI_SCHEMA(dali_cutmix__Mix)
     .DocStr(R"(CutMix (optionally switching with MixUp) of a uniformly shaped uint8 HWC batch, fused with
-normalisation, flip and layout change. Outputs: images, labels_b, lam, perm, boxes (y1, x1, y2, x2), blend.)")
+normalisation, flip and layout change (and with a bilinear resize, given size). Outputs: images, labels_b, lam, perm, boxes (y1, x1, y2, x2), blend.)")
     .NumInput(3, 4)
     .InputDox(0, "images", "TensorList of uint8 HWC", "The batch, one shape for all samples.")
     .InputDox(1, "labels", "TensorList", "Per-sample labels; labels_b is them gathered through perm.")
@@ -391,4 +556,8 @@ normalisation, flip and layout change. Outputs: images, labels_b, lam, perm, box
     .AddOptionalArg<std::vector<float>>("std", "Divides per channel (turns normalisation on).", nullptr)
     .AddOptionalArg("mirror", "Flip horizontally (per sample), after mixing.", 0, true)
     .AddOptionalArg("output_layout", "\"HWC\" or \"CHW\".", std::string("HWC"))
-    .AddOptionalTypeArg("dtype", "FLOAT, or UINT8 without normalisation (the default then).");
+    .AddOptionalTypeArg("dtype", "FLOAT, or UINT8 without normalisation (the default then).")
+    .AddOptionalArg<std::vector<int>>("size",
+                                      "(H, W): resize every image to it first (bilinear, as fn.resize with "
+                                      "INTERP_LINEAR and no antialiasing); the images may then differ in shape.",
+                                      nullptr, true);
