@@ -298,6 +298,9 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
     std::vector<int> size;
     if (spec_.HasTensorArgument("size")) {
       const auto &t = ws.ArgumentInput("size");
+      DALI_ENFORCE(t.num_samples() == ws.Input<CPUBackend>(0).num_samples(),
+                   ::dali::make_string("size has ", t.num_samples(), " samples, the images ",
+                                       ws.Input<CPUBackend>(0).num_samples()));
       DALI_ENFORCE(t.type() == DALIDataType::DALI_INT32 && t.tensor_shape(i).num_elements() == 2,
                    ::dali::make_string("size must be int32 (H, W) per sample, got ", t.type(), " of shape ",
                                        t.tensor_shape(i)));
