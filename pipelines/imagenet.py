@@ -81,13 +81,6 @@ def decode_random_crop(jpegs, *, device: str, random_area=(0.08, 1.0), paddings=
     )
 
 
-def decode_random_resized_crop(jpegs, *, device: str, image_size, random_area=(0.08, 1.0), paddings=None):
-    """:func:`decode_random_crop`, then resized: (S, S, 3) uint8. ``image_size``: S, an int or a
-    per-sample CPU DataNode of S (a schedule fed at run time)."""
-    images = decode_random_crop(jpegs, device=device, random_area=random_area, paddings=paddings)
-    return fn.resize(images, resize_x=image_size, resize_y=image_size, interp_type=types.INTERP_LINEAR, antialias=False)
-
-
 def decode_center(jpegs, *, device: str, image_size: int, paddings=None):
     """Resize the shorter side to ``image_size / 0.875``: (S', >=S', 3) uint8, cropped later."""
     images = fn.decoders.image(jpegs, output_type=types.RGB, **_decoder_kwargs(device, paddings or DALI_PADDINGS))
