@@ -399,3 +399,66 @@ def test_a_per_sample_chance_has_its_own_argument():
         pipe(True).build()
     with pytest.raises(ValueError, match=r"sample_prob must be a DataNode \(a number is the recipe's prob=\), got 0.5"):
         pipe(False).build()
+
+
+@pytest.mark.parametrize("layout", ["CHW", "HWC"])
+@pytest.mark.parametrize("recipe", [dict(alpha=1.0), dict(alpha=1.0, mixup_alpha=0.4, switch_prob=0.5)],
+                         ids=["cutmix", "cutmix-mixup"])  # fmt: skip
+def test_the_fused_resize_writes_what_fn_resize_then_the_operator_would(layout, recipe):
+    """The operator given size, with a per-sample flip, normalisation and MixUp, against fn.resize
+    (linear, no antialias) then the same operator on the resized batch, fed the same draws: the
+    same parameters, and values within one level (1 / std after normalising) on a few values."""
+    from dali_cutmix import plugin
+
+    plugin.load()
+    rng = np.random.default_rng(3)
+    shapes = [(40, 72, 3), (17, 9, 3), (64, 64, 3), (33, 100, 3), (5, 80, 3), (120, 30, 3), (24, 24, 3), (50, 7, 3)]
+    batch = [rng.integers(0, 256, s, dtype=np.uint8) for s in shapes]
+    labels = [np.array([i], dtype=np.int32) for i in range(len(batch))]
+    entropy = [np.array([0.25, 0.75], np.float32)] * len(batch)
+    flips = [np.array(i % 3 == 0, dtype=np.int32) for i in range(len(batch))]
+    std = [58.4, 57.1, 57.4]
+    args = dict(mean=[123.7, 116.3, 103.5], std=std, output_layout=layout, dtype=types.FLOAT, mode="elem", **recipe)
+
+    @pipeline_def(batch_size=len(batch), num_threads=2, device_id=None, seed=7)
+    def pipe(fused):
+        images = fn.external_source(source=lambda: batch, layout="HWC")
+        mirror = fn.external_source(source=lambda: flips)
+        inputs = (fn.external_source(source=lambda: labels), fn.external_source(source=lambda: entropy))
+        if fused:
+            return tuple(fn.dali_cutmix.mix(images, *inputs, size=[30, 44], mirror=mirror, **args))
+        resized = fn.resize(images, size=[30, 44], interp_type=types.INTERP_LINEAR, antialias=False)
+        return tuple(fn.dali_cutmix.mix(resized, *inputs, mirror=mirror, **args))
+
+    outs = []
+    for fused in (True, False):
+        p = pipe(fused)
+        p.build()
+        outs.append([o.as_array() for o in p.run()])
+    (fused, *fused_params), (reference, *reference_params) = outs
+    for a, b in zip(fused_params, reference_params):
+        np.testing.assert_array_equal(a, b)
+    blend = fused_params[4].astype(bool)
+    assert (fused_params[1] < 1).all() and (blend.any() and not blend.all()) == ("mixup_alpha" in recipe)
+    levels = np.abs(fused - reference) * np.array(std, np.float32).reshape((3, 1, 1) if layout == "CHW" else (3,))
+    assert levels.max() <= 1.001 and (levels > 0.01).mean() < 0.03, (levels > 0.01).mean()
+
+
+def test_the_operator_passes_an_empty_batch_through():
+    """A batch of no samples (an external source's last, empty one) gives six empty outputs."""
+    from dali_cutmix import plugin
+
+    plugin.load()
+    batches = iter([[np.zeros((8, 8, 3), np.uint8)] * 2, []])
+
+    @pipeline_def(batch_size=2, num_threads=1, device_id=None, seed=1)
+    def pipe():
+        images = fn.external_source(source=lambda: next(batches), layout="HWC")
+        labels = fn.cast(images.shape()[0:1], dtype=types.INT32)
+        entropy = fn.random.uniform(range=[0.0, 1.0], shape=[2])
+        return tuple(fn.dali_cutmix.mix(images, labels, entropy, size=[4, 4], alpha=1.0))
+
+    p = pipe()
+    p.build()
+    assert [len(o) for o in p.run()] == [2] * 6
+    assert [len(o) for o in p.run()] == [0] * 6

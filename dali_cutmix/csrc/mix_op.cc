@@ -11,7 +11,9 @@
 // size first, bilinearly as fn.resize(interp_type=INTERP_LINEAR, antialias=False) does (rounded to
 // uint8 as its output is): the rows each output row needs are resampled on the way, so the resized
 // batch is never written out. DALI's CPU resize costs ~3/4 of a prepared-data pipeline's time
-// (docs/BENCHMARKS.md); this pass does the same work for a fraction of it.
+// (docs/BENCHMARKS.md); this pass does the same work for a fraction of it. A pixel's three channels
+// travel as one four-float vector (GCC's and Clang's vector extension, with SSE2's byte widening
+// where the compiler would scalarise it), and a flip is folded into the column taps.
 //
 // The box formula is the one of dali_cutmix.mix.cutmix_box / minmax_box, in float32 operation for
 // operation (compiled with -ffp-contract=off), so NumPy given the same draws gets the same boxes.
@@ -23,6 +25,10 @@
 #include <random>
 #include <string>
 #include <vector>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "dali/pipeline/operator/checkpointing/stateless_operator.h"
 #include "dali/pipeline/operator/operator.h"
@@ -54,15 +60,17 @@ struct Draws {
 
 // Bilinear taps along one axis: output k reads inputs i0[k], i1[k] with weight w[k] on i1, the
 // pixel centres aligned ((k + 0.5) * in / out - 0.5), the border repeated: DALI's linear filter.
+// mirror: output k takes the taps of out - 1 - k (a horizontal flip folded into the resampling).
 struct Taps {
   std::vector<int> i0, i1;
   std::vector<float> w;
 
-  void Set(int out, int in) {
+  void Set(int out, int in, bool mirror = false) {
     i0.resize(out), i1.resize(out), w.resize(out);
     float scale = static_cast<float>(in) / static_cast<float>(out);
     for (int k = 0; k < out; k++) {
-      float s = (static_cast<float>(k) + 0.5f) * scale - 0.5f;
+      int j = mirror ? out - 1 - k : k;
+      float s = (static_cast<float>(j) + 0.5f) * scale - 0.5f;
       int i = static_cast<int>(std::floor(s));
       w[k] = s - static_cast<float>(i);
       i0[k] = std::clamp(i, 0, in - 1), i1[k] = std::clamp(i + 1, 0, in - 1);
@@ -70,31 +78,73 @@ struct Taps {
   }
 };
 
-// A uint8 HWC image seen at H x W: Row(y) resamples output row y (columns [x0, x1)) from two
-// horizontally resampled source rows, which are kept while consecutive rows share them.
+// Four float lanes (GCC's and Clang's vector extension: SSE2, NEON, or plain code where neither).
+typedef float F4 __attribute__((vector_size(16)));
+typedef uint8_t U8x4 __attribute__((vector_size(4)));
+typedef int32_t I4 __attribute__((vector_size(16)));
+
+// A uint8 HWC image seen at H x W (flipped when mirror): Row(y) is output row y, its values uint8
+// levels held as floats (the resized image rounded as fn.resize's uint8 output is), pixel x's
+// channel c at [x * Stride() + c], in columns [x0, x1) only. Two horizontally resampled source rows
+// are kept while consecutive output rows share them, and only the columns a sample takes from this
+// image are resampled (a partner gives just its box's columns). Three channels are padded to four
+// floats, so that a pixel is one vector: its two taps load as four bytes each.
 class Resampled {
  public:
-  void Reset(const uint8_t *src, int64_t h, int64_t w, int64_t C, int64_t H, int64_t W) {
-    src_ = src, w_ = w, C_ = C, W_ = W;
-    cols_.Set(static_cast<int>(W), static_cast<int>(w));
+  void Reset(const uint8_t *src, int64_t h, int64_t w, int64_t C, int64_t H, int64_t W, bool mirror, int64_t x0,
+             int64_t x1) {
+    src_ = src, w_ = w, C_ = C, W_ = W, x0_ = x0, x1_ = x1, stride_ = C == 3 ? 4 : C;
+    cols_.Set(static_cast<int>(W), static_cast<int>(w), mirror);
     rows_.Set(static_cast<int>(H), static_cast<int>(h));
-    for (auto &slot : slots_) slot.row = -1, slot.values.resize(W * C);
-    out_.resize(W * C);
+    for (auto &slot : slots_) slot.row = -1, slot.values.resize(W * stride_);
+    out_.resize(W * stride_);
   }
 
-  const uint8_t *Row(int64_t y, int64_t x0, int64_t x1) {
-    const float *a = Horizontal(rows_.i0[y], rows_.i1[y]);
-    const float *b = Horizontal(rows_.i1[y], rows_.i0[y]);
-    float wy = rows_.w[y];
-    // Locals and __restrict: a uint8_t store may alias anything, which would otherwise reload the
-    // bounds on every value and keep the loop from vectorising.
-    uint8_t *__restrict out = out_.data();
-    const float *__restrict ra = a, *__restrict rb = b;
-    const int64_t begin = x0 * C_, end = x1 * C_;
-    for (int64_t k = begin; k < end; k++) {  // in [0, 255]: a blend of uint8 values, rounded
-      out[k] = static_cast<uint8_t>(ra[k] + (rb[k] - ra[k]) * wy + 0.5f);
+  int64_t Stride() const { return stride_; }
+
+  const float *Row(int64_t y) {
+    const float *__restrict a = Horizontal(rows_.i0[y], rows_.i1[y]);
+    const float *__restrict b = Horizontal(rows_.i1[y], rows_.i0[y]);
+    float *__restrict out = out_.data();
+    const float wy = rows_.w[y];
+    for (int64_t k = x0_ * stride_, end = x1_ * stride_; k < end; k++) {
+      // In [0, 255.5): a blend of uint8 values; + 0.5 and truncation round it as uint8_t would.
+      out[k] = static_cast<float>(static_cast<int>(a[k] + (b[k] - a[k]) * wy + 0.5f));
     }
     return out_.data();
+  }
+
+  // Columns [x0, x1) of output row y (three channels) normalised, (level - mean[c]) * inv_std[c], into
+  // three planes' rows: Row then Mix::Put's float operations in one pass, four pixels at a time,
+  // their RGBx vectors transposed to R, G and B runs.
+  void RowToPlanes(int64_t y, int64_t x0, int64_t x1, float *const planes[3], const float mean[3],
+                   const float inv_std[3]) {
+    const float *a = Horizontal(rows_.i0[y], rows_.i1[y]);
+    const float *b = Horizontal(rows_.i1[y], rows_.i0[y]);
+    const float wy = rows_.w[y];
+    auto level = [&](int64_t x) {  // as Row: a blend of uint8 values, rounded as uint8_t would be
+      F4 u, v;
+      std::memcpy(&u, a + x * 4, sizeof(u));
+      std::memcpy(&v, b + x * 4, sizeof(v));
+      return __builtin_convertvector(__builtin_convertvector(u + (v - u) * wy + 0.5f, I4), F4);
+    };
+    float *__restrict r = planes[0], *__restrict g = planes[1], *__restrict bl = planes[2];
+    int64_t x = x0;
+    for (; x + 4 <= x1; x += 4) {
+      F4 p0 = level(x), p1 = level(x + 1), p2 = level(x + 2), p3 = level(x + 3);
+      F4 rg01 = __builtin_shufflevector(p0, p1, 0, 4, 1, 5), rg23 = __builtin_shufflevector(p2, p3, 0, 4, 1, 5);
+      F4 b01 = __builtin_shufflevector(p0, p1, 2, 6, 3, 7), b23 = __builtin_shufflevector(p2, p3, 2, 6, 3, 7);
+      F4 R = (__builtin_shufflevector(rg01, rg23, 0, 1, 4, 5) - mean[0]) * inv_std[0];
+      F4 G = (__builtin_shufflevector(rg01, rg23, 2, 3, 6, 7) - mean[1]) * inv_std[1];
+      F4 B = (__builtin_shufflevector(b01, b23, 0, 1, 4, 5) - mean[2]) * inv_std[2];
+      std::memcpy(r + x, &R, sizeof(R));
+      std::memcpy(g + x, &G, sizeof(G));
+      std::memcpy(bl + x, &B, sizeof(B));
+    }
+    for (; x < x1; x++) {
+      F4 v = level(x);
+      r[x] = (v[0] - mean[0]) * inv_std[0], g[x] = (v[1] - mean[1]) * inv_std[1], bl[x] = (v[2] - mean[2]) * inv_std[2];
+    }
   }
 
  private:
@@ -103,27 +153,49 @@ class Resampled {
     std::vector<float> values;
   };
 
-  // Source row r resampled to W columns, in the slot that does not hold `keep`.
+  // Source row r resampled to columns [x0_, x1_), in the slot that does not hold `keep`.
   const float *Horizontal(int r, int keep) {
     for (auto &slot : slots_)
       if (slot.row == r) return slot.values.data();
     Slot &slot = slots_[0].row == keep ? slots_[1] : slots_[0];
     const uint8_t *in = src_ + static_cast<int64_t>(r) * w_ * C_;
-    if (C_ == 3) {
-      Horizontal<3>(in, slot.values.data());
-    } else {
-      Horizontal<0>(in, slot.values.data());
-    }
+    C_ == 3 ? HorizontalRGB(in, slot.values.data()) : Horizontal(in, slot.values.data());
     slot.row = r;
     return slot.values.data();
   }
 
-  template <int kChannels>  // 0: C_ channels
-  void Horizontal(const uint8_t *in, float *out) const {
-    const int64_t C = kChannels ? kChannels : C_, W = W_;
-    const int *i0 = cols_.i0.data(), *i1 = cols_.i1.data();
-    const float *w = cols_.w.data();
-    for (int64_t x = 0; x < W; x++) {
+  // Pixel p's RGB as floats (and the byte after it, readable when four_bytes, in the fourth lane).
+  static F4 Pixel(const uint8_t *p, bool four_bytes) {
+    if (!four_bytes) return F4{static_cast<float>(p[0]), static_cast<float>(p[1]), static_cast<float>(p[2]), 0.0f};
+    int32_t bytes;
+    std::memcpy(&bytes, p, 4);
+#if defined(__SSE2__)  // the compiler scalarises a vector conversion from bytes under SSE2: widen by hand
+    const __m128i zero = _mm_setzero_si128();
+    __m128i v = _mm_unpacklo_epi16(_mm_unpacklo_epi8(_mm_cvtsi32_si128(bytes), zero), zero);
+    return reinterpret_cast<F4>(_mm_cvtepi32_ps(v));
+#else
+    U8x4 v;
+    std::memcpy(&v, &bytes, 4);
+    return __builtin_convertvector(v, F4);
+#endif
+  }
+
+  void HorizontalRGB(const uint8_t *in, float *out) const {
+    const int *__restrict i0 = cols_.i0.data(), *__restrict i1 = cols_.i1.data();
+    const float *__restrict w = cols_.w.data();
+    const int last = static_cast<int>(w_) - 1;  // a pixel before it has a fourth byte in the row
+    for (int64_t x = x0_, end = x1_; x < end; x++) {
+      F4 u = Pixel(in + i0[x] * 3, i0[x] < last), v = Pixel(in + i1[x] * 3, i1[x] < last);
+      F4 r = u + (v - u) * w[x];
+      std::memcpy(out + x * 4, &r, sizeof(r));
+    }
+  }
+
+  void Horizontal(const uint8_t *__restrict in, float *__restrict out) const {
+    const int64_t C = C_;
+    const int *__restrict i0 = cols_.i0.data(), *__restrict i1 = cols_.i1.data();
+    const float *__restrict w = cols_.w.data();
+    for (int64_t x = x0_; x < x1_; x++) {
       const uint8_t *p0 = in + i0[x] * C, *p1 = in + i1[x] * C;
       for (int64_t c = 0; c < C; c++) {
         float u = p0[c], v = p1[c];
@@ -133,10 +205,10 @@ class Resampled {
   }
 
   const uint8_t *src_ = nullptr;
-  int64_t w_ = 0, C_ = 0, W_ = 0;
+  int64_t w_ = 0, C_ = 0, W_ = 0, x0_ = 0, x1_ = 0, stride_ = 0;
   Taps cols_, rows_;
   Slot slots_[2];
-  std::vector<uint8_t> out_;
+  std::vector<float> out_;
 };
 
 class Mix : public ::dali::StatelessOperator<CPUBackend> {
@@ -187,6 +259,17 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
                      !spec_.HasArgument("dtype"),
                  "float32 images give float32 output (dtype=FLOAT)");
     DALI_ENFORCE(images.sample_dim() == 3, "dali_cutmix.mix takes HWC images (3 dimensions)");
+    bool float_out = dtype_ == DALIDataType::DALI_FLOAT || images.type() == DALIDataType::DALI_FLOAT;
+    if (n == 0) {  // an empty batch: empty outputs of the types and ranks a full one has
+      out.resize(6);
+      out[0] = {TensorListShape<>(0, 3), float_out ? DALIDataType::DALI_FLOAT : dtype_};
+      out[1] = {TensorListShape<>(0, labels.sample_dim()), labels.type()};
+      out[2] = {TensorListShape<>(0, 0), DALIDataType::DALI_FLOAT};
+      out[3] = {TensorListShape<>(0, 0), DALIDataType::DALI_INT32};
+      out[4] = {TensorListShape<>(0, 1), DALIDataType::DALI_INT32};
+      out[5] = {TensorListShape<>(0, 0), DALIDataType::DALI_FLOAT};
+      return true;
+    }
     auto shape = images.tensor_shape(0);
     if (resize_) {
       DALI_ENFORCE(images.type() == DALIDataType::DALI_UINT8, "size (the fused resize) takes uint8 images");
@@ -241,7 +324,6 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
     for (int i = 0; i < n; i++) label_shape.set_tensor_shape(i, labels.tensor_shape(params_[i].perm));
     TensorShape<> image_shape = output_layout_ == "CHW" ? TensorShape<>{C_, H_, W_} : TensorShape<>{H_, W_, C_};
     out.resize(6);
-    bool float_out = dtype_ == DALIDataType::DALI_FLOAT || images.type() == DALIDataType::DALI_FLOAT;
     out[0] = {::dali::uniform_list_shape(n, image_shape), float_out ? DALIDataType::DALI_FLOAT : dtype_};
     out[1] = {label_shape, labels.type()};
     out[2] = {::dali::uniform_list_shape(n, TensorShape<>{}), DALIDataType::DALI_FLOAT};  // lam
@@ -258,6 +340,7 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
     auto &labels_b = ws.Output<CPUBackend>(1);
     int n = images.num_samples();
     out.SetLayout(TensorLayout(output_layout_));
+    if (n == 0) return;
     size_t label_bytes = labels.type_info().size();
     for (int i = 0; i < n; i++) {
       const auto &p = params_[i];
@@ -348,17 +431,55 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
         [&](int64_t y, int64_t, int64_t) { return partner + y * row; }, p, mirror);
   }
 
-  // Sample i resized to H_ x W_ (own and partner), then written as above.
+  // Sample i resized to H_ x W_ (own and partner) and written as above, a row's planes at a time.
+  // The flip is folded into the column taps, so the box's columns are mirrored here instead of the
+  // pixels at the write.
   template <typename Out>
   void WriteResized(Out *out, const ::dali::TensorList<CPUBackend> &images, int i, const SampleParams &p,
                     bool mirror) const {
-    Resampled own, partner;
+    const int64_t H = H_, W = W_, C = C_;
+    const bool chw = output_layout_ == "CHW";
+    const int64_t bx1 = mirror ? W - p.box[3] : p.box[1], bx2 = mirror ? W - p.box[1] : p.box[3];
+    thread_local Resampled own, partner;
+    thread_local std::vector<float> mixed;
     auto a = images.tensor_shape(i), b = images.tensor_shape(p.perm);
-    own.Reset(images.tensor<uint8_t>(i), a[0], a[1], C_, H_, W_);
-    partner.Reset(images.tensor<uint8_t>(p.perm), b[0], b[1], C_, H_, W_);
-    WriteRows<uint8_t>(
-        out, [&](int64_t y, int64_t x0, int64_t x1) { return own.Row(y, x0, x1); },
-        [&](int64_t y, int64_t x0, int64_t x1) { return partner.Row(y, x0, x1); }, p, mirror);
+    own.Reset(images.tensor<uint8_t>(i), a[0], a[1], C, H, W, mirror, 0, W);
+    partner.Reset(images.tensor<uint8_t>(p.perm), b[0], b[1], C, H, W, mirror, p.blend ? 0 : bx1, p.blend ? W : bx2);
+    const int64_t S = own.Stride();
+    mixed.resize(p.blend ? W * S : 0);
+    if constexpr (std::is_same_v<Out, float>) {
+      if (chw && C == 3 && !p.blend) {  // the training pipeline's case: straight to the planes
+        float mean[3], inv_std[3];
+        for (int c = 0; c < 3; c++) mean[c] = normalize_ ? mean_c_[c] : 0.0f, inv_std[c] = normalize_ ? inv_std_c_[c] : 1.0f;
+        for (int64_t y = 0; y < H; y++) {
+          float *planes[3] = {out + y * W, out + (H + y) * W, out + (2 * H + y) * W};
+          int64_t x1 = 0, x2 = 0;  // the partner's columns in this row
+          if (y >= p.box[0] && y < p.box[2]) x1 = bx1, x2 = bx2;
+          own.RowToPlanes(y, 0, x1, planes, mean, inv_std);
+          if (x2 > x1) partner.RowToPlanes(y, x1, x2, planes, mean, inv_std);
+          own.RowToPlanes(y, x2, W, planes, mean, inv_std);
+        }
+        return;
+      }
+    }
+    for (int64_t y = 0; y < H; y++) {
+      int64_t x1 = 0, x2 = 0;  // the partner's columns in this row
+      if (y >= p.box[0] && y < p.box[2]) x1 = bx1, x2 = bx2;
+      const float *src = own.Row(y);
+      const float *from_partner = p.blend || x2 > x1 ? partner.Row(y) : nullptr;
+      if (p.blend) {
+        float w = p.lam, wp = 1.0f - p.lam;
+        for (int64_t k = 0; k < W * S; k++) {
+          mixed[k] = std::min(std::max(std::floor(src[k] * w + from_partner[k] * wp + 0.5f), 0.0f), 255.0f);
+        }
+        src = mixed.data();
+      }
+      for (int64_t c = 0; c < C; c++) {
+        Put(out, src + c, S, y, c, 0, x1, chw);
+        Put(out, from_partner + c, S, y, c, x1, x2, chw);
+        Put(out, src + c, S, y, c, x2, W, chw);
+      }
+    }
   }
 
   void WriteResized(::dali::TensorList<CPUBackend> &out, const ::dali::TensorList<CPUBackend> &images, int i,
@@ -367,6 +488,27 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
       WriteResized(out.mutable_tensor<float>(i), images, i, p, mirror);
     } else {
       WriteResized(out.mutable_tensor<uint8_t>(i), images, i, p, mirror);
+    }
+  }
+
+  // Columns [x0, x1) of channel c of output row y from uint8 levels held as floats (column x's at
+  // v[x * step]): normalised as the table does (the same float operations) for float output.
+  template <typename Out>
+  void Put(Out *out, const float *v, int64_t step, int64_t y, int64_t c, int64_t x0, int64_t x1, bool chw) const {
+    if (x1 <= x0) return;
+    const int64_t H = H_, W = W_, C = C_;
+    const float *__restrict in = v;
+    Out *__restrict dst = chw ? out + (c * H + y) * W : out + y * W * C + c;
+    const int64_t out_step = chw ? 1 : C;
+    if constexpr (std::is_same_v<Out, uint8_t>) {
+      for (int64_t x = x0; x < x1; x++) dst[x * out_step] = static_cast<uint8_t>(in[x * step]);
+    } else {
+      const float mean = normalize_ ? mean_c_[c] : 0.0f, inv_std = normalize_ ? inv_std_c_[c] : 1.0f;
+      if (chw && step == 4) {  // the training layout: a contiguous write the compiler vectorises
+        for (int64_t x = x0; x < x1; x++) dst[x] = (in[x * 4] - mean) * inv_std;
+      } else {
+        for (int64_t x = x0; x < x1; x++) dst[x * out_step] = (in[x * step] - mean) * inv_std;
+      }
     }
   }
 
