@@ -74,9 +74,14 @@ def process_device() -> int:
     return torch.cuda.current_device() if torch.cuda.is_available() else 0
 
 
+def rank_share(num_samples: int, num_shards: int) -> int:
+    """Samples an epoch on every shard: DALI pads each shard (``pad_last_batch``) to the largest."""
+    return math.ceil(num_samples / num_shards)
+
+
 def steps_per_epoch(num_samples: int, batch_size: int, num_shards: int = 1, last_batch: str = "partial") -> int:
-    """Batches per epoch on every shard: DALI pads each shard (``pad_last_batch``) to the largest."""
-    shard = math.ceil(num_samples / num_shards)
+    """Batches per epoch on every shard (:func:`rank_share` of the samples)."""
+    shard = rank_share(num_samples, num_shards)
     return shard // batch_size if last_batch == "drop" else math.ceil(shard / batch_size)
 
 

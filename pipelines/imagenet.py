@@ -14,25 +14,20 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import nvidia.dali.fn as fn
 from nvidia.dali import pipeline_def, types
 
-from dali_cutmix.errors import UserError
 from dali_cutmix.mix import MixConfig, check_prob
 from dali_cutmix.ops import Normalize, cutmix, replay_params, resize_images
 
-from .files import Split
+from .settings import LoaderSettings
 from .sources import Source, load_source
 
 READER_NAME = "Reader"
 MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
 STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
-DEVICES = ("cpu", "gpu")
-MIN_IMAGE_SIZE = 16  # the smallest crop side the pipelines take (train.py's --image-size too)
-MAX_IMAGE_SIZE = 4096  # the largest: beyond it is a typo, which DALI would allocate for every sample
 DEFAULT_RECIPE = MixConfig()  # CutMix as in the paper: Beta(1, 1), every batch
 
 
@@ -47,7 +42,7 @@ def nvjpeg_paddings(source: Source, sample: int = 256) -> dict[str, int]:
     the headers of up to ``sample`` files spread over the split) with a quarter to spare, between
     DALI's defaults and the ImageNet example's sizes. Shards are not opened here: DALI's defaults
     (nvJPEG grows a buffer when an image needs more)."""
-    if not isinstance(source, Split) or not len(source):
+    if source.kind != "files" or not len(source):
         return dict(DALI_PADDINGS)
     from PIL import Image
 
@@ -143,148 +138,94 @@ def on_device(outputs: tuple, device: str) -> tuple:
     return tuple(o.gpu() if device == "gpu" and o.device == "cpu" else o for o in outputs)
 
 
-def _common(data, batch_size, image_size, device, num_threads, shard_id, num_shards, fp16, uint8, classes):
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-    for name, value, low in (
-        ("batch_size", batch_size, 1),
-        ("image_size", image_size, MIN_IMAGE_SIZE),
-        ("num_threads", num_threads, 1),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    if image_size > MAX_IMAGE_SIZE:
-        raise ValueError(f"image_size must be <= {MAX_IMAGE_SIZE}, got {image_size}")
-    if not 0 <= shard_id < num_shards:
-        raise ValueError(f"shard_id must be in [0, num_shards={num_shards}), got {shard_id!r}")
-    if fp16 and device != "gpu":
-        raise ValueError("fp16 output needs device='gpu'")
-    _normalize(fp16, uint8)  # Normalize's own check of the output type, said before the graph is built
-    split = load_source(data, classes)
-    return split
-
-
 def train_pipeline(
-    data_dir: str | os.PathLike | Source,
+    data: LoaderSettings | str | os.PathLike | Source,
     *,
-    batch_size: int,
     recipe: MixConfig | None = DEFAULT_RECIPE,
     backend: str | None = None,
-    image_size: int = 224,
-    random_area: tuple[float, float] = (0.08, 1.0),
-    device: str = "cpu",
-    device_id: int | None = None,
-    num_threads: int = 4,
-    seed: int = 0,
-    shard_id: int = 0,
-    num_shards: int = 1,
-    fp16: bool = False,
-    uint8: bool = False,
     return_params: bool = False,
     steps_per_epoch: int | None = None,
     start_epoch: int = 0,
-    prefetch_queue_depth: int = 2,
     checkpoint: str | None = None,
-    size_schedule: SizeSchedule | None = None,
+    source: Source | None = None,
+    **settings,
 ):
-    """The training pipeline on ``data_dir``: a ``<class>/<image>`` folder, a file list, WebDataset
-    shards (a ``.tar`` pattern or folder), or a loaded Split or Shards (:func:`pipelines.sources.load_source`).
+    """The training pipeline, built and checkpointable (DALI's ``enable_checkpointing``).
 
-    ``recipe``: the mixing, one :class:`dali_cutmix.mix.MixConfig` passed untouched to
-    :func:`dali_cutmix.cutmix` (None: no mixing, ``lam`` is 1); ``backend`` as there. A recipe
-    whose chance of mixing changes by epoch (``prob_schedule``, ``off_epoch``) needs
-    ``steps_per_epoch`` (the loader passes it): each batch's chance is fed by a tiny external
-    source.
-    ``seed`` drives augmentation and mixing; the shuffle is seeded by ``seed`` alone so that all
-    shards agree on the global order and together cover the dataset once per epoch.
-    The pipeline is checkpointable (DALI's ``enable_checkpointing``): ``checkpoint``, a string from
-    an earlier pipeline of the same arguments, resumes its reader position and random streams
-    exactly, the schedule's batch counter included (``start_epoch`` is then the epoch at which
-    that earlier pipeline started).
-    ``uint8``: images come out ``(B, S, S, 3)`` uint8, flipped but not normalised, for a trainer
-    whose device normalises them (:class:`dali_cutmix.device.DeviceNormalize` with MEAN and STD;
-    the loaders do it when a CPU pipeline feeds a GPU). On the GPU every output is a GPU tensor.
-    ``return_params``: the outputs go on with :func:`output_names`' extras: each sample's partner,
-    box and (MixUp on) blend flag, and whether it was flipped (after the mix).
-    ``size_schedule``: progressive resizing, the crop side by epoch (:class:`SizeSchedule`; needs
-    ``steps_per_epoch``, as a scheduled recipe does): each batch's side is fed at run time from
-    its epoch, so the pipeline is never rebuilt and resumes exactly; ``image_size`` applies
-    before its first epoch.
+    data: :class:`pipelines.settings.LoaderSettings`, or its ``data`` with its other fields as
+        keywords (``batch_size=`` at least).
+    recipe: the mixing, passed untouched to :func:`dali_cutmix.cutmix`; None: no mixing (``lam`` 1).
+    backend: as in :func:`dali_cutmix.cutmix` (None: the device's default).
+    return_params: the outputs go on with :func:`output_names`' extras (partner, box, blend, flip).
+    steps_per_epoch: pipeline runs an epoch; needed by a recipe whose chance of mixing changes by
+        epoch and by a size schedule (each batch's value is fed from its epoch at run time).
+    start_epoch: the epoch the pipeline's first batch belongs to (and its seeds' origin).
+    checkpoint: a string from an earlier pipeline of the same arguments: resumes its reader
+        position and random streams exactly.
+    source: the settings' data already loaded (:func:`pipelines.sources.load_source`); None: loaded here.
+    Outputs: see the module's docstring; on the GPU every output is a GPU tensor.
     """
-    split = _common(data_dir, batch_size, image_size, device, num_threads, shard_id, num_shards, fp16, uint8, None)
-    for side in size_schedule.sizes() if size_schedule else ():
-        _common(split, batch_size, side, device, num_threads, shard_id, num_shards, fp16, uint8, None)
-    lo, hi = random_area
-    if not 0 < lo <= hi <= 1:
-        raise ValueError(f"random_area must be (min, max) with 0 < min <= max <= 1, got {tuple(random_area)}")
+    s = LoaderSettings.of(data, **settings)
+    split = source if source is not None else load_source(s.data)
+    shard_id, num_shards = s.shard()
     schedule = recipe.prob_at if recipe is not None and recipe.scheduled else None
     prob_source = size_source = None
-    if (schedule is not None or size_schedule) and not steps_per_epoch:
+    if (schedule is not None or s.size_schedule) and not steps_per_epoch:
         raise ValueError("a scheduled recipe or size needs steps_per_epoch (the loaders give it)")
     if schedule is not None:
-        prob_source = EpochFeed(_checked_prob(schedule), np.float32, batch_size, steps_per_epoch, start_epoch)
-    if size_schedule:
-        at = functools.partial(size_schedule.at, default=image_size)
-        size_source = EpochFeed(at, np.int32, batch_size, steps_per_epoch, start_epoch)
-    pipe = _train_graph(
+        prob_source = EpochFeed(_checked_prob(schedule), np.float32, s.batch_size, steps_per_epoch, start_epoch)
+    if s.size_schedule:
+        at = functools.partial(s.size_schedule.at, default=s.image_size)
+        size_source = EpochFeed(at, np.int32, s.batch_size, steps_per_epoch, start_epoch)
+    return _train_graph(
         split,
-        image_size=image_size,
-        random_area=(lo, hi),
-        device=device,
+        image_size=s.image_size,
+        random_area=s.random_area,
+        device=s.device,
         shard_id=shard_id,
         num_shards=num_shards,
-        shuffle_seed=seed,
-        fp16=fp16,
-        uint8=uint8,
-        paddings=nvjpeg_paddings(split) if device == "gpu" else None,
+        shuffle_seed=s.seed_of("shuffle", start_epoch),
+        fp16=s.fp16,
+        uint8=s.ships_uint8(),
+        paddings=nvjpeg_paddings(split) if s.device == "gpu" else None,
         mix=None if recipe is None else (recipe, backend),
         prob_source=prob_source,
         size_source=size_source,
         return_params=return_params,
-        batch_size=batch_size,
-        num_threads=num_threads,
-        device_id=_device_id(device, device_id),
-        seed=seed * 1000 + shard_id,
-        prefetch_queue_depth=prefetch_queue_depth,
+        batch_size=s.batch_size,
+        num_threads=s.num_threads,
+        device_id=s.gpu(),
+        seed=s.seed_of("augment", start_epoch),
+        prefetch_queue_depth=s.prefetch_queue_depth,
         enable_checkpointing=True,
         checkpoint=checkpoint,
     )
-    return pipe
 
 
-def val_pipeline(
-    data_dir: str | os.PathLike | Source,
-    *,
-    batch_size: int,
-    image_size: int = 224,
-    device: str = "cpu",
-    device_id: int | None = None,
-    num_threads: int = 4,
-    seed: int = 0,
-    shard_id: int = 0,
-    num_shards: int = 1,
-    fp16: bool = False,
-    uint8: bool = False,
-    classes: list[str] | None = None,
-):
-    """The validation pipeline: shorter side to ``image_size / 0.875``, centre crop, normalise
-    (``uint8`` as in :func:`train_pipeline`)."""
-    split = _common(data_dir, batch_size, image_size, device, num_threads, shard_id, num_shards, fp16, uint8, classes)
-    pipe = _val_graph(
+def val_pipeline(data: LoaderSettings | str | os.PathLike | Source, *, source: Source | None = None, **settings):
+    """The validation pipeline: shorter side to ``image_size / 0.875``, centre crop, normalise.
+
+    data: :class:`pipelines.settings.LoaderSettings` (its ``classes``: the training classes), or
+        its ``data`` with its other fields as keywords.
+    source: the settings' data already loaded; None: loaded here.
+    """
+    s = LoaderSettings.of(data, **settings)
+    split = source if source is not None else load_source(s.data, s.classes)
+    shard_id, num_shards = s.shard()
+    return _val_graph(
         split,
-        image_size=image_size,
-        device=device,
+        image_size=s.image_size,
+        device=s.device,
         shard_id=shard_id,
         num_shards=num_shards,
-        fp16=fp16,
-        uint8=uint8,
-        paddings=nvjpeg_paddings(split) if device == "gpu" else None,
-        batch_size=batch_size,
-        num_threads=num_threads,
-        device_id=_device_id(device, device_id),
-        seed=seed,
+        fp16=s.fp16,
+        uint8=s.ships_uint8(),
+        paddings=nvjpeg_paddings(split) if s.device == "gpu" else None,
+        batch_size=s.batch_size,
+        num_threads=s.num_threads,
+        device_id=s.gpu(),
+        seed=s.seed,
     )
-    return pipe
 
 
 def output_names(recipe: MixConfig | None, return_params: bool = False) -> tuple[str, ...]:
@@ -294,60 +235,6 @@ def output_names(recipe: MixConfig | None, return_params: bool = False) -> tuple
         return names
     params = () if recipe is None else ("perm", "boxes") + (("blend",) if recipe.mixup else ())
     return names + params + ("mirror",)
-
-
-def _device_id(device: str, device_id: int | None) -> int | None:
-    """A GPU pipeline's GPU: ``device_id``, by default this process's (``LOCAL_RANK``, else the current one)."""
-    if device != "gpu":
-        return None
-    from dali_cutmix.loader import process_device
-
-    return process_device() if device_id is None else device_id
-
-
-@dataclass(frozen=True)
-class SizeSchedule:
-    """Progressive resizing: ``(epoch, side)`` pairs, each side in force from its epoch on, as
-    ``--size-schedule 0:160,10:192`` gives them (FFCV trains at 160 -> 192, fast.ai 128 -> 224 -> 288)."""
-
-    steps: tuple[tuple[int, int], ...]
-
-    def __post_init__(self) -> None:
-        epochs = [int(e) for e, _ in self.steps]
-        if len(set(epochs)) != len(epochs):
-            raise UserError(f"size schedule: epoch {next(e for e in epochs if epochs.count(e) > 1)} is given twice")
-        steps = tuple(sorted((int(e), int(s)) for e, s in self.steps))
-        object.__setattr__(self, "steps", steps)
-        for epoch, side in steps:
-            if epoch < 0 or not MIN_IMAGE_SIZE <= side <= MAX_IMAGE_SIZE:
-                raise UserError(f"size schedule: {epoch}:{side} needs an epoch >= 0 and a side in "
-                                f"[{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}]")  # fmt: skip
-
-    @classmethod
-    def parse(cls, text: str) -> SizeSchedule:
-        """``"0:160,10:192"`` -> the schedule; ``UserError`` for text of another form."""
-        try:
-            pairs = [tuple(int(v) for v in item.split(":")) for item in text.split(",") if item.strip()]
-            if not pairs or any(len(p) != 2 for p in pairs):
-                raise ValueError(text)
-        except ValueError:
-            raise UserError(f"size schedule {text!r}: expected EPOCH:SIDE pairs such as 0:160,10:192") from None
-        return cls(tuple(pairs))
-
-    def text(self) -> str:
-        """The schedule as ``--size-schedule`` spells it, in epoch order: one spelling a schedule."""
-        return ",".join(f"{e}:{side}" for e, side in self.steps)
-
-    def at(self, epoch: int, default: int) -> int:
-        """The side in force in ``epoch`` (``default`` before the first step)."""
-        side = default
-        for start, value in self.steps:
-            if epoch >= start:
-                side = value
-        return side
-
-    def sizes(self) -> list[int]:
-        return [side for _, side in self.steps]
 
 
 def _checked_prob(schedule: Callable[[int], float]) -> Callable[[int], float]:

@@ -22,36 +22,47 @@ import lightning as L
 import torch
 
 from dali_cutmix.loader import DALILoader, process_shard
+from dali_cutmix.mix import MixConfig
 
+from .imagenet import DEFAULT_RECIPE
 from .loaders import train_loader, val_loader
 from .scan import UnusableData
+from .settings import LoaderSettings
 from .sources import usable
 
 
 class DALIDataModule(L.LightningDataModule):
-    """``train``/``val``: anything :func:`pipelines.loaders.train_loader` reads (a
-    ``<class>/<image>`` folder, a file list, WebDataset shards, a Split or Shards).
-    What DALI cannot read is left out first (:func:`pipelines.sources.usable`; ``check`` and
-    ``strict`` as there), listed in the trainer's ``default_root_dir``. ``train_kwargs`` go to
-    :func:`pipelines.loaders.train_loader` (``recipe``, ``backend``, ``image_size``,
-    ``num_threads``, ``seed``, ...); validation takes ``image_size`` and ``num_threads`` from them."""
+    """The training and validation loaders for Lightning.
+
+    train: :class:`pipelines.settings.LoaderSettings`, or its ``data`` (a ``<class>/<image>``
+        folder, a file list, WebDataset shards, a Split or Shards) with its other fields as
+        keywords (``batch_size=`` at least). The shard and device fields are the trainer's.
+    val: the validation data, or None; read with the training settings' ``image_size`` and
+        ``num_threads`` in batches of ``val_batch_size`` (default: the training batch size).
+    recipe, backend: the mixing, as in :func:`pipelines.loaders.train_loader`.
+    check, strict: the bad-file check (:func:`pipelines.sources.usable`); what DALI cannot read
+        is left out and listed in the trainer's ``default_root_dir``, or is an error with ``strict``.
+    """
 
     def __init__(
         self,
         train,
         val=None,
         *,
-        batch_size: int,
+        recipe: MixConfig | None = DEFAULT_RECIPE,
+        backend: str | None = None,
         val_batch_size: int | None = None,
         check: str = "quick",
         strict: bool = False,
-        **train_kwargs,
+        **settings,
     ):
         super().__init__()
-        self.train_source, self.val_source = train, val
-        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
+        self.settings = LoaderSettings.of(train, **settings)
+        self.val_source = val
+        self.recipe, self.backend = recipe, backend
+        self.val_batch_size = val_batch_size or self.settings.batch_size
         self.check, self.strict = check, strict
-        self.train_kwargs = train_kwargs
+        self.train_source = self.settings.data
         self._train: DALILoader | None = None
         self._state: dict | None = None
         self._checked = False
@@ -83,29 +94,24 @@ class DALIDataModule(L.LightningDataModule):
         return dict(shard_id=rank, num_shards=world, torch_device=root, **dali)
 
     def train_dataloader(self) -> DALILoader:
-        epoch = self.trainer.current_epoch if self.trainer else 0
         self._train = train_loader(
-            self.train_source,
-            batch_size=self.batch_size,
-            start_epoch=epoch,
+            self.settings.replace(data=self.train_source, **self._placement()),
+            recipe=self.recipe,
+            backend=self.backend,
+            start_epoch=self.trainer.current_epoch if self.trainer else 0,
             state=self._state,
             last_batch="drop",  # equal batches on every rank, and no batch of 1 for BatchNorm
-            **self._placement(),
-            **self.train_kwargs,
         )
         return self._train
 
     def val_dataloader(self) -> DALILoader | list:
         if self.val_source is None:
             return []
-        shared = {k: self.train_kwargs[k] for k in ("image_size", "num_threads") if k in self.train_kwargs}
+        s = self.settings
         return val_loader(
-            self.val_source,
-            batch_size=self.val_batch_size,
-            classes=self.train_source.classes,
-            **self._placement(),
-            **shared,
-        )
+            LoaderSettings(self.val_source, batch_size=self.val_batch_size, image_size=s.image_size,
+                           num_threads=s.num_threads, classes=self.train_source.classes, **self._placement())
+        )  # fmt: skip
 
     def state_dict(self) -> dict:
         return {"loader": self._train.state()} if self._train is not None else {}

@@ -42,6 +42,7 @@ from dali_cutmix.files import atomic_write, write_json
 
 from .files import PREPARING, Split
 from .scan import worker_pool
+from .settings import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 
 PREPARED = "prepared.json"
 VAL_CROP = 0.875  # the validation pipeline's crop: shorter side resized to size / 0.875 first
@@ -169,7 +170,7 @@ def prepare(src, out, settings: Settings, *, workers: int | None = None, check: 
     made = not out.exists()
     try:
         train, val = resolve(src, check=check, workers=workers, listing_dir=out, report=True)  # bad files listed
-        if not isinstance(train, Split) or not isinstance(val, Split):
+        if train.kind != "files" or val.kind != "files":
             raise UserError(f"{src}: pipelines.prepare reads image files (folders or file lists), not shards")
         targets, lists = layout({"train": train, "val": val}, out)
     except BaseException:
@@ -241,8 +242,6 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (at most the cores)")
     p.add_argument("--scan", choices=("quick", "full"), default="quick", help="the bad-file check's depth")
     args = p.parse_args(argv)
-    from .imagenet import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
-
     bounds = [
         ("--max-side", args.max_side, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE),
         ("--quality", args.quality, 1, 95),

@@ -18,23 +18,29 @@ from dali_cutmix.mix import LoopMixer, apply_cutmix
 from dali_cutmix.report import show_batch
 from pipelines.sources import load_source
 
-from .imagenet import MAX_IMAGE_SIZE, MEAN, MIN_IMAGE_SIZE, STD
+from .imagenet import MEAN, STD
 from .loaders import train_loader
 from .recipe_args import add_recipe_args, recipe_from_args
+from .settings import LoaderSettings, SettingError
 
 
-def write_batch_png(path, data, classes, *, mixer: LoopMixer | None = None, **loader_kwargs) -> Path:
-    """Draw the first batch of ``train_loader(data, **loader_kwargs)`` to ``path``: the batch that
-    loader gives first (the same pipeline, its parameters returned too). ``mixer``: a trainer that
-    mixes in the loop (``recipe=None`` in the loader) mixes the first batch as that mixer would
-    next (a copy of it draws, for the loader's ``start_epoch``; the mixer itself does not move)."""
-    loader = train_loader(data, return_params=True, **loader_kwargs)
+def write_batch_png(path, data, classes, *, mixer: LoopMixer | None = None, start_epoch: int = 0,
+                    **loader_args) -> Path:  # fmt: skip
+    """Draw the first batch of ``train_loader(data, start_epoch=start_epoch, **loader_args)`` to
+    ``path``: the batch that loader gives first (the same pipeline, its parameters returned too).
+
+    data: :class:`pipelines.settings.LoaderSettings`, or its data with its fields in ``loader_args``.
+    classes: the class names the labels index.
+    mixer: a trainer that mixes in the loop (``recipe=None`` in the loader): the first batch is
+        mixed as that mixer would next (a copy of it draws; the mixer itself does not move).
+    """
+    loader = train_loader(data, return_params=True, start_epoch=start_epoch, **loader_args)
     batches = iter(loader)
     batch = dict(zip(loader.output_map, next(batches)))
     mirror = batch.get("mirror")
     if mixer is not None:
         images = batch["images"]
-        params = copy.deepcopy(mixer).sample(images.shape[0], *images.shape[2:], loader_kwargs.get("start_epoch", 0))
+        params = copy.deepcopy(mixer).sample(images.shape[0], *images.shape[2:], start_epoch)
         batch["images"], batch["labels_a"], batch["labels_b"], batch["lam"] = apply_cutmix(
             images, batch["labels_a"], params, "CHW"
         )
@@ -54,17 +60,18 @@ def main(argv=None) -> int:
     add_recipe_args(p)
     args = p.parse_args(argv)
     recipe = recipe_from_args(p, args)
-    if args.batch_size < 1 or not MIN_IMAGE_SIZE <= args.image_size <= MAX_IMAGE_SIZE:
-        p.error(f"--batch-size must be >= 1 and --image-size in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}], got "
-                f"{args.batch_size} and {args.image_size}")  # fmt: skip
     if Path(args.output).suffix.lower() != ".png":
         p.error(f"--output {args.output!r}: the picture is a PNG, give a name ending in .png")
     data = Path(args.data) / "train" if (Path(args.data) / "train").is_dir() else args.data
     try:
+        settings = LoaderSettings(data, batch_size=args.batch_size, image_size=args.image_size, seed=args.seed,
+                                  num_threads=2, shard_id=0, num_shards=1)  # fmt: skip
+    except SettingError as e:
+        p.error(f"--{e.name.replace('_', '-')} {e.reason}")
+    try:
         source = load_source(data)
-        path = write_batch_png(args.output, source, source.classes, batch_size=args.batch_size,
-                               image_size=args.image_size, seed=args.seed, recipe=recipe, backend=args.cutmix_backend,
-                               num_threads=2, shard_id=0, num_shards=1)  # fmt: skip
+        path = write_batch_png(args.output, settings.replace(data=source), source.classes, recipe=recipe,
+                               backend=args.cutmix_backend)  # fmt: skip
     except (ValueError, OSError) as e:
         p.exit(2, f"{p.prog}: error: {e}\n")
     print(f"wrote {path}")

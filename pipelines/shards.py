@@ -22,6 +22,7 @@ import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -42,6 +43,7 @@ _CACHE_VERSION = 1
 class Shards:
     """The good samples of a set of WebDataset shards, ready for ``fn.readers.webdataset``."""
 
+    kind: ClassVar[str] = "shards"  # a source's kind (pipelines.sources.source_kind)
     paths: list[str]  # the tar files
     index_paths: list[str]  # DALI index files listing only the good samples, one per tar
     counts: list[int]  # good samples per tar

@@ -20,13 +20,19 @@ from .scan import drop_undecodable, leave_out
 from .shards import Shards, expand, is_shards, load_shards
 
 Source = Split | Shards
+SHARDS_NEED_VAL = "names WebDataset shards: the validation data must be given too"
+
+
+def is_source(obj) -> bool:
+    """Whether ``obj`` is a loaded source (the one ``isinstance`` over the kinds)."""
+    return isinstance(obj, (Split, Shards))
 
 
 def source_kind(spec) -> str:
     """``"shards"`` or ``"files"``: the one place that tells them apart. ``ValueError`` for a path
     that is neither, or a shard pattern that names no file."""
-    if isinstance(spec, (Split, Shards)):
-        return "shards" if isinstance(spec, Shards) else "files"
+    if is_source(spec):
+        return spec.kind
     if is_shards(spec):
         expand(spec)  # a bad pattern is said now, not when the shards are indexed
         return "shards"
@@ -40,7 +46,7 @@ def load_source(spec, classes: list[str] | None = None, *, check: str = "quick",
     """A source from one spec: a Split or Shards as it is; ``.tar`` paths, patterns and folders of
     them as :class:`Shards` (checked with ``check`` by ``workers`` processes and indexed once,
     cached under ``cache_dir/shards``, by default ``CACHE/shards``); else a folder or file list."""
-    if isinstance(spec, (Split, Shards)):
+    if is_source(spec):
         return spec
     if source_kind(spec) == "shards":
         cache = usable_cache(cache_dir if cache_dir is not None else CACHE)
@@ -57,7 +63,7 @@ def usable(source, name: str, classes: list[str] | None = None, *, check: str = 
     ``"off"``. Verdicts and shard indexes are cached under ``cache_dir`` (default ``CACHE``)."""
     cache = usable_cache(cache_dir if cache_dir is not None else CACHE)
     source = load_source(source, classes, check=check, workers=workers, cache_dir=cache)
-    if isinstance(source, Shards):
+    if source.kind == "shards":
         if source.bad:
             total = len(source) + len(source.bad)
             leave_out(source.bad, total, name, strict=strict, listing_dir=listing_dir, report=report, what="samples")
@@ -75,7 +81,7 @@ def resolve(data, val=None, **checks) -> tuple[Source, Source]:
     (shards, a folder or a file list). Validation takes the training classes."""
     if source_kind(data) == "shards":
         if val is None:
-            raise DataError(f"data {str(data)!r} names WebDataset shards: the validation data must be given too")
+            raise DataError(f"data {str(data)!r} {SHARDS_NEED_VAL}")
         train, held_out = data, val
     else:
         train, held_out = load_imagenet(data)

@@ -23,6 +23,7 @@ from PIL import Image
 import train
 from dali_cutmix.report import BOX_COLOUR, grid_size, show_batch, tile_origin, tile_scale
 from trainer import checkpoint as ckpt
+from trainer import run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -173,7 +174,8 @@ def test_a_class_folder_without_images_is_an_error_naming_it(jpeg_tree, tmp_path
 
 def test_a_bug_is_one_line_that_says_so_and_names_the_file_with_its_traceback(jpeg_tree, tmp_path):
     out = tmp_path / "run"
-    done = subprocess.run([sys.executable, "-c", "import sys, train; train.build_model = None; sys.exit(train.main())",
+    code = "import sys, train, trainer.run; trainer.run.build_model = None; sys.exit(train.main())"
+    done = subprocess.run([sys.executable, "-c", code,
                            *train_args(jpeg_tree, out, "--epochs", "1")], cwd=ROOT, capture_output=True,
                           text=True)  # fmt: skip
     lines = done.stderr.strip().splitlines()
@@ -194,7 +196,7 @@ def test_a_bug_before_the_output_exists_keeps_its_traceback_in_a_temporary_file(
     def broken(*args, **kwargs):
         raise KeyError("a bug in the data's resolution")
 
-    monkeypatch.setattr(train, "resolve", broken)
+    monkeypatch.setattr(run, "resolve", broken)
     assert train.main(train_args(jpeg_tree, tmp_path / "never", "--epochs", "1")) == 1
     line = one_line_error(capsys)
     assert line.startswith("train.py: internal error (a bug, not your input): KeyError:")
@@ -211,7 +213,7 @@ def test_a_library_value_error_is_a_bug_not_a_usage_error(jpeg_tree, tmp_path, c
     def broken(*args, **kwargs):
         raise ValueError("shard_id must be in [0, num_shards=1), got 3")
 
-    monkeypatch.setattr(train, "train_loader", broken)
+    monkeypatch.setattr(run, "train_loader", broken)
     assert train.main(train_args(jpeg_tree, tmp_path / "run", "--epochs", "1")) == 1
     assert "internal error (a bug, not your input): ValueError: shard_id" in one_line_error(capsys)
 

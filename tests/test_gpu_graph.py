@@ -69,7 +69,7 @@ def test_gpu_training_graphs_keep_every_output_on_the_gpu(jpeg_tree, recipe, bac
 def test_a_gpu_graph_with_a_size_schedule_feeds_the_sampler_from_the_cpu(jpeg_tree, backend):
     """Progressive resizing: the side comes from a CPU external source into the resize and the
     sampler, so the images' shapes never travel GPU -> CPU."""
-    from pipelines.imagenet import SizeSchedule
+    from pipelines.settings import SizeSchedule
 
     pipe = train_pipeline(jpeg_tree / "train", batch_size=4, image_size=32, device="gpu", backend=backend,
                           fp16=True, steps_per_epoch=3, size_schedule=SizeSchedule(((1, 48),)))  # fmt: skip

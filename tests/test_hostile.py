@@ -25,6 +25,7 @@ from pipelines import files as files_module
 from pipelines.files import load_split, usable_cache
 from pipelines.loaders import train_loader, val_loader
 from trainer import checkpoint as ckpt
+from trainer import run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,11 +64,11 @@ def corrupt_png(path: Path) -> None:
         (["--weight-decay", "nan"], "--weight-decay must be a finite number >= 0, got nan"),
         (["--warmup-epochs", "inf"], "--warmup-epochs must be a finite number >= 0, got inf"),
         (["--smoothing", "nan"], r"--smoothing must be a finite number >= 0 and < 1, got nan"),
-        (["--seed", str(2**40)], r"--seed must be in \[0, 2147483647\], got 1099511627776"),
-        (["--seed", "-1"], r"--seed must be in \[0, 2147483647\], got -1"),
-        (["--image-size", "100000"], r"--image-size must be in \[16, 4096\], got 100000"),
+        (["--seed", str(2**40)], r"--seed must be an int in \[0, 2147483647\], got 1099511627776"),
+        (["--seed", "-1"], r"--seed must be an int in \[0, 2147483647\], got -1"),
+        (["--image-size", "100000"], r"--image-size must be an int in \[16, 4096\], got 100000"),
         (["--cutmix-alpha", "inf"], "--cutmix-alpha must be a finite number >= 0, got inf"),
-        (["--random-area", "nan", "1"], "--random-area must be finite, got nan 1.0"),
+        (["--random-area", "nan", "1"], r"--random-area must be \(min, max\) with 0 < min <= max <= 1, got \(nan, 1"),
     ],
     ids=[
         "lr-nan",
@@ -223,7 +224,7 @@ def test_ctrl_c_during_the_start_up_scan_is_one_line(jpeg_tree, tmp_path, capsys
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "resolve", interrupted)
+    monkeypatch.setattr(run, "resolve", interrupted)
     assert train.main(train_args(jpeg_tree, tmp_path / "run", "--epochs", "1")) == 130
     assert last_error(capsys).startswith("train.py: interrupted")
     assert not (tmp_path / "run").exists()
@@ -270,7 +271,7 @@ def test_scan_workers_are_capped_at_the_cores(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--image-size", "100000"], r"--image-size in \[16, 4096\], got 16 and 100000"),
+    (["--image-size", "100000"], r"--image-size must be an int in \[16, 4096\], got 100000"),
     (["--output", "x.jpg"], "--output 'x.jpg': the picture is a PNG"),
 ], ids=["size", "jpg"])  # fmt: skip
 def test_the_preview_refuses_bad_flags_in_one_line(jpeg_tree, flags, message):

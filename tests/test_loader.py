@@ -26,7 +26,7 @@ def test_the_shard_comes_from_the_environment(monkeypatch, jpeg_tree):
     assert process_shard() == (1, 3)
     loader = train_loader(jpeg_tree / "train", batch_size=2, image_size=32, num_threads=1)
     assert len(loader) == 3  # 18 images / 3 ranks / 2 a batch
-    with pytest.raises(ValueError, match="give shard_id and num_shards together, got 0 and None"):
+    with pytest.raises(ValueError, match="shard_id and num_shards go together, got 0 and None"):
         train_loader(jpeg_tree / "train", batch_size=2, shard_id=0)
 
 

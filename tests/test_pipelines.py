@@ -96,7 +96,7 @@ def test_file_list_is_accepted(jpeg_tree):
     "kwargs, match",
     [
         ({"batch_size": 0}, "batch_size must be an int >= 1, got 0"),
-        ({"image_size": 8}, "image_size must be an int >= 16, got 8"),
+        ({"image_size": 8}, r"image_size must be an int in \[16, 4096\], got 8"),
         ({"device": "tpu"}, "device must be one of .*, got 'tpu'"),
         ({"backend": "cupy"}, "backend must be one of .*, got 'cupy'"),
         ({"random_area": (0.5, 0.2)}, r"random_area must be \(min, max\) with 0 < min <= max <= 1, got \(0.5, 0.2\)"),

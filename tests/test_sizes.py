@@ -13,8 +13,8 @@ from conftest import sigterm_after_step, train_args
 
 import train
 from dali_cutmix.errors import UserError
-from pipelines.imagenet import SizeSchedule
 from pipelines.loaders import train_loader
+from pipelines.settings import SizeSchedule
 from trainer import engine
 
 SCHEDULE = "0:16,1:32,2:24"

@@ -18,7 +18,7 @@ from conftest import sigterm_after_step, train_args, write_jpeg_tree
 import train
 from dali_cutmix.mix import MixConfig
 from trainer import checkpoint as ckpt
-from trainer import engine
+from trainer import engine, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,10 +153,10 @@ def test_resume_from_a_path_and_arch_mismatch(jpeg_tree, tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
-        (["--batch-size", "-4"], "--batch-size must be >= 1, got -4"),
+        (["--batch-size", "0"], "--batch-size must be an int >= 1, got 0"),
+        (["--batch-size", "-4"], "--batch-size must be an int >= 1, got -4"),
         (["--epochs", "0"], "--epochs must be >= 1, got 0"),
-        (["--image-size", "8"], r"--image-size must be in \[16, 4096\], got 8"),
+        (["--image-size", "8"], r"--image-size must be an int in \[16, 4096\], got 8"),
         (["--arch", "vgg16"], "--arch must be one of resnet18, .*, got 'vgg16'"),
         (["--data", "/nonexistent/imagenet"], "--data '/nonexistent/imagenet' is neither a directory nor .tar shards"),
         (
@@ -198,13 +198,13 @@ def test_bad_command_line_is_one_line_and_exit_2(args, message):
 
 def test_timm_style_recipe_flags_reach_the_pipeline(jpeg_tree, tmp_path, monkeypatch):
     seen = {}
-    real = train.train_loader
+    real = run.train_loader
 
-    def spy(split, **kwargs):
+    def spy(settings, **kwargs):
         seen.update(kwargs)
-        return real(split, **kwargs)
+        return real(settings, **kwargs)
 
-    monkeypatch.setattr(train, "train_loader", spy)
+    monkeypatch.setattr(run, "train_loader", spy)
     out = tmp_path / "run"
     flags = [
         "--mixup",

@@ -1,0 +1,214 @@
+"""``train.py``'s command line: the flags, their checks (one-line errors, exit code 2), and the
+end of every failure in one line (:func:`main`). The run itself is :mod:`trainer.run`."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+import torch
+
+from dali_cutmix.errors import UserError
+from pipelines.recipe_args import add_recipe_args, recipe_from_args
+from pipelines.settings import SettingError, SizeSchedule
+from pipelines.sources import SHARDS_NEED_VAL, source_kind
+
+from .model import ARCHS
+from .run import SETTING_FLAGS, StopRun, loader_settings, run
+from .run_folder import OS_ADVICE
+
+DESCRIPTION = "Train a torchvision ResNet with CutMix applied inside the DALI input pipeline."
+
+# Flags whose default differs between the demo (no --data) and real data.
+DEMO_DEFAULTS = {"epochs": 10, "batch_size": 128, "image_size": 32, "arch": "resnet18", "warmup_epochs": 0}
+DATA_DEFAULTS = {"epochs": 90, "batch_size": 256, "image_size": 224, "arch": "resnet50", "warmup_epochs": 5}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=None, help="ImageNet-layout root or training shards; default: the demo data")
+    p.add_argument("--val-data", default=None, help="validation shards, folder or file list (default: ROOT/val)")
+    p.add_argument("--epochs", type=int, default=None, help="total epochs (demo 10, else 90)")
+    p.add_argument("--batch-size", type=int, default=None, help="per process (demo 128, else 256)")
+    p.add_argument("--arch", default=None, help=f"one of {', '.join(ARCHS)} (demo resnet18, else resnet50)")
+    p.add_argument("--image-size", type=int, default=None, help="train crop side (demo 32, else 224)")
+    p.add_argument(
+        "--size-schedule",
+        default=None,
+        metavar="EPOCH:SIDE,...",
+        help="progressive resizing: the train crop side from each epoch on, e.g. 0:160,10:192",
+    )
+    p.add_argument(
+        "--val-image-size",
+        type=int,
+        default=None,
+        help="validation crop side (default: the last training side; FFCV trains at 192, validates at 256)",
+    )
+    p.add_argument(
+        "--random-area",
+        type=float,
+        nargs=2,
+        default=(0.08, 1.0),
+        metavar=("MIN", "MAX"),
+        help="the random crop's share of the image (timm's --scale)",
+    )
+    p.add_argument("--lr", type=float, default=0.1, help="learning rate for a global batch of 256")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--lr-schedule", choices=("cosine", "step"), default="cosine")
+    p.add_argument("--lr-step", type=int, default=75, help="step schedule: lr x0.1 every N epochs (paper: 75)")
+    p.add_argument("--warmup-epochs", type=float, default=None, help="linear warmup (demo 0, else 5)")
+    p.add_argument("--smoothing", "--label-smoothing", type=float, default=0.0, dest="smoothing")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DALI CPU threads")
+    add_recipe_args(p)  # the mixing flags, timm's names among them (pipelines.recipe_args)
+    p.add_argument(
+        "--mix-in",
+        choices=("pipeline", "loop"),
+        default="pipeline",
+        help="mix inside the DALI pipeline, or in the training loop on the device (the paper's way)",
+    )
+    p.add_argument("--output", type=str, help="where config, checkpoints and metrics go (default runs/latest)")
+    p.add_argument("--resume", nargs="?", const="latest", default=None, help="continue: latest in --output, or PATH")
+    p.add_argument(
+        "--overwrite", action="store_true", help="start afresh in a used --output (the old run is moved aside)"
+    )
+    p.add_argument("--keep-checkpoints", type=int, default=3, help="how many epoch checkpoints to keep")
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    p.add_argument("--no-amp", action="store_true", help="GPU: train in float32 instead of float16 autocast")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--demo-per-class", type=int, default=1000, help="demo: training images per class")
+    p.add_argument("--scan", choices=("quick", "full", "off"), default="quick", help="check files before training")
+    p.add_argument("--strict", action="store_true", help="stop on undecodable files instead of leaving them out")
+    p.add_argument("--max-steps", type=int, default=None, help="stop each epoch after N steps (smoke tests)")
+    args = p.parse_args(argv)
+    # The default folder is a scratch place: a fresh run there moves the earlier one aside.
+    args.default_output = args.output is None
+    args.output = args.output or "runs/latest"
+    defaults = DEMO_DEFAULTS if args.data is None else DATA_DEFAULTS
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    check_args(p, args)
+    return args
+
+
+# Bounds of the numeric flags: (low, high, whether low itself is allowed); every one must be finite.
+FLOAT_RANGES = {"lr": (0, None, False), "momentum": (0, 1, True), "weight_decay": (0, None, True),
+                "warmup_epochs": (0, None, True), "smoothing": (0, 1, True)}  # fmt: skip
+
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """One-line errors (exit code 2) for input we can judge before any work starts."""
+    for name, (low, high, closed) in FLOAT_RANGES.items():
+        value, flag = getattr(args, name), "--" + name.replace("_", "-")
+        below = value < low if closed else value <= low
+        if not math.isfinite(value) or below or (high is not None and value >= high):
+            bounds = f"{'>=' if closed else '>'} {low}" + (f" and < {high}" if high is not None else "")
+            p.error(f"{flag} must be a finite number {bounds}, got {value}")
+    if not math.isfinite(args.lr * args.batch_size * 1024 / 256):  # the lr scaled by the global batch
+        p.error(f"--lr {args.lr} overflows once scaled by the global batch: give a learning rate below 1e300")
+    positive = {
+        "--epochs": args.epochs,
+        "--lr-step": args.lr_step,
+        "--keep-checkpoints": args.keep_checkpoints,
+    }
+    for flag, value in positive.items():
+        if value < 1:
+            p.error(f"{flag} must be >= 1, got {value}")
+    if args.max_steps is not None and args.max_steps < 1:
+        p.error(f"--max-steps must be >= 1, got {args.max_steps} (leave it out to train whole epochs)")
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        p.error(f"--output {args.output!r} is a file, not a folder: give a folder for the run")
+    try:
+        sizes = SizeSchedule.parse(args.size_schedule) if args.size_schedule is not None else None
+    except UserError as e:
+        p.error(f"--size-schedule: {e}")
+    if sizes is not None:
+        if sizes.steps[-1][0] >= args.epochs:
+            p.error(f"--size-schedule: epoch {sizes.steps[-1][0]} is past the last epoch ({args.epochs - 1}) "
+                    f"of --epochs {args.epochs}")  # fmt: skip
+        args.size_schedule = sizes.text()  # one spelling: a resume compares the schedule, not its text
+    if args.val_image_size is None:
+        args.val_image_size = sizes.sizes()[-1] if sizes else args.image_size
+    for side, flag in ((args.image_size, "--image-size"), (args.val_image_size, "--val-image-size")):
+        try:  # the loader's own checks (pipelines.settings), said with the flags' names
+            loader_settings(args, "demo", image_size=side)
+        except SettingError as e:
+            p.error(f"{flag if e.name == 'image_size' else SETTING_FLAGS[e.name]} {e.reason}")
+    if args.arch not in ARCHS:
+        p.error(f"--arch must be one of {', '.join(ARCHS)}, got {args.arch!r}")
+    args.recipe = recipe_from_args(p, args)
+    kinds = {}
+    for flag, spec in (("--data", args.data), ("--val-data", args.val_data)):
+        if spec is not None:
+            try:
+                kinds[flag] = source_kind(spec)
+            except UserError as e:
+                p.error(f"{flag} {e}")
+    if kinds.get("--data") == "shards" and args.val_data is None:
+        p.error(f"--data {args.data!r} {SHARDS_NEED_VAL}: give it with --val-data")
+    if args.device == "gpu" and not torch.cuda.is_available():
+        p.error("--device gpu: CUDA is not available on this machine")
+    if args.resume not in (None, "latest") and not Path(args.resume).is_file():
+        p.error(f"--resume {args.resume!r}: no such checkpoint file")
+
+
+def main(argv=None) -> int:
+    """Run, and end any failure in one line on stderr: what the user can fix says what to do; a
+    bug says so and names the file holding its traceback (``DALI_CUTMIX_DEBUG=1`` prints it too)."""
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except StopRun as e:  # bad data, flags or checkpoints, a non-finite loss: the message says what to do
+        debug_traceback()
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return e.code
+    except UserError as e:  # found once the run had started (a damaged metrics file, ...)
+        debug_traceback()
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C before training started, or a second one during it
+        print("train.py: interrupted; the checkpoints already written are kept (--resume continues from the last)",
+              file=sys.stderr)  # fmt: skip
+        return 130
+    except OSError as e:  # the disk, the folder, the storage
+        debug_traceback()
+        if not e.strerror:
+            return report_bug(e, Path(args.output))
+        advice = OS_ADVICE.get(e.errno, "fix that, then run again (--resume continues a run that had started)")
+        print(f"train.py: error: {e.filename or args.output}: {e.strerror}: {advice}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        return report_bug(e, Path(args.output))
+
+
+def debug_traceback() -> None:
+    """With ``DALI_CUTMIX_DEBUG=1``, the traceback of the exception being handled, on stderr."""
+    if os.environ.get("DALI_CUTMIX_DEBUG"):
+        traceback.print_exc()
+
+
+def report_bug(error: BaseException, out: Path) -> int:
+    """A bug: one line that says so and names the file holding the traceback (``out/error.log``,
+    or a temporary file when ``out`` does not exist or cannot be written). Returns 1."""
+    text = "".join(traceback.format_exception(error))
+    debug_traceback()
+    try:
+        log = out / "error.log"
+        if not out.is_dir():
+            raise FileNotFoundError(out)
+        log.write_text(text)
+    except OSError:
+        fd, name = tempfile.mkstemp(prefix="dali-cutmix-error-", suffix=".log")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        log = Path(name)
+    first = (str(error).strip().splitlines() or [""])[0][:300]
+    print(f"train.py: internal error (a bug, not your input): {type(error).__name__}: {first}; the traceback is "
+          f"in {log}: please report it with the command you ran", file=sys.stderr)  # fmt: skip
+    return 1

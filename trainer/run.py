@@ -1,0 +1,230 @@
+"""The run: this process's place (rank, device), its data and loaders, then training and
+evaluation epoch by epoch, saving as it goes. ``train.py`` runs it through :mod:`trainer.cli`."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import signal
+import sys
+import uuid
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.distributed as dist
+
+from dali_cutmix.errors import DataError, UserError
+from dali_cutmix.files import write_json
+from dali_cutmix.loader import DecodeFailed, process_device, process_shard, rank_share
+from dali_cutmix.mix import LoopMixer
+from dali_cutmix.seeds import derive_seed
+from pipelines.files import demo_root
+from pipelines.loaders import train_loader, val_loader
+from pipelines.preview import write_batch_png
+from pipelines.scan import UnusableData
+from pipelines.settings import LoaderSettings, SizeSchedule
+from pipelines.sources import resolve
+
+from . import checkpoint as ckpt
+from .curves import plot_metrics
+from .engine import LRSchedule, Stop, evaluate, gather_states, sgd, train_epoch
+from .model import build_model
+from .run_folder import StopRun, kept, next_checkpoint_bytes, on_disk_full, open_run
+
+
+def setup_distributed(args) -> tuple[int, int, torch.device]:
+    """rank, world size and this process's device; torchrun sets the environment."""
+    use_gpu = args.device == "gpu" or (args.device == "auto" and torch.cuda.is_available())
+    rank, world = process_shard()
+    device = torch.device("cuda", process_device()) if use_gpu else torch.device("cpu")
+    if use_gpu:
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True  # fixed-size input: cuDNN picks the fastest kernels once
+    if world > 1:
+        dist.init_process_group("nccl" if use_gpu else "gloo")
+    return rank, world, device
+
+
+class Data(NamedTuple):
+    train: object  # DALILoader of (images, labels_a, labels_b, lam)
+    val: object  # DALILoader of (images, labels)
+    classes: list[str]
+    fingerprint: str
+    mixer: LoopMixer | None  # --mix-in loop: mixes the plain batches in the training loop
+
+
+def load_data(args, rank: int, world: int, device: torch.device, start_epoch: int, loader_state=None, *, out: Path):
+    """This rank's loaders, the class names, the data's fingerprint and the loop mixer.
+
+    The data is resolved once (:func:`pipelines.sources.resolve`); undecodable files and shard
+    samples are found first and left out, or are an error with ``--strict``. Rank 0 exports the
+    demo data and scans while the others wait, then they read its caches. A fresh run's rank 0
+    draws its first batch to ``out/batch.png``.
+    """
+    if world > 1 and rank != 0:
+        dist.barrier()
+    try:
+        root = args.data or demo_root(args.demo_per_class)
+    except DataError as e:  # the demo's Debian package is missing
+        raise UserError(f"{e}, or pass --data DIR") from e
+    checks = dict(check=args.scan, strict=args.strict, workers=args.workers, listing_dir=out, report=rank == 0)
+    try:
+        train_split, val_split = resolve(root, args.val_data, **checks)
+    except UnusableData as e:
+        raise UserError(f"--strict: {e}") from e
+    if world > 1 and rank == 0:
+        dist.barrier()
+    share = rank_share(len(train_split), world)
+    if share < args.batch_size:
+        raise UserError(
+            f"--batch-size {args.batch_size} is larger than this rank's share of the training data: {share} of "
+            f"{len(train_split)} images over {world} process(es); lower --batch-size (or run fewer processes)"
+        )
+    dali_device = "gpu" if device.type == "cuda" else "cpu"
+    fp16 = dali_device == "gpu" and not args.no_amp
+    settings = loader_settings(args, train_split, device=dali_device, device_id=device.index, torch_device=device,
+                               shard_id=rank, num_shards=world, fp16=fp16)  # fmt: skip
+    mixing = dict(recipe=args.recipe if args.mix_in == "pipeline" else None, backend=args.cutmix_backend)  # loop: plain
+    train = train_loader(settings, start_epoch=start_epoch, state=loader_state, last_batch="drop", **mixing)
+    val = val_loader(settings.replace(data=val_split, image_size=args.val_image_size, size_schedule=None, fp16=False,
+                                      classes=train_split.classes))  # fmt: skip
+    mixer = None
+    if args.recipe is not None and args.mix_in == "loop":
+        mixer = LoopMixer(args.recipe, seed=derive_seed(args.seed, "loop_mixer", shard=rank))
+        if loader_state and loader_state.get("mixer"):
+            mixer.load_state(loader_state["mixer"])
+    if rank == 0 and loader_state is None and start_epoch == 0:
+        write_batch_png(out / "batch.png", settings, train_split.classes, mixer=mixer, **mixing)
+    return Data(train, val, train_split.classes, train_split.fingerprint(root), mixer)
+
+
+# The loader's settings, by the flag that gives each (pipelines.settings checks them).
+SETTING_FLAGS = {"batch_size": "--batch-size", "image_size": "--image-size", "size_schedule": "--size-schedule",
+                 "random_area": "--random-area", "num_threads": "--workers", "seed": "--seed"}  # fmt: skip
+
+
+def loader_settings(args, data, **fields) -> LoaderSettings:
+    """The loaders' settings from the flags (``fields``: the rest, and overrides)."""
+    flags = dict(batch_size=args.batch_size, image_size=args.image_size, size_schedule=size_schedule(args),
+                 random_area=tuple(args.random_area), num_threads=args.workers, seed=args.seed)  # fmt: skip
+    return LoaderSettings(data, **(flags | fields))
+
+
+def size_schedule(args) -> SizeSchedule | None:
+    """``--size-schedule`` as the loaders take it (checked by :func:`check_args`)."""
+    return SizeSchedule.parse(args.size_schedule) if args.size_schedule else None
+
+
+def build_optimizer(args, model: torch.nn.Module, world: int, steps_per_epoch: int):
+    """SGD (:func:`trainer.engine.sgd`), lr scaled by global batch / 256, and its per-step schedule."""
+    lr = args.lr * args.batch_size * world / 256
+    optimizer = sgd(model, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    schedule = LRSchedule(args.lr_schedule, args.warmup_epochs, args.epochs, args.lr_step, steps_per_epoch)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def run(args) -> int:
+    """The whole run: prepare, then train and evaluate epoch by epoch; the exit code."""
+    rank, world, device = setup_distributed(args)
+    torch.manual_seed(args.seed)
+    out = Path(args.output)
+    try:
+        load = functools.partial(load_data, args, rank, world, device, out=out)
+        state, data, lock = open_run(args, rank, world, out, load)
+    except ckpt.RunInUse as e:
+        raise StopRun(f"--output {e}", 2) from e
+    except DecodeFailed as e:  # met while drawing the first batch
+        raise StopRun(f"{e.path or 'a file'}: DALI failed to decode it: run with --scan full to leave such files "
+                      f"out", 2) from e  # fmt: skip
+    except UserError as e:  # what the user can fix; any other exception is a bug, reported by main()
+        raise StopRun(e, 2) from e
+    try:
+        return fit(args, rank, world, device, out, state, data)
+    finally:
+        if lock is not None:
+            lock.release()
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def fit(args, rank: int, world: int, device: torch.device, out: Path, state: dict | None, data: Data) -> int:
+    """Train and evaluate epoch by epoch from ``state`` (or afresh), saving as it goes; the exit code."""
+    train, val, classes, fingerprint, mixer = data
+    model = build_model(args.arch, len(classes), device)
+    optimizer, scheduler = build_optimizer(args, model, world, len(train))
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and not args.no_amp else None
+    if state:  # prepare checked that it fits (flags, data, classes)
+        scheduler = ckpt.restore(state, model, optimizer, scheduler, scaler, steps_per_epoch=len(train))
+    ddp = (
+        torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if world > 1
+        else model
+    )
+    recipe = dataclasses.asdict(args.recipe) if args.recipe else None
+    config = {
+        **vars(args),
+        "recipe": recipe,
+        "run_id": (state["config"].get("run_id") if state else None) or uuid.uuid4().hex[:12],
+        "data_fingerprint": fingerprint,
+        "train_files": int(fingerprint.split(":")[0]),
+        "world_size": world,
+        "device": str(device),
+        "num_classes": len(classes),
+        "classes": classes,
+    }
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", config)
+        print(
+            f"{args.arch} on {device} x{world}: {len(classes)} classes, {len(train)} steps/epoch, "
+            f"epochs {state['epoch'] if state else 0}..{args.epochs - 1}, output {out}",
+            flush=True,
+        )
+
+    stop = Stop()
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    start_epoch, start_step = (state["epoch"], state["step"]) if state else (0, 0)
+    metrics_path = out / "metrics.jsonl"
+    rows = ckpt.read_metrics(metrics_path, before_epoch=start_epoch) if rank == 0 else []
+    sizes = size_schedule(args)
+    try:
+        for epoch in range(start_epoch, args.epochs):
+            if rank == 0:  # the checkpoint at this epoch's end must fit: said now, not after an hour's work
+                on_disk_full(out, ckpt.check_space, out, next_checkpoint_bytes(out, model, optimizer))
+            side = sizes.at(epoch, args.image_size) if sizes else args.image_size
+            row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "image_size": side}
+            try:
+                row |= train_epoch(ddp, train, optimizer, scheduler, scaler, epoch=epoch, device=device, stop=stop,
+                                   world=world, start_step=start_step, max_steps=args.max_steps, mixer=mixer,
+                                   smoothing=args.smoothing, show=rank == 0)  # fmt: skip
+            except FloatingPointError as e:
+                raise StopRun(f"{e}: lower --lr (or --warmup-epochs more); {kept(out)}", 1) from e
+            except DecodeFailed as e:
+                raise StopRun(f"{e.path or 'a file'}: DALI failed to decode it: run with --scan full to leave such "
+                              f"files out, then --resume; {kept(out)}", 1) from e  # fmt: skip
+            loaders = gather_states(train, mixer, world)
+            save = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, config=config,
+                        keep=args.keep_checkpoints, loaders=loaders)  # fmt: skip
+            if row.pop("stopped"):
+                if rank == 0:
+                    path = on_disk_full(out, ckpt.save, out, epoch, step=row["steps"], **save)
+                    print(f"saved {path}; continue with --resume", file=sys.stderr)
+                return 128 + (stop.signal or signal.SIGTERM)  # a rank told by another: as if SIGTERM
+            start_step = 0
+            try:
+                row |= evaluate(ddp, val, device, world, amp=not args.no_amp)
+            except DecodeFailed as e:
+                raise StopRun(f"{e.path or 'a validation file'}: DALI failed to decode it: run with --scan full to "
+                              f"leave such files out, then --resume; {kept(out)}", 1) from e  # fmt: skip
+            if rank == 0:  # the row first: a kill between the two leaves it for the epoch a resume trains again
+                rows.append(row)
+                ckpt.write_metrics(metrics_path, rows)
+                plot_metrics(rows, out / "curves.png")
+                on_disk_full(out, ckpt.save, out, epoch + 1, **save)
+                print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
