@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines.files import demo_root
+from pipelines.folders import demo_root
 from pipelines.loaders import val_loader
 from trainer.engine import evaluate
 from trainer.model import build_model

@@ -47,9 +47,9 @@ import numpy as np
 import torch
 
 from benchmarks import ffcv_peers
-from dali_cutmix.mix import MixConfig
 from dali_cutmix.ops import BACKENDS, DEFAULT_BACKEND, REFUSED
-from pipelines.files import load_imagenet
+from dali_cutmix.recipe import MixConfig
+from pipelines.folders import load_imagenet
 from pipelines.shards import is_shards
 from pipelines.sources import load_source
 
@@ -165,7 +165,7 @@ def mix_and_normalise(images, kind: str, *, fp16: bool = False):
     from nvidia.dali import fn
 
     from dali_cutmix.ops import Normalize, cutmix
-    from pipelines.imagenet import MEAN, STD
+    from pipelines.graphs import MEAN, STD
 
     norm = Normalize(mean=MEAN, std=STD, mirror=fn.random.coin_flip(), fp16=fp16)
     if kind == "none":
@@ -252,7 +252,7 @@ def stage_rows(args, train_split) -> list[Row]:
     from nvidia.dali import fn, pipeline_def
 
     from dali_cutmix.ops import Normalize, cutmix, resize_images
-    from pipelines.imagenet import MEAN, READER_NAME, STD, decode_random_crop
+    from pipelines.graphs import MEAN, READER_NAME, STD, decode_random_crop
 
     @pipeline_def(enable_conditionals=False)
     def graph(stop):

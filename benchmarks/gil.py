@@ -12,7 +12,7 @@ image size: the same time a GPU pays per batch. Measured here on the CPU as a pr
   (the DLPack conversions of its inputs and outputs included), per batch, median over
   ``--batches``: the time the GIL is held, less the time the thread waits for a core (CPU time
   rather than wall time, so that a busy machine does not inflate it);
-* ``loop mixer``: :class:`dali_cutmix.mix.LoopMixer` on the same batch (the host time of
+* ``loop mixer``: :class:`dali_cutmix.loop.LoopMixer` on the same batch (the host time of
   ``--mix-in loop``, on the training thread).
 
 Prints one line a figure and writes nothing; docs/BENCHMARKS.md has the figures.
@@ -33,8 +33,9 @@ from nvidia.dali.ops._operators import python_function as dali_python
 
 from dali_cutmix.backends.python import _Sample
 from dali_cutmix.backends.torch_mix import TorchMix
-from dali_cutmix.mix import LoopMixer, MixConfig
+from dali_cutmix.loop import LoopMixer
 from dali_cutmix.ops import cutmix
+from dali_cutmix.recipe import MixConfig
 
 
 def timed_operators(batches: int, pipe) -> dict[str, list[float]]:

@@ -31,7 +31,7 @@ def drive(config: str, batches: int, data: str | None, batch_size: int, image_si
     from nvidia.dali import fn, pipeline_def
 
     from benchmarks.bench import mix_and_normalise
-    from pipelines.imagenet import train_pipeline
+    from pipelines.graphs import train_pipeline
 
     if data:
         settings = {"recipe": None} if config == "none" else {"backend": config}

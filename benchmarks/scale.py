@@ -65,8 +65,8 @@ def rss_mb() -> float:
 def measure(root: Path) -> dict:
     """Start-up figures of one tree, in this (fresh) process."""
     from dali_cutmix.loader import DALILoader
-    from pipelines.files import load_split
-    from pipelines.imagenet import READER_NAME, train_pipeline
+    from pipelines.folders import load_split
+    from pipelines.graphs import READER_NAME, train_pipeline
     from pipelines.scan import scan
 
     figures = {"rss_start_mb": rss_mb()}

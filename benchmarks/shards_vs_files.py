@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from benchmarks.bench import epoch_run
-from pipelines.files import load_imagenet
+from pipelines.folders import load_imagenet
 from pipelines.scan import scan
 from pipelines.shards import CLASSES_FILE, load_shards
 

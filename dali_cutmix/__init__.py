@@ -1,9 +1,8 @@
 """dali-cutmix: CutMix inside NVIDIA DALI pipelines, for fast ResNet training in PyTorch.
 
 The names below load their module on first use (PEP 562), so ``import dali_cutmix.files`` loads
-neither torch nor DALI: the bad-file check (``python -m pipelines.scan``) and ``pipelines.prepare``
-start their workers in a fraction of a second. (Under ``train.py`` Python's fork server imports
-``train.py`` again in each worker, its rule for ``__main__``, so there the workers load torch.)
+neither torch nor DALI: the bad-file check (``python -m pipelines.scan``, and under ``train.py``,
+a light entry point) and ``pipelines.prepare`` start their workers in a fraction of a second.
 """
 
 from .lazy import lazy_names
@@ -11,14 +10,14 @@ from .lazy import lazy_names
 _HOME = {
     "mixed_cross_entropy": "loss",
     "mixed_targets": "loss",
-    "CutMixParams": "mix",
-    "LoopMixer": "mix",
-    "MixConfig": "mix",
-    "RecipeError": "mix",
-    "apply_cutmix": "mix",
-    "cutmix_box": "mix",
-    "sample_mix": "mix",
-    "Normalize": "ops",
+    "CutMixParams": "sampling",
+    "LoopMixer": "loop",
+    "MixConfig": "recipe",
+    "RecipeError": "recipe",
+    "apply_cutmix": "paste",
+    "cutmix_box": "sampling",
+    "sample_mix": "sampling",
+    "Normalize": "normalize",
     "Mixed": "ops",
     "cutmix": "ops",
 }

@@ -11,10 +11,10 @@ import numpy as np
 import torch
 
 
-def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``t`` on ``device``. A host tensor bound for CUDA is first copied into pinned memory that
-    torch owns, then copied without blocking: torch's caching host allocator keeps that buffer until
-    the copy has run, which it cannot do for memory it did not allocate (DALI's, NumPy's)."""
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``t`` on ``device`` (a torch device or its name). A host tensor bound for CUDA is first copied
+    into pinned memory that torch owns, then copied without blocking (docs/DESIGN.md, "Host memory
+    handed to torch")."""
     device = torch.device(device)
     if t.device.type == device.type and (device.index is None or t.device.index == device.index):
         return t
@@ -23,8 +23,9 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device)
 
 
-def from_numpy(a, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """A NumPy array (or None) as a tensor on ``device``, staged as :func:`to_device` does: no host sync."""
+def from_numpy(a, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor | None:
+    """A NumPy array as a tensor on ``device``, staged as :func:`to_device` does (no host sync);
+    ``dtype`` None keeps the array's; None for None."""
     if a is None:
         return None
     return to_device(torch.as_tensor(np.ascontiguousarray(a), dtype=dtype), device)
@@ -34,7 +35,10 @@ class DeviceNormalize:
     """``(B, H, W, C)`` uint8 -> ``(B, C, H, W)`` float ``(x - mean) * (1 / std)`` on the images'
     device, channels_last in memory (the HWC bytes as they came). ``1 / std`` is rounded to float32
     once, as ``crop_mirror_normalize`` does, so both give the same values to float32 rounding.
-    ``dtype``: float32, or float16 for AMP."""
+
+    mean, std: one value a channel, in pixel levels (0-255).
+    dtype: float32, or float16 for AMP.
+    """
 
     def __init__(self, mean, std, dtype: torch.dtype = torch.float32):
         if len(mean) != len(std):

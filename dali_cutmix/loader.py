@@ -88,9 +88,17 @@ def steps_per_epoch(num_samples: int, batch_size: int, num_shards: int = 1, last
 class DALILoader:
     """Iterate a built DALI pipeline as tuples of torch tensors on ``device``.
 
-    Integer label outputs come out as (B,) int64, ``lam`` as (B,) float32. ``normalize``: a
-    callable applied to ``images`` on ``device`` (:class:`dali_cutmix.device.DeviceNormalize` for a
-    pipeline that ships uint8). ``classes``: the class names, kept as ``loader.classes``.
+    pipeline: a built DALI pipeline whose reader is named ``reader_name``.
+    output_map: a name for each output, in order; outputs named ``labels*`` come out (B,) int64,
+        ``lam`` (B,) float32, ``images`` through ``normalize``; others as DALI gives them.
+    device: where the tensors go (the pipeline's GPU, or the CPU, or a GPU fed by a CPU pipeline).
+    last_batch: ``"partial"`` (a short last batch), ``"drop"`` or ``"fill"``.
+    start_epoch: the epoch of the first batch (``loader.epoch`` counts on from it).
+    origin: the epoch of the pipeline's first batch, as :meth:`state` records it; None: ``start_epoch``.
+    reader_name: the pipeline's reader, for the epoch's size.
+    normalize: None, or a callable applied to ``images`` on ``device``
+        (:class:`dali_cutmix.device.DeviceNormalize` for a pipeline that ships uint8).
+    classes: the class names, kept as ``loader.classes``; None: unknown.
     """
 
     def __init__(

@@ -27,9 +27,12 @@ def mixed_cross_entropy(
     lam: torch.Tensor | float,
     label_smoothing: float = 0.0,
 ) -> torch.Tensor:
-    """Mean over the batch of ``lam * CE(logits, a) + (1 - lam) * CE(logits, b)``.
+    """Mean over the batch of ``lam * CE(logits, a) + (1 - lam) * CE(logits, b)``, a scalar tensor.
 
-    logits: (B, K); labels_a, labels_b: (B,) or (B, 1) ints; lam: (B,) or a scalar.
+    logits: (B, K) float (any float dtype, e.g. float16 under autocast).
+    labels_a, labels_b: (B,) or (B, 1) integer class indices, on the logits' device.
+    lam: (B,) float tensor, or one number for the batch.
+    label_smoothing: in [0, 1), as in ``F.cross_entropy``.
     """
     _check_smoothing(label_smoothing)
     lam = torch.as_tensor(lam, dtype=torch.float32, device=logits.device).reshape(-1)
@@ -45,7 +48,14 @@ def mixed_targets(
     num_classes: int,
     label_smoothing: float = 0.0,
 ) -> torch.Tensor:
-    """(B, num_classes) float32 soft targets ``lam * onehot(a) + (1 - lam) * onehot(b)``, smoothed."""
+    """Soft targets ``lam * onehot(a) + (1 - lam) * onehot(b)``, smoothed: (B, num_classes) float32
+    on the labels' device.
+
+    labels_a, labels_b: (B,) or (B, 1) integer class indices, on one device.
+    lam: (B,) float tensor, or one number for the batch.
+    num_classes: K.
+    label_smoothing: in [0, 1): each target spreads that much over all K classes.
+    """
     _check_smoothing(label_smoothing)
     a, b = _flat_labels(labels_a), _flat_labels(labels_b)
     off = label_smoothing / num_classes

@@ -5,7 +5,7 @@ Use it inside any ``@pipeline_def``::
     images, labels_a, labels_b, lam = dali_cutmix.cutmix(images, labels, alpha=1.0)
 
 Backends (``backend=``): ``native`` (CPU default; :mod:`dali_cutmix.backends.native`), ``python``
-(GPU default; :mod:`dali_cutmix.backends.python`) and ``ops`` (CPU; :mod:`dali_cutmix.backends.ops`).
+(GPU default; :mod:`dali_cutmix.backends.python`) and ``ops`` (CPU; :mod:`dali_cutmix.backends.stock_ops`).
 Given the same parameters their outputs are identical byte for byte; ``REFUSED`` says in one line
 why a backend does not take a device or layout. docs/DESIGN.md tells why each exists.
 """
@@ -17,11 +17,12 @@ import itertools
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
-from .backends import native, ops, python
-from .backends.graph import Normalize, Params, is_node
-from .mix import MixConfig, check_image_size, check_layout
+from .backends import native, python, stock_ops
+from .backends.graph import Params, is_node
+from .normalize import Normalize
+from .recipe import MixConfig, check_image_size, check_layout
 
-BACKENDS = {"native": native, "python": python, "ops": ops}
+BACKENDS = {"native": native, "python": python, "ops": stock_ops}
 DEFAULT_BACKEND = {"cpu": "native", "gpu": "python"}
 # (backend, device or layout) -> why not: one line each, raised when the graph is built.
 REFUSED = {
@@ -69,43 +70,30 @@ def cutmix(
     resize: bool = False,
     **recipe,
 ):
-    """CutMix (optionally switching with MixUp) a uniformly shaped batch inside a DALI pipeline.
+    """CutMix (optionally switching with MixUp) a batch inside a DALI pipeline.
 
-    Args:
-        images: DataNode of ``HWC`` or ``CHW`` images (uint8 or float), CPU or GPU, all of one
-            shape (crop or resize before), at least 2x2. The output keeps dtype, layout, device
-            and shape unless ``normalize`` is given.
-        labels: DataNode of per-sample labels (CPU or GPU).
-        config: the recipe, a :class:`dali_cutmix.mix.MixConfig`; or give its fields as keywords
-            (``alpha``, ``prob``, ``mode``, ``mixup_alpha``, ``switch_prob``, ``minmax``,
-            ``no_self``), not both.
-        sample_prob: None, or a float32 CPU DataNode of one value a sample (a schedule fed at
-            run time) that replaces the recipe's ``prob``: in ``"elem"`` mode sample ``i`` is mixed
-            with probability ``sample_prob[i]``, in ``"batch"`` mode the batch with
-            ``sample_prob[0]``, on every backend.
-        backend: ``"native"``, ``"python"`` or ``"ops"`` (see the module docstring); None picks
-            ``DEFAULT_BACKEND`` for the images' device. A combination in ``REFUSED`` is a
-            ``ValueError`` that says why.
-        layout: ``"HWC"`` or ``"CHW"``.
-        return_params: set ``Mixed.params``: ``perm`` (int32 a sample), ``boxes`` (int32
-            ``[4]``, ``y1, x1, y2, x2``), ``lam``, and ``blend`` (float32, 1.0 for MixUp samples;
-            None when MixUp is off), so the mix can be inspected or replayed.
-        normalize: a :class:`Normalize` to apply to the mixed images (fused with the mix by the
-            native backend, ``crop_mirror_normalize`` after it otherwise).
-        size: ``(H, W)`` of the images when the pipeline knows it (a resize to a fixed size), or
-            a CPU DataNode of one int32 ``(H, W)`` a sample (a size schedule fed at run time).
-            The python backend then draws the boxes for it without reading the images' shapes, so
-            GPU images have no GPU -> CPU edge (a fixed size that does not match is an error when
-            the batch runs). Without it, GPU images' shapes reach the CPU sampler through
-            ``images.shape()``.
-        resize: the images may differ in shape (a decoder's random crops, HWC uint8): each is
-            first resized to ``size`` (required) bilinearly, as ``fn.resize(interp_type=
-            INTERP_LINEAR, antialias=False)`` does. The native backend does it in its one pass
-            (the resized batch is never written out); the others call ``fn.resize``.
-
-    Returns:
-        :class:`Mixed`: ``images, labels_a, labels_b, lam`` (``lam`` float32, the weight of
-        ``labels_a``; 1.0 where nothing was mixed), and ``params`` when asked for.
+    images: DataNode, ``HWC`` or ``CHW`` (``layout``), uint8 or float, CPU or GPU, all of one shape
+        of at least 2x2 (with ``resize``: HWC uint8 of any shapes).
+    labels: DataNode of per-sample labels, any dtype and shape, CPU or GPU.
+    config: the recipe (:class:`dali_cutmix.recipe.MixConfig`); None: ``MixConfig(**recipe)``.
+    sample_prob: None, or a CPU float32 DataNode of one value a sample that replaces the
+        recipe's ``prob`` (``"elem"``: sample ``i`` mixed with ``sample_prob[i]``; ``"batch"``:
+        the batch with ``sample_prob[0]``).
+    backend: ``"native"``, ``"python"`` or ``"ops"``; None: ``DEFAULT_BACKEND`` of the images'
+        device. A pair in ``REFUSED`` is a ``ValueError`` that says why.
+    layout: ``"HWC"`` or ``"CHW"``.
+    return_params: set ``Mixed.params`` (:class:`~dali_cutmix.backends.graph.Params`, CPU DataNodes).
+    normalize: None (the images keep dtype, layout and device), or a
+        :class:`~dali_cutmix.normalize.Normalize` applied to the mixed images.
+    size: None, the images' ``(H, W)`` as two ints, or a CPU int32 DataNode of ``(H, W)`` a
+        sample; given, the python backend never reads GPU images' shapes on the CPU.
+    resize: resize each image to ``size`` (required) first, bilinearly as
+        ``fn.resize(interp_type=INTERP_LINEAR, antialias=False)``.
+    recipe: the recipe's fields as keywords, instead of ``config``.
+    Returns :class:`Mixed`: ``images`` (the input's device; normalised when asked), ``labels_a``
+    (``labels``), ``labels_b`` (the partners' labels, on the labels' device), ``lam`` (float32 a
+    sample, the weight of ``labels_a``, 1.0 where nothing was mixed; a CPU DataNode on the CPU
+    backends, the images' device on the python backend).
     """
     if is_node(recipe.get("prob")):
         raise ValueError("prob is the recipe's number; a per-sample DataNode of chances goes in sample_prob=")

@@ -22,9 +22,9 @@ import lightning as L
 import torch
 
 from dali_cutmix.loader import DALILoader, process_shard
-from dali_cutmix.mix import MixConfig
+from dali_cutmix.recipe import MixConfig
 
-from .imagenet import DEFAULT_RECIPE
+from .graphs import DEFAULT_RECIPE
 from .loaders import train_loader, val_loader
 from .scan import UnusableData
 from .settings import LoaderSettings

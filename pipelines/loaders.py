@@ -14,9 +14,9 @@ import os
 
 from dali_cutmix.device import DeviceNormalize
 from dali_cutmix.loader import DALILoader, steps_per_epoch
-from dali_cutmix.mix import MixConfig
+from dali_cutmix.recipe import MixConfig
 
-from .imagenet import DEFAULT_RECIPE, MEAN, READER_NAME, STD, output_names, train_pipeline, val_pipeline
+from .graphs import DEFAULT_RECIPE, MEAN, READER_NAME, STD, output_names, train_pipeline, val_pipeline
 from .settings import LoaderSettings
 from .sources import Source, load_source
 
@@ -43,7 +43,7 @@ def train_loader(
     last_batch: ``"partial"`` (a short last batch) or ``"drop"``.
     state: from :meth:`DALILoader.state` of a loader of the same arguments: continue exactly where
         it was, mid-epoch too; None: start at ``start_epoch``, with that epoch's own augmentations.
-    return_params: each batch goes on with the mix's parameters (:func:`pipelines.imagenet.output_names`).
+    return_params: each batch goes on with the mix's parameters (:func:`pipelines.graphs.output_names`).
     """
     s = LoaderSettings.of(data, **settings)
     origin = state["origin"] if state else start_epoch

@@ -22,7 +22,7 @@ downscale. Files the bad-file check finds unusable are left out and listed in
 Each file is written to a temporary name and renamed, so a stopped run continues where it
 stopped (``python -m pipelines.prepare`` again, with the same flags). ``OUT/.preparing`` says
 that a run is under way or was stopped; it is removed last, after ``OUT/prepared.json``, and a
-root holding it is refused as data (:func:`pipelines.files.check_finished`).
+root holding it is refused as data (:func:`pipelines.folders.check_finished`).
 """
 
 from __future__ import annotations
@@ -40,12 +40,11 @@ from pathlib import Path
 from dali_cutmix.errors import UserError
 from dali_cutmix.files import atomic_write, write_json
 
-from .files import PREPARING, Split
+from .folders import PREPARING, Split
 from .scan import worker_pool
-from .settings import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+from .settings import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, VAL_CROP
 
 PREPARED = "prepared.json"
-VAL_CROP = 0.875  # the validation pipeline's crop: shorter side resized to size / 0.875 first
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """A picture of what the pipeline feeds: the first training batch, un-normalised, as a grid with
 each image's two class names and lam, the pasted box outlined
-(:func:`dali_cutmix.report.show_batch`).
+(:func:`dali_cutmix.batch_grid.show_batch`).
 
     python -m pipelines.preview --data DIR [--mixup 0.4 --cutmix-mode elem ...] --output batch.png
 
@@ -14,11 +14,12 @@ import copy
 import sys
 from pathlib import Path
 
-from dali_cutmix.mix import LoopMixer, apply_cutmix
-from dali_cutmix.report import show_batch
+from dali_cutmix.batch_grid import show_batch
+from dali_cutmix.loop import LoopMixer
+from dali_cutmix.paste import apply_cutmix
 from pipelines.sources import load_source
 
-from .imagenet import MEAN, STD
+from .graphs import MEAN, STD
 from .loaders import train_loader
 from .recipe_args import add_recipe_args, recipe_from_args
 from .settings import LoaderSettings, SettingError

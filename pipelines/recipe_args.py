@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from dali_cutmix.mix import MixConfig, RecipeError
 from dali_cutmix.ops import BACKENDS
+from dali_cutmix.recipe import MixConfig, RecipeError
 
 # The flag that sets each MixConfig field.
 RECIPE_FLAGS = {"alpha": "--cutmix-alpha", "prob": "--cutmix-prob", "mode": "--cutmix-mode", "mixup_alpha": "--mixup",

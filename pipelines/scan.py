@@ -34,7 +34,7 @@ from typing import BinaryIO
 from dali_cutmix.errors import DataError
 from dali_cutmix.files import atomic_write
 
-from .files import Split, load_split
+from .folders import Split, load_split
 
 # A JPEG codes every 8x8 block of its first scan in at least one bit, so a file smaller than
 # width x height / 512 bytes cannot hold its image; the bound is four times looser than that.

@@ -21,6 +21,7 @@ from dali_cutmix.seeds import MAX_SEED, derive_seed
 DEVICES = ("cpu", "gpu")
 MIN_IMAGE_SIZE = 16  # the smallest crop side the pipelines take
 MAX_IMAGE_SIZE = 4096  # the largest: beyond it is a typo, which DALI would allocate for every sample
+VAL_CROP = 0.875  # validation: the shorter side resized to image_size / VAL_CROP, then the centre crop
 
 
 class SettingError(UserError, ValueError):
@@ -147,9 +148,6 @@ class LoaderSettings:
                                f"{self.shard_id!r}")  # fmt: skip
         if self.fp16 and self.device != "gpu":
             raise SettingError("fp16", "output needs device='gpu'")
-        if self.fp16 and self.uint8:
-            raise SettingError("uint8", "and fp16 output exclude each other (uint8 is normalised on the trainer's "
-                               "device)")  # fmt: skip
         if self.classes is not None:
             object.__setattr__(self, "classes", tuple(self.classes))
 

@@ -29,7 +29,7 @@ import numpy as np
 from dali_cutmix.errors import DataError
 from dali_cutmix.files import atomic_write
 
-from .files import reader_args
+from .folders import reader_args
 from .scan import check_stream, retried, storage_error, worker_pool
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp")
@@ -57,7 +57,7 @@ class Shards:
     def read(self, *, shard_id: int, num_shards: int, shuffle: bool, seed: int, name: str):
         """``(jpegs, labels (1,) int32)`` DataNodes of this rank's share, from
         ``fn.readers.webdataset`` through the index of good samples (DALI imported here, as in
-        :meth:`pipelines.files.Split.read`)."""
+        :meth:`pipelines.folders.Split.read`)."""
         import nvidia.dali.fn as fn
 
         jpegs, cls = fn.readers.webdataset(
@@ -72,7 +72,7 @@ class Shards:
 
     def fingerprint(self, root=None) -> str:
         """``"<count>:<hash>"`` of the shard names, their samples and the classes (see
-        :meth:`pipelines.files.Split.fingerprint`); ``root`` is unused, shards are named by file name."""
+        :meth:`pipelines.folders.Split.fingerprint`); ``root`` is unused, shards are named by file name."""
         digest = hashlib.sha1("\n".join(self.classes).encode())
         for path, tar_digest in zip(self.paths, self.digests):
             digest.update(f"{os.path.basename(path)} {tar_digest}\n".encode())

@@ -4,7 +4,7 @@ shards) into source objects, and everything downstream takes those objects.
 
 A source knows its ``classes``, its length, its ``fingerprint()`` (what a checkpoint was trained
 on) and how to read itself (``read()``: the DALI reader of a rank's share). The kinds:
-:class:`pipelines.files.Split` (image files) and :class:`pipelines.shards.Shards`. A new kind is a
+:class:`pipelines.folders.Split` (image files) and :class:`pipelines.shards.Shards`. A new kind is a
 class with those four, and a line in :func:`load_source`.
 """
 
@@ -15,12 +15,12 @@ from pathlib import Path
 
 from dali_cutmix.errors import DataError
 
-from .files import CACHE, Split, load_imagenet, load_split, usable_cache
+from .folders import CACHE, Split, load_imagenet, load_split, usable_cache
 from .scan import drop_undecodable, leave_out
 from .shards import Shards, expand, is_shards, load_shards
 
 Source = Split | Shards
-SHARDS_NEED_VAL = "names WebDataset shards: the validation data must be given too"
+SHARDS_NEED_VAL = "names WebDataset shards: give the validation data with {flag}"  # the rule, said with a name
 
 
 def is_source(obj) -> bool:
@@ -81,7 +81,7 @@ def resolve(data, val=None, **checks) -> tuple[Source, Source]:
     (shards, a folder or a file list). Validation takes the training classes."""
     if source_kind(data) == "shards":
         if val is None:
-            raise DataError(f"data {str(data)!r} {SHARDS_NEED_VAL}")
+            raise DataError(f"data {str(data)!r} {SHARDS_NEED_VAL.format(flag='val')}")
         train, held_out = data, val
     else:
         train, held_out = load_imagenet(data)

@@ -140,7 +140,9 @@ def check_torch_mix(device) -> list[dict]:
     import torch
 
     from dali_cutmix.device import from_numpy
-    from dali_cutmix.mix import MixConfig, apply_cutmix, mix_images, sample_mix
+    from dali_cutmix.paste import apply_cutmix, mix_images
+    from dali_cutmix.recipe import MixConfig
+    from dali_cutmix.sampling import sample_mix
 
     rows = []
     for layout in ("HWC", "CHW"):
@@ -174,7 +176,8 @@ def check_loop_mixer(device) -> list[dict]:
     import numpy as np
     import torch
 
-    from dali_cutmix.mix import LoopMixer, MixConfig
+    from dali_cutmix.loop import LoopMixer
+    from dali_cutmix.recipe import MixConfig
 
     bad = []
     for mode in ("batch", "elem"):
@@ -290,7 +293,8 @@ def check_pixels(device: str) -> list[dict]:
     import numpy as np
 
     from dali_cutmix import ops
-    from dali_cutmix.mix import CutMixParams, apply_cutmix
+    from dali_cutmix.paste import apply_cutmix
+    from dali_cutmix.sampling import CutMixParams
 
     rng = np.random.default_rng(0)
     batches = [[rng.integers(0, 256, (H, W, 3), np.uint8) for _ in range(B)] for _ in range(3)]
@@ -390,14 +394,14 @@ def check_throughput(device: str, out: Path, cpu: bool) -> list[dict]:
 
 
 def check_training(device: str, out: Path, cpu: bool) -> list[dict]:
-    from pipelines.files import FASHION_MNIST_DIR
+    from pipelines.folders import FASHION_MNIST_DIR
 
     run_dir = out / "train"
     flags = ["--device", device, "--output", str(run_dir), "--epochs", "3", "--workers", "2", "--seed", "0",
              "--overwrite"]  # fmt: skip
     if FASHION_MNIST_DIR.is_dir():
         data = "demo data"
-        flags += ["--demo-per-class", "100", "--batch-size", "32"] if cpu else ["--demo-per-class", "1000"]
+        flags += ["--demo-per-class", "50", "--batch-size", "32"] if cpu else ["--demo-per-class", "1000"]
     else:
         from benchmarks.benchdata import synthetic_classes
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from dali_cutmix.mix import CutMixParams, MixConfig
+from dali_cutmix.recipe import MixConfig
+from dali_cutmix.sampling import CutMixParams
 
 
 def has_cuda() -> bool:

@@ -9,7 +9,7 @@ import json
 from PIL import Image
 
 from benchmarks import bench, benchdata
-from pipelines.files import load_imagenet
+from pipelines.folders import load_imagenet
 
 
 @pytest.fixture(scope="module")

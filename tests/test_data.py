@@ -15,7 +15,7 @@ from PIL import Image
 
 import train
 from dali_cutmix.errors import DataError
-from pipelines.files import export_fashion_mnist, load_imagenet, load_split, read_idx
+from pipelines.folders import export_fashion_mnist, load_imagenet, load_split, read_idx
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]  # sorted, as LOC_synset_mapping.txt lists them
 

@@ -21,7 +21,7 @@ from conftest import train_args, write_jpeg_tree
 from PIL import Image
 
 import train
-from dali_cutmix.report import BOX_COLOUR, grid_size, show_batch, tile_origin, tile_scale
+from dali_cutmix.batch_grid import BOX_COLOUR, grid_size, show_batch, tile_origin, tile_scale
 from trainer import checkpoint as ckpt
 from trainer import run
 

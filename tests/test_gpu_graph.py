@@ -15,8 +15,8 @@ import pytest
 pytest.importorskip("nvidia.dali")
 
 from dali_cutmix import ops  # noqa: E402
-from dali_cutmix.mix import MixConfig  # noqa: E402
-from pipelines.imagenet import train_pipeline, val_pipeline  # noqa: E402
+from dali_cutmix.recipe import MixConfig  # noqa: E402
+from pipelines.graphs import train_pipeline, val_pipeline  # noqa: E402
 
 RECIPES = {
     "cutmix": MixConfig(),

@@ -21,8 +21,8 @@ from PIL import Image
 
 import train
 from dali_cutmix.errors import DataError
-from pipelines import files as files_module
-from pipelines.files import load_split, usable_cache
+from pipelines import folders as files_module
+from pipelines.folders import load_split, usable_cache
 from pipelines.loaders import train_loader, val_loader
 from trainer import checkpoint as ckpt
 from trainer import run

@@ -89,3 +89,9 @@ def test_train_py_loads_neither_torch_nor_dali_on_import():
     code = "import sys, train; print(sorted(m for m in ('torch', 'nvidia.dali', 'trainer.run') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_every_lazy_name_of_the_packages_loads():
+    """The names the package ``__init__``s load on first use all exist where they point."""
+    code = "import dali_cutmix, pipelines; [getattr(m, n) for m in (dali_cutmix, pipelines) for n in m.__all__]"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

@@ -5,7 +5,7 @@ import pytest
 pytest.importorskip("nvidia.dali", exc_type=ImportError)  # `pytest -m gpu` collects without DALI
 
 from dali_cutmix.loader import process_shard, steps_per_epoch
-from dali_cutmix.mix import MixConfig, RecipeError
+from dali_cutmix.recipe import MixConfig, RecipeError
 from pipelines.loaders import train_loader
 
 

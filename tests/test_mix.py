@@ -5,7 +5,9 @@ import pytest
 import torch
 
 import dali_cutmix
-from dali_cutmix.mix import CutMixParams, MixConfig, apply_cutmix, box_rows_cols, cutmix_box, sample_mix
+from dali_cutmix.paste import apply_cutmix, box_rows_cols
+from dali_cutmix.recipe import MixConfig
+from dali_cutmix.sampling import CutMixParams, cutmix_box, sample_mix
 
 H, W = 40, 72  # non-square on purpose: H and W must never be swapped
 

@@ -10,11 +10,11 @@ from nvidia.dali import fn, pipeline_def, types
 
 import dali_cutmix
 from dali_cutmix.backends.graph import DALI_OPS
-from dali_cutmix.backends.ops import ops_params, paste_ops
 from dali_cutmix.backends.python import TorchMix, torch_mix
+from dali_cutmix.backends.stock_ops import ops_params, paste_ops
 from dali_cutmix.backends.torch_mix import pack
-from dali_cutmix.mix import NUMPY_OPS, CutMixParams, cutmix_box
 from dali_cutmix.ops import DEFAULT_BACKEND, REFUSED, mix_arrays
+from dali_cutmix.sampling import NUMPY_OPS, CutMixParams, cutmix_box
 
 BACKENDS, BACKEND_LAYOUTS = backends()
 

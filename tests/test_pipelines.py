@@ -1,4 +1,4 @@
-"""``pipelines/imagenet.py`` through its loaders (``pipelines/loaders.py``) on a generated JPEG tree."""
+"""``pipelines/graphs.py`` through its loaders (``pipelines/loaders.py``) on a generated JPEG tree."""
 
 import pytest
 
@@ -9,11 +9,11 @@ from collections import Counter
 import torch
 from nvidia.dali import fn, pipeline_def, types
 
-from dali_cutmix.mix import MixConfig
 from dali_cutmix.ops import cutmix
+from dali_cutmix.recipe import MixConfig
 from pipelines import train_pipeline
-from pipelines.files import Split, load_split
-from pipelines.imagenet import MEAN, STD
+from pipelines.folders import Split, load_split
+from pipelines.graphs import MEAN, STD
 from pipelines.loaders import train_loader, val_loader
 
 LOW = min((0 - m) / s for m, s in zip(MEAN, STD))
@@ -208,7 +208,7 @@ def test_uint8_output_normalised_on_the_trainers_device_equals_the_float_pipelin
 def test_nvjpeg_paddings_follow_the_largest_image_within_dalis_defaults_and_imagenets(tmp_path):
     from PIL import Image
 
-    from pipelines.imagenet import DALI_PADDINGS, IMAGENET_PADDINGS, nvjpeg_paddings
+    from pipelines.graphs import DALI_PADDINGS, IMAGENET_PADDINGS, nvjpeg_paddings
 
     def split_of(*sizes):
         files = []
@@ -257,7 +257,7 @@ def test_the_preview_command_draws_the_first_batch(jpeg_tree, tmp_path):
 
     from PIL import Image
 
-    from dali_cutmix.report import grid_size
+    from dali_cutmix.batch_grid import grid_size
 
     command = [sys.executable, "-m", "pipelines.preview", "--data", str(jpeg_tree), "--output", str(tmp_path / "b.png"),
                "--batch-size", "6", "--image-size", "32", "--mixup", "0.4", "--cutmix-mode", "elem"]  # fmt: skip

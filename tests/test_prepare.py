@@ -17,7 +17,7 @@ from PIL import Image
 
 from dali_cutmix.errors import DataError, UserError
 from pipelines import prepare as prep
-from pipelines.files import PREPARING, load_imagenet
+from pipelines.folders import PREPARING, load_imagenet
 from pipelines.loaders import train_loader, val_loader
 
 ROOT = Path(__file__).resolve().parents[1]

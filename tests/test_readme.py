@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.files import load_split
+from pipelines.folders import load_split
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

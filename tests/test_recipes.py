@@ -10,8 +10,10 @@ from conftest import backends, random_batch
 from timm.data import mixup as timm_mixup
 
 from dali_cutmix import mixed_targets
-from dali_cutmix.mix import CutMixParams, MixConfig, apply_cutmix, sample_mix
 from dali_cutmix.ops import mix_arrays
+from dali_cutmix.paste import apply_cutmix
+from dali_cutmix.recipe import MixConfig
+from dali_cutmix.sampling import CutMixParams, sample_mix
 
 BACKENDS, BACKEND_LAYOUTS = backends()
 

@@ -15,7 +15,7 @@ from conftest import train_args, write_jpeg_tree
 from PIL import Image
 
 import train
-from pipelines.files import load_split
+from pipelines.folders import load_split
 from pipelines.loaders import train_loader, val_loader
 from pipelines.scan import check_file, scan
 
@@ -243,7 +243,7 @@ def test_the_check_and_its_cache_load_neither_torch_nor_dali(tmp_path):
 
     root = write_jpeg_tree(tmp_path / "data")
     code = (
-        "import sys; from pipelines.files import load_split; from pipelines.scan import scan; "
+        "import sys; from pipelines.folders import load_split; from pipelines.scan import scan; "
         f"r = scan(load_split({str(root / 'train')!r}), cache_dir={str(tmp_path / 'cache')!r}, workers=1); "
         "print(r.scanned, sorted(m for m in ('torch', 'nvidia.dali') if m in sys.modules))"
     )

@@ -41,10 +41,9 @@ def test_the_keyword_form_builds_the_same_settings(jpeg_tree):
         ({"image_size": True}, "image_size", r"image_size must be an int in \[16, 4096\], got True"),
         ({"shard_id": 0}, "shard_id", "shard_id and num_shards go together, got 0 and None"),
         ({"fp16": True}, "fp16", "fp16 output needs device='gpu'"),
-        ({"device": "gpu", "fp16": True, "uint8": True}, "uint8", "uint8 and fp16 output exclude each other"),
         ({"size_schedule": "0:16"}, "size_schedule", "size_schedule must be a SizeSchedule, got '0:16'"),
     ],
-    ids=["threads", "seed", "bool", "shard", "fp16", "uint8", "schedule"],
+    ids=["threads", "seed", "bool", "shard", "fp16", "schedule"],
 )
 def test_a_bad_setting_names_its_argument(fields, name, message):
     with pytest.raises(SettingError, match=message) as info:

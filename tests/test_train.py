@@ -16,7 +16,7 @@ import torch
 from conftest import sigterm_after_step, train_args, write_jpeg_tree
 
 import train
-from dali_cutmix.mix import MixConfig
+from dali_cutmix.recipe import MixConfig
 from trainer import checkpoint as ckpt
 from trainer import engine, run
 
@@ -260,7 +260,10 @@ def test_mixing_in_the_loop_trains_and_resumes_exactly(jpeg_tree, tmp_path, monk
 
 def test_the_loop_mixer_is_the_oracle_on_the_loaded_batch(jpeg_tree, monkeypatch):
     """What the trainer feeds the model in loop mode is apply_cutmix of the plain batch."""
-    from dali_cutmix.mix import LoopMixer, MixConfig, apply_cutmix, sample_mix
+    from dali_cutmix.loop import LoopMixer
+    from dali_cutmix.paste import apply_cutmix
+    from dali_cutmix.recipe import MixConfig
+    from dali_cutmix.sampling import sample_mix
 
     mixer = LoopMixer(MixConfig(mode="elem", prob=0.7), seed=5)
     images, labels = torch.rand(6, 3, 16, 24), torch.arange(6)

@@ -151,7 +151,7 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             except UserError as e:
                 p.error(f"{flag} {e}")
     if kinds.get("--data") == "shards" and args.val_data is None:
-        p.error(f"--data {args.data!r} {SHARDS_NEED_VAL}: give it with --val-data")
+        p.error(f"--data {args.data!r} {SHARDS_NEED_VAL.format(flag='--val-data')}")
     if args.device == "gpu" and not torch.cuda.is_available():
         p.error("--device gpu: CUDA is not available on this machine")
     if args.resume not in (None, "latest") and not Path(args.resume).is_file():

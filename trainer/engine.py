@@ -98,7 +98,7 @@ def train_epoch(
 ) -> dict:
     """Steps ``start_step..`` of one epoch (at most ``max_steps``); returns the mean loss, speed,
     data-wait time and the number of steps done, which is short of the epoch only when ``stop``
-    was set (``"stopped"``). ``mixer``: a :class:`dali_cutmix.mix.LoopMixer` that mixes the plain
+    was set (``"stopped"``). ``mixer``: a :class:`dali_cutmix.loop.LoopMixer` that mixes the plain
     batches on their device, with the recipe's chance of mixing in ``epoch``."""
     from tqdm import tqdm
 

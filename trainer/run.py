@@ -18,9 +18,9 @@ import torch.distributed as dist
 from dali_cutmix.errors import DataError, UserError
 from dali_cutmix.files import write_json
 from dali_cutmix.loader import DecodeFailed, process_device, process_shard, rank_share
-from dali_cutmix.mix import LoopMixer
+from dali_cutmix.loop import LoopMixer
 from dali_cutmix.seeds import derive_seed
-from pipelines.files import demo_root
+from pipelines.folders import demo_root
 from pipelines.loaders import train_loader, val_loader
 from pipelines.preview import write_batch_png
 from pipelines.scan import UnusableData

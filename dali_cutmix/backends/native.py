@@ -11,8 +11,9 @@ from dataclasses import fields
 import nvidia.dali.fn as fn
 from nvidia.dali import types
 
-from ..mix import MixConfig
-from .graph import Normalize, Params, is_node
+from ..normalize import Normalize
+from ..recipe import MixConfig
+from .graph import Params, is_node
 
 FUSES_NORMALIZE = True
 FUSES_RESIZE = True

@@ -1,9 +1,9 @@
 """Backend ``python`` (CPU and GPU): the reference sampler in one Python operator, the pixels by
 one torch callback that is the same code on both devices.
 
-The parameters come from :func:`dali_cutmix.mix.sample_mix` (NumPy) in one CPU
+The parameters come from :func:`dali_cutmix.sampling.sample_mix` (NumPy) in one CPU
 ``fn.python_function``; the pixels from :class:`TorchMix` in ``fn.dl_tensor_python_function``:
-:func:`dali_cutmix.mix.mix_images` on CPU tensors (what CI runs) or on CUDA tensors on DALI's
+:func:`dali_cutmix.paste.mix_images` on CPU tensors (what CI runs) or on CUDA tensors on DALI's
 stream (what a GPU runs). GPU code that is the CPU code with another device: right by construction.
 """
 
@@ -14,8 +14,10 @@ import nvidia.dali.fn as fn
 from nvidia.dali import types
 from nvidia.dali.data_node import DataNode
 
-from ..mix import MixConfig, sample_mix
-from .graph import Normalize, Params, check_shapes, is_node
+from ..normalize import Normalize
+from ..recipe import MixConfig
+from ..sampling import sample_mix
+from .graph import Params, check_shapes, is_node
 from .torch_mix import PACKED, TorchMix, pack
 
 FUSES_NORMALIZE = False
@@ -30,7 +32,7 @@ def build(images, labels, config: MixConfig, *, prob, layout: str, normalize: No
 
 
 def python_params(images, config: MixConfig, *, layout: str, prob: DataNode | None = None, size=None) -> Params:
-    """The parameters drawn by :func:`dali_cutmix.mix.sample_mix` in one CPU Python operator.
+    """The parameters drawn by :func:`dali_cutmix.sampling.sample_mix` in one CPU Python operator.
 
     Its generator is seeded per batch by one DALI draw, so the pipeline's seed governs it and
     DALI's checkpoints capture it (the operator itself is stateless). It returns one row of

@@ -10,7 +10,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ..mix import mix_images, spatial_size
+from ..paste import mix_images
+from ..sampling import spatial_size
 
 # The columns of one sample's parameters as the sampler hands them to the callback: one float32
 # row a sample (exact for integers below 2**24), so a batch is B DLPack objects, not 4B.
@@ -40,12 +41,12 @@ class TorchMix:
     """Batch callback of ``fn.dl_tensor_python_function``: ``images, packed`` DLPack samples in
     (``packed``: a row of :data:`PACKED` a sample), mixed samples out.
 
-    The same code on both devices: :func:`dali_cutmix.mix.mix_images` in torch (a gather of the
+    The same code on both devices: :func:`dali_cutmix.paste.mix_images` in torch (a gather of the
     partners, a paste through row and column masks; MixUp blended in float32 and rounded half away
     from zero explicitly), which never reads a value back to the host. On CUDA tensors it runs on
     DALI's own stream, so nothing blocks on the device. On CPU tensors only the housekeeping
-    differs: torch on DALI's thread alone, and batch buffers kept between calls (see
-    docs/DESIGN.md). It holds the GIL while it runs: 2B DLPack objects in and B out a batch.
+    differs (docs/DESIGN.md, the python backend). It holds the GIL while it runs: 2B DLPack objects
+    in and B out a batch.
     """
 
     def __init__(self, layout: str, size: tuple[int, int] | None = None, dali_stream: Callable[[], int] | None = None,

@@ -1,4 +1,4 @@
-// dali_cutmix.mix: CutMix (and MixUp) fused with normalisation, one DALI CPU operator.
+// fn.dali_cutmix.mix: CutMix (and MixUp) fused with normalisation, one DALI CPU operator.
 //
 // Why one operator: on a CPU every DALI operator costs a fixed ~0.05-0.1 ms per batch whatever it
 // computes, and a paste done as its own pass reads and writes the whole batch once more. Here the
@@ -15,7 +15,7 @@
 // travel as one four-float vector (GCC's and Clang's vector extension, with SSE2's byte widening
 // where the compiler would scalarise it), and a flip is folded into the column taps.
 //
-// The box formula is the one of dali_cutmix.mix.cutmix_box / minmax_box, in float32 operation for
+// The box formula is the one of dali_cutmix.sampling.cutmix_box / minmax_box, in float32 operation for
 // operation (compiled with -ffp-contract=off), so NumPy given the same draws gets the same boxes.
 
 #include <algorithm>
@@ -43,7 +43,7 @@ using ::dali::TensorListShape;
 using ::dali::TensorShape;
 using ::dali::Workspace;
 
-// Everything random about one receiving sample, as in dali_cutmix.mix.CutMixParams.
+// Everything random about one receiving sample, as in dali_cutmix.sampling.CutMixParams.
 struct SampleParams {
   int perm = 0;
   int box[4] = {0, 0, 0, 0};  // y1, x1, y2, x2, half-open
@@ -52,7 +52,7 @@ struct SampleParams {
 };
 
 // The random numbers behind one unit (the batch, or a sample in mode "elem"): the fields of
-// dali_cutmix.mix.mix_from_draws. u: box placement (2 values; 4 with minmax: sides, then corner).
+// dali_cutmix.sampling.mix_from_draws. u: box placement (2 values; 4 with minmax: sides, then corner).
 struct Draws {
   float mix = 1.0f, cut = 1.0f, lam_cut = 1.0f, lam_mix = 1.0f;
   float u[4] = {0, 0, 0, 0};
@@ -577,7 +577,7 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
     }
   }
 
-  // ---- sampling: dali_cutmix.mix.sample_mix, with a C++ generator seeded by the batch's draw ----
+  // ---- sampling: dali_cutmix.sampling.sample_mix, with a C++ generator seeded by the batch's draw ----
 
   float Uniform() { return static_cast<float>(rng_() >> 40) * (1.0f / 16777216.0f); }  // [0, 1), 24 bits
 
@@ -623,7 +623,7 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
     Permutation(n, no_self_);
   }
 
-  // Box, lambda and blend from the draws: dali_cutmix.mix.mix_from_draws, operation for operation.
+  // Box, lambda and blend from the draws: dali_cutmix.sampling.mix_from_draws, operation for operation.
   void Place(const Draws &d, SampleParams &p) const {
     const float hw[2] = {static_cast<float>(H_), static_cast<float>(W_)};
     const float *u = d.u;

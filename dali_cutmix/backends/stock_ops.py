@@ -1,6 +1,6 @@
 """Backend ``ops`` (CPU): DALI's stock operators only, nothing compiled and no Python touching
 pixels: ``batch_permutation`` and ``random.*`` draws, the box formula
-:func:`dali_cutmix.mix.mix_from_draws` evaluated on DataNodes, ``permute_batch``, ``slice`` and one
+:func:`dali_cutmix.sampling.mix_from_draws` evaluated on DataNodes, ``permute_batch``, ``slice`` and one
 ``multi_paste``: about 40 operators, each with a fixed cost per batch on a CPU.
 
 It refuses the GPU (``dali_cutmix.ops.REFUSED``; docs/DESIGN.md).
@@ -16,8 +16,10 @@ import nvidia.dali.fn as fn
 from nvidia.dali import types
 from nvidia.dali.data_node import DataNode
 
-from ..mix import MixConfig, blend_weight, mix_from_draws
-from .graph import DALI_OPS, Normalize, Params, check_shapes, is_node
+from ..normalize import Normalize
+from ..recipe import MixConfig
+from ..sampling import blend_weight, mix_from_draws
+from .graph import DALI_OPS, Params, check_shapes, is_node
 
 FUSES_NORMALIZE = False
 FUSES_RESIZE = False
@@ -44,7 +46,7 @@ class Sampled(NamedTuple):
 def ops_params(images, config: MixConfig, *, layout: str, prob: DataNode | None = None) -> Sampled:
     """Draw the partners, boxes and blends of a batch with DALI's random operators, per
     receiving sample (so a per-sample ``prob`` is the receiver's), and evaluate the box formula
-    :func:`dali_cutmix.mix.mix_from_draws` on DataNodes."""
+    :func:`dali_cutmix.sampling.mix_from_draws` on DataNodes."""
     perm = fn.batch_permutation(no_fixed_points=config.no_self)
     # The shape check (one shape, >= 2x2) is the one thing stock operators cannot say in words.
     hw = fn.python_function(

@@ -24,14 +24,16 @@ def show_batch(images, labels_a, labels_b, lam, classes, path, *, boxes=None, bl
     """Write a grid of up to ``max_images`` images of a mixed batch to ``path`` (PNG): each captioned
     with its two class names and lam, the pasted box outlined in :data:`BOX_COLOUR`.
 
-    Args:
-        images: (B, H, W, C) uint8, or (B, C, H, W) normalised float with ``mean`` and ``std``
-            (undone here: the images as the model sees them, before normalisation). NumPy or torch.
-        labels_a, labels_b, lam: as the loader gives them; ``classes``: the class names.
-        boxes: (B, 4) ``y1, x1, y2, x2`` each sample received (before a flip); ``blend``: (B,),
-            nonzero for MixUp samples (no box drawn); ``mirror``: (B,), nonzero where the sample was
-            flipped after mixing (its box is drawn flipped too).
-
+    images: (B, H, W, C) uint8, or (B, C, H, W) float normalised with ``mean`` and ``std`` (undone
+        here: the images as the model sees them, before normalisation); NumPy or torch, any device.
+    labels_a, labels_b: (B,) or (B, 1) class indices; lam: (B,) float, as the loader gives them.
+    classes: the class names the labels index.
+    path: the PNG to write.
+    boxes: None, or (B, 4) ``y1, x1, y2, x2`` each sample received (before a flip).
+    blend: None, or (B,), nonzero for MixUp samples (no box drawn).
+    mirror: None, or (B,), nonzero where the sample was flipped after mixing (its box drawn flipped).
+    mean, std: None (uint8 images), or one value a channel in pixel levels.
+    max_images, columns: the grid's size.
     Returns the path. Tiles are upscaled by :func:`tile_scale` (nearest neighbour), so box
     ``(y1, x1, y2, x2)`` of tile ``i`` has its corners at ``scale * (x1, y1)`` and
     ``scale * (x2, y2) - 1`` inside the tile (see :func:`tile_origin`).

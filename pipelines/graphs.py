@@ -19,10 +19,10 @@ import numpy as np
 import nvidia.dali.fn as fn
 from nvidia.dali import pipeline_def, types
 
-from dali_cutmix.mix import MixConfig, check_prob
 from dali_cutmix.ops import Normalize, cutmix, replay_params, resize_images
+from dali_cutmix.recipe import MixConfig, check_prob
 
-from .settings import LoaderSettings
+from .settings import VAL_CROP, LoaderSettings
 from .sources import Source, load_source
 
 READER_NAME = "Reader"
@@ -77,9 +77,9 @@ def decode_random_crop(jpegs, *, device: str, random_area=(0.08, 1.0), paddings=
 
 
 def decode_center(jpegs, *, device: str, image_size: int, paddings=None):
-    """Resize the shorter side to ``image_size / 0.875``: (S', >=S', 3) uint8, cropped later."""
+    """Resize the shorter side to ``image_size / VAL_CROP``: (S', >=S', 3) uint8, cropped later."""
     images = fn.decoders.image(jpegs, output_type=types.RGB, **_decoder_kwargs(device, paddings or DALI_PADDINGS))
-    return fn.resize(images, resize_shorter=int(image_size / 0.875), interp_type=types.INTERP_TRIANGULAR)
+    return fn.resize(images, resize_shorter=int(image_size / VAL_CROP), interp_type=types.INTERP_TRIANGULAR)
 
 
 @pipeline_def(enable_conditionals=False)
@@ -203,7 +203,7 @@ def train_pipeline(
 
 
 def val_pipeline(data: LoaderSettings | str | os.PathLike | Source, *, source: Source | None = None, **settings):
-    """The validation pipeline: shorter side to ``image_size / 0.875``, centre crop, normalise.
+    """The validation pipeline: shorter side to ``image_size / VAL_CROP``, centre crop, normalise.
 
     data: :class:`pipelines.settings.LoaderSettings` (its ``classes``: the training classes), or
         its ``data`` with its other fields as keywords.

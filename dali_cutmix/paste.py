@@ -1,0 +1,139 @@
+"""Apply CutMix (and MixUp) parameters to a batch: NumPy arrays or torch tensors, on any device
+(the one module that tells them apart). Pure: the inputs are not modified."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .recipe import check_layout
+from .sampling import CutMixParams, blend_weight, spatial_size
+
+
+def box_rows_cols(boxes, height: int, width: int):
+    """(B, H) and (B, W) bool, the rows and the columns of each sample's box, from ``boxes``:
+    (B, 4) integer ``y1, x1, y2, x2``, NumPy or torch (the result on its device)."""
+    if _is_torch(boxes):
+        import torch
+
+        rows = torch.arange(height, device=boxes.device)
+        cols = torch.arange(width, device=boxes.device)
+    else:
+        rows, cols = np.arange(height), np.arange(width)
+    y1, x1, y2, x2 = (boxes[:, k, None] for k in range(4))
+    return (rows[None] >= y1) & (rows[None] < y2), (cols[None] >= x1) & (cols[None] < x2)
+
+
+def apply_cutmix(images, labels, params: CutMixParams, layout: str = "HWC"):
+    """Mix a batch with given parameters; pure (the inputs are not modified).
+
+    images: (B, H, W, C) for ``HWC`` or (B, C, H, W) for ``CHW``, any dtype; a NumPy array, or a
+        torch tensor on any device.
+    labels: (B, ...), the same kind as ``images`` and on its device.
+    params: from :func:`dali_cutmix.sampling.sample_mix` (NumPy; copied to the images' device).
+    layout: ``"HWC"`` or ``"CHW"``.
+    Returns ``(mixed_images, labels_a, labels_b, lam)``: ``labels_a = labels``, ``labels_b =
+    labels[perm]``, ``lam`` (B,) float32 on the images' device.
+    """
+    check_layout(layout)
+    if images.ndim != 4 or len(images) != len(params.perm):
+        raise ValueError(
+            f"images must be a batch of {len(params.perm)} {layout} images, got shape {tuple(images.shape)}"
+        )
+    perm, boxes, lam, blend = params.perm, params.boxes, params.lam, params.blend
+    if blend is not None and not blend.any():
+        blend = None
+    if _is_torch(images):
+        import torch
+
+        from .device import from_numpy
+
+        # On CUDA through pinned memory torch owns, without blocking: no host sync in a step.
+        perm, boxes = from_numpy(perm, images.device, torch.long), from_numpy(boxes, images.device)
+        lam, blend = from_numpy(lam, images.device), from_numpy(blend, images.device, torch.bool)
+    mixed = mix_images(images, perm, boxes, lam, blend, layout)
+    return mixed, labels, labels[perm], lam
+
+
+def mix_images(images, perm, boxes, lam, blend, layout: str, *, out=None):
+    """The mixed batch from parameters of the same kind as ``images`` (NumPy, or torch on its
+    device): ``perm`` (B,) int64, ``boxes`` (B, 4) int, ``lam`` (B,) float32, ``blend`` (B,) bool
+    or None (no MixUp); ``layout`` ``"HWC"`` or ``"CHW"``. Vectorised: nothing here reads a value
+    back to the host, so on a GPU it queues kernels and returns (the python backend's GPU code, run
+    by CI on the CPU).
+
+    ``out`` (torch): a contiguous tensor of the images' size and dtype to gather the partners
+    into; without MixUp the result is written there too.
+    """
+    H, W = spatial_size(tuple(images.shape[1:]), layout)
+    B = images.shape[0]
+    torch_ = _is_torch(images)
+    if torch_:
+        import torch
+
+        # Gathered as (B, -1) rows, a memcpy per sample (gathering (B, H, W, C) uint8 runs an
+        # element-wise kernel, 3-4x slower on a CPU).
+        flat = torch.index_select(images.reshape(B, -1), 0, perm, out=None if out is None else out.view(B, -1))
+        partners = flat.view(images.shape)
+    else:
+        partners = images[perm]
+    rows, cols = box_rows_cols(boxes, H, W)  # (B, H), (B, W) bool
+    if layout == "HWC":
+        # Rows of W*C values: the masks broadcast along whole rows, never along the 3 channels
+        # (a slow pattern on CPUs).
+        C = images.shape[3]
+        # expand + reshape, not repeat_interleave: nothing that could ask the device for a size.
+        cols = cols[:, :, None].expand(B, W, C).reshape(B, W * C) if torch_ else np.repeat(cols, C, axis=1)
+        own, other = images.reshape(B, H, W * C), partners.reshape(B, H, W * C)
+        rows, cols = rows[:, :, None], cols[:, None, :]
+    else:
+        own, other = images, partners
+        rows, cols = rows[:, None, :, None], cols[:, None, None, :]
+    # Without MixUp nothing reads the partners after the paste, so it may write over them.
+    mixed = _paste(own, other, rows, cols, reuse_other=blend is None).reshape(images.shape)
+    if blend is not None:
+        weight = blend_weight(lam, blend.float() if torch_ else blend.astype(np.float32))
+        where = torch.where if torch_ else np.where
+        mixed = where(blend[:, None, None, None], blend_images(mixed, partners, weight), mixed)
+    return mixed
+
+
+def _paste(own, other, rows, cols, reuse_other: bool = False):
+    """``other`` where both ``rows`` and ``cols`` (broadcastable bool masks) hold, else ``own``;
+    ``reuse_other``: torch may write the result over ``other``.
+
+    torch on uint8: ``own + (other - own) * rows * cols`` in uint8, exact (arithmetic modulo 256),
+    four in-place elementwise passes with no full-size mask: several times less CPU than
+    ``torch.where``, and no new batch-sized buffer when ``other`` is reused (on a CPU a fresh one
+    costs more in page faults than a pass over it).
+    """
+    if _is_torch(own):
+        import torch
+
+        if own.dtype == torch.uint8:
+            diff = other.sub_(own) if reuse_other else torch.sub(other, own)
+            return diff.mul_(rows.to(torch.uint8)).mul_(cols.to(torch.uint8)).add_(own)
+        return torch.where(rows & cols, other, own)
+    return np.where(rows & cols, other, own)
+
+
+def blend_images(own, partners, w):
+    """``w * own + (1 - w) * partners`` per sample in float32: ``own`` and ``partners`` (B, ...)
+    of one dtype, ``w`` (B,) float32, all NumPy or all torch on one device. Integer images are
+    rounded half away from zero (docs/DESIGN.md, "Rounding") and clipped."""
+    shape = (-1, 1, 1, 1)
+    if _is_torch(own):
+        import torch
+
+        out = own.float() * w.reshape(shape) + partners.float() * (1.0 - w).reshape(shape)
+        if own.is_floating_point():
+            return out.to(own.dtype)
+        return torch.floor(out + 0.5).clamp(0, torch.iinfo(own.dtype).max).to(own.dtype)
+    w = np.asarray(w, np.float32).reshape(shape)
+    out = own.astype(np.float32) * w + partners.astype(np.float32) * (np.float32(1.0) - w)
+    if np.issubdtype(own.dtype, np.floating):
+        return out.astype(own.dtype)
+    return np.floor(out + np.float32(0.5)).clip(0, np.iinfo(own.dtype).max).astype(own.dtype)
+
+
+def _is_torch(x) -> bool:
+    return type(x).__module__.startswith("torch")

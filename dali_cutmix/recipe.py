@@ -1,0 +1,120 @@
+"""The mixing recipe, :class:`MixConfig`, and the rules every recipe and chance of mixing
+obeys. The options follow timm's ``Mixup``: CutMix (Yun et al., ICCV 2019, arXiv:1905.04899) and
+MixUp (Zhang et al., ICLR 2018) each with its alpha, ``switch_prob`` choosing one per batch or per
+sample, ``minmax`` box sides, and partners that are never the sample itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import UserError
+
+MODES = ("batch", "elem")
+LAYOUTS = ("HWC", "CHW")
+
+
+class RecipeError(UserError):
+    """A recipe that cannot be: ``field`` (None when the fields only clash together), the ``rule``
+    it breaks and the ``value`` given, so a caller can name its own flag for the field."""
+
+    def __init__(self, field: str | None, rule: str, value=None):
+        self.field, self.rule, self.value = field, rule, value
+        super().__init__(rule if field is None else f"{field} {rule}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class MixConfig:
+    """A mixing recipe, checked once; named like timm's ``Mixup`` where it has the option.
+
+    alpha: CutMix's Beta(alpha, alpha), 0 turns CutMix off (unless ``minmax`` is set).
+    mixup_alpha: MixUp's Beta, 0 (the default) turns MixUp off.
+    prob: the chance that a batch (``mode="batch"``) or a sample (``"elem"``) is mixed at all.
+    switch_prob: with both on, the chance of CutMix rather than MixUp.
+    minmax: ``(min, max)`` box sides as fractions of H and W, drawn independently (a random
+        aspect), placed uniformly inside the image; lambda follows from the box.
+    no_self: partners are never the sample itself (a permutation without fixed points).
+    prob_schedule: ``(epoch, prob)`` pairs (or a dict): ``prob`` from that epoch on, replacing
+        ``prob`` (piecewise constant); ``off_epoch``: no mixing from that epoch on (timm's
+        ``mixup_off_epoch``). :meth:`prob_at` gives an epoch's chance; the pipelines feed it per
+        batch, the loop mixer per epoch.
+    """
+
+    alpha: float = 1.0
+    prob: float = 1.0
+    mode: str = "batch"
+    mixup_alpha: float = 0.0
+    switch_prob: float = 0.5
+    minmax: tuple[float, float] | None = None
+    no_self: bool = False
+    prob_schedule: tuple[tuple[int, float], ...] = ()
+    off_epoch: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("alpha", "mixup_alpha"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise RecipeError(name, "must be a finite number >= 0", value)
+        check_prob(self.prob, "prob")
+        check_prob(self.switch_prob, "switch_prob")
+        pairs = self.prob_schedule.items() if isinstance(self.prob_schedule, dict) else self.prob_schedule
+        try:
+            schedule = tuple(sorted((int(epoch), float(p)) for epoch, p in pairs))
+        except (TypeError, ValueError):
+            raise RecipeError("prob_schedule", "must be (epoch, prob) pairs", self.prob_schedule) from None
+        for epoch, p in schedule:
+            if epoch < 0:
+                raise RecipeError("prob_schedule", "must have epochs >= 0", self.prob_schedule)
+            check_prob(p, "prob_schedule")
+        object.__setattr__(self, "prob_schedule", schedule)  # normalised once: sorted pairs
+        if self.off_epoch is not None and (isinstance(self.off_epoch, bool) or not isinstance(self.off_epoch, int)
+                                           or self.off_epoch < 0):  # fmt: skip
+            raise RecipeError("off_epoch", "must be an epoch >= 0 or None", self.off_epoch)
+        if self.mode not in MODES:
+            raise RecipeError("mode", f"must be one of {MODES}", self.mode)
+        if self.minmax is not None:
+            lo, hi = self.minmax
+            if not 0.0 < lo < hi <= 1.0:
+                raise RecipeError("minmax", "must be (min, max) with 0 < min < max <= 1", self.minmax)
+        if not (self.cutmix or self.mixup):
+            raise RecipeError(None, "nothing to mix: alpha and mixup_alpha are both 0 and minmax is not set")
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether the chance of mixing changes with the epoch."""
+        return bool(self.prob_schedule) or self.off_epoch is not None
+
+    def prob_at(self, epoch: int) -> float:
+        """The chance of mixing in ``epoch`` (from 0)."""
+        if self.off_epoch is not None and epoch >= self.off_epoch:
+            return 0.0
+        prob = self.prob
+        for start, p in self.prob_schedule:
+            if epoch >= start:
+                prob = p
+        return prob
+
+    @property
+    def cutmix(self) -> bool:
+        return self.alpha > 0 or self.minmax is not None
+
+    @property
+    def mixup(self) -> bool:
+        return self.mixup_alpha > 0
+
+
+def check_prob(value, field: str) -> None:
+    """The rule for every chance of mixing: a number in [0, 1]; ``RecipeError`` naming ``field``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0.0 <= value <= 1.0:
+        raise RecipeError(field, "must be a number in [0, 1]", value)
+
+
+def check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+
+
+def check_image_size(height: int, width: int) -> None:
+    if height < 2 or width < 2:
+        raise ValueError(f"images must be at least 2x2 (HxW) for CutMix, got {height}x{width}")
