@@ -142,8 +142,18 @@ def layout(splits: dict[str, Split], out: Path) -> tuple[dict[str, list[str]], d
 
 def prepare(src, out, settings: Settings, *, workers: int | None = None, check: str = "quick",
             show: bool = True) -> dict:  # fmt: skip
-    """Prepare ``src`` into ``out`` (see the module docstring); returns what was done: files,
-    copied, resized, skipped (already there from a stopped run), seconds, files per second."""
+    """Prepare ``src`` into ``out`` (see the module docstring).
+
+    src: what ``train.py --data`` takes that holds image files (not shards).
+    out: the prepared root: new, empty, or a stopped prepare of the same ``src`` and ``settings``.
+    settings: the sizes and quality (:class:`Settings`).
+    workers: processes; None: the cores.
+    check: the bad-file check, ``"quick"`` or ``"full"``.
+    show: draw a progress bar.
+    Returns the summary written to ``out``: ``settings``, ``source``, ``files``, ``train``, ``val``,
+    ``classes``, the counts of each outcome, ``skipped`` (there from a stopped run), ``seconds``
+    and ``files_per_s``; with ``already`` True when ``out`` was finished before.
+    """
     from tqdm import tqdm
 
     from .sources import resolve

@@ -29,8 +29,12 @@ def is_source(obj) -> bool:
 
 
 def source_kind(spec) -> str:
-    """``"shards"`` or ``"files"``: the one place that tells them apart. ``ValueError`` for a path
-    that is neither, or a shard pattern that names no file."""
+    """``"shards"`` or ``"files"``: the one place that tells them apart.
+
+    spec: a loaded source (its ``kind``), a ``.tar`` path, pattern or folder of them, or a folder
+        or file list.
+    Raises :class:`DataError` for a path that is neither, or a shard pattern that names no file.
+    """
     if is_source(spec):
         return spec.kind
     if is_shards(spec):
@@ -43,9 +47,16 @@ def source_kind(spec) -> str:
 
 def load_source(spec, classes: list[str] | None = None, *, check: str = "quick", workers: int | None = None,
                 cache_dir: str | os.PathLike | None = None) -> Source:  # fmt: skip
-    """A source from one spec: a Split or Shards as it is; ``.tar`` paths, patterns and folders of
-    them as :class:`Shards` (checked with ``check`` by ``workers`` processes and indexed once,
-    cached under ``cache_dir/shards``, by default ``CACHE/shards``); else a folder or file list."""
+    """A source from one spec.
+
+    spec: a Split or Shards (returned as it is); ``.tar`` paths, patterns and folders of them
+        (:class:`Shards`, indexed once); else a ``<class>/<image>`` folder or a file list (:class:`Split`).
+    classes: the label order (validation takes the training classes); None: the source's own
+        (sorted folder names, or the shards' ``classes.txt``).
+    check: the shards' check, ``"quick"``, ``"full"`` (decode everything) or ``"off"``.
+    workers: processes for that check; None: the cores.
+    cache_dir: where shard indexes are kept (``cache_dir/shards``); None: ``CACHE``.
+    """
     if is_source(spec):
         return spec
     if source_kind(spec) == "shards":
@@ -57,10 +68,18 @@ def load_source(spec, classes: list[str] | None = None, *, check: str = "quick",
 def usable(source, name: str, classes: list[str] | None = None, *, check: str = "quick", strict: bool = False,
            workers: int | None = None, listing_dir: Path, report: bool = True,
            cache_dir: Path | None = None) -> Source:  # fmt: skip
-    """What DALI can read of ``source`` (a spec, Split or Shards), as a trainer needs it: what is bad
-    is left out and listed in ``listing_dir/bad_files_{name}.txt``, or, with ``strict``, raises
-    :class:`pipelines.scan.UnusableData`. ``check``: ``"quick"``, ``"full"`` (decode everything) or
-    ``"off"``. Verdicts and shard indexes are cached under ``cache_dir`` (default ``CACHE``)."""
+    """What DALI can read of ``source``, as a trainer needs it.
+
+    source: a spec, Split or Shards (:func:`load_source`).
+    name: the split's name in messages and listings (``"train"``, ``"val"``).
+    classes: as in :func:`load_source`.
+    check: ``"quick"``, ``"full"`` (decode everything) or ``"off"``.
+    strict: raise :class:`pipelines.scan.UnusableData` instead of leaving the bad files out.
+    workers: processes for the check; None: the cores.
+    listing_dir: where ``bad_files_{name}.txt`` lists what was left out.
+    report: print what was left out (rank 0 only, under DDP).
+    cache_dir: where verdicts and shard indexes are kept; None: ``CACHE``.
+    """
     cache = usable_cache(cache_dir if cache_dir is not None else CACHE)
     source = load_source(source, classes, check=check, workers=workers, cache_dir=cache)
     if source.kind == "shards":
@@ -75,8 +94,8 @@ def usable(source, name: str, classes: list[str] | None = None, *, check: str = 
 
 
 def resolve(data, val=None, **checks) -> tuple[Source, Source]:
-    """The training and validation sources of ``data``, checked (:func:`usable`, ``checks`` as
-    there): an ImageNet root (``train/`` and ``val/``, folders or file lists, or ImageNet as
+    """The training and validation sources of ``data`` (a path or pattern), checked (:func:`usable`,
+    ``checks`` as there): an ImageNet root (``train/`` and ``val/``, folders or file lists, or ImageNet as
     downloaded), whose ``val/`` ``val`` replaces; or WebDataset training shards, which need ``val``
     (shards, a folder or a file list). Validation takes the training classes."""
     if source_kind(data) == "shards":

@@ -1,5 +1,7 @@
 """``train.py``'s command line: the flags, their checks (one-line errors, exit code 2), and the
-end of every failure in one line (:func:`main`). The run itself is :mod:`trainer.run`."""
+end of every failure in one line (:func:`main`). The run itself is :mod:`trainer.run`, imported
+once the flags are good: a bad flag or ``--help`` answers without loading torch, torchvision or
+DALI."""
 
 from __future__ import annotations
 
@@ -11,16 +13,14 @@ import tempfile
 import traceback
 from pathlib import Path
 
-import torch
-
 from dali_cutmix.errors import UserError
 from pipelines.recipe_args import add_recipe_args, recipe_from_args
 from pipelines.settings import SettingError, SizeSchedule
 from pipelines.sources import SHARDS_NEED_VAL, source_kind
 
+from .flags import SETTING_FLAGS, loader_settings
 from .model import ARCHS
-from .run import SETTING_FLAGS, StopRun, loader_settings, run
-from .run_folder import OS_ADVICE
+from .run_folder import OS_ADVICE, StopRun
 
 DESCRIPTION = "Train a torchvision ResNet with CutMix applied inside the DALI input pipeline."
 
@@ -152,10 +152,16 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                 p.error(f"{flag} {e}")
     if kinds.get("--data") == "shards" and args.val_data is None:
         p.error(f"--data {args.data!r} {SHARDS_NEED_VAL.format(flag='--val-data')}")
-    if args.device == "gpu" and not torch.cuda.is_available():
+    if args.device == "gpu" and not _cuda_available():
         p.error("--device gpu: CUDA is not available on this machine")
     if args.resume not in (None, "latest") and not Path(args.resume).is_file():
         p.error(f"--resume {args.resume!r}: no such checkpoint file")
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def main(argv=None) -> int:
@@ -163,6 +169,8 @@ def main(argv=None) -> int:
     bug says so and names the file holding its traceback (``DALI_CUTMIX_DEBUG=1`` prints it too)."""
     args = parse_args(argv)
     try:
+        from .run import run  # the heavy part (torch, torchvision, DALI), once the flags are good
+
         return run(args)
     except StopRun as e:  # bad data, flags or checkpoints, a non-finite loss: the message says what to do
         debug_traceback()

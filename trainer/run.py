@@ -24,12 +24,12 @@ from pipelines.folders import demo_root
 from pipelines.loaders import train_loader, val_loader
 from pipelines.preview import write_batch_png
 from pipelines.scan import UnusableData
-from pipelines.settings import LoaderSettings, SizeSchedule
 from pipelines.sources import resolve
 
 from . import checkpoint as ckpt
 from .curves import plot_metrics
 from .engine import LRSchedule, Stop, evaluate, gather_states, sgd, train_epoch
+from .flags import loader_settings, size_schedule
 from .model import build_model
 from .run_folder import StopRun, kept, next_checkpoint_bytes, on_disk_full, open_run
 
@@ -98,23 +98,6 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
     if rank == 0 and loader_state is None and start_epoch == 0:
         write_batch_png(out / "batch.png", settings, train_split.classes, mixer=mixer, **mixing)
     return Data(train, val, train_split.classes, train_split.fingerprint(root), mixer)
-
-
-# The loader's settings, by the flag that gives each (pipelines.settings checks them).
-SETTING_FLAGS = {"batch_size": "--batch-size", "image_size": "--image-size", "size_schedule": "--size-schedule",
-                 "random_area": "--random-area", "num_threads": "--workers", "seed": "--seed"}  # fmt: skip
-
-
-def loader_settings(args, data, **fields) -> LoaderSettings:
-    """The loaders' settings from the flags (``fields``: the rest, and overrides)."""
-    flags = dict(batch_size=args.batch_size, image_size=args.image_size, size_schedule=size_schedule(args),
-                 random_area=tuple(args.random_area), num_threads=args.workers, seed=args.seed)  # fmt: skip
-    return LoaderSettings(data, **(flags | fields))
-
-
-def size_schedule(args) -> SizeSchedule | None:
-    """``--size-schedule`` as the loaders take it (checked by :func:`check_args`)."""
-    return SizeSchedule.parse(args.size_schedule) if args.size_schedule else None
 
 
 def build_optimizer(args, model: torch.nn.Module, world: int, steps_per_epoch: int):
