@@ -63,8 +63,8 @@ class ScanResult:
 def worker_pool(workers: int) -> ProcessPoolExecutor:
     """Processes for checking files, started by a fork server: forking this process itself could
     copy a lock held by one of DALI's or torch's threads (a pipeline or a model built earlier in
-    the process) and hang the child. The price: each worker imports the ``__main__`` module anew
-    (docs/BENCHMARKS.md has the cost)."""
+    the process) and hang the child. Each worker imports the ``__main__`` module anew, which
+    ``train.py`` keeps light (docs/DESIGN.md, "Three packages by job")."""
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"), initializer=_quiet_sigint)
 
 

@@ -37,9 +37,8 @@ def python_params(images, config: MixConfig, *, layout: str, prob: DataNode | No
     Its generator is seeded per batch by one DALI draw, so the pipeline's seed governs it and
     DALI's checkpoints capture it (the operator itself is stateless). It returns one row of
     :data:`~dali_cutmix.backends.torch_mix.PACKED` a sample (B objects a batch); DALI's own
-    operators slice the parameters out of it. The image size is ``size`` ``(H, W)`` when given (no
-    edge from the images to the CPU sampler); else it comes from ``DataNode.shape()``, which for
-    GPU images is a GPU -> CPU edge: the fallback for GPU images of unknown size.
+    operators slice the parameters out of it. The image size is ``size`` ``(H, W)`` when given, else
+    ``DataNode.shape()`` (for GPU images a GPU -> CPU edge: docs/DESIGN.md, the traps).
     """
     entropy = fn.random.uniform(range=[0.0, 1.0], shape=[2])
     fed = is_node(size)  # a size fed per batch (a schedule): (H, W) a sample, in place of the shapes
