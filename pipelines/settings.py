@@ -165,10 +165,6 @@ class LoaderSettings:
         """A new object with ``fields`` changed (this one is frozen)."""
         return dataclasses.replace(self, **fields)
 
-    def sides(self) -> list[int]:
-        """Every crop side the training pipeline may use."""
-        return [self.image_size] + (self.size_schedule.sizes() if self.size_schedule else [])
-
     def shard(self) -> tuple[int, int]:
         """(shard_id, num_shards): the given ones, else this process's rank and world size."""
         if self.num_shards is not None:

@@ -423,15 +423,7 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
 
   static float Blend(float own, float partner, float w, float w_partner) { return own * w + partner * w_partner; }
 
-  template <typename Out, typename In>
-  void Write(Out *out, const In *own, const In *partner, const SampleParams &p, bool mirror) const {
-    const int64_t row = W_ * C_;
-    WriteRows<In>(
-        out, [&](int64_t y, int64_t, int64_t) { return own + y * row; },
-        [&](int64_t y, int64_t, int64_t) { return partner + y * row; }, p, mirror);
-  }
-
-  // Sample i resized to H_ x W_ (own and partner) and written as above, a row's planes at a time.
+  // Sample i resized to H_ x W_ (own and partner) and written as Write does, a row at a time.
   // The flip is folded into the column taps, so the box's columns are mirrored here instead of the
   // pixels at the write.
   template <typename Out>
@@ -449,8 +441,7 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
     mixed.resize(p.blend ? W * S : 0);
     if constexpr (std::is_same_v<Out, float>) {
       if (chw && C == 3 && !p.blend) {  // the training pipeline's case: straight to the planes
-        float mean[3], inv_std[3];
-        for (int c = 0; c < 3; c++) mean[c] = normalize_ ? mean_c_[c] : 0.0f, inv_std[c] = normalize_ ? inv_std_c_[c] : 1.0f;
+        const float *mean = mean_c_.data(), *inv_std = inv_std_c_.data();  // 0 and 1 without mean/std
         for (int64_t y = 0; y < H; y++) {
           float *planes[3] = {out + y * W, out + (H + y) * W, out + (2 * H + y) * W};
           int64_t x1 = 0, x2 = 0;  // the partner's columns in this row
@@ -503,8 +494,8 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
     if constexpr (std::is_same_v<Out, uint8_t>) {
       for (int64_t x = x0; x < x1; x++) dst[x * out_step] = static_cast<uint8_t>(in[x * step]);
     } else {
-      const float mean = normalize_ ? mean_c_[c] : 0.0f, inv_std = normalize_ ? inv_std_c_[c] : 1.0f;
-      if (chw && step == 4) {  // the training layout: a contiguous write the compiler vectorises
+      const float mean = mean_c_[c], inv_std = inv_std_c_[c];  // 0 and 1 without mean/std (BuildTables)
+      if (chw && step == 4) {  // CHW from RGBx levels (MixUp samples): a contiguous write, vectorised
         for (int64_t x = x0; x < x1; x++) dst[x] = (in[x * 4] - mean) * inv_std;
       } else {
         for (int64_t x = x0; x < x1; x++) dst[x * out_step] = (in[x * step] - mean) * inv_std;
@@ -512,19 +503,17 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
     }
   }
 
-  // Row y of the own image and of the partner: own_row(y, x0, x1) / partner_row(y, x0, x1) return
-  // an HWC row valid at least in columns [x0, x1) (called only for the columns written from it).
-  template <typename In, typename Out, typename OwnRow, typename PartnerRow>
-  void WriteRows(Out *out, OwnRow own_row_at, PartnerRow partner_row_at, const SampleParams &p, bool mirror) const {
+  template <typename Out, typename In>
+  void Write(Out *out, const In *own, const In *partner, const SampleParams &p, bool mirror) const {
     const int64_t H = H_, W = W_, C = C_;
     const bool chw = output_layout_ == "CHW";
     std::vector<In> row(p.blend ? W * C : 0);
     for (int64_t y = 0; y < H; y++) {
+      const In *own_row = own + y * W * C;
+      const In *partner_row = partner + y * W * C;
       // Three runs of columns: own, partner (inside the box's rows only), own.
       int64_t x1 = 0, x2 = 0;
       if (y >= p.box[0] && y < p.box[2]) x1 = p.box[1], x2 = p.box[3];
-      const In *own_row = own_row_at(y, 0, W);
-      const In *partner_row = p.blend ? partner_row_at(y, 0, W) : x2 > x1 ? partner_row_at(y, x1, x2) : nullptr;
       const In *src = own_row;
       if (p.blend) {
         float w = p.lam, wp = 1.0f - p.lam;
