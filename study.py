@@ -30,10 +30,10 @@ from pathlib import Path
 
 import torch
 
+from dali_cutmix_trainer.engine import evaluate
+from dali_cutmix_trainer.model import build_model
 from pipelines.folders import demo_root
 from pipelines.loaders import val_loader
-from trainer.engine import evaluate
-from trainer.model import build_model
 
 CUTMIX = ["--cutmix-alpha", "1.0", "--cutmix-prob", "0.5"]  # the paper's CIFAR recipe (beta 1, prob 0.5)
 CONFIGS = {

@@ -15,17 +15,17 @@ import sys
 
 
 def main(argv=None) -> int:
-    """The trainer (:func:`trainer.cli.main`). This file imports nothing heavy itself: Python's
+    """The trainer (:func:`dali_cutmix_trainer.cli.main`). This file imports nothing heavy itself: Python's
     fork server imports ``__main__`` again in each worker of the bad-file check, so those workers
     load neither torch nor DALI."""
-    from trainer.cli import main as cli_main
+    from dali_cutmix_trainer.cli import main as cli_main
 
     return cli_main(argv)
 
 
 def parse_args(argv=None):
-    """The flags, checked (:func:`trainer.cli.parse_args`)."""
-    from trainer.cli import parse_args as cli_parse_args
+    """The flags, checked (:func:`dali_cutmix_trainer.cli.parse_args`)."""
+    from dali_cutmix_trainer.cli import parse_args as cli_parse_args
 
     return cli_parse_args(argv)
 

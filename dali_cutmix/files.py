@@ -1,5 +1,6 @@
 """Files that survive crashes: each is written to a temporary name in its folder, fsynced and
-renamed over the target, so a reader sees the old file or the new one, never half of one."""
+renamed over the target, so a reader sees the old file or the new one, never half of one. And
+where the caches live (:func:`cache_root`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,15 @@ import json
 import os
 import tempfile
 from pathlib import Path
+
+
+def cache_root() -> Path:
+    """Where the caches go (the demo export, the scan's verdicts, the shard indexes, the operator
+    built for a read-only install): ``DALI_CUTMIX_CACHE``, else ``$XDG_CACHE_HOME/dali-cutmix``,
+    else ``~/.cache/dali-cutmix``."""
+    if os.environ.get("DALI_CUTMIX_CACHE"):
+        return Path(os.environ["DALI_CUTMIX_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dali-cutmix"
 
 
 def atomic_write(path: Path, write, *, durable: bool = True) -> None:

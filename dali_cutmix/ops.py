@@ -13,6 +13,7 @@ why a backend does not take a device or layout. docs/DESIGN.md tells why each ex
 from __future__ import annotations
 
 import itertools
+import sys
 
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
@@ -24,6 +25,10 @@ from .recipe import MixConfig, check_image_size, check_layout
 
 BACKENDS = {"native": native, "python": python, "ops": stock_ops}
 DEFAULT_BACKEND = {"cpu": "native", "gpu": "python"}
+# The CPU default when the native operator cannot be built or loaded (no compiler, an old one, no
+# CUDA headers): the same mixing, no compiler needed, slower (docs/BENCHMARKS.md).
+NO_COMPILER_BACKEND = "python"
+_said: list[str] = []  # the fallback's one line, said once per process
 # (backend, device or layout) -> why not: one line each, raised when the graph is built.
 REFUSED = {
     ("native", "gpu"): "backend 'native' is a CPU operator (fn.dali_cutmix.mix); on the GPU use backend 'python'",
@@ -79,8 +84,10 @@ def cutmix(
     sample_prob: None, or a CPU float32 DataNode of one value a sample that replaces the
         recipe's ``prob`` (``"elem"``: sample ``i`` mixed with ``sample_prob[i]``; ``"batch"``:
         the batch with ``sample_prob[0]``).
-    backend: ``"native"``, ``"python"`` or ``"ops"``; None: ``DEFAULT_BACKEND`` of the images'
-        device. A pair in ``REFUSED`` is a ``ValueError`` that says why.
+    backend: ``"native"``, ``"python"`` or ``"ops"``; None: :func:`default_backend` of the images'
+        device (native on the CPU, python where the operator cannot be built). A pair in
+        ``REFUSED`` is a ``ValueError`` that says why; ``"native"`` that cannot be built or loaded
+        is a :class:`dali_cutmix.plugin.PluginError` that says why.
     layout: ``"HWC"`` or ``"CHW"``.
     return_params: set ``Mixed.params`` (:class:`~dali_cutmix.backends.graph.Params`, CPU DataNodes).
     normalize: None (the images keep dtype, layout and device), or a
@@ -109,7 +116,7 @@ def cutmix(
     if resize and size is None:
         raise ValueError("resize=True needs size: the (H, W) to resize the images to")
     device = images.device
-    name = DEFAULT_BACKEND[device] if backend is None else backend
+    name = default_backend(device, layout) if backend is None else backend
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {tuple(BACKENDS)}, got {name!r}")
     for key in ((name, device), (name, layout)):
@@ -127,6 +134,32 @@ def cutmix(
     if normalize is not None and not module.FUSES_NORMALIZE:
         mixed = normalize.apply(mixed)
     return Mixed(mixed, labels, labels_b, params.lam, params if return_params else None)
+
+
+def default_backend(device: str, layout: str = "HWC") -> str:
+    """The backend ``cutmix(backend=None)`` takes on ``device``: ``DEFAULT_BACKEND``'s, except on
+    the CPU when the native operator is out of reach (CHW images; or it cannot be built or loaded:
+    then one line on stderr, once per process, says why and how to get it) -> the python backend."""
+    name = DEFAULT_BACKEND[device]
+    if name != "native":
+        return name
+    if (name, layout) in REFUSED:
+        return NO_COMPILER_BACKEND
+    from . import plugin
+
+    why = plugin.unavailable()
+    if why is None:
+        return name
+    if not _said:
+        _said.append(why)
+        print(f"dali-cutmix: the native CPU operator is not available ({why}); CutMix runs on backend "
+              f"'{NO_COMPILER_BACKEND}', the same mixing, slower", file=sys.stderr)  # fmt: skip
+    return NO_COMPILER_BACKEND
+
+
+def native_available() -> bool:
+    """Whether the native operator can be had on this machine (built first if need be)."""
+    return default_backend("cpu") == "native"
 
 
 def replay_params(params: Params) -> tuple:

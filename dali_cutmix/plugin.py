@@ -1,19 +1,29 @@
 """The compiled half of the native backend: ``fn.dali_cutmix.mix``, a DALI plugin built from
 ``csrc/mix_op.cc`` with the machine's C++ compiler against the installed DALI's headers.
 
-:func:`load` builds it on first use (a few seconds; ``scripts/setup.sh`` does it ahead) into
-``dali_cutmix/_build/`` (``~/.cache/dali_cutmix`` for a read-only install, or
-``$DALI_CUTMIX_BUILD_DIR``), keyed by a hash of the source, the DALI version and the flags, so an
-upgrade of either rebuilds it, then loads it into DALI once per process.
+:func:`load` builds it on first use (about 20 s; ``scripts/setup.sh`` does it ahead) into
+``$DALI_CUTMIX_BUILD_DIR``, else ``dali_cutmix/_build/`` beside the source when that folder can
+be written (a checkout, an editable install), else the user's cache (``plugin/`` under
+:func:`dali_cutmix.files.cache_root`: an install in a read-only site-packages). The library's
+name is a hash of the source, the DALI version, the flags and the compiler, so an upgrade of any
+of them, or another compiler, builds anew. It is loaded into DALI once per process.
 
-    python -m dali_cutmix.plugin              # build (if needed) and print the library's path
-    python -m dali_cutmix.plugin --headers    # exit 1 if the CUDA headers it needs are missing
+Compilers: GCC 11 or later (Ubuntu 22.04's 11.4 and Debian 12's 12.2 are tested to write the same
+bytes); an older GCC is refused in one line that names it and what to install. One library serves
+every x86-64 CPU: the pixel work is compiled for the portable baseline, AVX2 and AVX-512, and the
+operator takes the best copy the CPU runs (its ``isa`` argument picks one, for measuring).
+:func:`unavailable` says in one line why the operator cannot be had, for the CPU default to fall
+back to a backend that needs no compiler (:func:`dali_cutmix.ops.default_backend`).
+
+    dali-cutmix-build             # (python -m dali_cutmix.plugin) build if needed, print the path
+    dali-cutmix-build --headers   # exit 1 if the CUDA headers it needs are missing
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,10 +32,14 @@ import tempfile
 from pathlib import Path
 
 from .errors import UserError
+from .files import cache_root
 
 SOURCE = Path(__file__).parent / "csrc" / "mix_op.cc"
-# -ffp-contract=off: no fused multiply-adds, so the box formula rounds as NumPy's does.
-FLAGS = ["-std=c++20", "-O3", "-fPIC", "-shared", "-ffp-contract=off", "-Wno-c++20-extensions"]
+# -ffp-contract=off: no fused multiply-adds, so the box formula rounds as NumPy's does, and every
+# instruction-set copy of the pixel work writes the same bytes.
+FLAGS = ["-std=c++20", "-O3", "-fPIC", "-shared", "-ffp-contract=off"]
+MIN_GCC = 11  # the oldest GCC that builds the operator (__builtin_convertvector, C++20)
+INSTALL_GCC = "install g++ 11 or later (Ubuntu 22.04 and Debian: apt-get install g++-11) and set CXX=g++-11"
 
 # PyPI packages with the CUDA headers, for machines without a toolkit: package -> folder in nvidia/.
 PIP_HEADERS = {
@@ -35,6 +49,7 @@ PIP_HEADERS = {
 }
 
 _loaded: Path | None = None  # like DALI's registry of operators, once per process
+_failed: str | None = None  # why the last load failed, so that a process tries (and compiles) once
 
 
 class PluginError(UserError, RuntimeError):
@@ -59,15 +74,29 @@ def _cuda_includes() -> list[Path]:
     )
 
 
-def _command(output: Path) -> list[str]:
+def compiler() -> tuple[str, str]:
+    """The C++ compiler (``$CXX``, else g++, else c++) and its version line; a
+    :class:`PluginError` naming it when there is none, or when it is a GCC older than ``MIN_GCC``."""
+    named = os.environ.get("CXX")
+    cxx = shutil.which(named or "g++") or (None if named else shutil.which("c++"))
+    if cxx is None:
+        why = f" (CXX={named!r} is not a program)" if named else ""
+        raise PluginError(f"no C++ compiler for the dali_cutmix plugin{why}: {INSTALL_GCC}")
+    try:
+        result = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60)
+        version = (result.stdout.splitlines() or ["?"])[0].strip()
+    except (OSError, subprocess.SubprocessError) as e:
+        raise PluginError(f"the C++ compiler {cxx} does not run ({e}): {INSTALL_GCC}") from e
+    gcc = "clang" not in version.lower() and re.search(r"\b(\d+)\.\d+(\.\d+)?\b", version.split(")")[-1] or version)
+    if gcc and int(gcc.group(1)) < MIN_GCC:
+        raise PluginError(f"the C++ compiler {cxx} is GCC {gcc.group(0)}; the dali_cutmix plugin needs GCC "
+                          f"{MIN_GCC} or later: {INSTALL_GCC}")  # fmt: skip
+    return cxx, version
+
+
+def _command(cxx: str, output: Path) -> list[str]:
     import nvidia.dali.sysconfig as dali_sysconfig
 
-    cxx = shutil.which(os.environ.get("CXX") or "g++") or (None if os.environ.get("CXX") else shutil.which("c++"))
-    if cxx is None:
-        named = f" (CXX={os.environ['CXX']!r} is not a program)" if os.environ.get("CXX") else ""
-        raise PluginError(
-            f"no C++ compiler for the dali_cutmix plugin{named}: install g++ (Debian: apt-get install g++)"
-        )
     include = [f"-I{d}" for d in _cuda_includes()]
     return [
         cxx,
@@ -81,63 +110,116 @@ def _command(output: Path) -> list[str]:
     ]
 
 
-def library_path() -> Path:
-    """Where the library for this source, DALI version and flag set lives (built or not)."""
+def build_dir() -> Path:
+    """Where builds go: ``$DALI_CUTMIX_BUILD_DIR``, else beside the source when that folder can be
+    written, else the user's cache."""
+    if os.environ.get("DALI_CUTMIX_BUILD_DIR"):
+        return Path(os.environ["DALI_CUTMIX_BUILD_DIR"])
+    package = Path(__file__).parent
+    return package / "_build" if os.access(package, os.W_OK) else cache_root() / "plugin"
+
+
+def compiler_tag(version: str) -> str:
+    """A short name for a compiler's version line, for the library's file name: ``gcc12``, ``clang14``."""
+    major = re.search(r"(\d+)\.\d+", version.split(")")[-1] or version) or re.search(r"(\d+)\.\d+", version)
+    family = "clang" if "clang" in version.lower() else "gcc" if re.search(r"g\+\+|gcc", version.lower()) else "cxx"
+    return family + (major.group(1) if major else "")
+
+
+def library_path(compiler_version: str | None = None) -> Path:
+    """Where the library for this source, DALI version, flag set and compiler (``"PATH|VERSION"``;
+    None: :func:`compiler`'s) lives, built or not."""
     import nvidia.dali
 
+    version = compiler_version if compiler_version is not None else "|".join(compiler())
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), nvidia.dali.__version__.encode(), " ".join(FLAGS).encode()):
-        key.update(part)
-    root = os.environ.get("DALI_CUTMIX_BUILD_DIR")
-    if not root:
-        # Beside the source in a checkout; a read-only install (site-packages) builds in the cache.
-        package = Path(__file__).parent
-        root = package / "_build" if os.access(package, os.W_OK) else Path.home() / ".cache" / "dali_cutmix"
-    return Path(root) / f"libdali_cutmix_{key.hexdigest()[:16]}.so"
+    for part in (SOURCE.read_bytes(), nvidia.dali.__version__, " ".join(FLAGS), version):
+        key.update(part if isinstance(part, bytes) else part.encode())
+        key.update(b"\0")
+    return build_dir() / f"libdali_cutmix_{compiler_tag(version.split('|')[-1])}_{key.hexdigest()[:16]}.so"
 
 
 def build(force: bool = False) -> Path:
     """Compile the plugin if it is not there yet; returns its path."""
-    output = library_path()
+    cxx, version = compiler()
+    output = library_path(f"{cxx}|{version}")
     if output.is_file() and not force:
         return output
-    output.parent.mkdir(parents=True, exist_ok=True)
-    # Compile beside the target and rename: concurrent builds (pytest workers, torchrun ranks)
-    # never load a half-written library.
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=output.parent)
-    os.close(fd)
     try:
-        result = subprocess.run(_command(Path(tmp)), capture_output=True, text=True)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        # Compile beside the target and rename: concurrent builds (pytest workers, torchrun ranks)
+        # never load a half-written library.
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=output.parent)
+        os.close(fd)
+    except OSError as e:
+        raise PluginError(f"cannot build the dali_cutmix plugin in {output.parent} ({e.strerror or e}): set "
+                          f"DALI_CUTMIX_BUILD_DIR to a writable folder") from e  # fmt: skip
+    try:
+        result = subprocess.run(_command(cxx, Path(tmp)), capture_output=True, text=True)
         if result.returncode != 0:
             errors = [line for line in result.stderr.splitlines() if "error" in line]
-            raise PluginError(f"building {SOURCE} failed: {(errors or result.stderr.splitlines() or ['?'])[0]}")
+            first = (errors or result.stderr.splitlines() or ["?"])[0]
+            raise PluginError(f"building {SOURCE} with {cxx} ({version}) failed: {first}")
         os.replace(tmp, output)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    for stale in output.parent.glob("libdali_cutmix_*.so"):
-        if stale != output:  # builds of an earlier source or DALI; a process that loaded one keeps it
+    tag = output.name.split("_")[2]
+    for stale in output.parent.glob(f"libdali_cutmix_{tag}_*.so"):
+        if stale != output:  # this compiler's builds of an earlier source or DALI; a process that loaded one keeps it
             stale.unlink(missing_ok=True)
     return output
 
 
 def load() -> Path:
-    """Build if needed and load into DALI (once per process); ``fn.dali_cutmix.mix`` exists after."""
-    global _loaded
+    """Build if needed and load into DALI (once per process); ``fn.dali_cutmix.mix`` exists after.
+    A :class:`PluginError` says why it cannot; a process that failed once does not try again."""
+    global _loaded, _failed
     if _loaded is None:
-        import nvidia.dali.plugin_manager as plugin_manager
+        if _failed is not None:
+            raise PluginError(_failed)
+        try:
+            import nvidia.dali.plugin_manager as plugin_manager
 
-        path = build()
-        plugin_manager.load_library(str(path))
+            path = build()
+            try:
+                plugin_manager.load_library(str(path))
+            except RuntimeError as e:
+                first = (str(e).strip().splitlines() or ["?"])[0]
+                raise PluginError(f"DALI cannot load {path} ({first}): rebuild it with "
+                                  f"`python -m dali_cutmix.plugin --force`") from e  # fmt: skip
+        except PluginError as e:
+            _failed = str(e)
+            raise
         _loaded = path
     return _loaded
 
 
-if __name__ == "__main__":
+def unavailable() -> str | None:
+    """None when the operator is loaded (built first if need be); else why it cannot be, in one line."""
     try:
-        if "--headers" in sys.argv[1:]:
-            print(*_cuda_includes())
-            sys.exit(0)
-        print(build(force="--force" in sys.argv[1:]))
+        load()
     except PluginError as e:
-        sys.exit(f"error: {e}")
+        return str(e)
+    return None
+
+
+def main(argv=None) -> int:
+    """``dali-cutmix-build``: build the operator (if needed) and print the library's path."""
+    import argparse
+
+    what = "Build the native CutMix operator (fn.dali_cutmix.mix) ahead of its first use; print the library's path."
+    p = argparse.ArgumentParser(prog="dali-cutmix-build", description=what)
+    p.add_argument("--force", action="store_true", help="build again even if the library exists")
+    p.add_argument("--headers", action="store_true", help="print the CUDA header folders; exit 1 if missing")
+    args = p.parse_args(argv)
+    try:
+        print(*_cuda_includes()) if args.headers else print(build(force=args.force))
+    except PluginError as e:
+        print(f"dali-cutmix-build: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -22,20 +22,13 @@ from typing import ClassVar
 import numpy as np
 
 from dali_cutmix.errors import DataError
+from dali_cutmix.files import cache_root
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
-def default_cache() -> Path:
-    """Where the demo export, the scan's verdicts and the shard indexes go: ``DALI_CUTMIX_CACHE``,
-    else ``$XDG_CACHE_HOME/dali-cutmix``, else ``~/.cache/dali-cutmix``."""
-    if os.environ.get("DALI_CUTMIX_CACHE"):
-        return Path(os.environ["DALI_CUTMIX_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dali-cutmix"
-
-
-CACHE = default_cache()
+CACHE = cache_root()
 PREPARING = ".preparing"  # in a root that pipelines.prepare is writing, or that a stopped prepare left
 _fallback: list[Path] = []  # this process's temporary cache, once one was needed
 

@@ -19,7 +19,7 @@ import numpy as np
 import nvidia.dali.fn as fn
 from nvidia.dali import pipeline_def, types
 
-from dali_cutmix.ops import Normalize, cutmix, replay_params, resize_images
+from dali_cutmix.ops import Normalize, cutmix, native_available, replay_params, resize_images
 from dali_cutmix.recipe import MixConfig, check_prob
 
 from .settings import VAL_CROP, LoaderSettings
@@ -96,7 +96,7 @@ def _train_graph(split, *, image_size, random_area, device, shard_id, num_shards
     # equals mixing flipped images with a flipped box, so the distribution is the same.
     mirror = fn.random.coin_flip()
     norm = _normalize(fp16, uint8, mirror=mirror)
-    if mix is None and device == "cpu":  # the native operator at prob 0: its fused resize, no mixing
+    if mix is None and device == "cpu" and native_available():  # the native operator at prob 0: its fused resize
         mixed = cutmix(images, labels, MixConfig(prob=0.0), backend="native", normalize=norm, size=size, resize=True)
         outputs = mixed.images, labels, labels, mixed.lam  # lam: 1.0
     elif mix is None:

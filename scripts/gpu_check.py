@@ -18,7 +18,7 @@ DALI half (when ``import nvidia.dali`` works; else each row reads "not run: DALI
 * ``pixels``: every CutMix backend that runs on the device against the NumPy oracle, and
   ``normalize=`` (float16 on the GPU);
 * ``cross-device``: the python backend on the CPU and the GPU draw and write the same (GPU only);
-* ``throughput``: the profiler (``benchmarks.bench``) on photo-like data;
+* ``throughput``: the profiler (``dali_cutmix_bench.bench``) on photo-like data;
 * ``training``: a short train.py run that must end with a finite loss and a better accuracy.
 
 Each part runs in a process of its own under its own time limit (they add up to under 6 minutes);
@@ -226,7 +226,7 @@ def check_train_step(device) -> list[dict]:
     import torch
     import torchvision
 
-    from trainer.engine import sgd, train_step
+    from dali_cutmix_trainer.engine import sgd, train_step
 
     cuda = device.type == "cuda"
     torch.manual_seed(0)
@@ -361,7 +361,7 @@ def run(command: list[str], log: Path, timeout: float, env: dict | None = None) 
 
 
 def photos_or_synthetic() -> str | None:
-    from benchmarks.benchdata import PHOTO_DIRS
+    from dali_cutmix_bench.benchdata import PHOTO_DIRS
 
     return None if any(d.is_dir() for d in PHOTO_DIRS) else "synthetic"
 
@@ -371,7 +371,7 @@ def check_throughput(device: str, out: Path, cpu: bool) -> list[dict]:
     size = ["--images", "64", "--classes", "4"] if cpu else ["--images", "512", "--classes", "8"]
     photos = photos_or_synthetic()
     size += ["--photos", photos] if photos else []
-    code, text, _ = run([sys.executable, "-m", "benchmarks.benchdata", "--out", str(data), *size],
+    code, text, _ = run([sys.executable, "-m", "dali_cutmix_bench.benchdata", "--out", str(data), *size],
                         out / "benchdata.log", 40)  # fmt: skip
     if code:
         return [row("throughput", "benchmark data", device, False, text.strip().splitlines()[-1])]
@@ -381,7 +381,7 @@ def check_throughput(device: str, out: Path, cpu: bool) -> list[dict]:
     else:
         flags = "--batch-size 256 --image-size 224 --workers 16 --reps 2 --steps 4 --trainer-steps 4 --warmup 2 "
         flags += "--sections op,pipeline,trainer,e2e --arch resnet50"
-    command = [sys.executable, "-m", "benchmarks.bench", "--data", str(data), "--device", device,
+    command = [sys.executable, "-m", "dali_cutmix_bench.bench", "--data", str(data), "--device", device,
                "--output", str(out / "bench"), *flags.split()]  # fmt: skip
     code, text, seconds = run(command, out / "bench.log", 150)
     lines = [
@@ -403,7 +403,7 @@ def check_training(device: str, out: Path, cpu: bool) -> list[dict]:
         data = "demo data"
         flags += ["--demo-per-class", "50", "--batch-size", "32"] if cpu else ["--demo-per-class", "1000"]
     else:
-        from benchmarks.benchdata import synthetic_classes
+        from dali_cutmix_bench.benchdata import synthetic_classes
 
         data = "synthetic classes"
         root = synthetic_classes(out / "synthetic-classes", per_class=60 if cpu else 400)

@@ -2,7 +2,7 @@
 # The peers the profiler compares with, beyond torchvision and timm: FFCV 1.0.2, in a virtual
 # environment of its own (.venv-peers: it pins its own numpy and numba), with torch, torchvision
 # and this project. Safe to run again. Then:
-#   .venv-peers/bin/python -m benchmarks.bench --data DIR --sections peers ...   # FFCV rows appear
+#   .venv-peers/bin/python -m dali_cutmix_bench.bench --data DIR --sections peers ...   # FFCV rows appear
 # The project and its tests do not need it.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -97,7 +97,7 @@ def sigterm_after_step(monkeypatch, at: int) -> None:
     import os
     import signal
 
-    from trainer import engine
+    from dali_cutmix_trainer import engine
 
     real, done = engine.train_step, [0]
 

@@ -8,7 +8,7 @@ import json
 
 from PIL import Image
 
-from benchmarks import bench, benchdata
+from dali_cutmix_bench import bench, benchdata
 from pipelines.folders import load_imagenet
 
 
@@ -55,11 +55,18 @@ def test_profiler_runs_every_section_and_reports(photo_data, tmp_path, capsys):
 @pytest.mark.slow
 def test_epochs_section_runs_each_configuration_alone_for_whole_epochs(photo_data, tmp_path, capsys):
     out = tmp_path / "bench"
+    configs = ["DALI, no CutMix", "DALI + CutMix (python)", "DALI + CutMix (native)"]
     bench.main(["--data", str(photo_data), "--batch-size", "8", "--image-size", "32", "--workers", "1",
-                "--reps", "1", "--epochs", "1", "--sections", "epochs", "--output", str(out),
-                "--device", "cpu"])  # fmt: skip
+                "--reps", "1", "--epochs", "1", "--sections", "epochs,isa", "--output", str(out),
+                "--device", "cpu", "--configs", ";".join(configs), "--steps", "1"])  # fmt: skip
     rows = json.loads((out / "bench.json").read_text())["rows"]
-    assert {r["group"] for r in rows} == {"epochs"} and len(rows) == len(bench.PIPELINES)
+    epochs = [r["name"] for r in rows if r["group"] == "epochs"]
+    isas = bench.cpu_isas()
+    assert epochs == configs and len(rows) == len(configs) + 2 * len(isas)
+    assert [r["name"] for r in rows if r["group"] == "isa op"][: len(isas)] == [
+        f"operator alone, {'portable' if isa == 'portable' else isa.upper().replace('AVX512', 'AVX-512')} copy"
+        for isa in isas
+    ]
     assert all(r["median"] > 0 and r["cpu_ms"][0] > 0 for r in rows)
     printed = capsys.readouterr().out
     assert "epochs/DALI + CutMix (python): timings only (one repetition" in printed
@@ -67,7 +74,7 @@ def test_epochs_section_runs_each_configuration_alone_for_whole_epochs(photo_dat
 
 
 def test_the_gil_benchmark_times_both_python_operators_and_the_loop_mixer(capsys):
-    from benchmarks import gil
+    from dali_cutmix_bench import gil
 
     assert gil.main(["--batch-size", "16", "--batches", "8"]) == 0
     printed = capsys.readouterr().out
@@ -77,16 +84,24 @@ def test_the_gil_benchmark_times_both_python_operators_and_the_loop_mixer(capsys
     assert "pipeline mixing holds the GIL" in printed
 
 
-def test_profiler_rejects_bad_flags(photo_data, capsys):
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--sections", "op,warp"], "--sections: unknown section 'warp', expected some of"),
+        (["--configs", "DALI, no CutMix;warp"], "--configs: unknown configuration 'warp', expected some of"),
+    ],
+    ids=["section", "config"],
+)
+def test_profiler_rejects_bad_flags(photo_data, capsys, flags, message):
     with pytest.raises(SystemExit) as info:
-        bench.main(["--data", str(photo_data), "--sections", "op,warp"])
+        bench.main(["--data", str(photo_data), *flags])
     assert info.value.code == 2
-    assert "--sections: unknown section 'warp', expected some of" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_scale_benchmark_measures_both_trees(tmp_path, capsys):
-    from benchmarks import scale
+    from dali_cutmix_bench import scale
 
     scale.main(["--out", str(tmp_path), "--small", "1", "--large", "2"])
     figures = json.loads((tmp_path / "scale.json").read_text())
@@ -107,7 +122,7 @@ def test_stand_in_data_where_the_debian_packages_are_missing(tmp_path):
 
 
 def test_the_ffcv_section_says_when_ffcv_is_missing_and_measures_nothing(photo_data, tmp_path, capsys, monkeypatch):
-    from benchmarks import ffcv_peers
+    from dali_cutmix_bench import ffcv_peers
 
     monkeypatch.setattr(ffcv_peers, "available", lambda: False)  # as on a machine without scripts/peers.sh
     bench.main(["--data", str(photo_data), "--sections", "ffcv", "--reps", "1", "--output", str(tmp_path / "b"),
@@ -118,7 +133,7 @@ def test_the_ffcv_section_says_when_ffcv_is_missing_and_measures_nothing(photo_d
 
 
 def test_the_ffcv_findings_compare_paired_rounds_against_the_targets():
-    from benchmarks import ffcv_peers as fp
+    from dali_cutmix_bench import ffcv_peers as fp
 
     rows = {("ffcv", fp.OURS): bench.Row("ffcv", fp.OURS, [300.0, 330.0, 310.0]),
             ("ffcv", fp.OURS_PREPARED): bench.Row("ffcv", fp.OURS_PREPARED, [500.0, 480.0, 520.0]),

@@ -1,5 +1,5 @@
 """Atomic, synced writes (``dali_cutmix/files.py``); foreign or broken checkpoints are clear errors
-(``trainer/checkpoint.py``)."""
+(``dali_cutmix_trainer/checkpoint.py``)."""
 
 import os
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dali_cutmix.files import atomic_write
-from trainer import checkpoint as ckpt
+from dali_cutmix_trainer import checkpoint as ckpt
 
 
 def test_checkpoint_writes_are_atomic(tmp_path):

@@ -15,7 +15,7 @@ from PIL import Image
 
 import train
 from dali_cutmix.errors import DataError
-from pipelines.folders import export_fashion_mnist, load_imagenet, load_split, read_idx
+from pipelines.folders import FASHION_MNIST_DIR, export_fashion_mnist, load_imagenet, load_split, read_idx
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]  # sorted, as LOC_synset_mapping.txt lists them
 
@@ -122,6 +122,8 @@ def test_demo_export_without_the_package(tmp_path):
         export_fashion_mnist(tmp_path / "out", source=tmp_path / "nowhere")
 
 
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist (scripts/setup.sh "
+                    "installs it where apt runs)")  # fmt: skip
 def test_demo_export_of_the_real_fashion_mnist(tmp_path):
     root = export_fashion_mnist(tmp_path / "fm", per_class_train=5, per_class_val=2)
     train, val = load_imagenet(root)

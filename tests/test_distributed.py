@@ -52,7 +52,7 @@ def test_shards_are_disjoint_and_cover_the_dataset_each_epoch(tmp_path):
 def _ddp_worker(rank: int, port: str, data: str, results) -> None:
     import torchvision
 
-    from trainer.engine import train_step
+    from dali_cutmix_trainer.engine import train_step
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
     dist.init_process_group("gloo", rank=rank, world_size=2)

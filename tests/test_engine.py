@@ -1,4 +1,4 @@
-"""``trainer/engine.py``: occlusion, evaluation under AMP, the agreed stop signal."""
+"""``dali_cutmix_trainer/engine.py``: occlusion, evaluation under AMP, the agreed stop signal."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ import torch.distributed as dist
 
 
 def test_occlusion_hides_a_centred_quarter():
-    from trainer.engine import occluded
+    from dali_cutmix_trainer.engine import occluded
 
     images = torch.ones(2, 3, 32, 48)
     out = occluded(images, 0.25)
@@ -17,7 +17,7 @@ def test_occlusion_hides_a_centred_quarter():
 def test_evaluation_follows_the_amp_flag(monkeypatch, amp):
     from contextlib import nullcontext
 
-    from trainer import engine
+    from dali_cutmix_trainer import engine
 
     seen = []
     monkeypatch.setattr(engine, "autocast", lambda device, enabled: seen.append(enabled) or nullcontext())
@@ -30,7 +30,7 @@ def test_evaluation_follows_the_amp_flag(monkeypatch, amp):
 def test_ranks_agree_on_a_stop_every_n_steps_only(monkeypatch):
     """Under DDP agreeing costs an all-reduce and a read back (a device sync on CUDA): every
     ``every`` steps, and once more at the end of the epoch (step 0), never in between."""
-    from trainer.engine import Stop
+    from dali_cutmix_trainer.engine import Stop
 
     calls = []
     monkeypatch.setattr(dist, "all_reduce", lambda flag, op=None: calls.append(flag.item()))
@@ -46,7 +46,7 @@ def test_evaluation_counts_on_the_host_not_with_a_tensor_per_batch(monkeypatch):
     """A tensor made from a Python int each batch is a blocking host-to-device copy on CUDA."""
     import torch
 
-    from trainer import engine
+    from dali_cutmix_trainer import engine
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
     batches = [(torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 2, 0])) for _ in range(3)]
@@ -60,7 +60,7 @@ def test_evaluation_counts_on_the_host_not_with_a_tensor_per_batch(monkeypatch):
 def test_the_optimizer_is_sgd_with_nesterov_and_no_decay_on_norms_and_biases():
     import torch
 
-    from trainer.engine import sgd
+    from dali_cutmix_trainer.engine import sgd
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
     opt = sgd(model, lr=0.1, momentum=0.9, weight_decay=1e-4)
@@ -76,7 +76,7 @@ def test_momentum_starts_at_zero_so_a_skipped_first_step_leaves_nothing_undefine
     step is exactly plain SGD's, whose first step copies the gradient into a new buffer."""
     import torch
 
-    from trainer.engine import sgd
+    from dali_cutmix_trainer.engine import sgd
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))

@@ -22,8 +22,8 @@ from PIL import Image
 
 import train
 from dali_cutmix.batch_grid import BOX_COLOUR, grid_size, show_batch, tile_origin, tile_scale
-from trainer import checkpoint as ckpt
-from trainer import run
+from dali_cutmix_trainer import checkpoint as ckpt
+from dali_cutmix_trainer import run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -174,7 +174,7 @@ def test_a_class_folder_without_images_is_an_error_naming_it(jpeg_tree, tmp_path
 
 def test_a_bug_is_one_line_that_says_so_and_names_the_file_with_its_traceback(jpeg_tree, tmp_path):
     out = tmp_path / "run"
-    code = "import sys, train, trainer.run; trainer.run.build_model = None; sys.exit(train.main())"
+    code = "import sys, train, dali_cutmix_trainer.run as r; r.build_model = None; sys.exit(train.main())"
     done = subprocess.run([sys.executable, "-c", code,
                            *train_args(jpeg_tree, out, "--epochs", "1")], cwd=ROOT, capture_output=True,
                           text=True)  # fmt: skip
@@ -219,7 +219,7 @@ def test_a_library_value_error_is_a_bug_not_a_usage_error(jpeg_tree, tmp_path, c
 
 
 def test_the_error_line_starts_on_a_line_of_its_own_after_the_progress_bar(jpeg_tree, tmp_path):
-    code = ("import sys, train; from trainer import engine; real = engine.train_step\n"
+    code = ("import sys, train; from dali_cutmix_trainer import engine; real = engine.train_step\n"
             "def step(*a, **k):\n    raise RuntimeError('a bug mid-epoch')\n"
             "engine.train_step = step; sys.exit(train.main())")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code, *train_args(jpeg_tree, tmp_path / "run", "--epochs", "1")],

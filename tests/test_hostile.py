@@ -21,11 +21,11 @@ from PIL import Image
 
 import train
 from dali_cutmix.errors import DataError
-from pipelines import folders as files_module
+from dali_cutmix.files import cache_root
+from dali_cutmix_trainer import checkpoint as ckpt
+from dali_cutmix_trainer import run
 from pipelines.folders import load_split, usable_cache
 from pipelines.loaders import train_loader, val_loader
-from trainer import checkpoint as ckpt
-from trainer import run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -156,11 +156,11 @@ def test_a_newline_in_a_file_or_class_name_keeps_the_cache_and_the_picture(tmp_p
 def test_the_cache_follows_xdg_and_an_unusable_cache_is_a_warning(jpeg_tree, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("DALI_CUTMIX_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert files_module.default_cache() == tmp_path / "xdg" / "dali-cutmix"
+    assert cache_root() == tmp_path / "xdg" / "dali-cutmix"
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     monkeypatch.setenv("DALI_CUTMIX_CACHE", str(blocker))
-    assert files_module.default_cache() == blocker
+    assert cache_root() == blocker
     monkeypatch.setattr("pipelines.sources.CACHE", blocker)
     assert train.main(train_args(jpeg_tree, tmp_path / "run", "--epochs", "1")) == 0
     err = capsys.readouterr().err
@@ -231,7 +231,7 @@ def test_ctrl_c_during_the_start_up_scan_is_one_line(jpeg_tree, tmp_path, capsys
 
 
 def test_ctrl_c_twice_during_training_is_one_line(jpeg_tree, tmp_path, monkeypatch):
-    code = ("import os, signal, sys, train; from trainer import engine; real = engine.train_step\n"
+    code = ("import os, signal, sys, train; from dali_cutmix_trainer import engine; real = engine.train_step\n"
             "def step(*a, **k):\n    os.kill(os.getpid(), signal.SIGINT); os.kill(os.getpid(), signal.SIGINT)\n"
             "    return real(*a, **k)\n"
             "engine.train_step = step; sys.exit(train.main())")  # fmt: skip

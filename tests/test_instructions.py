@@ -8,7 +8,7 @@ pytest.importorskip("nvidia.dali", exc_type=ImportError)  # `pytest -m gpu` coll
 import subprocess
 from types import SimpleNamespace
 
-from benchmarks import instructions
+from dali_cutmix_bench import instructions
 
 
 @pytest.mark.parametrize("config", instructions.CONFIGS)

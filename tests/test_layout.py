@@ -1,5 +1,6 @@
-"""The house's arrows: ``pipelines`` builds on ``dali_cutmix``, ``trainer`` (the trainer's body) on
-both, the scripts on all three; nothing imports ``train.py``, which imports nothing heavy itself;
+"""The house's arrows: ``pipelines`` builds on ``dali_cutmix``, ``dali_cutmix_trainer`` (the
+trainer's body) and ``dali_cutmix_bench`` (the profiler) on both, the scripts on all; nothing
+imports ``train.py``, which imports nothing heavy itself;
 no import circle between the project's modules, counting imports inside functions too."""
 
 import ast
@@ -8,12 +9,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("dali_cutmix", "pipelines", "trainer")
+PACKAGES = ("dali_cutmix", "pipelines", "dali_cutmix_trainer", "dali_cutmix_bench")
 # What each package may import from the project.
 ALLOWED = {
     "dali_cutmix": {"dali_cutmix"},
     "pipelines": {"dali_cutmix", "pipelines"},
-    "trainer": {"dali_cutmix", "pipelines", "trainer"},
+    "dali_cutmix_trainer": {"dali_cutmix", "pipelines", "dali_cutmix_trainer"},
+    "dali_cutmix_bench": {"dali_cutmix", "pipelines", "dali_cutmix_trainer", "dali_cutmix_bench"},
 }
 
 
@@ -48,7 +50,6 @@ def modules() -> dict[str, set[str]]:
     files += [
         ROOT / "train.py",
         ROOT / "study.py",
-        *(ROOT / "benchmarks").glob("*.py"),
         *(ROOT / "scripts").glob("*.py"),
     ]
     graph = {module_name(p): project_imports(p) for p in files}
@@ -86,7 +87,8 @@ def test_no_import_circles():
 def test_train_py_loads_neither_torch_nor_dali_on_import():
     """Python's fork server imports ``__main__`` again in each worker of the bad-file check: under
     ``train.py`` those workers stay light only if importing it loads nothing heavy."""
-    code = "import sys, train; print(sorted(m for m in ('torch', 'nvidia.dali', 'trainer.run') if m in sys.modules))"
+    heavy = ("torch", "nvidia.dali", "dali_cutmix_trainer.run")
+    code = f"import sys, train; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 

@@ -14,7 +14,7 @@ import torchvision
 from conftest import sigterm_after_step, train_args, write_jpeg_tree
 
 import train
-from benchmarks.shards_vs_files import write_shards
+from dali_cutmix_bench.shards_vs_files import write_shards
 from pipelines import shards as wds
 from pipelines.folders import load_split
 from pipelines.loaders import train_loader, val_loader

@@ -13,9 +13,9 @@ from conftest import sigterm_after_step, train_args
 
 import train
 from dali_cutmix.errors import UserError
+from dali_cutmix_trainer import engine
 from pipelines.loaders import train_loader
 from pipelines.settings import SizeSchedule
-from trainer import engine
 
 SCHEDULE = "0:16,1:32,2:24"
 

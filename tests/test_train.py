@@ -17,8 +17,8 @@ from conftest import sigterm_after_step, train_args, write_jpeg_tree
 
 import train
 from dali_cutmix.recipe import MixConfig
-from trainer import checkpoint as ckpt
-from trainer import engine, run
+from dali_cutmix_trainer import checkpoint as ckpt
+from dali_cutmix_trainer import engine, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -285,7 +285,7 @@ def test_train_on_the_gpu_with_amp(jpeg_tree, tmp_path):
 
 @pytest.mark.gpu
 def test_the_gpu_optimizer_is_fused_so_the_scaler_reads_nothing_back():
-    from trainer.engine import sgd
+    from dali_cutmix_trainer.engine import sgd
 
     model = torch.nn.Linear(4, 4).cuda()
     assert sgd(model, lr=0.1, momentum=0.9, weight_decay=1e-4).defaults["fused"]
@@ -348,7 +348,7 @@ def assert_same_weights(out: Path, reference: dict) -> None:
 SIGNAL_AT_STEP = """
 import os, sys
 import train
-from trainer import engine
+from dali_cutmix_trainer import engine
 signum, at = int(sys.argv[1]), int(sys.argv[2])
 real, done = engine.train_step, [0]
 def step(*args, **kwargs):

@@ -6,6 +6,7 @@ holds no state), and writes each output pixel once, from the own image or the pa
 
 from __future__ import annotations
 
+import os
 from dataclasses import fields
 
 import nvidia.dali.fn as fn
@@ -28,6 +29,8 @@ def build(images, labels, config: MixConfig, *, prob, layout: str, normalize: No
 
     plugin.load()
     args = _recipe_args(config)
+    if os.environ.get("DALI_CUTMIX_ISA"):  # one compiled copy by name, for measuring them side by side
+        args["isa"] = os.environ["DALI_CUTMIX_ISA"]
     if resize:
         args["size"] = size if is_node(size) else [int(v) for v in size]
     if normalize is not None:

@@ -13,7 +13,12 @@
 // batch is never written out. DALI's CPU resize costs ~3/4 of a prepared-data pipeline's time
 // (docs/BENCHMARKS.md); this pass does the same work for a fraction of it. A pixel's three channels
 // travel as one four-float vector (GCC's and Clang's vector extension, with SSE2's byte widening
-// where the compiler would scalarise it), and a flip is folded into the column taps.
+// where the compiler would scalarise it), and a flip is folded into the column taps. Each output
+// pixel is resampled once, from the image it shows, so CutMix costs its draws and nothing more.
+//
+// Compilers: GCC 11 and later (Shuffle stands in for __builtin_shufflevector, GCC 12's). On x86-64
+// the training pipelines' path is compiled for the baseline, AVX2 and AVX-512 in one library, and
+// the operator takes a copy the CPU runs (Mix::ChooseWrite). docs/DESIGN.md tells why.
 //
 // The box formula is the one of dali_cutmix.sampling.cutmix_box / minmax_box, in float32 operation for
 // operation (compiled with -ffp-contract=off), so NumPy given the same draws gets the same boxes.
@@ -34,6 +39,20 @@
 #include "dali/pipeline/operator/operator.h"
 
 namespace dali_cutmix {
+
+// GCC on x86-64 compiles the training pipelines' pixel work three times (portable, AVX2, AVX-512;
+// Mix::ChooseWrite); elsewhere (aarch64, Clang) there is the portable copy only.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define DALI_CUTMIX_X86_COPIES 1
+#else
+#define DALI_CUTMIX_X86_COPIES 0
+#endif
+// Whether "auto" takes the AVX-512 copy on a CPU that has it: no, it measured no faster than AVX2
+// (docs/BENCHMARKS.md), and wide vectors lower some Intel CPUs' clocks for the other threads.
+constexpr bool kAutoAvx512 = false;
+// The pixel work is inlined into each compiled copy, so that each copy compiles it for its own
+// instruction set (a call out of a copy would run the portable code).
+#define HOT __attribute__((always_inline)) inline
 
 using ::dali::CPUBackend;
 using ::dali::DALIDataType;
@@ -83,17 +102,35 @@ typedef float F4 __attribute__((vector_size(16)));
 typedef uint8_t U8x4 __attribute__((vector_size(4)));
 typedef int32_t I4 __attribute__((vector_size(16)));
 
-// A uint8 HWC image seen at H x W (flipped when mirror): Row(y) is output row y, its values uint8
-// levels held as floats (the resized image rounded as fn.resize's uint8 output is), pixel x's
-// channel c at [x * Stride() + c], in columns [x0, x1) only. Two horizontally resampled source rows
-// are kept while consecutive output rows share them, and only the columns a sample takes from this
-// image are resampled (a partner gives just its box's columns). Three channels are padded to four
-// floats, so that a pixel is one vector: its two taps load as four bytes each.
+// Lanes A, B, C, D of the eight in (a, b): __builtin_shufflevector where the compiler has it (Clang,
+// GCC 12 and later), GCC's older __builtin_shuffle otherwise (GCC 11 builds the operator too). Both
+// move lanes exactly, so every compiler writes the same bytes.
+template <int A, int B, int C, int D>
+HOT F4 Shuffle(F4 a, F4 b) {
+#if defined(__clang__) || __GNUC__ >= 12
+  return __builtin_shufflevector(a, b, A, B, C, D);
+#else
+  return __builtin_shuffle(a, b, I4{A, B, C, D});
+#endif
+}
+
+// A uint8 HWC image seen at H x W (flipped when mirror): Row(y, a, b) is output row y, its values
+// uint8 levels held as floats (the resized image rounded as fn.resize's uint8 output is), pixel x's
+// channel c at [x * Stride() + c], written in columns [a, b) only. Two horizontally resampled source
+// rows are kept while consecutive output rows share them.
+//
+// Every output pixel is resampled once, from the image it comes from: an image gives columns
+// [x0, x1) (a partner: its box's), and its source rows are resampled in two parts, inside and outside
+// the split [s0, s1) (the own image's split is the partner's box), each part when an output row first
+// needs it. So the own image never resamples the columns the partner covers in the box's rows, and
+// CutMix costs no resampling beyond what the output takes. Three channels are padded to four floats,
+// so that a pixel is one vector: its two taps load as four bytes each.
 class Resampled {
  public:
   void Reset(const uint8_t *src, int64_t h, int64_t w, int64_t C, int64_t H, int64_t W, bool mirror, int64_t x0,
-             int64_t x1) {
+             int64_t x1, int64_t s0 = 0, int64_t s1 = 0) {
     src_ = src, w_ = w, C_ = C, W_ = W, x0_ = x0, x1_ = x1, stride_ = C == 3 ? 4 : C;
+    s0_ = std::clamp(s0, x0, x1), s1_ = std::clamp(s1, s0_, x1);
     cols_.Set(static_cast<int>(W), static_cast<int>(w), mirror);
     rows_.Set(static_cast<int>(H), static_cast<int>(h));
     for (auto &slot : slots_) slot.row = -1, slot.values.resize(W * stride_);
@@ -102,12 +139,15 @@ class Resampled {
 
   int64_t Stride() const { return stride_; }
 
-  const float *Row(int64_t y) {
-    const float *__restrict a = Horizontal(rows_.i0[y], rows_.i1[y]);
-    const float *__restrict b = Horizontal(rows_.i1[y], rows_.i0[y]);
+  // Output row y's columns [x0, x1) (within the image's), rounded to uint8 levels, in a buffer of the
+  // whole row: calls for other columns of the same row fill the same buffer.
+  const float *Row(int64_t y, int64_t x0, int64_t x1) {
+    if (x1 <= x0) return out_.data();
+    const float *__restrict a = Horizontal(rows_.i0[y], rows_.i1[y], x0, x1);
+    const float *__restrict b = Horizontal(rows_.i1[y], rows_.i0[y], x0, x1);
     float *__restrict out = out_.data();
     const float wy = rows_.w[y];
-    for (int64_t k = x0_ * stride_, end = x1_ * stride_; k < end; k++) {
+    for (int64_t k = x0 * stride_, end = x1 * stride_; k < end; k++) {
       // In [0, 255.5): a blend of uint8 values; + 0.5 and truncation round it as uint8_t would.
       out[k] = static_cast<float>(static_cast<int>(a[k] + (b[k] - a[k]) * wy + 0.5f));
     }
@@ -117,29 +157,35 @@ class Resampled {
   // Columns [x0, x1) of output row y (three channels) normalised, (level - mean[c]) * inv_std[c], into
   // three planes' rows: Row then Mix::Put's float operations in one pass, four pixels at a time,
   // their RGBx vectors transposed to R, G and B runs.
-  void RowToPlanes(int64_t y, int64_t x0, int64_t x1, float *const planes[3], const float mean[3],
+  HOT void RowToPlanes(int64_t y, int64_t x0, int64_t x1, float *const planes[3], const float mean[3],
                    const float inv_std[3]) {
-    const float *a = Horizontal(rows_.i0[y], rows_.i1[y]);
-    const float *b = Horizontal(rows_.i1[y], rows_.i0[y]);
+    if (x1 <= x0) return;
+    const float *a = Horizontal(rows_.i0[y], rows_.i1[y], x0, x1);
+    const float *b = Horizontal(rows_.i1[y], rows_.i0[y], x0, x1);
     const float wy = rows_.w[y];
-    auto level = [&](int64_t x) {  // as Row: a blend of uint8 values, rounded as uint8_t would be
+    auto level = [&](int64_t x) __attribute__((always_inline)) {  // as Row: a blend of uint8 values, rounded as uint8_t would be
       F4 u, v;
       std::memcpy(&u, a + x * 4, sizeof(u));
       std::memcpy(&v, b + x * 4, sizeof(v));
       return __builtin_convertvector(__builtin_convertvector(u + (v - u) * wy + 0.5f, I4), F4);
     };
     float *__restrict r = planes[0], *__restrict g = planes[1], *__restrict bl = planes[2];
-    int64_t x = x0;
-    for (; x + 4 <= x1; x += 4) {
+    auto four = [&](int64_t x) __attribute__((always_inline)) {  // pixels x .. x + 3
       F4 p0 = level(x), p1 = level(x + 1), p2 = level(x + 2), p3 = level(x + 3);
-      F4 rg01 = __builtin_shufflevector(p0, p1, 0, 4, 1, 5), rg23 = __builtin_shufflevector(p2, p3, 0, 4, 1, 5);
-      F4 b01 = __builtin_shufflevector(p0, p1, 2, 6, 3, 7), b23 = __builtin_shufflevector(p2, p3, 2, 6, 3, 7);
-      F4 R = (__builtin_shufflevector(rg01, rg23, 0, 1, 4, 5) - mean[0]) * inv_std[0];
-      F4 G = (__builtin_shufflevector(rg01, rg23, 2, 3, 6, 7) - mean[1]) * inv_std[1];
-      F4 B = (__builtin_shufflevector(b01, b23, 0, 1, 4, 5) - mean[2]) * inv_std[2];
+      F4 rg01 = Shuffle<0, 4, 1, 5>(p0, p1), rg23 = Shuffle<0, 4, 1, 5>(p2, p3);
+      F4 b01 = Shuffle<2, 6, 3, 7>(p0, p1), b23 = Shuffle<2, 6, 3, 7>(p2, p3);
+      F4 R = (Shuffle<0, 1, 4, 5>(rg01, rg23) - mean[0]) * inv_std[0];
+      F4 G = (Shuffle<2, 3, 6, 7>(rg01, rg23) - mean[1]) * inv_std[1];
+      F4 B = (Shuffle<0, 1, 4, 5>(b01, b23) - mean[2]) * inv_std[2];
       std::memcpy(r + x, &R, sizeof(R));
       std::memcpy(g + x, &G, sizeof(G));
       std::memcpy(bl + x, &B, sizeof(B));
+    };
+    int64_t x = x0;
+    for (; x + 4 <= x1; x += 4) four(x);
+    if (x < x1 && x1 - x0 >= 4) {  // the last pixels as the group ending at x1: some written twice, alike
+      four(x1 - 4);
+      return;
     }
     for (; x < x1; x++) {
       F4 v = level(x);
@@ -150,22 +196,40 @@ class Resampled {
  private:
   struct Slot {
     int row = -1;
+    bool inside = false, outside = false;  // which parts of the row are resampled
     std::vector<float> values;
   };
 
-  // Source row r resampled to columns [x0_, x1_), in the slot that does not hold `keep`.
-  const float *Horizontal(int r, int keep) {
-    for (auto &slot : slots_)
-      if (slot.row == r) return slot.values.data();
-    Slot &slot = slots_[0].row == keep ? slots_[1] : slots_[0];
+  // Source row r resampled at least in the parts that columns [x0, x1) touch, in the slot that does
+  // not hold `keep`.
+  HOT const float *Horizontal(int r, int keep, int64_t x0, int64_t x1) {
+    Slot *slot = nullptr;
+    for (auto &s : slots_)
+      if (s.row == r) slot = &s;
+    if (slot == nullptr) {
+      slot = slots_[0].row == keep ? &slots_[1] : &slots_[0];
+      slot->row = r, slot->inside = slot->outside = false;
+    }
     const uint8_t *in = src_ + static_cast<int64_t>(r) * w_ * C_;
-    C_ == 3 ? HorizontalRGB(in, slot.values.data()) : Horizontal(in, slot.values.data());
-    slot.row = r;
-    return slot.values.data();
+    if (!slot->inside && x0 < s1_ && x1 > s0_) {
+      Resample(in, slot->values.data(), s0_, s1_);
+      slot->inside = true;
+    }
+    if (!slot->outside && (x0 < s0_ || x1 > s1_)) {
+      Resample(in, slot->values.data(), x0_, s0_);
+      Resample(in, slot->values.data(), s1_, x1_);
+      slot->outside = true;
+    }
+    return slot->values.data();
+  }
+
+  HOT void Resample(const uint8_t *in, float *out, int64_t c0, int64_t c1) const {
+    if (c1 <= c0) return;
+    C_ == 3 ? HorizontalRGB(in, out, c0, c1) : Horizontal(in, out, c0, c1);
   }
 
   // Pixel p's RGB as floats (and the byte after it, readable when four_bytes, in the fourth lane).
-  static F4 Pixel(const uint8_t *p, bool four_bytes) {
+  HOT static F4 Pixel(const uint8_t *p, bool four_bytes) {
     if (!four_bytes) return F4{static_cast<float>(p[0]), static_cast<float>(p[1]), static_cast<float>(p[2]), 0.0f};
     int32_t bytes;
     std::memcpy(&bytes, p, 4);
@@ -180,22 +244,23 @@ class Resampled {
 #endif
   }
 
-  void HorizontalRGB(const uint8_t *in, float *out) const {
+  // Columns [c0, c1) of a source row, horizontally resampled.
+  HOT void HorizontalRGB(const uint8_t *in, float *out, int64_t c0, int64_t c1) const {
     const int *__restrict i0 = cols_.i0.data(), *__restrict i1 = cols_.i1.data();
     const float *__restrict w = cols_.w.data();
     const int last = static_cast<int>(w_) - 1;  // a pixel before it has a fourth byte in the row
-    for (int64_t x = x0_, end = x1_; x < end; x++) {
+    for (int64_t x = c0; x < c1; x++) {
       F4 u = Pixel(in + i0[x] * 3, i0[x] < last), v = Pixel(in + i1[x] * 3, i1[x] < last);
       F4 r = u + (v - u) * w[x];
       std::memcpy(out + x * 4, &r, sizeof(r));
     }
   }
 
-  void Horizontal(const uint8_t *__restrict in, float *__restrict out) const {
+  HOT void Horizontal(const uint8_t *__restrict in, float *__restrict out, int64_t c0, int64_t c1) const {
     const int64_t C = C_;
     const int *__restrict i0 = cols_.i0.data(), *__restrict i1 = cols_.i1.data();
     const float *__restrict w = cols_.w.data();
-    for (int64_t x = x0_; x < x1_; x++) {
+    for (int64_t x = c0; x < c1; x++) {
       const uint8_t *p0 = in + i0[x] * C, *p1 = in + i1[x] * C;
       for (int64_t c = 0; c < C; c++) {
         float u = p0[c], v = p1[c];
@@ -205,7 +270,7 @@ class Resampled {
   }
 
   const uint8_t *src_ = nullptr;
-  int64_t w_ = 0, C_ = 0, W_ = 0, x0_ = 0, x1_ = 0, stride_ = 0;
+  int64_t w_ = 0, C_ = 0, W_ = 0, x0_ = 0, x1_ = 0, s0_ = 0, s1_ = 0, stride_ = 0;
   Taps cols_, rows_;
   Slot slots_[2];
   std::vector<float> out_;
@@ -224,7 +289,8 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
         minmax_(spec.GetRepeatedArgument<float>("minmax")),
         normalize_(spec.HasArgument("mean") || spec.HasArgument("std")),
         output_layout_(spec.GetArgument<std::string>("output_layout")),
-        resize_(spec.HasArgument("size") || spec.HasTensorArgument("size")) {
+        resize_(spec.HasArgument("size") || spec.HasTensorArgument("size")),
+        write_(ChooseWrite(spec.GetArgument<std::string>("isa"))) {
     auto mode = spec.GetArgument<std::string>("mode");
     DALI_ENFORCE(mode == "batch" || mode == "elem", "mode must be \"batch\" or \"elem\", got \"" + mode + "\"");
     per_sample_ = mode == "elem";
@@ -260,6 +326,7 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
                  "float32 images give float32 output (dtype=FLOAT)");
     DALI_ENFORCE(images.sample_dim() == 3, "dali_cutmix.mix takes HWC images (3 dimensions)");
     bool float_out = dtype_ == DALIDataType::DALI_FLOAT || images.type() == DALIDataType::DALI_FLOAT;
+    float_in_ = images.type() == DALIDataType::DALI_FLOAT;
     if (n == 0) {  // an empty batch: empty outputs of the types and ranks a full one has
       out.resize(6);
       out[0] = {TensorListShape<>(0, 3), float_out ? DALIDataType::DALI_FLOAT : dtype_};
@@ -353,24 +420,9 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
     }
     BuildTables();
     auto &tp = ws.GetThreadPool();
-    bool float_in = images.type() == DALIDataType::DALI_FLOAT;
     for (int i = 0; i < n; i++) {
       bool mirror = spec_.GetArgument<int>("mirror", &ws, i) != 0;
-      tp.AddWork(
-          [&, i, mirror](int) {
-            const auto &p = params_[i];
-            if (resize_) {
-              WriteResized(out, images, i, p, mirror);
-            } else if (float_in) {
-              Write(out.mutable_tensor<float>(i), images.tensor<float>(i), images.tensor<float>(p.perm), p, mirror);
-            } else if (dtype_ == DALIDataType::DALI_FLOAT) {
-              Write(out.mutable_tensor<float>(i), images.tensor<uint8_t>(i), images.tensor<uint8_t>(p.perm), p, mirror);
-            } else {
-              Write(out.mutable_tensor<uint8_t>(i), images.tensor<uint8_t>(i), images.tensor<uint8_t>(p.perm), p,
-                    mirror);
-            }
-          },
-          H_ * W_);
+      tp.AddWork([&, i, mirror](int) { WriteSample(out, images, i, params_[i], mirror); }, H_ * W_);
     }
     tp.RunAll();
   }
@@ -423,41 +475,118 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
 
   static float Blend(float own, float partner, float w, float w_partner) { return own * w + partner * w_partner; }
 
+  // Sample i of the output, whatever the input and output types: one thread pool task.
+  void WriteSample(::dali::TensorList<CPUBackend> &out, const ::dali::TensorList<CPUBackend> &images, int i,
+                   const SampleParams &p, bool mirror) const {
+    if (resize_) {
+      auto a = images.tensor_shape(i), b = images.tensor_shape(p.perm);
+      const uint8_t *own = images.tensor<uint8_t>(i), *partner = images.tensor<uint8_t>(p.perm);
+      if (dtype_ == DALIDataType::DALI_FLOAT) {
+        WriteResized(out.mutable_tensor<float>(i), own, a[0], a[1], partner, b[0], b[1], p, mirror);
+      } else {
+        WriteResized(out.mutable_tensor<uint8_t>(i), own, a[0], a[1], partner, b[0], b[1], p, mirror);
+      }
+    } else if (float_in_) {
+      Write(out.mutable_tensor<float>(i), images.tensor<float>(i), images.tensor<float>(p.perm), p, mirror);
+    } else if (dtype_ == DALIDataType::DALI_FLOAT) {
+      Write(out.mutable_tensor<float>(i), images.tensor<uint8_t>(i), images.tensor<uint8_t>(p.perm), p, mirror);
+    } else {
+      Write(out.mutable_tensor<uint8_t>(i), images.tensor<uint8_t>(i), images.tensor<uint8_t>(p.perm), p, mirror);
+    }
+  }
+
+  // The training pipelines' case (resize, float CHW output, three channels, CutMix or no mix): the
+  // own image outside the partner's columns [bx1, bx2) in the box's rows, resampled, normalised and
+  // written straight to the three planes, every output pixel once.
+  HOT void Planes(Resampled &own, Resampled &partner, float *out, const SampleParams &p, int64_t bx1,
+                  int64_t bx2) const {
+    const int64_t H = H_, W = W_;
+    const float *mean = mean_c_.data(), *inv_std = inv_std_c_.data();  // 0 and 1 without mean/std
+    for (int64_t y = 0; y < H; y++) {
+      float *planes[3] = {out + y * W, out + (H + y) * W, out + (2 * H + y) * W};
+      int64_t x1 = 0, x2 = 0;  // the partner's columns in this row
+      if (y >= p.box[0] && y < p.box[2]) x1 = bx1, x2 = bx2;
+      own.RowToPlanes(y, 0, x1, planes, mean, inv_std);
+      partner.RowToPlanes(y, x1, x2, planes, mean, inv_std);
+      own.RowToPlanes(y, x2, W, planes, mean, inv_std);
+    }
+  }
+
+  // Planes compiled once per instruction set, the pixel work inlined into each (HOT), so that one
+  // library runs on every x86-64 CPU and uses AVX2 or AVX-512 where the CPU has them (chosen when the
+  // operator is made: ChooseWrite). No -ffast-math and no FMA contraction in any copy
+  // (-ffp-contract=off), so every copy writes the same bytes (tests/test_ops.py compares them). Only
+  // this path is copied: it is the training pipelines' and most of their time; the others (MixUp
+  // blends, HWC or uint8 output, no resize) run the portable code.
+  using WriteFn = void (Mix::*)(Resampled &, Resampled &, float *, const SampleParams &, int64_t, int64_t) const;
+
+  void PlanesPortable(Resampled &own, Resampled &partner, float *out, const SampleParams &p, int64_t bx1,
+                      int64_t bx2) const {
+    Planes(own, partner, out, p, bx1, bx2);
+  }
+
+#if DALI_CUTMIX_X86_COPIES
+  __attribute__((target("avx2"))) void PlanesAvx2(Resampled &own, Resampled &partner, float *out,
+                                                  const SampleParams &p, int64_t bx1, int64_t bx2) const {
+    Planes(own, partner, out, p, bx1, bx2);
+  }
+
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx2"))) void PlanesAvx512(Resampled &own, Resampled &partner,
+                                                                             float *out, const SampleParams &p,
+                                                                             int64_t bx1, int64_t bx2) const {
+    Planes(own, partner, out, p, bx1, bx2);
+  }
+#endif
+
+  // isa: "auto" (AVX2 where the CPU has it, else portable), or one copy by name, for measuring and
+  // testing them.
+  static WriteFn ChooseWrite(const std::string &isa) {
+    DALI_ENFORCE(isa == "auto" || isa == "portable" || isa == "avx2" || isa == "avx512",
+                 "isa must be \"auto\", \"portable\", \"avx2\" or \"avx512\", got \"" + isa + "\"");
+#if DALI_CUTMIX_X86_COPIES
+    __builtin_cpu_init();
+    bool avx2 = __builtin_cpu_supports("avx2");
+    bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                  __builtin_cpu_supports("avx512vl");
+    DALI_ENFORCE(isa != "avx2" || avx2, "isa \"avx2\": this CPU has no AVX2");
+    DALI_ENFORCE(isa != "avx512" || avx512, "isa \"avx512\": this CPU has no AVX-512 (F, BW and VL)");
+    if (isa == "avx512" || (isa == "auto" && avx512 && kAutoAvx512)) return &Mix::PlanesAvx512;
+    if (isa == "avx2" || (isa == "auto" && avx2)) return &Mix::PlanesAvx2;
+#else
+    DALI_ENFORCE(isa == "auto" || isa == "portable",
+                 "isa \"" + isa + "\": this build has only the portable copy (not GCC on x86-64)");
+#endif
+    return &Mix::PlanesPortable;
+  }
+
   // Sample i resized to H_ x W_ (own and partner) and written as Write does, a row at a time.
   // The flip is folded into the column taps, so the box's columns are mirrored here instead of the
   // pixels at the write.
   template <typename Out>
-  void WriteResized(Out *out, const ::dali::TensorList<CPUBackend> &images, int i, const SampleParams &p,
-                    bool mirror) const {
+  void WriteResized(Out *out, const uint8_t *own_image, int64_t own_h, int64_t own_w, const uint8_t *partner_image,
+                    int64_t partner_h, int64_t partner_w, const SampleParams &p, bool mirror) const {
     const int64_t H = H_, W = W_, C = C_;
     const bool chw = output_layout_ == "CHW";
     const int64_t bx1 = mirror ? W - p.box[3] : p.box[1], bx2 = mirror ? W - p.box[1] : p.box[3];
     thread_local Resampled own, partner;
     thread_local std::vector<float> mixed;
-    auto a = images.tensor_shape(i), b = images.tensor_shape(p.perm);
-    own.Reset(images.tensor<uint8_t>(i), a[0], a[1], C, H, W, mirror, 0, W);
-    partner.Reset(images.tensor<uint8_t>(p.perm), b[0], b[1], C, H, W, mirror, p.blend ? 0 : bx1, p.blend ? W : bx2);
+    const bool box = !p.blend && p.box[2] > p.box[0] && bx2 > bx1;  // the partner gives a box, not every pixel
+    // The own image resamples its rows in two parts, split at the box's columns (see Resampled).
+    own.Reset(own_image, own_h, own_w, C, H, W, mirror, 0, W, box ? bx1 : 0, box ? bx2 : 0);
+    partner.Reset(partner_image, partner_h, partner_w, C, H, W, mirror, p.blend ? 0 : bx1, p.blend ? W : bx2);
     const int64_t S = own.Stride();
     mixed.resize(p.blend ? W * S : 0);
     if constexpr (std::is_same_v<Out, float>) {
-      if (chw && C == 3 && !p.blend) {  // the training pipeline's case: straight to the planes
-        const float *mean = mean_c_.data(), *inv_std = inv_std_c_.data();  // 0 and 1 without mean/std
-        for (int64_t y = 0; y < H; y++) {
-          float *planes[3] = {out + y * W, out + (H + y) * W, out + (2 * H + y) * W};
-          int64_t x1 = 0, x2 = 0;  // the partner's columns in this row
-          if (y >= p.box[0] && y < p.box[2]) x1 = bx1, x2 = bx2;
-          own.RowToPlanes(y, 0, x1, planes, mean, inv_std);
-          if (x2 > x1) partner.RowToPlanes(y, x1, x2, planes, mean, inv_std);
-          own.RowToPlanes(y, x2, W, planes, mean, inv_std);
-        }
+      if (chw && C == 3 && !p.blend) {  // the training pipelines' case: the copy for this CPU
+        (this->*write_)(own, partner, out, p, bx1, bx2);
         return;
       }
     }
     for (int64_t y = 0; y < H; y++) {
       int64_t x1 = 0, x2 = 0;  // the partner's columns in this row
       if (y >= p.box[0] && y < p.box[2]) x1 = bx1, x2 = bx2;
-      const float *src = own.Row(y);
-      const float *from_partner = p.blend || x2 > x1 ? partner.Row(y) : nullptr;
+      const float *src = p.blend ? own.Row(y, 0, W) : (own.Row(y, 0, x1), own.Row(y, x2, W));
+      const float *from_partner = p.blend ? partner.Row(y, 0, W) : x2 > x1 ? partner.Row(y, x1, x2) : nullptr;
       if (p.blend) {
         float w = p.lam, wp = 1.0f - p.lam;
         for (int64_t k = 0; k < W * S; k++) {
@@ -473,19 +602,10 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
     }
   }
 
-  void WriteResized(::dali::TensorList<CPUBackend> &out, const ::dali::TensorList<CPUBackend> &images, int i,
-                    const SampleParams &p, bool mirror) const {
-    if (dtype_ == DALIDataType::DALI_FLOAT) {
-      WriteResized(out.mutable_tensor<float>(i), images, i, p, mirror);
-    } else {
-      WriteResized(out.mutable_tensor<uint8_t>(i), images, i, p, mirror);
-    }
-  }
-
   // Columns [x0, x1) of channel c of output row y from uint8 levels held as floats (column x's at
   // v[x * step]): normalised as the table does (the same float operations) for float output.
   template <typename Out>
-  void Put(Out *out, const float *v, int64_t step, int64_t y, int64_t c, int64_t x0, int64_t x1, bool chw) const {
+  HOT void Put(Out *out, const float *v, int64_t step, int64_t y, int64_t c, int64_t x0, int64_t x1, bool chw) const {
     if (x1 <= x0) return;
     const int64_t H = H_, W = W_, C = C_;
     const float *__restrict in = v;
@@ -654,6 +774,8 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
   bool normalize_;
   std::string output_layout_;
   bool resize_;
+  WriteFn write_;  // Planes for this CPU
+  bool float_in_ = false;
   DALIDataType dtype_;
   std::vector<float> mean_, std_;
   bool cutmix_ = true, mixup_ = false;
@@ -694,4 +816,8 @@ normalisation, flip and layout change (and with a bilinear resize, given size). 
     .AddOptionalArg<std::vector<int>>("size",
                                       "(H, W): resize every image to it first (bilinear, as fn.resize with "
                                       "INTERP_LINEAR and no antialiasing); the images may then differ in shape.",
-                                      nullptr, true);
+                                      nullptr, true)
+    .AddOptionalArg("isa",
+                    "Which compiled copy writes the pixels: \"auto\" (AVX2 where the CPU has it), \"portable\", "
+                    "\"avx2\" or \"avx512\" (x86-64 builds with GCC); every copy writes the same bytes.",
+                    std::string("auto"));

@@ -1,11 +1,11 @@
 """WebDataset shards against the same images as files (not a timed test).
 
-    python -m benchmarks.shards_vs_files --data /tmp/bd1k --out /tmp/bd1k-wds
+    python -m dali_cutmix_bench.shards_vs_files --data /tmp/bd1k --out /tmp/bd1k-wds
 
 Writes ``--data``'s training images as tar shards (webdataset's own ``ShardWriter``, once), then
 measures the check and index of the shards (uncached and cached) beside the folder scan of the
 same images, and the training loader (CutMix, native backend) iterated for whole epochs back to
-back on each, in a process of its own per turn (``benchmarks.bench``'s epoch worker): images/s
+back on each, in a process of its own per turn (``dali_cutmix_bench.bench``'s epoch worker): images/s
 and process CPU time per batch. Prints a table; writes ``shards.json`` into ``--out``.
 """
 
@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.bench import epoch_run
+from dali_cutmix_bench.bench import epoch_run
 from pipelines.folders import load_imagenet
 from pipelines.scan import scan
 from pipelines.shards import CLASSES_FILE, load_shards
@@ -46,7 +46,7 @@ def timed(fn) -> tuple[float, object]:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="ImageNet-layout root (benchmarks.benchdata)")
+    p.add_argument("--data", required=True, help="ImageNet-layout root (dali_cutmix_bench.benchdata)")
     p.add_argument("--out", required=True, help="where the shards go (reused when there)")
     p.add_argument("--per-shard", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=64)

@@ -1,5 +1,5 @@
 """The flags that become a loader's settings: one mapping, shared by the command line's checks
-(:mod:`trainer.cli`) and the run (:mod:`trainer.run`). Light: no torch, no DALI."""
+(:mod:`dali_cutmix_trainer.cli`) and the run (:mod:`dali_cutmix_trainer.run`). Light: no torch, no DALI."""
 
 from __future__ import annotations
 

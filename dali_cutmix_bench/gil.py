@@ -1,7 +1,7 @@
 """How long the python backend's two Python operators hold the GIL per batch, and what mixing in
 the training loop costs the training thread instead.
 
-    python -m benchmarks.gil [--batch-size 256] [--size 8] [--batches 200] [--mixup 0.2]
+    python -m dali_cutmix_bench.gil [--batch-size 256] [--size 8] [--batches 200] [--mixup 0.2]
 
 DALI runs a Python operator under its Python-operator lock and the GIL: while it runs, a GPU
 trainer's thread cannot launch kernels. On images small enough that the pixel work is near zero

@@ -1,5 +1,5 @@
 """The run: this process's place (rank, device), its data and loaders, then training and
-evaluation epoch by epoch, saving as it goes. ``train.py`` runs it through :mod:`trainer.cli`."""
+evaluation epoch by epoch, saving as it goes. ``train.py`` runs it through :mod:`dali_cutmix_trainer.cli`."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
 
 
 def build_optimizer(args, model: torch.nn.Module, world: int, steps_per_epoch: int):
-    """SGD (:func:`trainer.engine.sgd`), lr scaled by global batch / 256, and its per-step schedule."""
+    """SGD (:func:`dali_cutmix_trainer.engine.sgd`), lr scaled by global batch / 256, and its per-step schedule."""
     lr = args.lr * args.batch_size * world / 256
     optimizer = sgd(model, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
     schedule = LRSchedule(args.lr_schedule, args.warmup_epochs, args.epochs, args.lr_step, steps_per_epoch)

@@ -7,8 +7,8 @@ same count for the same work, whatever else the machine does. Each configuration
 (start-up and imports cancel out). Instructions are not seconds (memory traffic and vector width
 differ per operator), so this corroborates the throughput figures; it does not replace them.
 
-    python -m benchmarks.instructions --data DIR [--batches 1,5] [--configs none,native,python,ops]
-    python -m benchmarks.instructions --in-memory      # the CutMix operator alone, no decoding
+    python -m dali_cutmix_bench.instructions --data DIR [--batches 1,5] [--configs none,native,python,ops]
+    python -m dali_cutmix_bench.instructions --in-memory      # the CutMix operator alone, no decoding
 """
 
 from __future__ import annotations
@@ -30,12 +30,15 @@ def drive(config: str, batches: int, data: str | None, batch_size: int, image_si
     last batch's outputs."""
     from nvidia.dali import fn, pipeline_def
 
-    from benchmarks.bench import mix_and_normalise
+    from dali_cutmix_bench.bench import mix_and_normalise
     from pipelines.graphs import train_pipeline
 
     if data:
+        from pipelines.folders import load_imagenet
+
         settings = {"recipe": None} if config == "none" else {"backend": config}
-        pipe = train_pipeline(data, batch_size=batch_size, image_size=image_size, num_threads=2,
+        split = load_imagenet(data)[0] if os.path.isdir(os.path.join(data, "train")) else data  # a root or a split
+        pipe = train_pipeline(split, batch_size=batch_size, image_size=image_size, num_threads=2,
                               prefetch_queue_depth=1, **settings)  # fmt: skip
     else:
         import numpy as np
@@ -65,7 +68,7 @@ def count(config: str, batches: int, args) -> int:
             f"--callgrind-out-file={tmp}/out",
             sys.executable,
             "-m",
-            "benchmarks.instructions",
+            "dali_cutmix_bench.instructions",
             "--drive",
             config,
             str(batches),

@@ -1,5 +1,5 @@
 """``train.py``'s command line: the flags, their checks (one-line errors, exit code 2), and the
-end of every failure in one line (:func:`main`). The run itself is :mod:`trainer.run`, imported
+end of every failure in one line (:func:`main`). The run itself is :mod:`dali_cutmix_trainer.run`, imported
 once the flags are good: a bad flag or ``--help`` answers without loading torch, torchvision or
 DALI."""
 
@@ -174,14 +174,14 @@ def main(argv=None) -> int:
         return run(args)
     except StopRun as e:  # bad data, flags or checkpoints, a non-finite loss: the message says what to do
         debug_traceback()
-        print(f"train.py: error: {e}", file=sys.stderr)
+        print(f"{prog()}: error: {e}", file=sys.stderr)
         return e.code
     except UserError as e:  # found once the run had started (a damaged metrics file, ...)
         debug_traceback()
-        print(f"train.py: error: {e}", file=sys.stderr)
+        print(f"{prog()}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C before training started, or a second one during it
-        print("train.py: interrupted; the checkpoints already written are kept (--resume continues from the last)",
+        print(f"{prog()}: interrupted; the checkpoints already written are kept (--resume continues from the last)",
               file=sys.stderr)  # fmt: skip
         return 130
     except OSError as e:  # the disk, the folder, the storage
@@ -189,10 +189,16 @@ def main(argv=None) -> int:
         if not e.strerror:
             return report_bug(e, Path(args.output))
         advice = OS_ADVICE.get(e.errno, "fix that, then run again (--resume continues a run that had started)")
-        print(f"train.py: error: {e.filename or args.output}: {e.strerror}: {advice}", file=sys.stderr)
+        print(f"{prog()}: error: {e.filename or args.output}: {e.strerror}: {advice}", file=sys.stderr)
         return 1
     except Exception as e:
         return report_bug(e, Path(args.output))
+
+
+def prog() -> str:
+    """The command's name for its messages: ``train.py``, or ``dali-cutmix-train`` when installed."""
+    name = Path(sys.argv[0]).name
+    return name if name in ("train.py", "dali-cutmix-train") else "train.py"
 
 
 def debug_traceback() -> None:
@@ -217,6 +223,6 @@ def report_bug(error: BaseException, out: Path) -> int:
             f.write(text)
         log = Path(name)
     first = (str(error).strip().splitlines() or [""])[0][:300]
-    print(f"train.py: internal error (a bug, not your input): {type(error).__name__}: {first}; the traceback is "
+    print(f"{prog()}: internal error (a bug, not your input): {type(error).__name__}: {first}; the traceback is "
           f"in {log}: please report it with the command you ran", file=sys.stderr)  # fmt: skip
     return 1

@@ -1,12 +1,15 @@
 """Throughput profiler: where the images per second go, side by side with the peers.
 
-    python -m benchmarks.bench --data DIR [--device cpu|gpu] [--batch-size 64] [--image-size 224]
+    dali-cutmix-bench --data DIR [--device cpu|gpu] [--batch-size 64] [--image-size 224]
+    python -m dali_cutmix_bench.bench ...     # the same, from a checkout
 
 Sections (``--sections``), each configuration measured after a warm-up:
 
 * ``epochs`` (the primary measurement: what a trainer sees): each configuration's loader iterated
   for ``--epochs`` whole epochs back to back, in a process of its own, ``--reps`` rounds taken in
   turn; images/s and process CPU time per image;
+* ``isa`` (CPU): the native CutMix pipeline as ``epochs`` measures it, once per compiled copy of
+  the operator's pixel work that this CPU runs (portable, AVX2, AVX-512), against the portable one;
 * ``cutmix op``: the cost of CutMix alone per batch, on uint8 batches read from .npy files and
   normalised as in training (the native backend mixes and normalises in one pass);
 * ``stages``: the pipeline cut after each stage (read, decode+crop+resize, normalise, CutMix);
@@ -19,7 +22,7 @@ Sections (``--sections``), each configuration measured after a warm-up:
 * ``ffcv`` (when ``ffcv`` is importable: ``bash scripts/peers.sh``): FFCV on the same photos as
   JPEG and as its ImageNet recipe stores them, against the native backend on the originals and on
   data prepared by ``pipelines.prepare``, whole epochs in processes of their own
-  (:mod:`benchmarks.ffcv_peers`).
+  (:mod:`dali_cutmix_bench.ffcv_peers`).
 
 The DALI sections measure their configurations in turn (A B C, B C A, ...), and the CutMix costs
 are medians of per-repetition ratios (see :func:`interleaved`): on a shared machine that is what
@@ -46,9 +49,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks import ffcv_peers
 from dali_cutmix.ops import BACKENDS, DEFAULT_BACKEND, REFUSED
 from dali_cutmix.recipe import MixConfig
+from dali_cutmix_bench import ffcv_peers
 from pipelines.folders import load_imagenet
 from pipelines.shards import is_shards
 from pipelines.sources import load_source
@@ -161,7 +164,7 @@ def mix_and_normalise(images, kind: str, *, fp16: bool = False):
     """The operator section's graph after its source of (S, S, 3) uint8 images: normalised as in
     training, alone (``"none"``), after one batch copy (``"copy"``), after a Python operator that
     returns its input (``"pycopy"``), or after CutMix with backend ``kind``. Shared with
-    :mod:`benchmarks.instructions`."""
+    :mod:`dali_cutmix_bench.instructions`."""
     from nvidia.dali import fn
 
     from dali_cutmix.ops import Normalize, cutmix
@@ -247,6 +250,51 @@ def cutmix_op_rows(args) -> list[Row]:
     return rows
 
 
+def isa_op_rows(args) -> list[Row]:
+    """The native operator alone on the training pipelines' path (resize crops of many shapes to
+    S x S, CutMix, flip, normalise to CHW float), once per compiled copy this CPU runs, measured in
+    turn in one process: what the copies change, without the decoder's time around it. Crops are
+    read from .npy files (no Python feeding the pipeline)."""
+    import tempfile
+
+    from nvidia.dali import fn, pipeline_def, types
+
+    from dali_cutmix import plugin
+    from pipelines.graphs import MEAN, STD
+
+    plugin.load()
+    rng = np.random.default_rng(0)
+    S, B = args.image_size, args.batch_size
+    folder = tempfile.TemporaryDirectory(prefix="dali-cutmix-bench-")
+    for i in range(2 * B):  # the decoder's random crops: sides from S/2 to 2S, uint8 HWC
+        h, w = (int(v) for v in rng.integers(S // 2, 2 * S, 2))
+        np.save(os.path.join(folder.name, f"{i:05d}.npy"), rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+    @pipeline_def(enable_conditionals=False)
+    def graph(isa):
+        images = fn.reshape(fn.readers.numpy(file_root=folder.name, file_filter="*.npy"), layout="HWC")
+        labels = fn.random.uniform(range=[0, 1000], dtype=types.INT32)
+        entropy = fn.random.uniform(range=[0.0, 1.0], shape=[2])
+        norm = dict(mean=MEAN, std=STD, mirror=fn.random.coin_flip(), output_layout="CHW", dtype=types.FLOAT)
+        return fn.dali_cutmix.mix(images, labels, entropy, size=[S, S], isa=isa, **norm)[0]
+
+    pipes = {}
+    for name, settings in ISA_PIPELINES.items():
+        if settings["isa"] in cpu_isas():
+            pipe = graph(settings["isa"], batch_size=B, num_threads=args.workers, device_id=None, seed=0)
+            pipes[name.replace("native CutMix", "operator alone")] = pipe
+    for pipe in pipes.values():
+        pipe.build()
+    cpu: dict[str, list[float]] = {}
+    rates = interleaved({name: iter(pipe.run, None) for name, pipe in pipes.items()}, B, warmup=args.warmup,
+                        steps=args.steps * 5, reps=args.reps, settle=SETTLE, cpu=cpu)  # fmt: skip
+    base = "operator alone, portable copy"
+    rows = [Row("isa op", name, rates[name], baseline=base, cpu_ms=cpu[name]) for name in pipes]
+    del pipes  # stops the readers before their files go
+    folder.cleanup()
+    return rows
+
+
 def stage_rows(args, train_split) -> list[Row]:
     """The training pipeline cut after each stage; differences give each stage's cost."""
     from nvidia.dali import fn, pipeline_def
@@ -324,22 +372,43 @@ PIPELINES = {
     "DALI, no CutMix, uint8 out": {"recipe": None, "uint8": True},
     "DALI + CutMix (native), uint8 out": {"backend": "native", "uint8": True},
 }
+# The native operator's compiled copies of its pixel work (section "isa"): the same pipeline, each
+# copy forced by DALI_CUTMIX_ISA; a CPU runs those it has (x86-64 builds with GCC).
+ISA_PIPELINES = {
+    "native CutMix, portable copy": {"backend": "native", "isa": "portable"},
+    "native CutMix, AVX2 copy": {"backend": "native", "isa": "avx2"},
+    "native CutMix, AVX-512 copy": {"backend": "native", "isa": "avx512"},
+}
+PIPELINES |= ISA_PIPELINES
 # The row each configuration is compared with (default: no CutMix, float out).
 COMPARED = {
     "DALI, no CutMix, uint8 out": "DALI, no CutMix",
     "DALI + CutMix (native), uint8 out": "DALI + CutMix (native)",
-}
+} | {name: "native CutMix, portable copy" for name in ISA_PIPELINES}
+
+
+def cpu_isas() -> list[str]:
+    """The native operator's copies this CPU runs (portable always)."""
+    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").is_file() else set()
+    if platform.machine() != "x86_64":
+        return ["portable"]
+    return ["portable"] + ["avx2"] * ("avx2" in flags) + ["avx512"] * ({"avx512f", "avx512bw", "avx512vl"} <= flags)
 
 
 def runnable_pipelines(device: str) -> dict[str, dict]:
-    """The loader configurations of :data:`PIPELINES` whose backend runs on ``device``."""
-    return {name: s for name, s in PIPELINES.items() if (s.get("backend"), device) not in REFUSED}
+    """The loader configurations of :data:`PIPELINES` whose backend runs on ``device`` (the
+    compiled copies are section "isa"'s)."""
+    return {name: s for name, s in PIPELINES.items()
+            if (s.get("backend"), device) not in REFUSED and name not in ISA_PIPELINES}  # fmt: skip
 
 
 def epoch_worker(args, train_split, name: str) -> None:
     """One configuration alone in this process: a warm-up epoch, then ``--epochs`` whole epochs
     back to back; prints images, wall and process CPU seconds as JSON (see :func:`epoch_rows`)."""
-    loader = make_loader(args, train_split, **PIPELINES[name])
+    settings = dict(PIPELINES[name])
+    if "isa" in settings:  # read by the native backend when it builds the operator
+        os.environ["DALI_CUTMIX_ISA"] = settings.pop("isa")
+    loader = make_loader(args, train_split, **settings)
     for _ in loader:
         pass
     images, start, start_cpu = 0, time.perf_counter(), time.process_time()
@@ -359,19 +428,23 @@ def epoch_run(args, data: str, name: str) -> dict:
 
     flags = ["--data", str(data), "--batch-size", str(args.batch_size), "--image-size", str(args.image_size),
              "--workers", str(args.workers), "--device", args.device, "--epochs", str(args.epochs)]  # fmt: skip
-    done = subprocess.run([sys.executable, "-m", "benchmarks.bench", *flags, "--epoch-worker", name],
+    done = subprocess.run([sys.executable, "-m", "dali_cutmix_bench.bench", *flags, "--epoch-worker", name],
                           capture_output=True, text=True)  # fmt: skip
     if done.returncode != 0:
         raise RuntimeError(f"epoch worker {name!r} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def epoch_rows(args, train_split) -> list[Row]:
+def epoch_rows(args, train_split, group: str = "epochs") -> list[Row]:
     """What a trainer sees, and the primary measurement: each configuration's loader iterated for
     whole epochs back to back, nothing in between, in a process of its own (so no other pipeline
     prefetches on its time or its CPU clock); configurations in turn, ``--reps`` rounds. Rows give
-    images/s and process CPU time per batch (all threads)."""
-    names = list(runnable_pipelines(args.device))
+    images/s and process CPU time per batch (all threads). ``group`` "isa": the native operator's
+    compiled copies that this CPU runs, side by side in the same way."""
+    if group == "isa":
+        names = [n for n, s in ISA_PIPELINES.items() if s["isa"] in cpu_isas()]
+    else:
+        names = [n for n in runnable_pipelines(args.device) if not args.configs or n in args.configs]
     rates: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
     for rep in range(args.reps):
@@ -379,7 +452,7 @@ def epoch_rows(args, train_split) -> list[Row]:
             got = epoch_run(args, args.data, name)
             rates[name].append(got["images"] / got["wall"])
             cpu[name].append(1000 * got["cpu"] / got["images"] * args.batch_size)
-    return [Row("epochs", n, rates[n], baseline=COMPARED.get(n, "DALI, no CutMix"), cpu_ms=cpu[n]) for n in names]
+    return [Row(group, n, rates[n], baseline=COMPARED.get(n, "DALI, no CutMix"), cpu_ms=cpu[n]) for n in names]
 
 
 def pipeline_rows(args, train_split) -> list[Row]:
@@ -410,8 +483,8 @@ def pipeline_rows(args, train_split) -> list[Row]:
 
 def make_trainer(args, num_classes: int):
     """Model (train.py's own builder), optimizer and a step function on the chosen device."""
-    from trainer.engine import train_step
-    from trainer.model import build_model
+    from dali_cutmix_trainer.engine import train_step
+    from dali_cutmix_trainer.model import build_model
 
     device = torch.device("cuda") if args.device == "gpu" else torch.device("cpu")
     model = build_model(args.arch, num_classes, device)
@@ -539,7 +612,13 @@ def findings(rows: list[Row], args) -> list[str]:
                     f"cutmix op/{name}: {cost:+.2f} ms per batch of {args.batch_size} ({cpu:+.2f} ms of CPU time) "
                     "over normalising alone"
                 )
-    for group in ("epochs", "pipeline"):
+    for row in (r for r in rows if r.group == "isa op" and r.name != r.baseline):
+        base = by[("isa op", row.baseline)]
+        if min(len(row.cpu_ms), len(base.cpu_ms)) >= 2:
+            extra, low, high = cpu_cost(row.cpu_ms, base.cpu_ms)
+            out.append(f"isa op/{row.name}: {extra:+.1f}% CPU time per batch ({low:+.1f}..{high:+.1f}) against "
+                       f"isa op/{row.baseline}, {len(row.cpu_ms)} paired repetitions")  # fmt: skip
+    for group in ("epochs", "isa", "pipeline"):
         for name in PIPELINES:
             row = by.get((group, name))
             base = by.get((group, COMPARED.get(name, "DALI, no CutMix")))
@@ -607,12 +686,12 @@ def _sync(args) -> Callable[[], None]:
     return torch.cuda.synchronize if args.device == "gpu" else (lambda: None)
 
 
-SECTIONS = ("epochs", "op", "stages", "pipeline", "trainer", "e2e", "peers", "ffcv")
+SECTIONS = ("epochs", "isa", "op", "stages", "pipeline", "trainer", "e2e", "peers", "ffcv")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="ImageNet-layout root (see python -m benchmarks.benchdata)")
+    p.add_argument("--data", required=True, help="ImageNet-layout root (see python -m dali_cutmix_bench.benchdata)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DALI threads = DataLoader workers")
@@ -626,6 +705,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--trainer-steps", type=int, default=3, help="batches per repetition (trainer, end to end)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--epochs", type=int, default=2, help="whole epochs per repetition (section 'epochs')")
+    p.add_argument("--configs", type=lambda v: v.split(";"), default=None, metavar="NAME;NAME",
+                   help="section epochs: only these configurations (names as in the table)")  # fmt: skip
     p.add_argument("--epoch-worker", choices=tuple(PIPELINES), help=argparse.SUPPRESS)  # one epochs-section turn
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--output", default="runs/bench")
@@ -634,6 +715,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.backend = args.backend or DEFAULT_BACKEND[args.device]
     if (args.backend, args.device) in REFUSED:
         p.error(f"--backend {args.backend}: {REFUSED[(args.backend, args.device)]}")
+    for name in args.configs or ():
+        if name not in PIPELINES:
+            p.error(f"--configs: unknown configuration {name!r}, expected some of {';'.join(PIPELINES)}")
     args.sections = args.sections.split(",")
     for s in args.sections:
         if s not in SECTIONS:
@@ -650,12 +734,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    # Training shards (benchmarks.shards_vs_files) stand in for the root's train/ folder.
+    # Training shards (dali_cutmix_bench.shards_vs_files) stand in for the root's train/ folder.
     train_split = load_source(args.data) if is_shards(args.data) else load_imagenet(args.data)[0]
     num_classes = len(train_split.classes)
     rows: list[Row] = []
     steps = {
         "epochs": lambda: epoch_rows(args, train_split),
+        "isa": lambda: epoch_rows(args, train_split, "isa") + isa_op_rows(args) if args.device == "cpu" else [],
         "op": lambda: cutmix_op_rows(args),
         "stages": lambda: stage_rows(args, train_split),
         "pipeline": lambda: pipeline_rows(args, train_split),
@@ -665,7 +750,7 @@ def main(argv=None) -> None:
     if args.epoch_worker:
         epoch_worker(args, train_split, args.epoch_worker)
         return
-    for section in ("epochs", "op", "stages", "pipeline", "peers", "ffcv"):
+    for section in ("epochs", "isa", "op", "stages", "pipeline", "peers", "ffcv"):
         if section in args.sections:
             print(f"measuring {section} ...", flush=True)
             rows += steps[section]()

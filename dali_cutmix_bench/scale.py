@@ -1,6 +1,6 @@
 """ImageNet's size: how start-up grows with the number of files (not a timed test).
 
-    python -m benchmarks.scale --out /tmp/scale            # 10,000 and 100,000 files, 1,000 classes
+    python -m dali_cutmix_bench.scale --out /tmp/scale            # 10,000 and 100,000 files, 1,000 classes
 
 Builds two 1,000-class trees of small real-photo JPEGs (random crops of Debian's
 ``mate-backgrounds`` photos, 48 px), then, for each, in a fresh process: listing the files, the
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.benchdata import find_photos
+from dali_cutmix_bench.benchdata import find_photos
 
 IMAGENET_FILES = 1_281_167
 
@@ -109,8 +109,8 @@ def main(argv=None) -> None:
         start = time.perf_counter()
         root = build_tree(out / f"tree-{per_class}", per_class)
         print(f"tree of {per_class * 1000} files ready in {time.perf_counter() - start:.0f} s", flush=True)
-        done = subprocess.run([sys.executable, "-m", "benchmarks.scale", "--out", args.out, "--measure", str(root)],
-                              capture_output=True, text=True)  # fmt: skip
+        command = [sys.executable, "-m", "dali_cutmix_bench.scale", "--out", args.out, "--measure", str(root)]
+        done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"scale: measuring {root} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
         figures[per_class * 1000] = json.loads(done.stdout.strip().splitlines()[-1])

@@ -1,7 +1,7 @@
 """FFCV beside this project's loader on the same photos: the profiler's ``ffcv`` section.
 
     bash scripts/peers.sh                                   # FFCV 1.0.2 in .venv-peers, once
-    .venv-peers/bin/python -m benchmarks.bench --data DIR --sections ffcv --workers 2 --reps 3
+    .venv-peers/bin/python -m dali_cutmix_bench.bench --data DIR --sections ffcv --workers 2 --reps 3
 
 Four loaders, each for ``--epochs`` whole epochs after a warm-up epoch, in a process of its own,
 taken in turn for ``--reps`` rounds (images/s and process CPU time per batch, as the ``epochs``
@@ -108,7 +108,8 @@ def worker(argv=None) -> None:
 def ffcv_run(args, beton: Path, classes: int) -> dict:
     flags = ["--beton", str(beton), "--batch-size", str(args.batch_size), "--image-size", str(args.image_size),
              "--workers", str(args.workers), "--epochs", str(args.epochs), "--classes", str(classes)]  # fmt: skip
-    done = subprocess.run([sys.executable, "-m", "benchmarks.ffcv_peers", *flags], capture_output=True, text=True)
+    command = [sys.executable, "-m", "dali_cutmix_bench.ffcv_peers", *flags]
+    done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"FFCV worker failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -1,6 +1,6 @@
 """The run folder's policy: what a start finds there (a live run, a run to resume or to move
 aside, writes that never finished), the lock held for the run, and what a write that fails
-(a full disk) tells the user. The files themselves are :mod:`trainer.checkpoint`'s."""
+(a full disk) tells the user. The files themselves are :mod:`dali_cutmix_trainer.checkpoint`'s."""
 
 from __future__ import annotations
 
