@@ -98,6 +98,8 @@ class DALILoader:
     reader_name: the pipeline's reader, for the epoch's size.
     normalize: None, or a callable applied to ``images`` on ``device``
         (:class:`dali_cutmix.device.DeviceNormalize` for a pipeline that ships uint8).
+    images_hwc: the pipeline's float ``images`` are (B, H, W, C): they come out as the (B, C, H, W)
+        view of the same memory, channels_last, with nothing copied (the GPU pipelines' way).
     classes: the class names, kept as ``loader.classes``; None: unknown.
     """
 
@@ -112,6 +114,7 @@ class DALILoader:
         origin: int | None = None,
         reader_name: str = "Reader",
         normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        images_hwc: bool = False,
         classes: list[str] | None = None,
     ):
         if last_batch not in POLICIES:
@@ -121,6 +124,7 @@ class DALILoader:
         self.classes = classes
         self.pipeline = pipeline
         self.normalize = normalize
+        self.images_hwc = images_hwc
         self.epoch = start_epoch
         self.origin = start_epoch if origin is None else origin  # the epoch of the pipeline's first batch
         self._closed = False
@@ -190,4 +194,6 @@ class DALILoader:
             return t.reshape(-1)
         if name == "images" and self.normalize is not None:
             return self.normalize(t)
+        if name == "images" and self.images_hwc:
+            return t.permute(0, 3, 1, 2)  # NCHW, channels_last in memory: a view, nothing copied
         return t

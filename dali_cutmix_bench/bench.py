@@ -53,6 +53,7 @@ from dali_cutmix.ops import BACKENDS, DEFAULT_BACKEND, REFUSED
 from dali_cutmix.recipe import MixConfig
 from dali_cutmix_bench import ffcv_peers
 from pipelines.folders import load_imagenet
+from pipelines.settings import process_threads
 from pipelines.shards import is_shards
 from pipelines.sources import load_source
 
@@ -694,7 +695,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", required=True, help="ImageNet-layout root (see python -m dali_cutmix_bench.benchdata)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DALI threads = DataLoader workers")
+    p.add_argument("--workers", type=int, default=process_threads(),
+                   help="DALI threads = DataLoader workers (default: the cores per local rank)")  # fmt: skip
     p.add_argument("--device", choices=("cpu", "gpu"), default="gpu" if torch.cuda.is_available() else "cpu")
     p.add_argument("--arch", default=None, help="trainer model (default: resnet50 on GPU, resnet18 on CPU)")
     p.add_argument(

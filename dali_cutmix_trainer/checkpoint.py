@@ -134,6 +134,27 @@ def check_space(out: Path, need: int) -> None:
                       f"{need / 2**20:.0f} MiB", str(out))  # fmt: skip
 
 
+# What a run writes besides its checkpoints: a start that wrote no checkpoint leaves only these.
+RUN_LEFTOVERS = ("metrics.jsonl", "config.json", "curves.png", "batch.png", "bad_files_train.txt",
+                 "bad_files_val.txt", "unreadable_files_train.txt", "unreadable_files_val.txt")  # fmt: skip
+
+
+def has_checkpoints(out: Path) -> bool:
+    """Whether ``out`` holds a checkpoint file (loadable or not)."""
+    return bool(_checkpoints(out))
+
+
+def remove_leftovers(out: Path) -> list[Path]:
+    """Delete what a start that wrote no checkpoint left in ``out`` (its rows, config, pictures,
+    listings and error files); returns them. Only for a folder with no checkpoint."""
+    if not Path(out).is_dir() or has_checkpoints(out):
+        return []
+    found = [Path(out) / n for n in RUN_LEFTOVERS if (Path(out) / n).exists()] + sorted(Path(out).glob("error*.log"))
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found
+
+
 def holds_run(out: Path) -> bool:
     """Whether ``out`` holds (part of) a training run: its metrics or a checkpoint."""
     out = Path(out)
@@ -184,8 +205,10 @@ def save(
     keep: int,
     step: int = 0,
     loaders: list[dict] | None = None,
+    books: dict | None = None,
 ) -> Path:
     """Write the state after ``epoch`` complete epochs and ``step`` more steps; prune old ones.
+    ``books``: a step checkpoint's running figures of its epoch (``EpochBooks.state``).
 
     Epoch checkpoints beyond the newest ``keep`` go, and so do interrupt checkpoints that a later
     one has superseded.
@@ -204,6 +227,7 @@ def save(
         "torch_rng": torch.get_rng_state(),
         "config": config,
         "loaders": loaders,  # each rank's DALILoader.state(): resumes the data stream exactly
+        "books": books,  # the interrupted epoch's loss sum, images and times: its row as if uninterrupted
     }
     name = f"checkpoint_{epoch:04d}.pt" if step == 0 else f"checkpoint_{epoch:04d}_step{step:06d}.pt"
     path = Path(out) / name
@@ -261,6 +285,7 @@ def load(path: Path, arch: str) -> dict:
         raise UnreadableCheckpoint(f"checkpoint {path} is not a dali-cutmix training checkpoint")
     state.setdefault("step", 0)
     state.setdefault("loaders", None)
+    state.setdefault("books", None)
     if state["arch"] != arch:
         raise CheckpointError(f"checkpoint {path} is a {state['arch']}, but the model asked for is a {arch}")
     return state
@@ -298,7 +323,8 @@ def check_data(state: dict, path: Path, num_classes: int, fingerprint: str) -> N
 def restore(state: dict, model, optimizer, scheduler, scaler, *, steps_per_epoch: int):
     """Load the weights, optimizer and scaler state (:func:`check_data` says whether they fit);
     return the lr schedule built from this run's flags (``scheduler``: its total, warmup and lr
-    scaling) as a new ``LambdaLR`` at the checkpoint's step, which sets the optimizer's lr."""
+    scaling) as a new ``LambdaLR`` at the checkpoint's step, which sets the optimizer's lr.
+    ``steps_per_epoch``: the steps an epoch runs (the loader's, or ``--max-steps`` when fewer)."""
     import torch
 
     model.load_state_dict(state["model"])

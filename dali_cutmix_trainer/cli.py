@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 import tempfile
+import time
 import traceback
 from pathlib import Path
 
@@ -64,7 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr-step", type=int, default=75, help="step schedule: lr x0.1 every N epochs (paper: 75)")
     p.add_argument("--warmup-epochs", type=float, default=None, help="linear warmup (demo 0, else 5)")
     p.add_argument("--smoothing", "--label-smoothing", type=float, default=0.0, dest="smoothing")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DALI CPU threads")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DALI CPU threads, training and validation (default: the cores per local rank)")  # fmt: skip
     add_recipe_args(p)  # the mixing flags, timm's names among them (pipelines.recipe_args)
     p.add_argument(
         "--mix-in",
@@ -79,7 +82,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--keep-checkpoints", type=int, default=3, help="how many epoch checkpoints to keep")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
-    p.add_argument("--no-amp", action="store_true", help="GPU: train in float32 instead of float16 autocast")
+    p.add_argument("--no-amp", action="store_true", help="GPU: train in float32 instead of autocast")
+    p.add_argument("--amp-dtype", choices=("fp16", "bf16"), default="fp16",
+                   help="GPU: autocast to float16 (GradScaler) or bfloat16 (Ampere and later, no scaler)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--demo-per-class", type=int, default=1000, help="demo: training images per class")
     p.add_argument("--scan", choices=("quick", "full", "off"), default="quick", help="check files before training")
@@ -154,6 +159,12 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--data {args.data!r} {SHARDS_NEED_VAL.format(flag='--val-data')}")
     if args.device == "gpu" and not _cuda_available():
         p.error("--device gpu: CUDA is not available on this machine")
+    if args.resume is not None and args.overwrite:
+        p.error("--resume and --overwrite exclude each other: --resume continues the run in --output, --overwrite "
+                "moves it aside and starts afresh")  # fmt: skip
+    if args.amp_dtype == "bf16" and not args.no_amp and args.device != "cpu" and _cuda_available():
+        if not _bf16_supported():
+            p.error("--amp-dtype bf16: this GPU has no bfloat16 (it takes Ampere or later): use --amp-dtype fp16")
     if args.resume not in (None, "latest") and not Path(args.resume).is_file():
         p.error(f"--resume {args.resume!r}: no such checkpoint file")
 
@@ -164,14 +175,23 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def _bf16_supported() -> bool:
+    import torch
+
+    return torch.cuda.is_bf16_supported()
+
+
 def main(argv=None) -> int:
     """Run, and end any failure in one line on stderr: what the user can fix says what to do; a
-    bug says so and names the file holding its traceback (``DALI_CUTMIX_DEBUG=1`` prints it too)."""
+    bug says so and names the file holding its traceback (``DALI_CUTMIX_DEBUG=1`` prints it too);
+    under torchrun each rank keeps its own traceback file, and a rank stopped by a peer's failure
+    says so and names the peer's file."""
     args = parse_args(argv)
+    report = Report(Path(args.output), rank=int(os.environ.get("RANK", "0") or 0))
     try:
         from .run import run  # the heavy part (torch, torchvision, DALI), once the flags are good
 
-        return run(args)
+        return run(args, report)
     except StopRun as e:  # bad data, flags or checkpoints, a non-finite loss: the message says what to do
         debug_traceback()
         print(f"{prog()}: error: {e}", file=sys.stderr)
@@ -181,18 +201,19 @@ def main(argv=None) -> int:
         print(f"{prog()}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C before training started, or a second one during it
-        print(f"{prog()}: interrupted; the checkpoints already written are kept (--resume continues from the last)",
-              file=sys.stderr)  # fmt: skip
+        kept = "the checkpoints already written are kept (--resume continues from the last)" if report.checkpoints() \
+            else "no checkpoint had been written yet"  # fmt: skip
+        print(f"{prog()}: interrupted; {kept}", file=sys.stderr)
         return 130
     except OSError as e:  # the disk, the folder, the storage
         debug_traceback()
         if not e.strerror:
-            return report_bug(e, Path(args.output))
+            return report.bug(e)
         advice = OS_ADVICE.get(e.errno, "fix that, then run again (--resume continues a run that had started)")
         print(f"{prog()}: error: {e.filename or args.output}: {e.strerror}: {advice}", file=sys.stderr)
         return 1
     except Exception as e:
-        return report_bug(e, Path(args.output))
+        return report.bug(e)
 
 
 def prog() -> str:
@@ -202,27 +223,83 @@ def prog() -> str:
 
 
 def debug_traceback() -> None:
-    """With ``DALI_CUTMIX_DEBUG=1``, the traceback of the exception being handled, on stderr."""
-    if os.environ.get("DALI_CUTMIX_DEBUG"):
+    """With ``DALI_CUTMIX_DEBUG`` set (to anything but 0 or empty), the traceback of the exception
+    being handled, on stderr."""
+    if os.environ.get("DALI_CUTMIX_DEBUG", "") not in ("", "0"):
         traceback.print_exc()
 
 
-def report_bug(error: BaseException, out: Path) -> int:
-    """A bug: one line that says so and names the file holding the traceback (``out/error.log``,
-    or a temporary file when ``out`` does not exist or cannot be written). Returns 1."""
-    text = "".join(traceback.format_exception(error))
-    debug_traceback()
-    try:
-        log = out / "error.log"
-        if not out.is_dir():
-            raise FileNotFoundError(out)
-        log.write_text(text)
-    except OSError:
-        fd, name = tempfile.mkstemp(prefix="dali-cutmix-error-", suffix=".log")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        log = Path(name)
-    first = (str(error).strip().splitlines() or [""])[0][:300]
-    print(f"{prog()}: internal error (a bug, not your input): {type(error).__name__}: {first}; the traceback is "
-          f"in {log}: please report it with the command you ran", file=sys.stderr)  # fmt: skip
-    return 1
+# What a collective raises on a rank whose peer failed or died (gloo, NCCL, the store).
+PEER_FAILED = re.compile(r"Connection closed by peer|Connection reset by peer|Broken pipe|remote process exit|"
+                         r"NCCL communicator was aborted|ProcessGroupNCCL.*(?:abort|timeout)|Socket Timeout|"
+                         r"failed to recv|Connection refused", re.I)  # fmt: skip
+
+
+class Report:
+    """Where this process's failure is told: ``out/error.log`` (rank 0) or ``out/error.rankN.log``
+    (rank N), once this job holds the run folder (:meth:`own`; a job refused by a live run's lock
+    writes nothing there), else a temporary file."""
+
+    def __init__(self, out: Path, rank: int = 0):
+        self.out, self.rank, self.owned, self.since = out, rank, False, time.time()
+
+    def own(self) -> None:
+        """This job holds ``out`` (rank 0's lock, known to every rank)."""
+        self.owned = True
+
+    def log_name(self, rank: int) -> str:
+        return "error.log" if rank == 0 else f"error.rank{rank}.log"
+
+    def checkpoints(self) -> bool:
+        from .checkpoint import latest
+
+        return self.out.is_dir() and latest(self.out) is not None
+
+    def bug(self, error: BaseException) -> int:
+        """A bug, or a peer's failure seen here: one line that says which and names the file holding
+        the traceback (this rank's, written now, and for a peer's failure the peer's). Returns 1."""
+        debug_traceback()
+        log = self.write("".join(traceback.format_exception(error)))
+        first = (str(error).strip().splitlines() or [""])[0][:300]
+        if self.peer_failed(error):
+            peers = self.peer_logs()
+            cause = f"its traceback is in {', '.join(map(str, peers))}" if peers else (
+                "it left no traceback file: its own error line says why, else it was killed (a signal, the "
+                "out-of-memory killer) or lost its node, which torchrun's report names")  # fmt: skip
+            print(f"{prog()}: rank {self.rank} stopped because another rank failed first ({type(error).__name__}: "
+                  f"{first[:120]}): {cause}; this rank's traceback is in {log}", file=sys.stderr)  # fmt: skip
+            return 1
+        print(f"{prog()}: internal error (a bug, not your input): {type(error).__name__}: {first}; the traceback is "
+              f"in {log}: please report it with the command you ran", file=sys.stderr)  # fmt: skip
+        return 1
+
+    def write(self, text: str) -> Path:
+        """``text`` in this rank's traceback file; the file's path."""
+        try:
+            if not self.owned or not self.out.is_dir():
+                raise FileNotFoundError(self.out)
+            log = self.out / self.log_name(self.rank)
+            log.write_text(text)
+            return log
+        except OSError:
+            fd, name = tempfile.mkstemp(prefix=f"dali-cutmix-error-rank{self.rank}-", suffix=".log")
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            return Path(name)
+
+    def peer_failed(self, error: BaseException) -> bool:
+        """Whether ``error`` is a collective's failure because another rank failed or died."""
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) < 2:
+            return False
+        dist = sys.modules.get("torch.distributed")
+        if dist is not None and isinstance(error, getattr(dist, "DistError", ())):
+            return True
+        return bool(PEER_FAILED.search(str(error)))
+
+    def peer_logs(self) -> list[Path]:
+        """Other ranks' traceback files written during this run (theirs are the cause)."""
+        if not self.out.is_dir():
+            return []
+        own = self.log_name(self.rank)
+        found = [p for p in self.out.glob("error*.log") if p.name != own and p.stat().st_mtime >= self.since - 1]
+        return sorted(found)

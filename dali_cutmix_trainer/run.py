@@ -6,9 +6,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import signal
 import sys
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import NamedTuple
 
@@ -28,7 +30,7 @@ from pipelines.sources import resolve
 
 from . import checkpoint as ckpt
 from .curves import plot_metrics
-from .engine import LRSchedule, Stop, evaluate, gather_states, sgd, train_epoch
+from .engine import AMP_DTYPES, EpochBooks, LRSchedule, Stop, evaluate, gather_states, grad_scaler, sgd, train_epoch
 from .flags import loader_settings, size_schedule
 from .model import build_model
 from .run_folder import StopRun, kept, next_checkpoint_bytes, on_disk_full, open_run
@@ -43,8 +45,44 @@ def setup_distributed(args) -> tuple[int, int, torch.device]:
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True  # fixed-size input: cuDNN picks the fastest kernels once
     if world > 1:
-        dist.init_process_group("nccl" if use_gpu else "gloo")
+        die_with_launcher()
+        init_group("nccl" if use_gpu else "gloo", rank, world)
     return rank, world, device
+
+
+def init_group(backend: str, rank: int, world: int) -> None:
+    """The process group, formed so that a restart works whenever its ranks arrive.
+
+    torchrun's agent keeps one store for the job across restarts (``--max-restarts``, static or
+    c10d rendezvous), and gloo and NCCL exchange their addresses through it under fixed keys: a
+    rank of a restarted job that reaches the group before its peer reads the dead peer's address
+    and fails (gloo: "connectFullMesh failed ... Connection refused"). Each restart's keys get
+    their own prefix here, so a rank that arrives first waits for the peer's new address instead.
+    """
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        dist.init_process_group(backend)  # env:// as the launcher set it (Slurm's srun, a plain script)
+        return
+    agent = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                          timeout=timedelta(minutes=30))  # fmt: skip
+    store = dist.PrefixStore(f"dali_cutmix/restart_{restart}", agent)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world)
+
+
+def die_with_launcher() -> None:
+    """Under torchrun, die with its agent: a SIGKILLed agent would otherwise leave its workers
+    training on, writing into the run folder, with nobody to stop or restart them. The kernel
+    sends SIGKILL when the parent dies (``prctl(PR_SET_PDEATHSIG)``, Linux): nothing more is
+    written, the last checkpoint stays the resume point."""
+    if sys.platform != "linux" or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(1, signal.SIGKILL, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG = 1
+        return
+    if os.getppid() == 1:  # the agent died before the request: nobody will send the signal
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Data(NamedTuple):
@@ -76,19 +114,22 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
         raise UserError(f"--strict: {e}") from e
     if world > 1 and rank == 0:
         dist.barrier()
-    share = rank_share(len(train_split), world)
-    if share < args.batch_size:
+    smallest = len(train_split) // world  # a rank's own images, before DALI pads its shard
+    if smallest < args.batch_size:
+        shares = f"{smallest}" if smallest == rank_share(len(train_split), world) else \
+            f"{smallest} to {rank_share(len(train_split), world)}"  # fmt: skip
         raise UserError(
-            f"--batch-size {args.batch_size} is larger than this rank's share of the training data: {share} of "
+            f"--batch-size {args.batch_size} is larger than a rank's share of the training data: {shares} of "
             f"{len(train_split)} images over {world} process(es); lower --batch-size (or run fewer processes)"
         )
     dali_device = "gpu" if device.type == "cuda" else "cpu"
-    fp16 = dali_device == "gpu" and not args.no_amp
+    # float16 images under either AMP dtype: half the bytes of float32 (bfloat16 autocast casts them)
+    fp16 = dali_device == "gpu" and amp_dtype(args, device) is not None
     settings = loader_settings(args, train_split, device=dali_device, device_id=device.index, torch_device=device,
                                shard_id=rank, num_shards=world, fp16=fp16)  # fmt: skip
     mixing = dict(recipe=args.recipe if args.mix_in == "pipeline" else None, backend=args.cutmix_backend)  # loop: plain
     train = train_loader(settings, start_epoch=start_epoch, state=loader_state, last_batch="drop", **mixing)
-    val = val_loader(settings.replace(data=val_split, image_size=args.val_image_size, size_schedule=None, fp16=False,
+    val = val_loader(settings.replace(data=val_split, image_size=args.val_image_size, size_schedule=None,
                                       classes=train_split.classes))  # fmt: skip
     mixer = None
     if args.recipe is not None and args.mix_in == "loop":
@@ -100,6 +141,16 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
     return Data(train, val, train_split.classes, train_split.fingerprint(root), mixer)
 
 
+def amp_dtype(args, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: ``--amp-dtype`` on CUDA unless ``--no-amp``; None (float32) elsewhere."""
+    return AMP_DTYPES[args.amp_dtype] if device.type == "cuda" and not args.no_amp else None
+
+
+def steps_run(args, loader) -> int:
+    """Training steps an epoch: the loader's, or ``--max-steps`` when fewer (the lr schedule counts these)."""
+    return len(loader) if args.max_steps is None else min(len(loader), args.max_steps)
+
+
 def build_optimizer(args, model: torch.nn.Module, world: int, steps_per_epoch: int):
     """SGD (:func:`dali_cutmix_trainer.engine.sgd`), lr scaled by global batch / 256, and its per-step schedule."""
     lr = args.lr * args.batch_size * world / 256
@@ -108,8 +159,9 @@ def build_optimizer(args, model: torch.nn.Module, world: int, steps_per_epoch: i
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
-def run(args) -> int:
-    """The whole run: prepare, then train and evaluate epoch by epoch; the exit code."""
+def run(args, report=None) -> int:
+    """The whole run: prepare, then train and evaluate epoch by epoch; the exit code. ``report``
+    (:class:`dali_cutmix_trainer.cli.Report`) learns when this job holds the run folder."""
     rank, world, device = setup_distributed(args)
     torch.manual_seed(args.seed)
     out = Path(args.output)
@@ -123,6 +175,8 @@ def run(args) -> int:
                       f"out", 2) from e  # fmt: skip
     except UserError as e:  # what the user can fix; any other exception is a bug, reported by main()
         raise StopRun(e, 2) from e
+    if report is not None:
+        report.own()
     try:
         return fit(args, rank, world, device, out, state, data)
     finally:
@@ -136,12 +190,17 @@ def fit(args, rank: int, world: int, device: torch.device, out: Path, state: dic
     """Train and evaluate epoch by epoch from ``state`` (or afresh), saving as it goes; the exit code."""
     train, val, classes, fingerprint, mixer = data
     model = build_model(args.arch, len(classes), device)
-    optimizer, scheduler = build_optimizer(args, model, world, len(train))
-    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and not args.no_amp else None
+    optimizer, scheduler = build_optimizer(args, model, world, steps_run(args, train))
+    amp = amp_dtype(args, device)
+    scaler = grad_scaler(device, amp)
     if state:  # prepare checked that it fits (flags, data, classes)
-        scheduler = ckpt.restore(state, model, optimizer, scheduler, scaler, steps_per_epoch=len(train))
+        scheduler = ckpt.restore(state, model, optimizer, scheduler, scaler, steps_per_epoch=steps_run(args, train))
+    # Gradients as views of DDP's buckets: no copy into the buckets each step. BN buffers are
+    # broadcast from rank 0 before each forward (DDP's default; docs/DESIGN.md says why).
     ddp = (
-        torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True
+        )  # fmt: skip
         if world > 1
         else model
     )
@@ -177,11 +236,14 @@ def fit(args, rank: int, world: int, device: torch.device, out: Path, state: dic
             if rank == 0:  # the checkpoint at this epoch's end must fit: said now, not after an hour's work
                 on_disk_full(out, ckpt.check_space, out, next_checkpoint_bytes(out, model, optimizer))
             side = sizes.at(epoch, args.image_size) if sizes else args.image_size
-            row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "image_size": side}
+            row = {"epoch": epoch, "image_size": side}
+            # A step checkpoint carries the interrupted epoch's books: its row counts the whole epoch.
+            resumed = state.get("books") if state and start_step and epoch == state["epoch"] else None
+            books = EpochBooks(device, rank=rank, world=world, state=resumed, lr=optimizer.param_groups[0]["lr"])
             try:
                 row |= train_epoch(ddp, train, optimizer, scheduler, scaler, epoch=epoch, device=device, stop=stop,
-                                   world=world, start_step=start_step, max_steps=args.max_steps, mixer=mixer,
-                                   smoothing=args.smoothing, show=rank == 0)  # fmt: skip
+                                   books=books, world=world, start_step=start_step, max_steps=args.max_steps,
+                                   mixer=mixer, smoothing=args.smoothing, amp=amp, show=rank == 0)  # fmt: skip
             except FloatingPointError as e:
                 raise StopRun(f"{e}: lower --lr (or --warmup-epochs more); {kept(out)}", 1) from e
             except DecodeFailed as e:
@@ -192,20 +254,22 @@ def fit(args, rank: int, world: int, device: torch.device, out: Path, state: dic
                         keep=args.keep_checkpoints, loaders=loaders)  # fmt: skip
             if row.pop("stopped"):
                 if rank == 0:
-                    path = on_disk_full(out, ckpt.save, out, epoch, step=row["steps"], **save)
+                    path = on_disk_full(out, ckpt.save, out, epoch, step=row["steps"], books=books.state(), **save)
                     print(f"saved {path}; continue with --resume", file=sys.stderr)
                 return 128 + (stop.signal or signal.SIGTERM)  # a rank told by another: as if SIGTERM
             start_step = 0
             try:
-                row |= evaluate(ddp, val, device, world, amp=not args.no_amp)
+                row |= evaluate(ddp, val, device, world, amp=amp)
             except DecodeFailed as e:
                 raise StopRun(f"{e.path or 'a validation file'}: DALI failed to decode it: run with --scan full to "
                               f"leave such files out, then --resume; {kept(out)}", 1) from e  # fmt: skip
-            if rank == 0:  # the row first: a kill between the two leaves it for the epoch a resume trains again
+            if rank == 0:
+                # The row, then at once the checkpoint (a kill between the two leaves the row to the
+                # epoch a resume trains again, which replaces it), then the plot, which is neither.
                 rows.append(row)
                 ckpt.write_metrics(metrics_path, rows)
-                plot_metrics(rows, out / "curves.png")
                 on_disk_full(out, ckpt.save, out, epoch + 1, **save)
+                plot_metrics(rows, out / "curves.png")
                 print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
         return 0
     finally:

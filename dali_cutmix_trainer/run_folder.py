@@ -15,7 +15,7 @@ from . import checkpoint as ckpt
 # What may differ between a run and its resumption (the lr schedule is rebuilt from the flags and
 # continues from the checkpoint's step); every other flag must match the checkpoint's.
 RESUMABLE = ("epochs", "lr", "lr_schedule", "lr_step", "warmup_epochs", "workers", "keep_checkpoints",
-             "scan", "strict", "max_steps", "device", "no_amp", "val_image_size")  # fmt: skip
+             "scan", "strict", "max_steps", "device", "no_amp", "amp_dtype", "val_image_size")  # fmt: skip
 # Where, how, or checked another way (the data by its fingerprint).
 NOT_FLAGS = ("output", "resume", "overwrite", "data", "val_data", "recipe", "default_output")
 # Files a start writes into a folder it made: a failed start removes them.
@@ -50,11 +50,19 @@ def open_run(args, rank: int, world: int, out: Path, load: Callable):
             raise ckpt.RunInUse(out, holder)
         for partial in ckpt.remove_partial(out):
             say(f"removed {partial}, left by a write that never finished")
-    if args.resume:
+    if args.resume == "latest" and not ckpt.has_checkpoints(out):
+        # One command starts and restarts (torchrun --max-restarts, Slurm --requeue): nothing to
+        # resume is a fresh start, after what a start killed before its first checkpoint left.
+        if rank == 0:
+            for leftover in ckpt.remove_leftovers(out):
+                say(f"removed {leftover}, left by a start that wrote no checkpoint")
+        say(f"--resume: {out} holds no checkpoint yet: starting the run afresh")
+    elif args.resume:
         if args.resume == "latest":
             found = ckpt.newest_loadable(out, args.arch, say=say)
             if found is None:
-                raise UserError(f"--resume: no loadable checkpoint in {out}")
+                raise UserError(f"--resume: no checkpoint in {out} loads (they are listed above): move them away to "
+                                f"start afresh, or give one with --resume PATH")  # fmt: skip
             path, state = found
         else:
             path = Path(args.resume)
@@ -73,7 +81,7 @@ def open_run(args, rank: int, world: int, out: Path, load: Callable):
             "the data stream exactly" if loader_state else ("a fresh data order (no loader state for this world size)")
         )
         say(f"resuming from {path}: epoch {state['epoch']}, step {state['step']}, with {exact}")
-    elif ckpt.holds_run(out) and not (args.overwrite or args.default_output):
+    if not args.resume and ckpt.holds_run(out) and not (args.overwrite or args.default_output):
         raise UserError(
             f"--output {out} already holds a run: continue it with --resume, or start afresh with --overwrite "
             f"(the old run is moved to {out}.old-N)"

@@ -4,7 +4,8 @@ Graph fragments are plain DataNode -> DataNode functions; the ``@pipeline_def`` 
 them; :func:`train_pipeline` and :func:`val_pipeline` resolve the data and build a ready
 ``Pipeline`` whose reader is named ``"Reader"`` (for DALI's PyTorch iterators).
 
-Train outputs: ``images`` (B, 3, S, S) normalised float (or (B, S, S, 3) uint8 with ``uint8=True``),
+Train outputs: ``images`` (B, 3, S, S) normalised float on the CPU, (B, S, S, 3) on the GPU (the
+loader hands it on as a channels_last NCHW view), or (B, S, S, 3) uint8 with ``uint8=True``;
 ``labels_a``, ``labels_b`` (B, 1) int32, ``lam`` (B,) float32. Val outputs: ``images``, ``labels``.
 A GPU pipeline's outputs are all on the GPU.
 """
@@ -37,65 +38,81 @@ DALI_PADDINGS = {"device_memory_padding": 16 << 20, "host_memory_padding": 8 << 
 IMAGENET_PADDINGS = {"device_memory_padding": 211025920, "host_memory_padding": 140544512}
 
 
-def nvjpeg_paddings(source: Source, sample: int = 256) -> dict[str, int]:
-    """nvJPEG's paddings sized from the data: the largest decoded image (H x W x 3 bytes, from
-    the headers of up to ``sample`` files spread over the split) with a quarter to spare, between
-    DALI's defaults and the ImageNet example's sizes. Shards are not opened here: DALI's defaults
-    (nvJPEG grows a buffer when an image needs more)."""
-    if source.kind != "files" or not len(source):
-        return dict(DALI_PADDINGS)
-    from PIL import Image
+# The largest image in ImageNet's training set, as DALI's ResNet-50 example gives it to nvJPEG's
+# hardware decoder (preallocate_width_hint / preallocate_height_hint).
+IMAGENET_LARGEST = (5980, 6430)
+# The share of the JPEGs the hardware decoder (A100, H100) takes; the rest go to the hybrid path,
+# whose Huffman stage runs on the CPU threads (docs/DESIGN.md, "The GPU decoder").
+HW_DECODER_LOAD = 0.9
 
-    step = max(1, len(source) // sample)
-    largest = 0
-    for path in source.files[::step][:sample]:
-        try:
-            with Image.open(path) as im:
-                largest = max(largest, im.width * im.height * 3)
-        except OSError:  # the scan has its say on broken files; the size is a hint
-            continue
+
+def decoder_hints(source: Source, sample: int = 256) -> dict[str, int]:
+    """nvJPEG's sizes from the data: its per-thread buffers (``device_memory_padding``,
+    ``host_memory_padding``: the largest decoded image among the headers of up to ``sample`` files
+    spread over the split, +25%, between DALI's defaults and the ImageNet example's), and the
+    hardware decoder's preallocation (``preallocate_width_hint``, ``preallocate_height_hint``: the
+    sampled largest width and height, never below ImageNet's largest image, which a sample of 256
+    headers out of 1.28 M would rarely meet). Shards are not opened here: DALI's default paddings
+    (nvJPEG grows a buffer when an image needs more) and ImageNet's hints."""
+    largest = widest = tallest = 0
+    if source.kind == "files" and len(source):
+        from PIL import Image
+
+        step = max(1, len(source) // sample)
+        for path in source.files[::step][:sample]:
+            try:
+                with Image.open(path) as im:
+                    largest = max(largest, im.width * im.height * 3)
+                    widest, tallest = max(widest, im.width), max(tallest, im.height)
+            except OSError:  # the scan has its say on broken files; the size is a hint
+                continue
     want = -(-largest * 5 // 4 // (1 << 20)) << 20  # +25%, whole MiB
-    return {key: min(max(want, DALI_PADDINGS[key]), IMAGENET_PADDINGS[key]) for key in DALI_PADDINGS}
+    hints = {key: min(max(want, DALI_PADDINGS[key]), IMAGENET_PADDINGS[key]) for key in DALI_PADDINGS}
+    hints["preallocate_width_hint"] = max(widest, IMAGENET_LARGEST[0])
+    hints["preallocate_height_hint"] = max(tallest, IMAGENET_LARGEST[1])
+    return hints
 
 
-def _decoder_kwargs(device: str, paddings: dict[str, int]) -> dict:
-    return {"device": "mixed", **paddings} if device == "gpu" else {"device": "cpu"}
+def _decoder_kwargs(device: str, hints: dict[str, int] | None) -> dict:
+    if device != "gpu":
+        return {"device": "cpu"}
+    return {"device": "mixed", "hw_decoder_load": HW_DECODER_LOAD, **(hints or DALI_PADDINGS)}
 
 
-def decode_random_crop(jpegs, *, device: str, random_area=(0.08, 1.0), paddings=None):
+def decode_random_crop(jpegs, *, device: str, random_area=(0.08, 1.0), hints=None):
     """Decode only the random crop (``random_area`` of the image, 8%-100% by default; aspect
-    3/4-4/3): HWC uint8 of each crop's own size. ``paddings``: nvJPEG's (GPU; DALI's defaults if
-    None)."""
+    3/4-4/3): HWC uint8 of each crop's own size. ``hints``: nvJPEG's sizes (GPU:
+    :func:`decoder_hints`; DALI's default paddings if None)."""
     return fn.decoders.image_random_crop(
         jpegs,
         output_type=types.RGB,
         random_area=[float(v) for v in random_area],
         random_aspect_ratio=[3 / 4, 4 / 3],
         num_attempts=100,
-        **_decoder_kwargs(device, paddings or DALI_PADDINGS),
+        **_decoder_kwargs(device, hints),
     )
 
 
-def decode_center(jpegs, *, device: str, image_size: int, paddings=None):
+def decode_center(jpegs, *, device: str, image_size: int, hints=None):
     """Resize the shorter side to ``image_size / VAL_CROP``: (S', >=S', 3) uint8, cropped later."""
-    images = fn.decoders.image(jpegs, output_type=types.RGB, **_decoder_kwargs(device, paddings or DALI_PADDINGS))
+    images = fn.decoders.image(jpegs, output_type=types.RGB, **_decoder_kwargs(device, hints))
     return fn.resize(images, resize_shorter=int(image_size / VAL_CROP), interp_type=types.INTERP_TRIANGULAR)
 
 
 @pipeline_def(enable_conditionals=False)
-def _train_graph(split, *, image_size, random_area, device, shard_id, num_shards, shuffle_seed, fp16, uint8, paddings,
-                 mix, prob_source, size_source, return_params):  # fmt: skip
+def _train_graph(split, *, image_size, random_area, device, shard_id, num_shards, shuffle_seed, fp16, uint8, hints,
+                 layout, mix, prob_source, size_source, return_params):  # fmt: skip
     share = dict(shard_id=shard_id, num_shards=num_shards, name=READER_NAME)
     jpegs, labels = split.read(shuffle=True, seed=shuffle_seed, **share)
     size = (image_size, image_size)
     if size_source is not None:  # progressive resizing: each batch's side from its epoch, no rebuild
         side = fn.external_source(source=size_source, batch=True, batch_info=True, dtype=types.INT32)
         size = fn.cat(fn.reshape(side, shape=[1]), fn.reshape(side, shape=[1]))  # int32 (H, W) a sample
-    images = decode_random_crop(jpegs, device=device, random_area=random_area, paddings=paddings)
+    images = decode_random_crop(jpegs, device=device, random_area=random_area, hints=hints)
     # The flip comes after the mix so it fuses into the normalisation; flipping a mixed image
     # equals mixing flipped images with a flipped box, so the distribution is the same.
     mirror = fn.random.coin_flip()
-    norm = _normalize(fp16, uint8, mirror=mirror)
+    norm = _normalize(fp16, uint8, layout, mirror=mirror)
     if mix is None and device == "cpu" and native_available():  # the native operator at prob 0: its fused resize
         mixed = cutmix(images, labels, MixConfig(prob=0.0), backend="native", normalize=norm, size=size, resize=True)
         outputs = mixed.images, labels, labels, mixed.lam  # lam: 1.0
@@ -118,16 +135,17 @@ def _train_graph(split, *, image_size, random_area, device, shard_id, num_shards
 
 
 @pipeline_def(enable_conditionals=False)
-def _val_graph(split, *, image_size, device, shard_id, num_shards, fp16, uint8, paddings):
+def _val_graph(split, *, image_size, device, shard_id, num_shards, fp16, uint8, hints, layout):
     jpegs, labels = split.read(shard_id=shard_id, num_shards=num_shards, shuffle=False, seed=0, name=READER_NAME)
-    images = decode_center(jpegs, device=device, image_size=image_size, paddings=paddings)
-    return on_device((_normalize(fp16, uint8).apply(images, crop=(image_size, image_size)), labels), device)
+    images = decode_center(jpegs, device=device, image_size=image_size, hints=hints)
+    return on_device((_normalize(fp16, uint8, layout).apply(images, crop=(image_size, image_size)), labels), device)
 
 
-def _normalize(fp16: bool, uint8: bool, mirror=False) -> Normalize:
-    """ImageNet's mean/std to CHW float; ``uint8``: HWC uint8, flipped only (the trainer's device
-    normalises: :class:`dali_cutmix.device.DeviceNormalize` with the same MEAN and STD)."""
-    return Normalize(mean=MEAN, std=STD, mirror=mirror, fp16=fp16, uint8=uint8, output_layout="HWC" if uint8 else "CHW")
+def _normalize(fp16: bool, uint8: bool, layout: str, mirror=False) -> Normalize:
+    """ImageNet's mean/std to float in ``layout`` (``LoaderSettings.image_layout``: HWC on the GPU,
+    which the loader hands on as a channels_last NCHW view); ``uint8``: HWC uint8, flipped only (the
+    trainer's device normalises: :class:`dali_cutmix.device.DeviceNormalize`, same MEAN and STD)."""
+    return Normalize(mean=MEAN, std=STD, mirror=mirror, fp16=fp16, uint8=uint8, output_layout=layout)
 
 
 def on_device(outputs: tuple, device: str) -> tuple:
@@ -187,13 +205,14 @@ def train_pipeline(
         shuffle_seed=s.seed_of("shuffle", start_epoch),
         fp16=s.fp16,
         uint8=s.ships_uint8(),
-        paddings=nvjpeg_paddings(split) if s.device == "gpu" else None,
+        hints=decoder_hints(split) if s.device == "gpu" else None,
+        layout=s.image_layout(),
         mix=None if recipe is None else (recipe, backend),
         prob_source=prob_source,
         size_source=size_source,
         return_params=return_params,
         batch_size=s.batch_size,
-        num_threads=s.num_threads,
+        num_threads=s.threads(),
         device_id=s.gpu(),
         seed=s.seed_of("augment", start_epoch),
         prefetch_queue_depth=s.prefetch_queue_depth,
@@ -220,9 +239,10 @@ def val_pipeline(data: LoaderSettings | str | os.PathLike | Source, *, source: S
         num_shards=num_shards,
         fp16=s.fp16,
         uint8=s.ships_uint8(),
-        paddings=nvjpeg_paddings(split) if s.device == "gpu" else None,
+        hints=decoder_hints(split) if s.device == "gpu" else None,
+        layout=s.image_layout(),
         batch_size=s.batch_size,
-        num_threads=s.num_threads,
+        num_threads=s.threads(),
         device_id=s.gpu(),
         seed=s.seed,
     )

@@ -110,7 +110,7 @@ class DALIDataModule(L.LightningDataModule):
         s = self.settings
         return val_loader(
             LoaderSettings(self.val_source, batch_size=self.val_batch_size, image_size=s.image_size,
-                           num_threads=s.num_threads, classes=self.train_source.classes, **self._placement())
+                           num_threads=s.threads(), classes=self.train_source.classes, **self._placement())
         )  # fmt: skip
 
     def state_dict(self) -> dict:

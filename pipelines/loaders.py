@@ -70,6 +70,7 @@ def train_loader(
         origin=origin,
         reader_name=READER_NAME,
         normalize=_device_normalize(s),
+        images_hwc=_hwc_floats(s),
         classes=split.classes,
     )
 
@@ -81,10 +82,16 @@ def val_loader(data: LoaderSettings | str | os.PathLike | Source, **settings) ->
     source = load_source(s.data, s.classes)
     return DALILoader(
         val_pipeline(s, source=source), ("images", "labels"), device=s.output_device(), last_batch="partial",
-        reader_name=READER_NAME, normalize=_device_normalize(s), classes=source.classes,
+        reader_name=READER_NAME, normalize=_device_normalize(s), images_hwc=_hwc_floats(s), classes=source.classes,
     )  # fmt: skip
 
 
 def _device_normalize(s: LoaderSettings) -> DeviceNormalize | None:
     """The normalisation the trainer's device does to uint8 images (the pipeline's MEAN and STD)."""
     return DeviceNormalize(MEAN, STD) if s.ships_uint8() else None
+
+
+def _hwc_floats(s: LoaderSettings) -> bool:
+    """Whether the pipeline's float images are HWC (the GPU's): the loader hands on their
+    channels_last NCHW view."""
+    return s.image_layout() == "HWC" and not s.ships_uint8()

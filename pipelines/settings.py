@@ -13,6 +13,7 @@ is used, never written back.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 from dali_cutmix.errors import UserError
@@ -22,6 +23,15 @@ DEVICES = ("cpu", "gpu")
 MIN_IMAGE_SIZE = 16  # the smallest crop side the pipelines take
 MAX_IMAGE_SIZE = 4096  # the largest: beyond it is a typo, which DALI would allocate for every sample
 VAL_CROP = 0.875  # validation: the shorter side resized to image_size / VAL_CROP, then the centre crop
+
+
+def process_threads() -> int:
+    """This process's share of the node's cores: the cores it may run on divided by the processes
+    a launcher started on the node (torchrun's ``LOCAL_WORLD_SIZE``), at least 1. The default of
+    the pipelines' threads and the bad-file check's workers, for training and validation alike
+    (DeepLearningExamples' rule); those threads also run the python backend's sampler and callback."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
 
 
 class SettingError(UserError, ValueError):
@@ -91,7 +101,8 @@ class LoaderSettings:
     device: ``"cpu"`` or ``"gpu"``, where the pipeline decodes and mixes.
     device_id: a GPU pipeline's GPU; None: this process's (:meth:`gpu`).
     torch_device: where the loader puts the batch; None: the pipeline's device.
-    num_threads: the pipeline's CPU threads.
+    num_threads: the pipeline's CPU threads; None: this process's share of the node's cores
+        (:func:`process_threads`, DeepLearningExamples' rule).
     seed: the one seed every random stream derives from (:mod:`dali_cutmix.seeds`).
     shard_id, num_shards: this process's share of the data; None (both): this process's rank and
         world size (:meth:`shard`).
@@ -110,7 +121,7 @@ class LoaderSettings:
     device: str = "cpu"
     device_id: int | None = None
     torch_device: object = None
-    num_threads: int = 4
+    num_threads: int | None = None
     seed: int = 0
     shard_id: int | None = None
     num_shards: int | None = None
@@ -125,7 +136,6 @@ class LoaderSettings:
         for name, low, high in (
             ("batch_size", 1, None),
             ("image_size", MIN_IMAGE_SIZE, MAX_IMAGE_SIZE),
-            ("num_threads", 1, None),
             ("prefetch_queue_depth", 1, None),
             ("seed", 0, MAX_SEED),
         ):
@@ -133,6 +143,10 @@ class LoaderSettings:
             if isinstance(value, bool) or not isinstance(value, int) or value < low or (high and value > high):
                 bounds = f"in [{low}, {high}]" if high else f">= {low}"
                 raise SettingError(name, f"must be an int {bounds}, got {value!r}")
+        if self.num_threads is not None and (isinstance(self.num_threads, bool) or not isinstance(self.num_threads, int)
+                                             or self.num_threads < 1):  # fmt: skip
+            raise SettingError("num_threads", f"must be an int >= 1 or None (the cores per local rank), got "
+                               f"{self.num_threads!r}")  # fmt: skip
         if self.size_schedule is not None and not isinstance(self.size_schedule, SizeSchedule):
             raise SettingError("size_schedule", f"must be a SizeSchedule, got {self.size_schedule!r}")
         lo, hi = self.random_area
@@ -198,6 +212,16 @@ class LoaderSettings:
         if self.uint8 is not None:
             return self.uint8
         return self.device == "cpu" and self.torch_device is not None and self.output_device().type == "cuda"
+
+    def threads(self) -> int:
+        """The pipeline's CPU threads: ``num_threads``, else :func:`process_threads`."""
+        return self.num_threads if self.num_threads is not None else process_threads()
+
+    def image_layout(self) -> str:
+        """How float images leave the pipeline: ``"HWC"`` on the GPU (the loader hands the trainer
+        an NCHW view of them, channels_last in memory, so the step copies nothing), else ``"CHW"``;
+        uint8 images always leave HWC."""
+        return "HWC" if self.device == "gpu" or self.ships_uint8() else "CHW"
 
     def seed_of(self, stream: str, origin: int = 0) -> int:
         """The seed of one of the pipeline's random streams (:func:`dali_cutmix.seeds.derive_seed`),

@@ -8,7 +8,10 @@ Torch half (torch only: it runs on a bare CUDA machine, first), under
   against the NumPy oracle, every recipe, both modes, HWC and CHW, uint8 and float;
 * ``loop-mixer``: ``LoopMixer`` on the device against the same mixer on NumPy arrays;
 * ``loss``: ``mixed_cross_entropy`` on float16 and float32 logits against a float64 reference;
-* ``train-step``: ``engine.train_step`` with AMP, channels_last and GradScaler on synthetic batches;
+* ``train-step``: ``engine.train_step`` with AMP (float16 with GradScaler, bfloat16 without) and
+  channels_last on synthetic batches, cuDNN's autotuner on;
+* ``train-epoch``: ``engine.train_epoch`` over 25 steps of a synthetic loader handing over as the
+  DALI loaders do, sync-free but for the books' one read every 20 steps;
 * ``device-normalize``: a uint8 batch staged through pinned memory and normalised on the device,
   against ``crop_mirror_normalize``'s formula.
 
@@ -21,9 +24,12 @@ DALI half (when ``import nvidia.dali`` works; else each row reads "not run: DALI
 * ``throughput``: the profiler (``dali_cutmix_bench.bench``) on photo-like data;
 * ``training``: a short train.py run that must end with a finite loss and a better accuracy.
 
-Each part runs in a process of its own under its own time limit (they add up to under 6 minutes);
-the report (``report.md``, ``report.json``) is rewritten after every part, so a timeout leaves what
-ran. Where the Debian packages are missing, synthetic JPEGs stand in for photos and demo data. A
+Each part runs in a process group of its own under its own time limit (they add up to under 6
+minutes), its output streamed to a log file; on timeout the whole group is killed (no child outlives
+its part on the GPU), and the part's inner steps take their limits from what is left of its own. The
+report (``report.md``, ``report.json``) opens with the GPU, its driver, torch's and DALI's CUDA
+runtimes and whether the stream hand-off worked, and is rewritten after every part, so a timeout
+leaves what ran. Where the Debian packages are missing, synthetic JPEGs stand in for photos and demo data. A
 wheel folder ``.whl/`` (``scripts/gpu_wheels.sh``) is installed to /tmp/site when DALI is missing.
 ``--cpu`` runs both halves on the CPU, small (CI does). Exits 1 if any row failed.
 """
@@ -35,6 +41,7 @@ import importlib.metadata
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -226,27 +233,113 @@ def check_train_step(device) -> list[dict]:
     import torch
     import torchvision
 
-    from dali_cutmix_trainer.engine import sgd, train_step
+    from dali_cutmix_trainer.engine import grad_scaler, sgd, train_step
 
     cuda = device.type == "cuda"
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18(num_classes=10).to(device)
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = sgd(model, lr=0.05, momentum=0.9, weight_decay=1e-4)  # train.py's: fused on CUDA
-    g = torch.Generator().manual_seed(0)
-    images = torch.randn(32, 3, 64, 64, generator=g)
-    labels = torch.randint(0, 10, (32,), generator=g)
-    images += labels[:, None, None, None].float() / 5  # learnable: the class shifts the mean
-    batch = [t.to(device) for t in (images, labels, labels.roll(1), torch.full((32,), 0.7))]
-    scaler = torch.amp.GradScaler("cuda") if cuda else None
-    with no_sync(device):  # the whole AMP step, GradScaler's included: the fused SGD reads nothing back
-        losses = [train_step(model, optimizer, scaler, batch) for _ in range(6)]
-    losses = [v.item() for v in losses]
-    finite = all(math.isfinite(v) for v in losses)
-    amp = "AMP + GradScaler + fused SGD + channels_last" if cuda else "fp32"
-    return [row("train-step", f"{amp}, no host sync", device.type, finite and losses[-1] < losses[0],
-                f"loss {losses[0]:.3f} -> {losses[-1]:.3f} in 6 steps")]  # fmt: skip
+    torch.backends.cudnn.benchmark = cuda  # as train.py: cuDNN's autotuner picks the kernels
+    dtypes = [None] if not cuda else [torch.float16] + ([torch.bfloat16] if torch.cuda.is_bf16_supported() else [])
+    rows = []
+    for amp in dtypes:
+        torch.manual_seed(0)
+        model = torchvision.models.resnet18(num_classes=10).to(device)
+        if cuda:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = sgd(model, lr=0.05, momentum=0.9, weight_decay=1e-4)  # train.py's: fused on CUDA
+        g = torch.Generator().manual_seed(0)
+        images = torch.randn(32, 3, 64, 64, generator=g)
+        labels = torch.randint(0, 10, (32,), generator=g)
+        images += labels[:, None, None, None].float() / 5  # learnable: the class shifts the mean
+        batch = [t.to(device) for t in (images, labels, labels.roll(1), torch.full((32,), 0.7))]
+        scaler = grad_scaler(device, amp)
+        with no_sync(device):  # the whole AMP step, GradScaler's included: the fused SGD reads nothing back
+            losses = [train_step(model, optimizer, scaler, batch, amp=amp) for _ in range(6)]
+        losses = [v.item() for v in losses]
+        finite = all(math.isfinite(v) for v in losses)
+        what = f"AMP {str(amp)[6:]} + {'GradScaler' if scaler else 'no scaler'} + fused SGD + channels_last" \
+            if cuda else "fp32"  # fmt: skip
+        rows.append(row("train-step", f"{what}, no host sync", device.type, finite and losses[-1] < losses[0],
+                        f"loss {losses[0]:.3f} -> {losses[-1]:.3f} in 6 steps"))  # fmt: skip
+    return rows
+
+
+def check_train_epoch(device) -> list[dict]:
+    """train.py's epoch loop (``train_epoch``) over 25 steps of a synthetic loader that hands over
+    as the DALI loaders do (a CPU pipeline's uint8 batch staged through pinned memory torch owns and
+    normalised on the device; a GPU pipeline's HWC float16 batch seen as a channels_last NCHW view),
+    under sync-debug "error" except the books' one read every 20 steps."""
+    import numpy as np
+    import torch
+    import torchvision
+
+    from dali_cutmix.device import DeviceNormalize, to_device
+    from dali_cutmix_trainer import engine
+    from dali_cutmix_trainer.engine import EpochBooks, Stop, grad_scaler, sgd, train_epoch
+
+    cuda = device.type == "cuda"
+    amp = torch.float16 if cuda else None
+    rng = np.random.default_rng(0)
+    normalize = DeviceNormalize(MEAN, STD, dtype=torch.float16 if cuda else torch.float32)
+
+    class Loader:
+        def __init__(self, hand_off: str, n: int = 25):
+            self.hand_off, self.n = hand_off, n
+            self.host = [torch.from_numpy(rng.integers(0, 256, (16, 32, 32, 3), np.uint8)) for _ in range(4)]
+            self.labels = [torch.from_numpy(rng.integers(0, 10, 16)) for _ in range(4)]
+
+        def __len__(self):
+            return self.n
+
+        def __iter__(self):
+            for i in range(self.n):
+                a = to_device(self.labels[i % 4], device)
+                lam = to_device(torch.full((16,), 0.6), device)
+                if self.hand_off == "uint8":
+                    images = normalize(to_device(self.host[i % 4], device))
+                else:  # the GPU pipeline's HWC float16, as DALILoader hands it on
+                    hwc = normalize(to_device(self.host[i % 4], device)).permute(0, 2, 3, 1).contiguous()
+                    images = hwc.permute(0, 3, 1, 2)
+                yield images, a, a.roll(1), lam
+
+        def finish_epoch(self):
+            pass
+
+    rows = []
+    for hand_off in ("uint8", "hwc-view"):
+        torch.manual_seed(0)
+        model = torchvision.models.resnet18(num_classes=10).to(device, memory_format=torch.channels_last)
+        optimizer = sgd(model, lr=0.01, momentum=0.9, weight_decay=1e-4)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        reads, real = [], EpochBooks.agree
+
+        def agree(self, *a, reads=reads, real=real, **k):  # the interval's one read: the only sync allowed
+            reads.append(1)
+            if cuda:
+                torch.cuda.set_sync_debug_mode("default")
+            try:
+                return real(self, *a, **k)
+            finally:
+                if cuda:
+                    torch.cuda.set_sync_debug_mode("error")
+
+        engine.EpochBooks.agree = agree
+        loader = Loader(hand_off)
+        books = EpochBooks(device, every=20)
+        try:
+            next(iter(loader))  # DeviceNormalize's constants move to the device once, before the check
+            with no_sync(device):
+                result = train_epoch(model, loader, optimizer, scheduler, grad_scaler(device, amp), epoch=0,
+                                     device=device, stop=Stop(), books=books, amp=amp, show=False)  # fmt: skip
+        except Exception as e:
+            rows.append(row("train-epoch", f"25 steps, {hand_off} hand-off", device.type, False,
+                            f"{type(e).__name__}: {e}".splitlines()[0][:300]))  # fmt: skip
+            continue
+        finally:
+            engine.EpochBooks.agree = real
+        ok = result["steps"] == 25 and len(reads) == 2 and math.isfinite(result["train_loss"])
+        rows.append(row("train-epoch", f"25 steps, {hand_off} hand-off, books read every 20", device.type, ok,
+                        f"{result['steps']} steps, {len(reads)} reads, loss {result['train_loss']:.3f}, "
+                        "no other host sync"))  # fmt: skip
+    return rows
 
 
 def check_device_normalize(device) -> list[dict]:
@@ -276,6 +369,7 @@ TORCH_CHECKS = {
     "loop-mixer": check_loop_mixer,
     "loss": check_loss,
     "train-step": check_train_step,
+    "train-epoch": check_train_epoch,
     "device-normalize": check_device_normalize,
 }
 
@@ -349,15 +443,37 @@ def check_cross_device(device: str) -> list[dict]:
 
 
 def run(command: list[str], log: Path, timeout: float, env: dict | None = None) -> tuple[int, str, float]:
+    """Run ``command`` in a process group of its own, its output streamed to ``log`` as it comes
+    (a part killed on timeout leaves what it printed); on timeout the whole group is killed, so
+    no child (a profiler, a train.py) outlives its part on the GPU. ``(exit code, log text,
+    seconds)``; 124 on timeout."""
     start = time.perf_counter()
-    try:
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
-        code, text = done.returncode, done.stdout + done.stderr
-    except subprocess.TimeoutExpired as e:
-        text = (e.stdout or b"") + (e.stderr or b"")
-        code, text = 124, (text.decode() if isinstance(text, bytes) else text) + f"\ntimed out after {timeout:.0f} s"
-    log.write_text(text)
+    with log.open("w") as f:
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            code = proc.wait(timeout=max(1.0, timeout))
+        except subprocess.TimeoutExpired:
+            code = 124
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # the group: the part and anything it started
+            except ProcessLookupError:
+                pass
+            proc.wait()
+    text = log.read_text(errors="replace")
+    if code == 124:
+        text += f"\ntimed out after {timeout:.0f} s"
+        with log.open("a") as f:
+            f.write(f"\ntimed out after {timeout:.0f} s (the part's process group was killed)\n")
     return code, text, time.perf_counter() - start
+
+
+def left(deadline: float | None, wanted: float, margin: float = 5.0) -> float:
+    """An inner step's time limit: ``wanted``, or what is left of the part's ``deadline`` (epoch
+    seconds) less ``margin``, whichever is shorter, so an inner timeout fires inside the part's."""
+    if deadline is None:
+        return wanted
+    return max(1.0, min(wanted, deadline - time.time() - margin))
 
 
 def photos_or_synthetic() -> str | None:
@@ -366,24 +482,25 @@ def photos_or_synthetic() -> str | None:
     return None if any(d.is_dir() for d in PHOTO_DIRS) else "synthetic"
 
 
-def check_throughput(device: str, out: Path, cpu: bool) -> list[dict]:
+def check_throughput(device: str, out: Path, cpu: bool, deadline: float | None = None) -> list[dict]:
     data = out / "benchdata"
     size = ["--images", "64", "--classes", "4"] if cpu else ["--images", "512", "--classes", "8"]
     photos = photos_or_synthetic()
     size += ["--photos", photos] if photos else []
     code, text, _ = run([sys.executable, "-m", "dali_cutmix_bench.benchdata", "--out", str(data), *size],
-                        out / "benchdata.log", 40)  # fmt: skip
+                        out / "benchdata.log", left(deadline, 40))  # fmt: skip
     if code:
         return [row("throughput", "benchmark data", device, False, text.strip().splitlines()[-1])]
     if cpu:
         flags = "--batch-size 8 --image-size 64 --workers 2 --reps 1 --steps 2 --trainer-steps 1 --warmup 1 "
         flags += "--sections op,pipeline,trainer,e2e,peers"  # the epochs section is tested on its own
     else:
-        flags = "--batch-size 256 --image-size 224 --workers 16 --reps 2 --steps 4 --trainer-steps 4 --warmup 2 "
+        # --workers left to its default, the cores per local rank: what train.py uses is what is measured
+        flags = "--batch-size 256 --image-size 224 --reps 2 --steps 4 --trainer-steps 4 --warmup 2 "
         flags += "--sections op,pipeline,trainer,e2e --arch resnet50"
     command = [sys.executable, "-m", "dali_cutmix_bench.bench", "--data", str(data), "--device", device,
                "--output", str(out / "bench"), *flags.split()]  # fmt: skip
-    code, text, seconds = run(command, out / "bench.log", 150)
+    code, text, seconds = run(command, out / "bench.log", left(deadline, 150))
     lines = [
         ln for ln in text.splitlines() if ln.startswith(("epochs/", "pipeline/", "peers:", "verdict:", "end to end:"))
     ]
@@ -393,12 +510,12 @@ def check_throughput(device: str, out: Path, cpu: bool) -> list[dict]:
     return [row("throughput", "profiler (bench.log, bench/bench.json)", device, code == 0, detail)]
 
 
-def check_training(device: str, out: Path, cpu: bool) -> list[dict]:
+def check_training(device: str, out: Path, cpu: bool, deadline: float | None = None) -> list[dict]:
     from pipelines.folders import FASHION_MNIST_DIR
 
     run_dir = out / "train"
-    flags = ["--device", device, "--output", str(run_dir), "--epochs", "3", "--workers", "2", "--seed", "0",
-             "--overwrite"]  # fmt: skip
+    flags = ["--device", device, "--output", str(run_dir), "--epochs", "3", "--seed", "0", "--overwrite"]
+    flags += ["--workers", "2"] if cpu else []  # on the GPU, train.py's default: the cores per local rank
     if FASHION_MNIST_DIR.is_dir():
         data = "demo data"
         flags += ["--demo-per-class", "50", "--batch-size", "32"] if cpu else ["--demo-per-class", "1000"]
@@ -409,7 +526,7 @@ def check_training(device: str, out: Path, cpu: bool) -> list[dict]:
         root = synthetic_classes(out / "synthetic-classes", per_class=60 if cpu else 400)
         flags += ["--data", str(root), "--image-size", "32", "--arch", "resnet18", "--warmup-epochs", "0",
                   "--batch-size", "32" if cpu else "128"]  # fmt: skip
-    code, text, seconds = run([sys.executable, "train.py", *flags], out / "train.log", 150)
+    code, text, seconds = run([sys.executable, "train.py", *flags], out / "train.log", left(deadline, 150))
     rows = []
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file():
@@ -429,8 +546,9 @@ def check_training(device: str, out: Path, cpu: bool) -> list[dict]:
 # ---------------------------------------------------------------- one part, in its own process
 
 
-def run_part(part: str, device: str, out: Path, cpu: bool, rows_file: Path) -> None:
-    """Run one part here, appending each check's rows to ``rows_file`` as soon as it is done."""
+def run_part(part: str, device: str, out: Path, cpu: bool, rows_file: Path, deadline: float | None = None) -> None:
+    """Run one part here, appending each check's rows to ``rows_file`` as soon as it is done;
+    ``deadline``: when the orchestrator kills this part (epoch seconds), for its inner limits."""
 
     def emit(rows: list[dict]) -> None:
         with rows_file.open("a") as f:
@@ -446,11 +564,16 @@ def run_part(part: str, device: str, out: Path, cpu: bool, rows_file: Path) -> N
             except Exception as e:  # a crashed check is a failed row; the others still run
                 emit([row(name, "crashed", device, False, f"{type(e).__name__}: {e}".splitlines()[0])])
         return
+    if part == "selftest-hang":  # the check's own test: a part that hangs, with a child that would outlive it
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        (out / "selftest-child.pid").write_text(str(child.pid))
+        print("selftest: started a child and hangs", flush=True)
+        time.sleep(600)
     checks = {
         "pixels": lambda: check_pixels(device),
         "cross-device": lambda: check_cross_device(device),
-        "throughput": lambda: check_throughput(device, out, cpu),
-        "training": lambda: check_training(device, out, cpu),
+        "throughput": lambda: check_throughput(device, out, cpu, deadline),
+        "training": lambda: check_training(device, out, cpu, deadline),
     }
     emit(checks[part]())
 
@@ -482,12 +605,65 @@ def dali_importable(env: dict) -> bool:
     return done.returncode == 0
 
 
-def report(results: list[dict], out: Path, header: str, final: bool = False, times: dict | None = None) -> bool:
+MACHINE = """
+import json, subprocess, sys
+lines = {}
+try:
+    smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                         capture_output=True, text=True, timeout=20).stdout.strip().splitlines()
+    lines["driver"] = smi[0] if smi else "nvidia-smi printed nothing"
+except (OSError, subprocess.SubprocessError) as e:
+    lines["driver"] = f"no nvidia-smi ({type(e).__name__})"
+try:
+    import torch
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    lines["torch"] = f"torch {torch.__version__}, CUDA runtime {torch.version.cuda}, GPU {gpu}"
+except ImportError as e:
+    lines["torch"] = f"torch not importable ({e})"
+try:
+    import nvidia.dali as dali
+    built = dali.__cuda_version__
+    lines["dali"] = f"DALI {dali.__version__}, built for CUDA {built // 1000}.{built % 1000 // 100}.{built % 100}"
+except Exception as e:
+    lines["dali"] = f"DALI not importable ({type(e).__name__})"
+print(json.dumps(lines))
+"""
+
+
+def machine_lines(device: str, env: dict) -> list[str]:
+    """The report's first lines: the GPU and its driver, torch's CUDA runtime, DALI's, this check."""
+    done = subprocess.run([sys.executable, "-c", MACHINE], capture_output=True, text=True, env=env, timeout=120)
+    try:
+        found = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        found = {"driver": "?", "torch": "?", "dali": (done.stderr.strip().splitlines() or ["?"])[-1]}
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return [f"- GPU, driver, memory: {found['driver']}", f"- {found['torch']}", f"- {found['dali']}",
+            f"- device {device}; python {sys.version.split()[0]}; {when}"]  # fmt: skip
+
+
+def hand_off(results: list[dict]) -> str:
+    """Whether the python backend's callback worked on a stream that is not torch's: on a side
+    stream with DALI's hand-over (the torch half), and inside DALI on DALI's own stream, whose CUDA
+    runtime may be another major than torch's (the pixels part)."""
+    side = [r["ok"] for r in results if r["check"] == "torch-mix" and r["device"] == "cuda"]
+    dali = [
+        r["ok"] for r in results if r["check"] == "pixels" and r["case"].startswith("python") and r["device"] == "gpu"
+    ]
+    word = {True: "worked", False: "FAILED", None: "not run"}
+
+    def verdict(oks):
+        return word[None] if not oks or None in oks else word[all(oks)]
+
+    return f"- stream hand-off: torch side stream {verdict(side)}; DALI's stream (python backend) {verdict(dali)}"
+
+
+def report(results: list[dict], out: Path, header: list[str], final: bool = False, times: dict | None = None) -> bool:
     failed = [r for r in results if r["ok"] is False]
     passed = [r for r in results if r["ok"]]
     counts = f"{len(passed)} passed, {len(failed)} failed, {len(results) - len(passed) - len(failed)} not run"
     took = "; ".join(f"{part} {seconds:.0f} s (limit {limit} s)" for part, (seconds, limit) in (times or {}).items())
-    lines = [f"# gpu_check report\n\n{header}\n", counts + ("" if final else " (so far)") + "\n",
+    lines = ["# gpu_check report\n", *header, "", counts + ("" if final else " (so far)") + "\n",
              *([f"Time per part: {took}.\n"] if took else []),
              "| check | case | device | result | detail |", "| --- | --- | --- | --- | --- |"]  # fmt: skip
     for r in results:
@@ -505,29 +681,30 @@ def main(argv=None) -> int:
     p.add_argument(
         "--skip", default="", help="comma-separated parts to leave out (" + ",".join(n for n, *_ in PARTS) + ")"
     )
+    p.add_argument("--only", default="", help="comma-separated parts to run, the others left out")
+    p.add_argument("--limit", type=float, default=None, help=argparse.SUPPRESS)  # every part's limit (tests)
     p.add_argument("--part", help=argparse.SUPPRESS)  # run one part in this process
     p.add_argument("--rows", help=argparse.SUPPRESS)
+    p.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     device = "cpu" if args.cpu else "gpu"
     out = Path(args.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if args.part:
-        run_part(args.part, device, out, args.cpu, Path(args.rows))
+        run_part(args.part, device, out, args.cpu, Path(args.rows), args.deadline)
         return 0
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     skip = set(filter(None, args.skip.split(",")))
-    header = f"device {device}; python {sys.version.split()[0]}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
-    header += "; " + subprocess.run([sys.executable, "-c", "import torch; print(f'torch {torch.__version__} (CUDA "
-                                     "{torch.version.cuda}), GPU ' + (torch.cuda.get_device_name() if "
-                                     "torch.cuda.is_available() else 'none'))"], capture_output=True, text=True,
-                                    env=env).stdout.strip()  # fmt: skip
+    only = set(filter(None, args.only.split(",")))
+    header = machine_lines(device, env)
     results: list[dict] = []
     times: dict[str, tuple[float, int]] = {}  # part: (seconds, limit)
     dali = None
-    for part, half, limit in PARTS:
-        if part in skip:
+    for part, half, limit in PARTS + [("selftest-hang", "torch", 30)]:
+        if part in skip or (only and part not in only) or (part.startswith("selftest") and part not in only):
             continue
         limit *= CPU_SLACK if args.cpu else 1
+        limit = args.limit if args.limit is not None else limit
         start = time.perf_counter()
         print(f"{part} (limit {limit} s) ...", flush=True)
         if part == "install":
@@ -550,7 +727,8 @@ def main(argv=None) -> int:
             rows_file = out / f"rows-{part}.jsonl"
             rows_file.unlink(missing_ok=True)
             command = [sys.executable, str(Path(__file__).resolve()), "--part", part, "--rows", str(rows_file),
-                       "--output", str(out)] + (["--cpu"] if args.cpu else [])  # fmt: skip
+                       "--output", str(out), "--deadline", str(time.time() + limit)]  # fmt: skip
+            command += ["--cpu"] if args.cpu else []
             code, text, _ = run(command, out / f"{part}.log", limit, env)
             rows = [json.loads(line) for line in rows_file.read_text().splitlines()] if rows_file.is_file() else []
             if code == 124:
@@ -560,8 +738,8 @@ def main(argv=None) -> int:
             results += rows
         times[part] = (time.perf_counter() - start, limit)
         print(f"{part}: {times[part][0]:.0f} s", flush=True)
-        report(results, out, header, times=times)
-    ok = report(results, out, header, final=True, times=times)
+        report(results, out, header + [hand_off(results)], times=times)
+    ok = report(results, out, header + [hand_off(results)], final=True, times=times)
     print((out / "report.md").read_text())
     return 0 if ok else 1
 

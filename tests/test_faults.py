@@ -154,7 +154,7 @@ def test_the_lock_is_held_for_the_run_and_dies_with_it(tmp_path):
 def test_a_batch_larger_than_the_ranks_share_names_both_numbers(jpeg_tree, tmp_path, capsys):
     assert train.main(train_args(jpeg_tree, tmp_path / "run", batch_size=256)) == 2
     line = one_line_error(capsys)
-    assert "--batch-size 256 is larger than this rank's share of the training data: 18 of 18 images" in line
+    assert "--batch-size 256 is larger than a rank's share of the training data: 18 of 18 images" in line
     assert "lower --batch-size" in line and not (tmp_path / "run").exists()  # a failed start leaves no folder
 
 

@@ -99,3 +99,42 @@ def test_the_walk_finds_a_gpu_to_cpu_edge_and_cpu_outputs(jpeg_tree):
         assert_boundaries(operators, outputs, MIXING)
     with pytest.raises(AssertionError, match=r"GPU -> CPU edges: \[\('_Shape', 'cpu'\)\]"):
         assert_boundaries(operators, ["gpu"] * len(outputs), MIXING)
+
+
+def _ops_named(pipe, name: str) -> list[dict]:
+    """The arguments of ``pipe``'s operators whose schema name contains ``name`` (graph built)."""
+    pipe._build_graph()
+    return [o._op._init_args for o in pipe._ops if name in getattr(o._op, "schema_name", "")]
+
+
+def test_the_gpu_decoder_is_sized_for_imagenet_and_offloads_to_the_hardware_decoder(jpeg_tree):
+    """nvJPEG's hardware decoder preallocates for ImageNet's largest image (the sampled largest
+    when larger), takes HW_DECODER_LOAD of the JPEGs, and the buffers follow the data."""
+    from pipelines.graphs import DALI_PADDINGS, HW_DECODER_LOAD, IMAGENET_LARGEST
+
+    train = train_pipeline(jpeg_tree / "train", batch_size=4, image_size=32, device="gpu", fp16=True)
+    val = val_pipeline(jpeg_tree / "val", batch_size=4, image_size=32, device="gpu", fp16=True)
+    for pipe, decoder in ((train, "ImageRandomCrop"), (val, "decoders__Image")):
+        (args,) = _ops_named(pipe, decoder)
+        assert args["hw_decoder_load"] == HW_DECODER_LOAD
+        assert (args["preallocate_width_hint"], args["preallocate_height_hint"]) == IMAGENET_LARGEST
+        assert {k: args[k] for k in DALI_PADDINGS} == DALI_PADDINGS  # small JPEGs: DALI's defaults
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_gpu_float_images_leave_the_pipeline_hwc_for_a_channels_last_view(jpeg_tree, split):
+    """On the GPU crop_mirror_normalize writes HWC (fp16 for AMP): the loader's NCHW view of it is
+    channels_last, so the training step copies nothing. The CPU pipelines keep CHW."""
+    from nvidia.dali import types
+
+    def build(device: str, **kwargs):
+        if split == "train":
+            return train_pipeline(jpeg_tree / "train", batch_size=4, image_size=32, device=device, **kwargs)
+        return val_pipeline(jpeg_tree / "val", batch_size=4, image_size=32, device=device,
+                            **{k: v for k, v in kwargs.items() if k == "fp16"})  # fmt: skip
+
+    (args,) = _ops_named(build("gpu", fp16=True, backend="python"), "CropMirrorNormalize")
+    assert args["output_layout"] == "HWC" and args["dtype"] == types.FLOAT16
+    cpu = build("cpu", recipe=None)
+    layouts = [a.get("output_layout") for a in _ops_named(cpu, "CropMirrorNormalize") + _ops_named(cpu, "Mix")]
+    assert layouts and all(layout == "CHW" for layout in layouts)

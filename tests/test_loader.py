@@ -112,3 +112,34 @@ def test_gpu_loaders_default_to_this_process_gpu(jpeg_tree, monkeypatch, which):
     make(jpeg_tree / which, batch_size=2, image_size=32, num_threads=1, device="gpu", device_id=0, shard_id=0,
          num_shards=1)  # fmt: skip
     assert made["pipe"].device_id == 0 and str(made["device"]) == "cuda:0"  # an explicit device_id wins
+
+
+def test_hwc_float_images_come_out_as_a_channels_last_view_and_the_step_copies_nothing(jpeg_tree):
+    """What the GPU pipelines do (crop_mirror_normalize writes HWC), on a CPU pipeline: the loader's
+    batch is NCHW with channels_last strides over the very memory DALI's output was copied into,
+    and the training step's ``contiguous(channels_last)`` returns it as it is."""
+    import torch
+    from nvidia.dali import fn, pipeline_def, types
+
+    from dali_cutmix.loader import DALILoader
+    from pipelines.folders import load_split
+
+    split = load_split(jpeg_tree / "train")
+
+    @pipeline_def(batch_size=6, num_threads=1, device_id=None, seed=0)
+    def pipe():
+        jpegs, labels = fn.readers.file(files=split.files, labels=split.labels, name="Reader")
+        images = fn.resize(fn.decoders.image(jpegs), resize_x=20, resize_y=16)
+        return fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="HWC", mean=[1.0], std=[2.0]), labels
+
+    p = pipe()
+    p.build()
+    seen = []
+    real_permute = torch.Tensor.permute
+    loader = DALILoader(p, ("images", "labels"), images_hwc=True)
+    for images, _ in loader:
+        assert images.shape == (6, 3, 16, 20) and images.is_contiguous(memory_format=torch.channels_last)
+        assert images.stride() == (16 * 20 * 3, 1, 20 * 3, 3)  # the HWC bytes as they came
+        assert images.contiguous(memory_format=torch.channels_last).data_ptr() == images.data_ptr()
+        seen.append(real_permute(images, 0, 2, 3, 1).is_contiguous())  # the view is of an NHWC block
+    assert seen and all(seen)

@@ -205,10 +205,10 @@ def test_uint8_output_normalised_on_the_trainers_device_equals_the_float_pipelin
     assert images.dtype == types.UINT8 and images.layout() == "HWC" and images.as_tensor().shape() == [6, 32, 32, 3]
 
 
-def test_nvjpeg_paddings_follow_the_largest_image_within_dalis_defaults_and_imagenets(tmp_path):
+def test_decoder_hints_follow_the_largest_image_within_dalis_defaults_and_imagenets(tmp_path):
     from PIL import Image
 
-    from pipelines.graphs import DALI_PADDINGS, IMAGENET_PADDINGS, nvjpeg_paddings
+    from pipelines.graphs import DALI_PADDINGS, IMAGENET_LARGEST, IMAGENET_PADDINGS, decoder_hints
 
     def split_of(*sizes):
         files = []
@@ -217,10 +217,15 @@ def test_nvjpeg_paddings_follow_the_largest_image_within_dalis_defaults_and_imag
             files.append(str(tmp_path / f"{i}.jpg"))
         return Split(files, [0] * len(files), ["a"])
 
-    assert nvjpeg_paddings(split_of((28, 28), (64, 48))) == DALI_PADDINGS  # the demo's size: DALI's defaults
-    big = nvjpeg_paddings(split_of((64, 48), (3000, 2000)))  # 18 MB decoded, +25%: 22 MiB
-    assert big == {"device_memory_padding": 22 << 20, "host_memory_padding": 22 << 20}
-    assert all(DALI_PADDINGS[k] <= v <= IMAGENET_PADDINGS[k] for k, v in big.items())
+    paddings = ("device_memory_padding", "host_memory_padding")
+    small = decoder_hints(split_of((28, 28), (64, 48)))  # the demo's size: DALI's default paddings
+    assert {k: small[k] for k in paddings} == DALI_PADDINGS
+    assert (small["preallocate_width_hint"], small["preallocate_height_hint"]) == IMAGENET_LARGEST  # the floor
+    big = decoder_hints(split_of((64, 48), (3000, 2000)))  # 18 MB decoded, +25%: 22 MiB
+    assert {k: big[k] for k in paddings} == {"device_memory_padding": 22 << 20, "host_memory_padding": 22 << 20}
+    assert all(DALI_PADDINGS[k] <= big[k] <= IMAGENET_PADDINGS[k] for k in paddings)
+    huge = decoder_hints(split_of((7000, 300), (200, 7200)))  # wider and taller than ImageNet's largest
+    assert (huge["preallocate_width_hint"], huge["preallocate_height_hint"]) == (7000, 7200)
 
 
 def test_a_size_that_the_images_do_not_have_is_an_error_naming_it(jpeg_tree):

@@ -36,7 +36,11 @@ def test_the_keyword_form_builds_the_same_settings(jpeg_tree):
 @pytest.mark.parametrize(
     "fields, name, message",
     [
-        ({"num_threads": 0}, "num_threads", "num_threads must be an int >= 1, got 0"),
+        (
+            {"num_threads": 0},
+            "num_threads",
+            r"num_threads must be an int >= 1 or None \(the cores per local rank\), got 0",
+        ),
         ({"seed": -1}, "seed", rf"seed must be an int in \[0, {MAX_SEED}\], got -1"),
         ({"image_size": True}, "image_size", r"image_size must be an int in \[16, 4096\], got True"),
         ({"shard_id": 0}, "shard_id", "shard_id and num_shards go together, got 0 and None"),

@@ -329,12 +329,25 @@ def train_cmd(data: Path, out: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    """120 images and the final weights of a run that nothing interrupted."""
+    """120 images, the final weights and the metrics rows of a run that nothing interrupted."""
     root = tmp_path_factory.mktemp("uninterrupted")
     data = write_jpeg_tree(root / "data", train_per_class=40)
     proc = subprocess.run(train_cmd(data, root / "run"), cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
-    return data, torch.load(root / "run" / "checkpoint_0002.pt", weights_only=True)["model"]
+    rows = [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines()]
+    return data, torch.load(root / "run" / "checkpoint_0002.pt", weights_only=True)["model"], rows
+
+
+def assert_same_rows(out: Path, reference: list[dict]) -> None:
+    """The metrics rows of an interrupted and resumed run against the uninterrupted run's: the same
+    counts and lr, the losses and accuracies within float noise (times differ)."""
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [r["epoch"] for r in reference]
+    for row, ref in zip(rows, reference):
+        for key in ("steps", "train_images", "val_images", "image_size", "lr"):
+            assert row[key] == ref[key], (row["epoch"], key)
+        for key in ("train_loss", "val_loss", "val_top1", "val_top5"):
+            assert row[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-5), (row["epoch"], key)
 
 
 def assert_same_weights(out: Path, reference: dict) -> None:
@@ -374,7 +387,7 @@ def interrupted(tmp_path, data: Path, signum: int, at_step: int):
 
 @pytest.mark.slow
 def test_sigterm_saves_mid_epoch_and_resume_is_exact(tmp_path, uninterrupted):
-    data, reference = uninterrupted
+    data, reference, reference_rows = uninterrupted
     proc, cmd, out = interrupted(tmp_path, data, signal.SIGTERM, at_step=30 + 12)  # epoch 1, its 12th step
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
     saved = ckpt.latest(out)
@@ -385,14 +398,15 @@ def test_sigterm_saves_mid_epoch_and_resume_is_exact(tmp_path, uninterrupted):
     assert f"resuming from {saved}: epoch 1, step 12, with the data stream exactly" in proc.stdout
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
-    assert rows[1]["steps"] == 30 and rows[1]["train_images"] == 4 * (30 - 12)
+    assert rows[1]["steps"] == 30 and rows[1]["train_images"] == 4 * 30  # the whole epoch: its books were saved
     assert not saved.exists()  # superseded by checkpoint_0002.pt
     assert_same_weights(out, reference)  # the same batches, mixes and updates as without the signal
+    assert_same_rows(out, reference_rows)
 
 
 @pytest.mark.slow
 def test_sigkill_mid_epoch_resumes_from_the_last_complete_checkpoint_exactly(tmp_path, uninterrupted):
-    data, reference = uninterrupted
+    data, reference, reference_rows = uninterrupted
     proc, cmd, out = interrupted(tmp_path, data, signal.SIGKILL, at_step=30 + 10)
     assert proc.returncode == -signal.SIGKILL
     assert ckpt.latest(out) == out / "checkpoint_0001.pt"
@@ -402,6 +416,7 @@ def test_sigkill_mid_epoch_resumes_from_the_last_complete_checkpoint_exactly(tmp
     assert "epoch 1, step 0, with the data stream exactly" in proc.stdout
     assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]
     assert_same_weights(out, reference)
+    assert_same_rows(out, reference_rows)
 
 
 def test_resuming_on_data_with_other_classes_is_a_clear_error(tmp_path, capsys):
