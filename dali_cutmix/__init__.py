@@ -20,6 +20,7 @@ _HOME = {
     "Normalize": "normalize",
     "Mixed": "ops",
     "cutmix": "ops",
+    "epoch_prob": "ops",
 }
 __all__ = sorted(_HOME)
 __getattr__, __dir__ = lazy_names(__name__, _HOME)

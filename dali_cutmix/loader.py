@@ -101,6 +101,8 @@ class DALILoader:
     images_hwc: the pipeline's float ``images`` are (B, H, W, C): they come out as the (B, C, H, W)
         view of the same memory, channels_last, with nothing copied (the GPU pipelines' way).
     classes: the class names, kept as ``loader.classes``; None: unknown.
+    identity: what the loader reads (plain data), saved with :meth:`state` so that a state given
+        to a loader of other data is refused.
     """
 
     def __init__(
@@ -116,6 +118,7 @@ class DALILoader:
         normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
         images_hwc: bool = False,
         classes: list[str] | None = None,
+        identity: dict | None = None,
     ):
         if last_batch not in POLICIES:
             raise ValueError(f"last_batch must be one of {tuple(POLICIES)}, got {last_batch!r}")
@@ -125,6 +128,7 @@ class DALILoader:
         self.pipeline = pipeline
         self.normalize = normalize
         self.images_hwc = images_hwc
+        self.identity = identity
         self.epoch = start_epoch
         self.origin = start_epoch if origin is None else origin  # the epoch of the pipeline's first batch
         self._closed = False
@@ -147,7 +151,8 @@ class DALILoader:
     def state(self) -> dict:
         """Where the loader is, as plain data for a checkpoint: pass it back as ``train_loader(state=)``
         to continue with exactly the batches (files, crops, mixes) this loader would give next."""
-        return {"dali": self._it.checkpoints()[0], "origin": self.origin}
+        state = {"dali": self._it.checkpoints()[0], "origin": self.origin}
+        return state | ({"identity": self.identity} if self.identity is not None else {})
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         """One epoch. Leaving it early (a ``break``, an exception, a signal) returns at once: nothing
@@ -179,6 +184,8 @@ class DALILoader:
                 next(self._it)
             except StopIteration:
                 break
+            except RuntimeError as e:  # as in __iter__: a file DALI fails to decode is named
+                raise dali_failure(e) from e
         self._end_epoch()
 
     def _end_epoch(self) -> None:

@@ -12,18 +12,18 @@ why a backend does not take a device or layout. docs/DESIGN.md tells why each ex
 
 from __future__ import annotations
 
-import itertools
 import sys
 
 import numpy as np
-from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali import fn, types
 
-from .backends import native, python, stock_ops
+from .backends import NAMES, native, python, stock_ops
 from .backends.graph import Params, is_node
 from .normalize import Normalize
-from .recipe import MixConfig, check_image_size, check_layout
+from .recipe import MixConfig, check_image_size, check_layout, check_prob
+from .schedule import EpochFeed
 
-BACKENDS = {"native": native, "python": python, "ops": stock_ops}
+BACKENDS = dict(zip(NAMES, (native, python, stock_ops)))
 DEFAULT_BACKEND = {"cpu": "native", "gpu": "python"}
 # The CPU default when the native operator cannot be built or loaded (no compiler, an old one, no
 # CUDA headers): the same mixing, no compiler needed, slower (docs/BENCHMARKS.md).
@@ -72,7 +72,7 @@ def cutmix(
     return_params: bool = False,
     normalize: Normalize | None = None,
     size: tuple[int, int] | None = None,
-    resize: bool = False,
+    resize=None,
     **recipe,
 ):
     """CutMix (optionally switching with MixUp) a batch inside a DALI pipeline.
@@ -92,15 +92,17 @@ def cutmix(
     return_params: set ``Mixed.params`` (:class:`~dali_cutmix.backends.graph.Params`, CPU DataNodes).
     normalize: None (the images keep dtype, layout and device), or a
         :class:`~dali_cutmix.normalize.Normalize` applied to the mixed images.
-    size: None, the images' ``(H, W)`` as two ints, or a CPU int32 DataNode of ``(H, W)`` a
-        sample; given, the python backend never reads GPU images' shapes on the CPU.
-    resize: resize each image to ``size`` (required) first, bilinearly as
-        ``fn.resize(interp_type=INTERP_LINEAR, antialias=False)``.
+    size: None, or the images' ``(H, W)``, a hint (two ints, or a CPU int32 DataNode of ``(H, W)``
+        a sample): given, the python backend never reads GPU images' shapes on the CPU.
+    resize: None, or the ``(H, W)`` to resize each image to first (two ints, or a CPU int32
+        DataNode of ``(H, W)`` a sample), bilinearly as ``fn.resize(interp_type=INTERP_LINEAR,
+        antialias=False)``: the images may then come in any shape (the decoder's random crops);
+        the resized size is the size hint too.
     recipe: the recipe's fields as keywords, instead of ``config``.
     Returns :class:`Mixed`: ``images`` (the input's device; normalised when asked), ``labels_a``
     (``labels``), ``labels_b`` (the partners' labels, on the labels' device), ``lam`` (float32 a
-    sample, the weight of ``labels_a``, 1.0 where nothing was mixed; a CPU DataNode on the CPU
-    backends, the images' device on the python backend).
+    sample, the weight of ``labels_a``, 1.0 where nothing was mixed; a CPU DataNode on every
+    backend: a GPU pipeline moves it with ``.gpu()``, as the training pipelines do).
     """
     if is_node(recipe.get("prob")):
         raise ValueError("prob is the recipe's number; a per-sample DataNode of chances goes in sample_prob=")
@@ -110,11 +112,21 @@ def cutmix(
         config = MixConfig(**recipe)
     elif recipe:
         raise ValueError(f"give the recipe as config or as keywords, not both (got config and {sorted(recipe)})")
+    if config.scheduled and sample_prob is None:
+        raise ValueError(
+            "the recipe's chance of mixing changes by epoch (prob_schedule / off_epoch), which cutmix() alone "
+            "cannot know: give sample_prob=dali_cutmix.epoch_prob(recipe, batch_size, steps_per_epoch), as "
+            "pipelines.graphs.train_pipeline does"
+        )
     check_layout(layout)
+    if resize is True or resize is False:
+        raise ValueError("resize takes the (H, W) to resize the images to (or None), not a bool")
+    if resize is not None:
+        if size is not None:
+            raise ValueError("give resize=(H, W) alone: the resized size is the size hint too")
+        size = resize
     if size is not None and not is_node(size):
         size = _checked_size(size)
-    if resize and size is None:
-        raise ValueError("resize=True needs size: the (H, W) to resize the images to")
     device = images.device
     name = default_backend(device, layout) if backend is None else backend
     if name not in BACKENDS:
@@ -124,9 +136,9 @@ def cutmix(
             raise ValueError(REFUSED[key])
     module = BACKENDS[name]
     fused = {}
-    if resize and module.FUSES_RESIZE:
+    if resize is not None and module.FUSES_RESIZE:
         fused["resize"] = True
-    elif resize:
+    elif resize is not None:
         images = resize_images(images, size)
     mixed, labels_b, params = module.build(
         images, labels, config, prob=sample_prob, layout=layout, normalize=normalize, size=size, **fused
@@ -162,6 +174,27 @@ def native_available() -> bool:
     return default_backend("cpu") == "native"
 
 
+def epoch_prob(config: MixConfig, batch_size: int, steps_per_epoch: int, start_epoch: int = 0):
+    """Each batch's chance of mixing from ``config``'s per-epoch schedule, as a CPU float32
+    DataNode of one value a sample: what ``cutmix(..., sample_prob=)`` takes for a scheduled
+    recipe, inside any ``@pipeline_def``. ``steps_per_epoch``: the pipeline's runs an epoch;
+    ``start_epoch``: the epoch of its first batch (a resumed pipeline keeps its place: the feed
+    counts DALI's own iterations, which its checkpoints restore)."""
+    feed = EpochFeed(checked_prob(config.prob_at), np.float32, batch_size, steps_per_epoch, start_epoch)
+    return fn.external_source(source=feed, batch=True, batch_info=True, dtype=types.FLOAT)
+
+
+def checked_prob(schedule):
+    """``schedule`` (epoch -> chance), each value checked as every chance of mixing is."""
+
+    def prob(epoch: int) -> float:
+        value = float(schedule(epoch))
+        check_prob(value, f"the chance of mixing in epoch {epoch}")
+        return value
+
+    return prob
+
+
 def replay_params(params: Params) -> tuple:
     """``perm, boxes[, blend]``: the parameters a pipeline returns to replay its mix (``blend``
     only when MixUp is on)."""
@@ -183,31 +216,3 @@ def _checked_size(size) -> tuple[int, int]:
         raise ValueError(f"size must be (H, W), got {size!r}") from None
     check_image_size(h, w)
     return h, w
-
-
-def mix_arrays(batches, *, device: str = "cpu", seed: int = 0, layout: str = "HWC", num_threads: int = 1, **kwargs):
-    """Run :func:`cutmix` with ``return_params=True`` over in-memory batches (lists of NumPy
-    arrays, one list a batch), the labels being each sample's index; yield NumPy
-    ``(images, mixed, labels_a, labels_b, lam, perm, boxes[, blend])`` per batch. A NumPy ``prob``
-    goes in as ``sample_prob``. For checking the operator outside a training pipeline
-    (the tests and ``scripts/gpu_check.py``)."""
-    batch_size = len(batches[0])
-    feed = itertools.cycle(batches)
-    labels = [np.array([i], dtype=np.int32) for i in range(batch_size)]
-    prob = kwargs.get("prob")
-    per_sample = None
-    if isinstance(prob, np.ndarray):
-        per_sample = [np.asarray(p, np.float32) for p in kwargs.pop("prob")]
-
-    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=0 if device == "gpu" else None, seed=seed)
-    def pipe():
-        images = fn.external_source(source=lambda: next(feed), layout=layout, device=device)
-        node = None if per_sample is None else fn.external_source(source=lambda: per_sample, dtype=types.FLOAT)
-        mixed = cutmix(images, fn.external_source(source=lambda: labels), sample_prob=node, layout=layout,
-                       return_params=True, **kwargs)  # fmt: skip
-        return (images, *mixed, *replay_params(mixed.params))
-
-    p = pipe(prefetch_queue_depth=1)
-    p.build()
-    for _ in batches:
-        yield tuple((o.as_cpu() if hasattr(o, "as_cpu") else o).as_array() for o in p.run())

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import UserError
+from .schedule import schedule_steps, value_at
 
 MODES = ("batch", "elem")
 LAYOUTS = ("HWC", "CHW")
@@ -58,14 +59,11 @@ class MixConfig:
                 raise RecipeError(name, "must be a finite number >= 0", value)
         check_prob(self.prob, "prob")
         check_prob(self.switch_prob, "switch_prob")
-        pairs = self.prob_schedule.items() if isinstance(self.prob_schedule, dict) else self.prob_schedule
         try:
-            schedule = tuple(sorted((int(epoch), float(p)) for epoch, p in pairs))
-        except (TypeError, ValueError):
-            raise RecipeError("prob_schedule", "must be (epoch, prob) pairs", self.prob_schedule) from None
-        for epoch, p in schedule:
-            if epoch < 0:
-                raise RecipeError("prob_schedule", "must have epochs >= 0", self.prob_schedule)
+            schedule = schedule_steps(self.prob_schedule, float, "prob_schedule")
+        except UserError as e:
+            raise RecipeError("prob_schedule", str(e).removeprefix("prob_schedule "), self.prob_schedule) from None
+        for _, p in schedule:
             check_prob(p, "prob_schedule")
         object.__setattr__(self, "prob_schedule", schedule)  # normalised once: sorted pairs
         if self.off_epoch is not None and (isinstance(self.off_epoch, bool) or not isinstance(self.off_epoch, int)
@@ -89,11 +87,7 @@ class MixConfig:
         """The chance of mixing in ``epoch`` (from 0)."""
         if self.off_epoch is not None and epoch >= self.off_epoch:
             return 0.0
-        prob = self.prob
-        for start, p in self.prob_schedule:
-            if epoch >= start:
-                prob = p
-        return prob
+        return value_at(self.prob_schedule, epoch, self.prob)
 
     @property
     def cutmix(self) -> bool:

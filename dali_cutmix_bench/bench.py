@@ -320,7 +320,7 @@ def stage_rows(args, train_split) -> list[Row]:
             return norm.apply(images), labels
         # The training pipeline's own graph: the crops go to cutmix, which resizes them (the native
         # backend in its one pass, with the mix and the normalisation).
-        images, labels, *_ = cutmix(crops, labels, backend=args.backend, normalize=norm, size=size, resize=True)
+        images, labels, *_ = cutmix(crops, labels, backend=args.backend, normalize=norm, resize=size)
         return images, labels
 
     stages = {

@@ -306,9 +306,10 @@ def check_flags(saved: dict, settings: dict, path: Path, *, may_change, skip, na
             )
 
 
-def check_data(state: dict, path: Path, num_classes: int, fingerprint: str) -> None:
-    """A one-line :class:`CheckpointError` when the data is not what the checkpoint was trained on: first the
-    class count, then the fingerprint of files, labels and classes (``Split.fingerprint``)."""
+def check_data(state: dict, path: Path, num_classes: int, fingerprint: str, val_fingerprint: str | None = None) -> None:
+    """A one-line :class:`CheckpointError` when the data is not what the checkpoint was trained on:
+    first the class count, then the fingerprint of files, labels and classes (``Split.fingerprint``),
+    then the validation data's (rows of one run must score the same images)."""
     if state["num_classes"] != num_classes:
         raise CheckpointError(f"checkpoint has {state['num_classes']} classes, but the data has {num_classes}")
     saved = state["config"]["data_fingerprint"]
@@ -317,6 +318,13 @@ def check_data(state: dict, path: Path, num_classes: int, fingerprint: str) -> N
             f"{path} was trained on other data ({saved.split(':')[0]} training files, "
             f"now {fingerprint.split(':')[0]}, or other names or labels; a bad-file check that now leaves out other "
             f"files counts as other data)"
+        )
+    saved_val = state["config"].get("val_fingerprint")
+    if saved_val is not None and val_fingerprint is not None and saved_val != val_fingerprint:
+        raise CheckpointError(
+            f"{path} was validated on other data ({saved_val.split(':')[0]} validation images, now "
+            f"{val_fingerprint.split(':')[0]}, or other names or labels): --val-data may not change on resume, or "
+            f"metrics.jsonl would mix two validation sets"
         )
 
 

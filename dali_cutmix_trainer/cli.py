@@ -16,11 +16,11 @@ import traceback
 from pathlib import Path
 
 from dali_cutmix.errors import UserError
-from pipelines.recipe_args import add_recipe_args, recipe_from_args
+from pipelines.cli_flags import add_recipe_args, recipe_from_args, setting_flag
 from pipelines.settings import SettingError, SizeSchedule
-from pipelines.sources import SHARDS_NEED_VAL, source_kind
+from pipelines.sources import SHARDS_NEED_VAL, kind_of
 
-from .flags import SETTING_FLAGS, loader_settings
+from .flags import loader_settings
 from .model import ARCHS
 from .run_folder import OS_ADVICE, StopRun
 
@@ -68,7 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--smoothing", "--label-smoothing", type=float, default=0.0, dest="smoothing")
     p.add_argument("--workers", type=int, default=None,
                    help="DALI CPU threads, training and validation (default: the cores per local rank)")  # fmt: skip
-    add_recipe_args(p)  # the mixing flags, timm's names among them (pipelines.recipe_args)
+    add_recipe_args(p)  # the mixing flags, timm's names among them (pipelines.cli_flags)
     p.add_argument(
         "--mix-in",
         choices=("pipeline", "loop"),
@@ -131,11 +131,11 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--output {args.output!r} is a file, not a folder: give a folder for the run")
     try:
         sizes = SizeSchedule.parse(args.size_schedule) if args.size_schedule is not None else None
-    except UserError as e:
-        p.error(f"--size-schedule: {e}")
+    except SettingError as e:
+        p.error(f"--size-schedule {e.reason}")
     if sizes is not None:
         if sizes.steps[-1][0] >= args.epochs:
-            p.error(f"--size-schedule: epoch {sizes.steps[-1][0]} is past the last epoch ({args.epochs - 1}) "
+            p.error(f"--size-schedule epoch {sizes.steps[-1][0]} is past the last epoch ({args.epochs - 1}) "
                     f"of --epochs {args.epochs}")  # fmt: skip
         args.size_schedule = sizes.text()  # one spelling: a resume compares the schedule, not its text
     if args.val_image_size is None:
@@ -144,7 +144,7 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         try:  # the loader's own checks (pipelines.settings), said with the flags' names
             loader_settings(args, "demo", image_size=side)
         except SettingError as e:
-            p.error(f"{flag if e.name == 'image_size' else SETTING_FLAGS[e.name]} {e.reason}")
+            p.error(f"{flag if e.name == 'image_size' else setting_flag(e.name)} {e.reason}")
     if args.arch not in ARCHS:
         p.error(f"--arch must be one of {', '.join(ARCHS)}, got {args.arch!r}")
     args.recipe = recipe_from_args(p, args)
@@ -152,10 +152,10 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     for flag, spec in (("--data", args.data), ("--val-data", args.val_data)):
         if spec is not None:
             try:
-                kinds[flag] = source_kind(spec)
+                kinds[flag] = kind_of(spec)
             except UserError as e:
                 p.error(f"{flag} {e}")
-    if kinds.get("--data") == "shards" and args.val_data is None:
+    if "--data" in kinds and kinds["--data"].needs_val and args.val_data is None:
         p.error(f"--data {args.data!r} {SHARDS_NEED_VAL.format(flag='--val-data')}")
     if args.device == "gpu" and not _cuda_available():
         p.error("--device gpu: CUDA is not available on this machine")

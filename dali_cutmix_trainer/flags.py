@@ -5,10 +5,6 @@ from __future__ import annotations
 
 from pipelines.settings import LoaderSettings, SizeSchedule
 
-# The loader's settings, by the flag that gives each (pipelines.settings checks them).
-SETTING_FLAGS = {"batch_size": "--batch-size", "image_size": "--image-size", "size_schedule": "--size-schedule",
-                 "random_area": "--random-area", "num_threads": "--workers", "seed": "--seed"}  # fmt: skip
-
 
 def loader_settings(args, data, **fields) -> LoaderSettings:
     """The loaders' settings from the flags (``fields``: the rest, and overrides)."""

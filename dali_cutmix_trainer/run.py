@@ -90,11 +90,15 @@ class Data(NamedTuple):
     val: object  # DALILoader of (images, labels)
     classes: list[str]
     fingerprint: str
+    val_fingerprint: str
     mixer: LoopMixer | None  # --mix-in loop: mixes the plain batches in the training loop
 
 
-def load_data(args, rank: int, world: int, device: torch.device, start_epoch: int, loader_state=None, *, out: Path):
-    """This rank's loaders, the class names, the data's fingerprint and the loop mixer.
+def load_data(args, rank: int, world: int, device: torch.device, start_epoch: int, loader_state=None, fits=None, *,
+              out: Path):  # fmt: skip
+    """This rank's loaders, the class names, the data's fingerprints and the loop mixer. ``fits``
+    (a resumed run's): ``fits(classes, fingerprint, val_fingerprint)`` raises when the data is not
+    the checkpoint's, said before any loader is built on its saved state.
 
     The data is resolved once (:func:`pipelines.sources.resolve`); undecodable files and shard
     samples are found first and left out, or are an error with ``--strict``. Rank 0 exports the
@@ -114,6 +118,10 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
         raise UserError(f"--strict: {e}") from e
     if world > 1 and rank == 0:
         dist.barrier()
+    fingerprint = train_split.fingerprint(root)
+    val_fingerprint = val_split.fingerprint(args.val_data or root)
+    if fits is not None:
+        fits(train_split.classes, fingerprint, val_fingerprint)
     smallest = len(train_split) // world  # a rank's own images, before DALI pads its shard
     if smallest < args.batch_size:
         shares = f"{smallest}" if smallest == rank_share(len(train_split), world) else \
@@ -138,7 +146,7 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
             mixer.load_state(loader_state["mixer"])
     if rank == 0 and loader_state is None and start_epoch == 0:
         write_batch_png(out / "batch.png", settings, train_split.classes, mixer=mixer, **mixing)
-    return Data(train, val, train_split.classes, train_split.fingerprint(root), mixer)
+    return Data(train, val, train_split.classes, fingerprint, val_fingerprint, mixer)
 
 
 def amp_dtype(args, device: torch.device) -> torch.dtype | None:
@@ -188,7 +196,7 @@ def run(args, report=None) -> int:
 
 def fit(args, rank: int, world: int, device: torch.device, out: Path, state: dict | None, data: Data) -> int:
     """Train and evaluate epoch by epoch from ``state`` (or afresh), saving as it goes; the exit code."""
-    train, val, classes, fingerprint, mixer = data
+    train, val, classes, fingerprint, val_fingerprint, mixer = data
     model = build_model(args.arch, len(classes), device)
     optimizer, scheduler = build_optimizer(args, model, world, steps_run(args, train))
     amp = amp_dtype(args, device)
@@ -210,6 +218,7 @@ def fit(args, rank: int, world: int, device: torch.device, out: Path, state: dic
         "recipe": recipe,
         "run_id": (state["config"].get("run_id") if state else None) or uuid.uuid4().hex[:12],
         "data_fingerprint": fingerprint,
+        "val_fingerprint": val_fingerprint,
         "train_files": int(fingerprint.split(":")[0]),
         "world_size": world,
         "device": str(device),

@@ -33,13 +33,15 @@ class StopRun(Exception):
 
 
 def open_run(args, rank: int, world: int, out: Path, load: Callable):
-    """``(state, data, lock)``: the checkpoint to resume from (or None), the data that
-    ``load(start_epoch, loader_state)`` gives, and (rank 0) the lock on ``out``.
+    """``(state, data, lock)``: the checkpoint to resume from (or None), the data that ``load``
+    gives, and (rank 0) the lock on ``out``.
 
     args: the trainer's flags (``resume``, ``arch``, ``epochs``, ``overwrite``, ``default_output``).
     rank, world: this process's rank and the world size.
     out: the run folder.
-    load: returns the data (with ``classes`` and ``fingerprint``) for the epoch the run starts at.
+    load: ``load(start_epoch, loader_state, fits)`` returns the data for the epoch the run starts at,
+        calling ``fits(classes, fingerprint, val_fingerprint)`` (a resumed run's check of the data
+        against the checkpoint's) before it builds the loaders.
     Raises :class:`UserError` on bad input, before anything in ``out`` changes.
     """
     state, loader_state, lock, path = None, None, None, None
@@ -91,13 +93,15 @@ def open_run(args, rank: int, world: int, out: Path, load: Callable):
     fresh = not out.exists()
     if rank == 0:  # held for the run (released when it ends, or by the OS); under torchrun rank 0 holds it
         lock = ckpt.RunLock(out)
+
+    def fits(classes, fingerprint, val_fingerprint) -> None:
+        try:
+            ckpt.check_data(state, path, len(classes), fingerprint, val_fingerprint)
+        except UserError as e:
+            raise UserError(f"--resume: {e}") from e
+
     try:
-        data = load(state["epoch"] if state else 0, loader_state)
-        if state:
-            try:
-                ckpt.check_data(state, path, len(data.classes), data.fingerprint)
-            except UserError as e:
-                raise UserError(f"--resume: {e}") from e
+        data = load(state["epoch"] if state else 0, loader_state, fits if state else None)
     except BaseException:
         if lock is not None:
             if fresh:  # what the start-up wrote into the folder it made: a failed start leaves no trace

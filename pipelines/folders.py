@@ -17,7 +17,6 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 
@@ -71,7 +70,6 @@ FASHION_MNIST_CLASSES = (
 class Split:
     """The files of one split, their integer labels and the class names."""
 
-    kind: ClassVar[str] = "files"  # a source's kind (pipelines.sources.source_kind)
     files: list[str]
     labels: list[int]
     classes: list[str]

@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
 
 import numpy as np
 import nvidia.dali.fn as fn
 from nvidia.dali import pipeline_def, types
 
-from dali_cutmix.ops import Normalize, cutmix, native_available, replay_params, resize_images
-from dali_cutmix.recipe import MixConfig, check_prob
+from dali_cutmix.ops import Normalize, checked_prob, cutmix, native_available, replay_params, resize_images
+from dali_cutmix.recipe import MixConfig
+from dali_cutmix.schedule import EpochFeed
 
 from .settings import VAL_CROP, LoaderSettings
-from .sources import Source, load_source
+from .sources import Source, kind_of, load_source
 
 READER_NAME = "Reader"
 MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
@@ -55,7 +55,7 @@ def decoder_hints(source: Source, sample: int = 256) -> dict[str, int]:
     headers out of 1.28 M would rarely meet). Shards are not opened here: DALI's default paddings
     (nvJPEG grows a buffer when an image needs more) and ImageNet's hints."""
     largest = widest = tallest = 0
-    if source.kind == "files" and len(source):
+    if kind_of(source).files_on_disk and len(source):
         from PIL import Image
 
         step = max(1, len(source) // sample)
@@ -113,21 +113,21 @@ def _train_graph(split, *, image_size, random_area, device, shard_id, num_shards
     # equals mixing flipped images with a flipped box, so the distribution is the same.
     mirror = fn.random.coin_flip()
     norm = _normalize(fp16, uint8, layout, mirror=mirror)
-    if mix is None and device == "cpu" and native_available():  # the native operator at prob 0: its fused resize
-        mixed = cutmix(images, labels, MixConfig(prob=0.0), backend="native", normalize=norm, size=size, resize=True)
+    recipe, backend = mix
+    if recipe is None and _native_unmixed(device, backend):  # the native operator at prob 0: its fused resize
+        mixed = cutmix(images, labels, MixConfig(prob=0.0), backend="native", normalize=norm, resize=size)
         outputs = mixed.images, labels, labels, mixed.lam  # lam: 1.0
-    elif mix is None:
+    elif recipe is None:
         outputs = norm.apply(resize_images(images, size)), labels, labels, fn.ones(shape=[], dtype=types.FLOAT)  # lam
     else:
-        recipe, backend = mix
         prob = None
         if prob_source is not None:
             prob = fn.external_source(source=prob_source, batch=True, batch_info=True, dtype=types.FLOAT)
         # The native backend (the CPU default) resizes, mixes and normalises in one pass; the
         # others resize first (dali_cutmix.ops). The size is known, so GPU images never reach the
         # CPU sampler.
-        mixed = cutmix(images, labels, recipe, sample_prob=prob, backend=backend, normalize=norm, size=size,
-                       resize=True, return_params=return_params)  # fmt: skip
+        mixed = cutmix(images, labels, recipe, sample_prob=prob, backend=backend, normalize=norm, resize=size,
+                       return_params=return_params)  # fmt: skip
         outputs = tuple(mixed) + (replay_params(mixed.params) if return_params else ())
     if return_params:
         outputs += (mirror,)
@@ -139,6 +139,16 @@ def _val_graph(split, *, image_size, device, shard_id, num_shards, fp16, uint8, 
     jpegs, labels = split.read(shard_id=shard_id, num_shards=num_shards, shuffle=False, seed=0, name=READER_NAME)
     images = decode_center(jpegs, device=device, image_size=image_size, hints=hints)
     return on_device((_normalize(fp16, uint8, layout).apply(images, crop=(image_size, image_size)), labels), device)
+
+
+def _native_unmixed(device: str, backend: str | None) -> bool:
+    """Whether a pipeline without mixing runs the native operator at prob 0 (its fused resize and
+    normalisation, the fastest CPU path): on the CPU, asked for (``backend="native"``: an error
+    when it cannot be had) or by default where it can be built; another backend asked for gets
+    DALI's own resize and ``crop_mirror_normalize``."""
+    if device != "cpu" or backend not in (None, "native"):
+        return False
+    return backend == "native" or native_available()
 
 
 def _normalize(fp16: bool, uint8: bool, layout: str, mirror=False) -> Normalize:
@@ -191,7 +201,7 @@ def train_pipeline(
     if (schedule is not None or s.size_schedule) and not steps_per_epoch:
         raise ValueError("a scheduled recipe or size needs steps_per_epoch (the loaders give it)")
     if schedule is not None:
-        prob_source = EpochFeed(_checked_prob(schedule), np.float32, s.batch_size, steps_per_epoch, start_epoch)
+        prob_source = EpochFeed(checked_prob(schedule), np.float32, s.batch_size, steps_per_epoch, start_epoch)
     if s.size_schedule:
         at = functools.partial(s.size_schedule.at, default=s.image_size)
         size_source = EpochFeed(at, np.int32, s.batch_size, steps_per_epoch, start_epoch)
@@ -207,7 +217,7 @@ def train_pipeline(
         uint8=s.ships_uint8(),
         hints=decoder_hints(split) if s.device == "gpu" else None,
         layout=s.image_layout(),
-        mix=None if recipe is None else (recipe, backend),
+        mix=(recipe, backend),
         prob_source=prob_source,
         size_source=size_source,
         return_params=return_params,
@@ -255,31 +265,3 @@ def output_names(recipe: MixConfig | None, return_params: bool = False) -> tuple
         return names
     params = () if recipe is None else ("perm", "boxes") + (("blend",) if recipe.mixup else ())
     return names + params + ("mirror",)
-
-
-def _checked_prob(schedule: Callable[[int], float]) -> Callable[[int], float]:
-    def prob(epoch: int) -> float:
-        value = float(schedule(epoch))
-        check_prob(value, f"the chance of mixing in epoch {epoch}")
-        return value
-
-    return prob
-
-
-class EpochFeed:
-    """External-source callback: every sample of a batch gets ``value_at(epoch)`` of its epoch
-    (the chance of mixing, the crop side).
-
-    DALI prefetches, so the loader's notion of "current epoch" runs behind the pipeline; the
-    batch's own iteration number (``BatchInfo.iteration``, which DALI's checkpoints restore) tells
-    its epoch exactly.
-    """
-
-    def __init__(self, value_at: Callable[[int], float], dtype, batch_size: int, steps_per_epoch: int,
-                 start_epoch: int):  # fmt: skip
-        self.value_at, self.dtype, self.batch_size = value_at, dtype, batch_size
-        self.steps_per_epoch, self.start_epoch = steps_per_epoch, start_epoch
-
-    def __call__(self, info) -> list[np.ndarray]:
-        epoch = self.start_epoch + info.iteration // self.steps_per_epoch
-        return [np.asarray(self.value_at(epoch), self.dtype)] * self.batch_size

@@ -107,11 +107,11 @@ class DALIDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DALILoader | list:
         if self.val_source is None:
             return []
-        s = self.settings
-        return val_loader(
-            LoaderSettings(self.val_source, batch_size=self.val_batch_size, image_size=s.image_size,
-                           num_threads=s.threads(), classes=self.train_source.classes, **self._placement())
-        )  # fmt: skip
+        s = self.settings  # the user's settings (seed, dtype, threads, prefetch, ...), for validation
+        side = s.size_schedule.sizes()[-1] if s.size_schedule else s.image_size  # the last training side
+        val = s.replace(data=self.val_source, batch_size=self.val_batch_size, image_size=side, size_schedule=None,
+                        classes=self.train_source.classes, **self._placement())  # fmt: skip
+        return val_loader(val)
 
     def state_dict(self) -> dict:
         return {"loader": self._train.state()} if self._train is not None else {}

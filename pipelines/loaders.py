@@ -14,10 +14,10 @@ import os
 
 from dali_cutmix.device import DeviceNormalize
 from dali_cutmix.loader import DALILoader, steps_per_epoch
-from dali_cutmix.recipe import MixConfig
+from dali_cutmix.recipe import MixConfig, RecipeError
 
 from .graphs import DEFAULT_RECIPE, MEAN, READER_NAME, STD, output_names, train_pipeline, val_pipeline
-from .settings import LoaderSettings
+from .settings import LoaderSettings, SettingError
 from .sources import Source, load_source
 
 
@@ -46,8 +46,12 @@ def train_loader(
     return_params: each batch goes on with the mix's parameters (:func:`pipelines.graphs.output_names`).
     """
     s = LoaderSettings.of(data, **settings)
-    origin = state["origin"] if state else start_epoch
+    if recipe is not None and not isinstance(recipe, MixConfig):
+        raise RecipeError("recipe", "must be a dali_cutmix.MixConfig, or None for no mixing", recipe)
     split = load_source(s.data)
+    identity = _identity(s, split)
+    _check_state(state, identity)
+    origin = state["origin"] if state else start_epoch
     # The pipeline runs ceil(shard / batch) times an epoch whatever the policy: "drop" runs the
     # last, short batch too and throws it away. The schedule counts pipeline runs.
     runs_per_epoch = steps_per_epoch(len(split), s.batch_size, s.shard()[1], "partial")
@@ -72,6 +76,7 @@ def train_loader(
         normalize=_device_normalize(s),
         images_hwc=_hwc_floats(s),
         classes=split.classes,
+        identity=identity,
     )
 
 
@@ -95,3 +100,27 @@ def _hwc_floats(s: LoaderSettings) -> bool:
     """Whether the pipeline's float images are HWC (the GPU's): the loader hands on their
     channels_last NCHW view."""
     return s.image_layout() == "HWC" and not s.ships_uint8()
+
+
+def _identity(s: LoaderSettings, split) -> dict:
+    """What a loader's saved state belongs to: the data's size and classes, the batch, the share."""
+    return {"samples": len(split), "classes": len(split.classes), "batch_size": s.batch_size, "shards": s.shard()[1]}
+
+
+def _check_state(state, identity: dict) -> None:
+    """A :class:`SettingError` naming ``state`` when it is not a loader's :meth:`DALILoader.state`,
+    or one of a loader over other data, another batch size or another number of shards."""
+    if state is None:
+        return
+    if (
+        not isinstance(state, dict)
+        or not isinstance(state.get("dali"), (str, bytes))
+        or not isinstance(state.get("origin"), int)
+    ):
+        raise SettingError("state", f"must be what DALILoader.state() returned (a dict with 'dali' and "
+                           f"'origin'), got {type(state).__name__}")  # fmt: skip
+    saved = state.get("identity")
+    if saved is not None and saved != identity:
+        differs = ", ".join(f"{k} {saved.get(k)} -> {v}" for k, v in identity.items() if saved.get(k) != v)
+        raise SettingError("state", f"is a loader's over other data or settings ({differs}): a saved state continues "
+                           f"only a loader of the same data, batch size and shards")  # fmt: skip

@@ -34,6 +34,7 @@ import os
 import shutil
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -156,7 +157,7 @@ def prepare(src, out, settings: Settings, *, workers: int | None = None, check: 
     """
     from tqdm import tqdm
 
-    from .sources import resolve
+    from .sources import kind_of, resolve
 
     out, source = Path(out), os.path.abspath(src)
     if Path(os.path.abspath(out)).is_relative_to(source):
@@ -178,9 +179,9 @@ def prepare(src, out, settings: Settings, *, workers: int | None = None, check: 
                             f"folder")  # fmt: skip
     made = not out.exists()
     try:
-        train, val = resolve(src, check=check, workers=workers, listing_dir=out, report=True)  # bad files listed
-        if train.kind != "files" or val.kind != "files":
+        if not kind_of(src).files_on_disk:
             raise UserError(f"{src}: pipelines.prepare reads image files (folders or file lists), not shards")
+        train, val = resolve(src, check=check, workers=workers, listing_dir=out, report=True)  # bad files listed
         targets, lists = layout({"train": train, "val": val}, out)
     except BaseException:
         if made:  # a start that fails leaves nothing behind
@@ -202,20 +203,19 @@ def prepare(src, out, settings: Settings, *, workers: int | None = None, check: 
     workers = min(workers or os.cpu_count() or 1, os.cpu_count() or 1)
     chunk = max(1, min(256, len(jobs) // (workers * 8) or 1))
     chunks = [jobs[i : i + chunk] for i in range(0, len(jobs), chunk)]
-    with tqdm(total=len(jobs), desc="prepare", unit="file", disable=not show, mininterval=1.0) as bar:
+    with (
+        tqdm(total=len(jobs), desc="prepare", unit="file", disable=not show, mininterval=1.0) as bar,
+        ExitStack() as stack,
+    ):
         if workers == 1 or len(chunks) <= 1:
             results = (_prepare_chunk(c, settings) for c in chunks)
         else:
-            pool = worker_pool(workers)
+            pool = stack.enter_context(worker_pool(workers))  # shut down on the way out, an error's too
             results = pool.map(_prepare_chunk, chunks, [settings] * len(chunks))
-        try:
-            for found in results:
-                for kind in found:
-                    counts[kind] += 1
-                bar.update(len(found))
-        finally:
-            if workers > 1 and len(chunks) > 1:
-                pool.shutdown(cancel_futures=True)
+        for found in results:
+            for kind in found:
+                counts[kind] += 1
+            bar.update(len(found))
     seconds = time.perf_counter() - start
     for name, text in lists.items():
         atomic_write(out / name, lambda f, text=text: f.write(text.encode()))
@@ -285,4 +285,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # The worker processes unpickle this module's functions by its importable name, never as
+    # __main__ (which the pool hides from them): run the imported module's main.
+    from pipelines.prepare import main as _main
+
+    sys.exit(_main())

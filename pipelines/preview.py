@@ -19,9 +19,9 @@ from dali_cutmix.loop import LoopMixer
 from dali_cutmix.paste import apply_cutmix
 from pipelines.sources import load_source
 
+from .cli_flags import add_recipe_args, recipe_from_args, setting_flag
 from .graphs import MEAN, STD
 from .loaders import train_loader
-from .recipe_args import add_recipe_args, recipe_from_args
 from .settings import LoaderSettings, SettingError
 
 
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
         settings = LoaderSettings(data, batch_size=args.batch_size, image_size=args.image_size, seed=args.seed,
                                   num_threads=2, shard_id=0, num_shards=1)  # fmt: skip
     except SettingError as e:
-        p.error(f"--{e.name.replace('_', '-')} {e.reason}")
+        p.error(f"{setting_flag(e.name)} {e.reason}")
     try:
         source = load_source(data)
         path = write_batch_png(args.output, settings.replace(data=source), source.classes, recipe=recipe,

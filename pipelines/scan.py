@@ -27,6 +27,7 @@ import sys
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -60,12 +61,42 @@ class ScanResult:
         return self.scanned / self.seconds if self.seconds > 0 else float("inf")
 
 
-def worker_pool(workers: int) -> ProcessPoolExecutor:
-    """Processes for checking files, started by a fork server: forking this process itself could
-    copy a lock held by one of DALI's or torch's threads (a pipeline or a model built earlier in
-    the process) and hang the child. Each worker imports the ``__main__`` module anew, which
-    ``train.py`` keeps light (docs/DESIGN.md, "Three packages by job")."""
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"), initializer=_quiet_sigint)
+@contextmanager
+def worker_pool(workers: int):
+    """Processes for checking files (a ``ProcessPoolExecutor``, shut down on leaving the block),
+    started by a fork server: forking this process itself could copy a lock held by one of DALI's
+    or torch's threads (a pipeline or a model built earlier in the process) and hang the child.
+
+    A worker needs only this package's functions, never the user's script, so while the pool
+    lives the main module is hidden from multiprocessing (its ``__spec__`` and ``__file__``): the
+    workers do not import it again, and a plain script without ``if __name__ == "__main__":``
+    works, as it does with torch's DataLoader on Linux (docs/DESIGN.md, "The bad-file check")."""
+    with _main_hidden():
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"),
+                                   initializer=_quiet_sigint)  # fmt: skip
+        try:
+            yield pool
+        finally:
+            pool.shutdown(cancel_futures=True)
+
+
+@contextmanager
+def _main_hidden():
+    """multiprocessing's children import ``__main__`` again (by module name, or by path) to find
+    what it pickled by reference; with its ``__spec__`` None and no ``__file__`` they leave it be."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved = {name: main.__dict__[name] for name in ("__spec__", "__file__") if name in main.__dict__}
+    main.__spec__ = None
+    main.__dict__.pop("__file__", None)
+    try:
+        yield
+    finally:
+        main.__dict__.update(saved)
+        if "__spec__" not in saved:
+            main.__dict__.pop("__spec__", None)
 
 
 def _quiet_sigint() -> None:
@@ -374,4 +405,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # The worker processes unpickle this module's functions by its importable name, never as
+    # __main__ (which the pool hides from them): run the imported module's main.
+    from pipelines.scan import main as _main
+
+    sys.exit(_main())

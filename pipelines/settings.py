@@ -17,12 +17,23 @@ import os
 from dataclasses import dataclass
 
 from dali_cutmix.errors import UserError
+from dali_cutmix.schedule import parse_schedule, schedule_steps, schedule_text, value_at
 from dali_cutmix.seeds import MAX_SEED, derive_seed
 
 DEVICES = ("cpu", "gpu")
 MIN_IMAGE_SIZE = 16  # the smallest crop side the pipelines take
 MAX_IMAGE_SIZE = 4096  # the largest: beyond it is a typo, which DALI would allocate for every sample
 VAL_CROP = 0.875  # validation: the shorter side resized to image_size / VAL_CROP, then the centre crop
+
+
+def _is_int(value, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _check_int(name: str, value, low: int, high: int | None, alternative: str = "") -> None:
+    if not _is_int(value, low) or (high is not None and value > high):
+        bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise SettingError(name, f"must be an int {bounds}{' ' + alternative if alternative else ''}, got {value!r}")
 
 
 def process_threads() -> int:
@@ -46,43 +57,40 @@ class SettingError(UserError, ValueError):
 @dataclass(frozen=True)
 class SizeSchedule:
     """Progressive resizing: ``(epoch, side)`` pairs, each side in force from its epoch on, as
-    ``--size-schedule 0:160,10:192`` gives them (FFCV trains at 160 -> 192, fast.ai 128 -> 224 -> 288)."""
+    ``--size-schedule 0:160,10:192`` gives them (FFCV trains at 160 -> 192, fast.ai 128 -> 224 -> 288).
+    The house's one schedule type (:mod:`dali_cutmix.schedule`) with sides for values; a bad one
+    is a :class:`SettingError` naming ``size_schedule``."""
 
     steps: tuple[tuple[int, int], ...]
 
     def __post_init__(self) -> None:
-        epochs = [int(e) for e, _ in self.steps]
-        if len(set(epochs)) != len(epochs):
-            raise UserError(f"size schedule: epoch {next(e for e in epochs if epochs.count(e) > 1)} is given twice")
-        steps = tuple(sorted((int(e), int(s)) for e, s in self.steps))
-        object.__setattr__(self, "steps", steps)
+        try:
+            steps = schedule_steps(self.steps, int, "size_schedule")
+        except UserError as e:
+            raise SettingError("size_schedule", str(e).removeprefix("size_schedule ")) from None
         for epoch, side in steps:
-            if epoch < 0 or not MIN_IMAGE_SIZE <= side <= MAX_IMAGE_SIZE:
-                raise UserError(f"size schedule: {epoch}:{side} needs an epoch >= 0 and a side in "
-                                f"[{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}]")  # fmt: skip
+            if not MIN_IMAGE_SIZE <= side <= MAX_IMAGE_SIZE:
+                raise SettingError("size_schedule", f"{epoch}:{side} needs a side in [{MIN_IMAGE_SIZE}, "
+                                   f"{MAX_IMAGE_SIZE}]")  # fmt: skip
+        object.__setattr__(self, "steps", steps)
 
     @classmethod
     def parse(cls, text: str) -> SizeSchedule:
-        """``"0:160,10:192"`` -> the schedule; ``UserError`` for text of another form."""
+        """``"0:160,10:192"`` -> the schedule; a :class:`SettingError` for text of another form."""
         try:
-            pairs = [tuple(int(v) for v in item.split(":")) for item in text.split(",") if item.strip()]
-            if not pairs or any(len(p) != 2 for p in pairs):
-                raise ValueError(text)
-        except ValueError:
-            raise UserError(f"size schedule {text!r}: expected EPOCH:SIDE pairs such as 0:160,10:192") from None
-        return cls(tuple(pairs))
+            return cls(parse_schedule(text, int, "size_schedule", "EPOCH:SIDE pairs such as 0:160,10:192"))
+        except SettingError:
+            raise
+        except UserError as e:
+            raise SettingError("size_schedule", str(e).removeprefix("size_schedule ")) from None
 
     def text(self) -> str:
         """The schedule as ``--size-schedule`` spells it, in epoch order: one spelling a schedule."""
-        return ",".join(f"{e}:{side}" for e, side in self.steps)
+        return schedule_text(self.steps)
 
     def at(self, epoch: int, default: int) -> int:
         """The side in force in ``epoch`` (``default`` before the first step)."""
-        side = default
-        for start, value in self.steps:
-            if epoch >= start:
-                side = value
-        return side
+        return value_at(self.steps, epoch, default)
 
     def sizes(self) -> list[int]:
         return [side for _, side in self.steps]
@@ -131,6 +139,9 @@ class LoaderSettings:
     classes: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        """Every field's type and range, checked here once: a :class:`SettingError` names the field."""
+        if self.data is None:
+            raise SettingError("data", "must name the images (a folder, a file list or shards), got None")
         if self.device not in DEVICES:
             raise SettingError("device", f"must be one of {DEVICES}, got {self.device!r}")
         for name, low, high in (
@@ -139,31 +150,57 @@ class LoaderSettings:
             ("prefetch_queue_depth", 1, None),
             ("seed", 0, MAX_SEED),
         ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low or (high and value > high):
-                bounds = f"in [{low}, {high}]" if high else f">= {low}"
-                raise SettingError(name, f"must be an int {bounds}, got {value!r}")
-        if self.num_threads is not None and (isinstance(self.num_threads, bool) or not isinstance(self.num_threads, int)
-                                             or self.num_threads < 1):  # fmt: skip
+            _check_int(name, getattr(self, name), low, high)
+        if self.num_threads is not None and not _is_int(self.num_threads, 1):
             raise SettingError("num_threads", f"must be an int >= 1 or None (the cores per local rank), got "
                                f"{self.num_threads!r}")  # fmt: skip
+        if self.device_id is not None:
+            _check_int("device_id", self.device_id, 0, None, "or None (this process's GPU)")
+        for name in ("uint8", "fp16"):
+            value = getattr(self, name)
+            if not isinstance(value, bool) and not (name == "uint8" and value is None):
+                raise SettingError(name, f"must be True or False{' or None' if name == 'uint8' else ''}, got {value!r}")
+        if self.fp16 and self.uint8:
+            raise SettingError("fp16", "and uint8 exclude each other: uint8 images are normalised on the trainer's "
+                               "device (in the dtype it asks)")  # fmt: skip
         if self.size_schedule is not None and not isinstance(self.size_schedule, SizeSchedule):
             raise SettingError("size_schedule", f"must be a SizeSchedule, got {self.size_schedule!r}")
-        lo, hi = self.random_area
+        area = self.random_area
+        if isinstance(area, (str, bytes)) or not hasattr(area, "__len__") or len(area) != 2 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in area
+        ):  # fmt: skip
+            raise SettingError("random_area", f"must be (min, max), two numbers, got {area!r}")
+        lo, hi = area
         if not 0 < lo <= hi <= 1:
-            raise SettingError("random_area", "must be (min, max) with 0 < min <= max <= 1, got "
-                               f"{tuple(self.random_area)}")  # fmt: skip
+            raise SettingError("random_area", f"must be (min, max) with 0 < min <= max <= 1, got {tuple(area)}")
         object.__setattr__(self, "random_area", (float(lo), float(hi)))
         if (self.shard_id is None) != (self.num_shards is None):
             raise SettingError("shard_id", f"and num_shards go together, got {self.shard_id!r} and "
                                f"{self.num_shards!r}")  # fmt: skip
-        if self.num_shards is not None and not 0 <= self.shard_id < self.num_shards:
-            raise SettingError("shard_id", f"must be in [0, num_shards={self.num_shards}), got "
-                               f"{self.shard_id!r}")  # fmt: skip
+        if self.num_shards is not None:
+            _check_int("num_shards", self.num_shards, 1, None)
+            _check_int("shard_id", self.shard_id, 0, None)
+            if self.shard_id >= self.num_shards:
+                raise SettingError("shard_id", f"must be in [0, num_shards={self.num_shards}), got {self.shard_id!r}")
         if self.fp16 and self.device != "gpu":
             raise SettingError("fp16", "output needs device='gpu'")
         if self.classes is not None:
+            if isinstance(self.classes, (str, bytes)) or not all(isinstance(c, str) for c in self.classes):
+                raise SettingError("classes", f"must be a list of class names, got {self.classes!r}")
             object.__setattr__(self, "classes", tuple(self.classes))
+        if self.torch_device is not None:
+            self._check_torch_device()
+
+    def _check_torch_device(self) -> None:
+        import torch
+
+        try:
+            device = torch.device(self.torch_device)
+        except (RuntimeError, TypeError) as e:
+            raise SettingError("torch_device", f"must be a torch device such as 'cpu' or 'cuda:0', got "
+                               f"{self.torch_device!r} ({str(e).splitlines()[0]})") from None  # fmt: skip
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise SettingError("torch_device", f"is {self.torch_device!r}, but CUDA is not available on this machine")
 
     @classmethod
     def of(cls, data, **fields) -> LoaderSettings:

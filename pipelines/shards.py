@@ -22,17 +22,16 @@ import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 
 from dali_cutmix.errors import DataError
 from dali_cutmix.files import atomic_write
 
-from .folders import reader_args
+from .folders import IMAGE_EXTENSIONS, reader_args
 from .scan import check_stream, retried, storage_error, worker_pool
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp")
+IMAGE_EXTS = tuple(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)  # WebDataset names members without the dot
 LABEL_EXT = "cls"
 CLASSES_FILE = "classes.txt"
 INDEX_VERSION = "v1.2"  # DALI's wds2idx format: "v1.2 <samples>", then "ext offset size name ..." a sample
@@ -43,7 +42,6 @@ _CACHE_VERSION = 1
 class Shards:
     """The good samples of a set of WebDataset shards, ready for ``fn.readers.webdataset``."""
 
-    kind: ClassVar[str] = "shards"  # a source's kind (pipelines.sources.source_kind)
     paths: list[str]  # the tar files
     index_paths: list[str]  # DALI index files listing only the good samples, one per tar
     counts: list[int]  # good samples per tar

@@ -6,6 +6,7 @@ pytest.importorskip("nvidia.dali", exc_type=ImportError)  # `pytest -m gpu` coll
 
 import numpy as np
 from conftest import REPLAY_CONFIGS, backends, box_lam, random_batch, reference_mix
+from dali_helpers import mix_arrays, packed_node
 from nvidia.dali import fn, pipeline_def, types
 
 import dali_cutmix
@@ -13,7 +14,7 @@ from dali_cutmix.backends.graph import DALI_OPS
 from dali_cutmix.backends.python import TorchMix, torch_mix
 from dali_cutmix.backends.stock_ops import ops_params, paste_ops
 from dali_cutmix.backends.torch_mix import pack
-from dali_cutmix.ops import DEFAULT_BACKEND, REFUSED, mix_arrays
+from dali_cutmix.ops import DEFAULT_BACKEND, REFUSED
 from dali_cutmix.sampling import NUMPY_OPS, CutMixParams, cutmix_box
 
 BACKENDS, BACKEND_LAYOUTS = backends()
@@ -101,7 +102,8 @@ def test_torch_and_stock_pastes_identical_on_shared_params(config):
     def pipe():
         images = fn.external_source(source=lambda: next(feed), layout="HWC")
         sampled = ops_params(images, config, layout="HWC")
-        return paste_ops(images, sampled, layout="HWC"), torch_mix(images, sampled.params, layout="HWC")
+        params = sampled.params._replace(packed=packed_node(sampled.params))  # as the python sampler packs them
+        return paste_ops(images, sampled, layout="HWC"), torch_mix(images, params, layout="HWC")
 
     p = pipe(prefetch_queue_depth=1)
     p.build()
@@ -322,8 +324,8 @@ def resized_mix(backend, batch, size, **kwargs):
     @pipeline_def(batch_size=len(batch), num_threads=2, device_id=None, seed=7)
     def pipe():
         images = fn.external_source(source=lambda: batch, layout="HWC")
-        out = dali_cutmix.cutmix(images, fn.external_source(source=lambda: labels), backend=backend, size=size,
-                                 resize=True, return_params=True, **kwargs)  # fmt: skip
+        out = dali_cutmix.cutmix(images, fn.external_source(source=lambda: labels), backend=backend, resize=size,
+                                 return_params=True, **kwargs)  # fmt: skip
         return (*out, out.params.perm, out.params.boxes)
 
     p = pipe()
@@ -334,7 +336,7 @@ def resized_mix(backend, batch, size, **kwargs):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("size", [(32, 48), (90, 20)], ids=["down-and-up", "tall"])
 @pytest.mark.parametrize("prob", [1.0, 0.0], ids=["mixed", "prob-0"])  # prob 0: the no-CutMix CPU pipeline's path
-def test_resize_true_takes_crops_of_any_shape_and_resizes_them_bilinearly(backend, size, prob):
+def test_resize_takes_crops_of_any_shape_and_resizes_them_bilinearly(backend, size, prob):
     """The native backend's fused resize and fn.resize (the others) against a NumPy bilinear
     resize then the loop oracle: within one level where float32 rounds a value near .5 the other
     way (1-2% of the values of this noise)."""
@@ -352,9 +354,9 @@ def test_resize_true_takes_crops_of_any_shape_and_resizes_them_bilinearly(backen
     np.testing.assert_array_equal(lam, box_lam(boxes, *size))
 
 
-def test_resize_true_needs_a_size_and_uint8_images_on_the_native_backend():
-    with pytest.raises(ValueError, match=r"resize=True needs size: the \(H, W\) to resize the images to"):
-        resized_mix("native", [np.zeros((8, 8, 3), np.uint8)] * 2, None)
+def test_resize_takes_its_target_and_uint8_images_on_the_native_backend():
+    with pytest.raises(ValueError, match=r"resize takes the \(H, W\) to resize the images to \(or None\), not a bool"):
+        resized_mix("native", [np.zeros((8, 8, 3), np.uint8)] * 2, True)
     with pytest.raises(RuntimeError, match=r"size \(the fused resize\) takes uint8 images"):
         resized_mix("native", [np.zeros((8, 8, 3), np.float32)] * 2, (4, 4))
 

@@ -7,10 +7,10 @@ pytest.importorskip("nvidia.dali", exc_type=ImportError)  # `pytest -m gpu` coll
 import numpy as np
 import torch
 from conftest import backends, random_batch
+from dali_helpers import mix_arrays
 from timm.data import mixup as timm_mixup
 
 from dali_cutmix import mixed_targets
-from dali_cutmix.ops import mix_arrays
 from dali_cutmix.paste import apply_cutmix
 from dali_cutmix.recipe import MixConfig
 from dali_cutmix.sampling import CutMixParams, sample_mix

@@ -7,6 +7,8 @@ pytest.importorskip("nvidia.dali", exc_type=ImportError)  # `pytest -m gpu` coll
 import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,8 @@ import train
 from pipelines.folders import load_split
 from pipelines.loaders import train_loader, val_loader
 from pipelines.scan import check_file, scan
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def photo(h=60, w=80, seed=0):
@@ -250,3 +254,27 @@ def test_the_check_and_its_cache_load_neither_torch_nor_dali(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["18", "[]"]
     assert list((tmp_path / "cache").rglob("*"))  # the cache was written
+
+
+def test_a_plain_script_without_a_main_guard_runs_the_check_in_worker_processes(tmp_path):
+    """As with torch's DataLoader on Linux, a user's script needs no ``if __name__ == "__main__":``:
+    the check's workers do not import the script again (which would run it again in each worker
+    and break the pool). A second script run with ``-m`` likewise."""
+    data = write_jpeg_tree(tmp_path / "data", classes=2, train_per_class=40)
+    body = (
+        "from pathlib import Path\n"
+        "from pipelines.sources import usable\n"
+        f"source = usable({str(data / 'train')!r}, 'train', workers=2, listing_dir=Path({str(tmp_path)!r}),\n"
+        f"                cache_dir=Path({str(tmp_path / 'cache')!r}))\n"
+        "print('checked', len(source), flush=True)\n"
+    )
+    (tmp_path / "plain.py").write_text(body)
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "job.py").write_text(body.replace("'cache'", "'cache2'"))
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+    for command in (["plain.py"], ["-m", "pkg.job"]):
+        done = subprocess.run([sys.executable, *command], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.count("checked 80") == 1  # run once: no worker ran the script again

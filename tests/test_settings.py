@@ -61,6 +61,9 @@ def test_what_a_setting_left_as_none_resolves_to_is_computed_not_written(monkeyp
     settings = LoaderSettings("data", batch_size=2)
     assert settings.shard() == (3, 4) and settings.shard_id is None
     assert settings.gpu() is None and not settings.ships_uint8() and str(settings.output_device()) == "cpu"
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert LoaderSettings("data", batch_size=2, torch_device="cuda:1").ships_uint8()  # CPU pipeline, GPU trainer
 
 
@@ -76,3 +79,51 @@ def test_seeds_are_one_stream_per_shard_and_epoch_and_the_shuffle_is_shared():
         derive_seed(7, "dropout")
     with pytest.raises(ValueError, match="seed must be an int >= 0, got -1"):
         derive_seed(-1, "augment")
+
+
+@pytest.mark.parametrize(
+    "fields, name, message",
+    [
+        ({"num_shards": 2.5, "shard_id": 0}, "num_shards", r"num_shards must be an int >= 1, got 2.5"),
+        ({"device_id": -3, "device": "gpu"}, "device_id", r"device_id must be an int >= 0 or None .*, got -3"),
+        ({"uint8": "yes"}, "uint8", r"uint8 must be True or False or None, got 'yes'"),
+        ({"fp16": True, "uint8": True, "device": "gpu"}, "fp16", "fp16 and uint8 exclude each other"),
+        ({"random_area": (0.5,)}, "random_area", r"random_area must be \(min, max\), two numbers, got \(0.5,\)"),
+        ({"random_area": "ab"}, "random_area", r"random_area must be \(min, max\), two numbers, got 'ab'"),
+        ({"random_area": None}, "random_area", r"random_area must be \(min, max\), two numbers, got None"),
+        ({"classes": "abc"}, "classes", "classes must be a list of class names, got 'abc'"),
+        ({"torch_device": "cuda"}, "torch_device", "torch_device is 'cuda', but CUDA is not available on this machine"),
+        ({"torch_device": "tpu:x"}, "torch_device", "torch_device must be a torch device such as 'cpu' or 'cuda:0'"),
+    ],
+    ids=[
+        "num-shards",
+        "device-id",
+        "uint8",
+        "fp16-uint8",
+        "area-short",
+        "area-str",
+        "area-none",
+        "classes",
+        "cuda-missing",
+        "device-garbage",
+    ],  # fmt: skip
+)
+def test_every_field_is_checked_when_the_settings_are_made(fields, name, message):
+    if fields.get("torch_device") == "cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+    with pytest.raises(SettingError, match=message) as info:
+        LoaderSettings("data", **{"batch_size": 2, **fields})
+    assert info.value.name == name
+
+
+def test_a_size_schedule_names_itself_and_refuses_what_is_not_a_side():
+    from pipelines.settings import SizeSchedule
+
+    for steps, message in ((((0, 32.7),), r"32.7 is not a whole number"), (((0, 16), (0, 32)), "epoch 0 twice"),
+                           (((-1, 16),), "epochs >= 0"), ("0:16", "must be \\(epoch, value\\) pairs")):  # fmt: skip
+        with pytest.raises(SettingError, match=message) as info:
+            SizeSchedule(steps)
+        assert info.value.name == "size_schedule"

@@ -40,7 +40,7 @@ def test_the_schedule_parses_and_says_what_is_wrong():
     assert sizes.steps == ((0, 160), (10, 192)) and [sizes.at(e, 128) for e in (0, 9, 10, 50)] == [160, 160, 192, 192]
     assert SizeSchedule.parse("5:64").at(2, default=32) == 32  # --image-size before the first step
     for text, message in (("0:160,x", "expected EPOCH:SIDE pairs"), ("0:8", r"a side in \[16, 4096\]"),
-                          ("-1:64", "an epoch >= 0"), ("0:16,0:32", "epoch 0 is given twice"),
+                          ("-1:64", "needs epochs >= 0, got -1"), ("0:16,0:32", "gives epoch 0 twice"),
                           ("", "expected EPOCH:SIDE pairs")):  # fmt: skip
         with pytest.raises(UserError, match=message):
             SizeSchedule.parse(text)
@@ -92,12 +92,12 @@ def test_a_resume_across_a_size_change_is_exact(jpeg_tree, tmp_path, monkeypatch
 def test_the_schedule_is_a_usage_error_when_malformed(capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--size-schedule", "0:160,10"])
-    assert "--size-schedule: size schedule '0:160,10': expected EPOCH:SIDE pairs" in capsys.readouterr().err
+    assert "--size-schedule '0:160,10': expected EPOCH:SIDE pairs such as 0:160,10:192" in capsys.readouterr().err
 
 
 def test_a_step_past_the_last_epoch_is_refused_and_one_schedule_has_one_spelling(capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--size-schedule", "0:16,5:32", "--epochs", "3"])
-    assert "--size-schedule: epoch 5 is past the last epoch (2) of --epochs 3" in capsys.readouterr().err
+    assert "--size-schedule epoch 5 is past the last epoch (2) of --epochs 3" in capsys.readouterr().err
     args = train.parse_args(["--size-schedule", "1:32,0:16", "--epochs", "3"])
     assert args.size_schedule == "0:16,1:32" and args.val_image_size == 32  # a resume compares this spelling

@@ -236,7 +236,7 @@ def test_timm_style_recipe_flags_reach_the_pipeline(jpeg_tree, tmp_path, monkeyp
                                        off_epoch=3)  # fmt: skip
     assert [seen["recipe"].prob_at(e) for e in range(4)] == [0.9, 0.5, 0.5, 0.0]
     config = json.loads((out / "config.json").read_text())
-    assert config["mixup_alpha"] == 0.2 and config["smoothing"] == 0.1 and config["prob_schedule"] == {"1": 0.5}
+    assert config["mixup_alpha"] == 0.2 and config["smoothing"] == 0.1 and config["prob_schedule"] == [[1, 0.5]]
     assert len(read_rows(out)) == 2
 
 

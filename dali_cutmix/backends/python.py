@@ -85,10 +85,12 @@ class _Sample:
 def torch_mix(images, params: Params, *, layout: str, size=None):
     """The pixels of given parameters: one ``fn.dl_tensor_python_function`` running
     :class:`TorchMix` on the images' device (CPU tensors in CI, CUDA tensors on a GPU) on the
-    images and the packed parameters (made here from the parts when ``params`` has none); with
-    ``size``, the callback checks that the images have it."""
+    images and the parameters' packed rows (``params.packed``, the sampler's); with ``size``, the
+    callback checks that the images have it."""
     gpu = images.device == "gpu"
-    packed = params.packed if params.packed is not None else packed_node(params)
+    packed = params.packed
+    if packed is None:
+        raise ValueError("torch_mix takes parameters with their packed rows (Params.packed, the python sampler's)")
     return fn.dl_tensor_python_function(
         images,
         packed.gpu() if gpu else packed,
@@ -98,14 +100,3 @@ def torch_mix(images, params: Params, *, layout: str, size=None):
         device=images.device,
         output_layouts=layout,
     )
-
-
-def packed_node(params: Params):
-    """The :data:`~dali_cutmix.backends.torch_mix.PACKED` row of each sample from the parameters'
-    parts, by DALI's own operators (for parameters another backend drew)."""
-
-    def column(x, n: int):
-        return fn.reshape(fn.cast(x, dtype=types.FLOAT), shape=[n])
-
-    blend = params.blend if params.blend is not None else params.lam * 0
-    return fn.cat(column(params.perm, 1), column(params.boxes, 4), column(params.lam, 1), column(blend, 1), axis=0)

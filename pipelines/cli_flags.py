@@ -1,13 +1,20 @@
-"""The mixing recipe's command-line flags (timm's names where timm has the option), shared by
-``train.py`` and ``python -m pipelines.preview``: one :class:`dali_cutmix.MixConfig` from them."""
+"""The command lines' one vocabulary, shared by ``train.py`` and ``python -m pipelines.preview``:
+the flag of every recipe field (timm's names where timm has the option) and of every loader
+setting a flag sets; one :class:`dali_cutmix.MixConfig` from the mixing flags, and a library
+error said with the flag's name."""
 
 from __future__ import annotations
 
 import argparse
 
-from dali_cutmix.ops import BACKENDS
+from dali_cutmix.backends import NAMES as BACKENDS
+from dali_cutmix.errors import UserError
 from dali_cutmix.recipe import MixConfig, RecipeError
+from dali_cutmix.schedule import parse_schedule
 
+# The flag that sets each loader setting (pipelines.settings.LoaderSettings).
+SETTING_FLAGS = {"batch_size": "--batch-size", "image_size": "--image-size", "size_schedule": "--size-schedule",
+                 "random_area": "--random-area", "num_threads": "--workers", "seed": "--seed"}  # fmt: skip
 # The flag that sets each MixConfig field.
 RECIPE_FLAGS = {"alpha": "--cutmix-alpha", "prob": "--cutmix-prob", "mode": "--cutmix-mode", "mixup_alpha": "--mixup",
                 "switch_prob": "--mixup-switch-prob", "minmax": "--cutmix-minmax", "prob_schedule": "--prob-schedule",
@@ -25,7 +32,7 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cutmix-minmax", type=float, nargs=2, metavar=("MIN", "MAX"), help="box sides in [MIN, MAX)")
     p.add_argument("--mix-no-self", action="store_true", help="partners are never the sample itself")
     p.add_argument("--mix-off-epoch", "--mixup-off-epoch", type=int, help="no mixing from this epoch on")
-    p.add_argument("--prob-schedule", type=parse_schedule, default={}, help="mixing chance by epoch: 0:1.0,100:0.5")
+    p.add_argument("--prob-schedule", type=parse_prob_schedule, default=(), help="chance by epoch: 0:1.0,100:0.5")
     p.add_argument("--cutmix-backend", choices=tuple(BACKENDS), help="default: native on the CPU, python on the GPU")
     p.add_argument("--no-cutmix", action="store_true", help="no mixing at all (the baseline)")
 
@@ -53,11 +60,16 @@ def recipe_from_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> Mi
         p.error(f"{RECIPE_FLAGS[e.field]} {e.rule}, got {e.value!r}")
 
 
-def parse_schedule(text: str) -> dict[int, float]:
-    """``"0:1.0,100:0.5"`` -> ``{0: 1.0, 100: 0.5}`` (argparse turns a ValueError into a usage error;
-    the recipe checks the values)."""
-    schedule = {}
-    for item in filter(None, text.split(",")):
-        epoch, _, prob = item.partition(":")
-        schedule[int(epoch)] = float(prob)
-    return schedule
+def parse_prob_schedule(text: str) -> tuple[tuple[int, float], ...]:
+    """``"0:1.0,100:0.5"`` -> ``((0, 1.0), (100, 0.5))`` (:mod:`dali_cutmix.schedule`'s one parser;
+    argparse turns the ValueError into a usage error naming the flag; the recipe checks the values)."""
+    try:
+        return parse_schedule(text, float, "the schedule", "EPOCH:PROB pairs such as 0:1.0,100:0.5")
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("the schedule ")) from None
+
+
+def setting_flag(name: str) -> str:
+    """The flag of a :class:`pipelines.settings.SettingError`'s field (``--`` and the name for one
+    no flag sets)."""
+    return SETTING_FLAGS.get(name, "--" + name.replace("_", "-"))
