@@ -26,11 +26,13 @@ from .errors import DataError
 
 class DecodeFailed(DataError):
     """DALI failed to decode a file of the data (a file the bad-file check would leave out); the
-    message names the file and keeps DALI's own words. ``path``: that file, or None."""
+    message names the file and keeps DALI's own words. ``path``: that file, or None; ``reason``:
+    what is wrong with it, when found; ``changed``: the file changed or went away during the run
+    (the storage, not its first content)."""
 
-    def __init__(self, message: str, path: str | None):
+    def __init__(self, message: str, path: str | None, reason: str = "", changed: bool = False):
         super().__init__(message)
-        self.path = path
+        self.path, self.reason, self.changed = path, reason, changed
 
 
 def dali_failure(error: RuntimeError) -> RuntimeError:
@@ -103,6 +105,8 @@ class DALILoader:
     classes: the class names, kept as ``loader.classes``; None: unknown.
     identity: what the loader reads (plain data), saved with :meth:`state` so that a state given
         to a loader of other data is refused.
+    locate: when DALI fails without naming a file, finds the file the failure is about (returns
+        :class:`DecodeFailed`, or None when no file is to blame).
     """
 
     def __init__(
@@ -119,6 +123,7 @@ class DALILoader:
         images_hwc: bool = False,
         classes: list[str] | None = None,
         identity: dict | None = None,
+        locate: Callable[[], DecodeFailed | None] | None = None,
     ):
         if last_batch not in POLICIES:
             raise ValueError(f"last_batch must be one of {tuple(POLICIES)}, got {last_batch!r}")
@@ -129,6 +134,7 @@ class DALILoader:
         self.normalize = normalize
         self.images_hwc = images_hwc
         self.identity = identity
+        self.locate = locate
         self.epoch = start_epoch
         self.origin = start_epoch if origin is None else origin  # the epoch of the pipeline's first batch
         self._closed = False
@@ -138,7 +144,7 @@ class DALILoader:
                 [pipeline], self.output_map, reader_name=reader_name, last_batch_policy=POLICIES[last_batch]
             )
         except RuntimeError as e:
-            raise dali_failure(e) from e
+            raise self._failure(e) from e
 
     def __len__(self) -> int:
         return len(self._it)
@@ -169,7 +175,7 @@ class DALILoader:
             except StopIteration:
                 break
             except RuntimeError as e:
-                raise dali_failure(e) from e
+                raise self._failure(e) from e
             yield tuple(self._convert(name, batch[0][name]) for name in self.output_map)
         self._end_epoch()
 
@@ -185,8 +191,18 @@ class DALILoader:
             except StopIteration:
                 break
             except RuntimeError as e:  # as in __iter__: a file DALI fails to decode is named
-                raise dali_failure(e) from e
+                raise self._failure(e) from e
         self._end_epoch()
+
+    def _failure(self, error: RuntimeError) -> Exception:
+        """DALI's error as what it is: :func:`dali_failure`; when DALI names no file, the file the
+        loader's ``locate`` finds; else the error itself (a bug)."""
+        found = dali_failure(error)
+        if found is error and self.locate is not None:
+            located = self.locate()
+            if located is not None:
+                return located
+        return found
 
     def _end_epoch(self) -> None:
         self._open = False

@@ -4,18 +4,14 @@ folder and the free-space check."""
 
 from __future__ import annotations
 
-import fcntl
 import io
 import json
-import os
 import re
 import shutil
-import socket
-import time
 from pathlib import Path
 
 from dali_cutmix.errors import UserError
-from dali_cutmix.files import atomic_write
+from dali_cutmix.files import FolderInUse, FolderLock, atomic_write, lock_holder
 
 # checkpoint_0003.pt: 3 epochs done; checkpoint_0003_step000120.pt: interrupted 120 steps into
 # epoch index 3. Sorting by (epoch, step) puts the newest last.
@@ -57,53 +53,19 @@ class RunInUse(UserError):
 
 
 def live_run(out: Path) -> str | None:
-    """Who holds ``out``'s lock (``"pid N on HOST since TIME"``), or None when no live process
-    does. Looks without creating anything: a folder nobody holds stays as it is."""
-    path = Path(out) / LOCK
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return _holder(fd)
-    finally:
-        os.close(fd)  # closing drops a lock this call took
-    return None
+    """Who holds ``out``'s lock (:func:`dali_cutmix.files.lock_holder`), or None."""
+    return lock_holder(Path(out) / LOCK)
 
 
-def _holder(fd: int) -> str:
-    """What the lock file says of the process holding it."""
-    return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-
-
-class RunLock:
-    """An OS lock (``fcntl.flock``) on ``out/.lock`` for as long as this object lives: a second
-    run into ``out`` sees it (:func:`live_run`), and the kernel drops it when the process ends,
-    so a killed run leaves no stale lock. Creates ``out``; ``RunInUse`` if a live run holds it."""
+class RunLock(FolderLock):
+    """The lock on a run folder, ``out/.lock`` (:class:`dali_cutmix.files.FolderLock`), held for
+    the run: ``RunInUse`` if a live run holds it. Creates ``out``."""
 
     def __init__(self, out: Path):
-        Path(out).mkdir(parents=True, exist_ok=True)
-        self.path = Path(out) / LOCK
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder(self.fd)
-            os.close(self.fd)
-            raise RunInUse(out, holder) from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}".encode(), 0)
-
-    def release(self, tidy: bool = False) -> None:
-        """Drop the lock; ``tidy``: also remove the lock file, and the folder if nothing else is in it
-        (a run that failed before writing anything leaves no trace)."""
-        if tidy:
-            self.path.unlink(missing_ok=True)
-            if not any(self.path.parent.iterdir()):
-                self.path.parent.rmdir()
-        os.close(self.fd)
+            super().__init__(Path(out) / LOCK)
+        except FolderInUse as e:
+            raise RunInUse(out, e.holder) from None
 
 
 def checkpoint_bytes(model, optimizer) -> int:

@@ -6,9 +6,11 @@ DALI."""
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -90,7 +92,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--scan", choices=("quick", "full", "off"), default="quick", help="check files before training")
     p.add_argument("--strict", action="store_true", help="stop on undecodable files instead of leaving them out")
     p.add_argument("--max-steps", type=int, default=None, help="stop each epoch after N steps (smoke tests)")
-    args = p.parse_args(argv)
+    args = p.parse_args(_values_that_look_like_flags(argv if argv is not None else sys.argv[1:]))
+    # Each setting's flag as the user types it (``mixup_alpha``: ``--mixup``), for messages.
+    args.flags = {a.dest: a.option_strings[0] for a in p._actions if a.option_strings}
     # The default folder is a scratch place: a fresh run there moves the earlier one aside.
     args.default_output = args.output is None
     args.output = args.output or "runs/latest"
@@ -100,6 +104,24 @@ def parse_args(argv=None) -> argparse.Namespace:
             setattr(args, name, value)
     check_args(p, args)
     return args
+
+
+# Flags whose value may start with "-" (an epoch below 0, said by the flag's own check, not
+# argparse's "expected one argument").
+VALUE_FLAGS = ("--size-schedule", "--prob-schedule")
+
+
+def _values_that_look_like_flags(argv: list[str]) -> list[str]:
+    """``--size-schedule -1:32`` as ``--size-schedule=-1:32``, which argparse takes as a value."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in VALUE_FLAGS and i + 1 < len(argv) and argv[i + 1].startswith("-"):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
 
 
 # Bounds of the numeric flags: (low, high, whether low itself is allowed); every one must be finite.
@@ -117,6 +139,9 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             p.error(f"{flag} must be a finite number {bounds}, got {value}")
     if not math.isfinite(args.lr * args.batch_size * 1024 / 256):  # the lr scaled by the global batch
         p.error(f"--lr {args.lr} overflows once scaled by the global batch: give a learning rate below 1e300")
+    if args.demo_per_class < 1 or args.demo_per_class > 6000:
+        p.error(f"--demo-per-class must be in [1, 6000] (Fashion-MNIST has 6,000 training images a class), got "
+                f"{args.demo_per_class}")  # fmt: skip
     positive = {
         "--epochs": args.epochs,
         "--lr-step": args.lr_step,
@@ -201,6 +226,7 @@ def main(argv=None) -> int:
         print(f"{prog()}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C before training started, or a second one during it
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a third one, during the exit (DALI's atexit): no traceback
         kept = "the checkpoints already written are kept (--resume continues from the last)" if report.checkpoints() \
             else "no checkpoint had been written yet"  # fmt: skip
         print(f"{prog()}: interrupted; {kept}", file=sys.stderr)
@@ -210,10 +236,24 @@ def main(argv=None) -> int:
         if not e.strerror:
             return report.bug(e)
         advice = OS_ADVICE.get(e.errno, "fix that, then run again (--resume continues a run that had started)")
+        if e.filename and not _under(e.filename, args.output):  # the data's, not the run folder's
+            advice = DATA_ADVICE.get(e.errno, advice)
         print(f"{prog()}: error: {e.filename or args.output}: {e.strerror}: {advice}", file=sys.stderr)
         return 1
     except Exception as e:
         return report.bug(e)
+
+
+# What to do about an OSError on a path outside --output: it is the user's data.
+DATA_ADVICE = {
+    errno.EACCES: "it is your data, not the run folder: fix its permissions, then run again (--resume continues)",
+    errno.EPERM: "it is your data, not the run folder: fix its permissions, then run again (--resume continues)",
+    errno.ENOENT: "the data changed under the run: restore it (or run the bad-file check again), then --resume",
+}
+
+
+def _under(path: str, folder: str) -> bool:
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
 
 
 def prog() -> str:

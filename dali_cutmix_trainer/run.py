@@ -21,9 +21,11 @@ from dali_cutmix.errors import DataError, UserError
 from dali_cutmix.files import write_json
 from dali_cutmix.loader import DecodeFailed, process_device, process_shard, rank_share
 from dali_cutmix.loop import LoopMixer
+from dali_cutmix.ops import default_backend
 from dali_cutmix.seeds import derive_seed
 from pipelines.folders import demo_root
 from pipelines.loaders import train_loader, val_loader
+from pipelines.prepare import prepared_val_size
 from pipelines.preview import write_batch_png
 from pipelines.scan import UnusableData
 from pipelines.sources import resolve
@@ -118,6 +120,11 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
         raise UserError(f"--strict: {e}") from e
     if world > 1 and rank == 0:
         dist.barrier()
+    kept = prepared_val_size(root)
+    if rank == 0 and kept is not None and args.val_image_size > kept:
+        print(f"warning: {root} was prepared for validation crops up to {kept} px (--val-size {kept}): "
+              f"--val-image-size {args.val_image_size} upsamples its validation images; prepare with --val-size "
+              f"{args.val_image_size} to validate at full detail", file=sys.stderr)  # fmt: skip
     fingerprint = train_split.fingerprint(root)
     val_fingerprint = val_split.fingerprint(args.val_data or root)
     if fits is not None:
@@ -149,6 +156,15 @@ def load_data(args, rank: int, world: int, device: torch.device, start_epoch: in
     return Data(train, val, train_split.classes, fingerprint, val_fingerprint, mixer)
 
 
+def decode_failed(e: DecodeFailed, what: str, kept_text: str) -> str:
+    """The one line for a file DALI failed on: the file, what is wrong with it, what to do."""
+    resume = f", then --resume; {kept_text}" if kept_text else ""
+    if e.changed:
+        return f"{e.path}: {e.reason}: restore it, or leave it out (the bad-file check does on the next start){resume}"
+    why = f" ({e.reason})" if e.reason else ""
+    return f"{e.path or what}: DALI failed to decode it{why}: run with --scan full to leave such files out{resume}"
+
+
 def amp_dtype(args, device: torch.device) -> torch.dtype | None:
     """The autocast dtype: ``--amp-dtype`` on CUDA unless ``--no-amp``; None (float32) elsewhere."""
     return AMP_DTYPES[args.amp_dtype] if device.type == "cuda" and not args.no_amp else None
@@ -171,6 +187,9 @@ def run(args, report=None) -> int:
     """The whole run: prepare, then train and evaluate epoch by epoch; the exit code. ``report``
     (:class:`dali_cutmix_trainer.cli.Report`) learns when this job holds the run folder."""
     rank, world, device = setup_distributed(args)
+    if args.cutmix_backend is None and args.recipe is not None and args.mix_in == "pipeline":
+        # The backend that runs, recorded as such: a resume names it as the first run ran it.
+        args.cutmix_backend = default_backend("gpu" if device.type == "cuda" else "cpu")
     torch.manual_seed(args.seed)
     out = Path(args.output)
     try:
@@ -179,17 +198,27 @@ def run(args, report=None) -> int:
     except ckpt.RunInUse as e:
         raise StopRun(f"--output {e}", 2) from e
     except DecodeFailed as e:  # met while drawing the first batch
-        raise StopRun(f"{e.path or 'a file'}: DALI failed to decode it: run with --scan full to leave such files "
-                      f"out", 2) from e  # fmt: skip
+        raise StopRun(decode_failed(e, "a file", ""), 2) from e
     except UserError as e:  # what the user can fix; any other exception is a bug, reported by main()
         raise StopRun(e, 2) from e
     if report is not None:
         report.own()
+    fresh = state is None
+    interrupted = False
     try:
         return fit(args, rank, world, device, out, state, data)
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
         if lock is not None:
-            lock.release()
+            # A fresh run stopped by Ctrl-C before its first checkpoint leaves nothing behind: no
+            # lock file, no picture, no config (a run that failed keeps them with its error.log).
+            tidy = interrupted and fresh and not ckpt.has_checkpoints(out)
+            if tidy:
+                for name in ckpt.RUN_LEFTOVERS:
+                    (out / name).unlink(missing_ok=True)
+            lock.release(tidy=tidy)
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
@@ -214,7 +243,7 @@ def fit(args, rank: int, world: int, device: torch.device, out: Path, state: dic
     )
     recipe = dataclasses.asdict(args.recipe) if args.recipe else None
     config = {
-        **vars(args),
+        **{k: v for k, v in vars(args).items() if k != "flags"},
         "recipe": recipe,
         "run_id": (state["config"].get("run_id") if state else None) or uuid.uuid4().hex[:12],
         "data_fingerprint": fingerprint,
@@ -256,8 +285,7 @@ def fit(args, rank: int, world: int, device: torch.device, out: Path, state: dic
             except FloatingPointError as e:
                 raise StopRun(f"{e}: lower --lr (or --warmup-epochs more); {kept(out)}", 1) from e
             except DecodeFailed as e:
-                raise StopRun(f"{e.path or 'a file'}: DALI failed to decode it: run with --scan full to leave such "
-                              f"files out, then --resume; {kept(out)}", 1) from e  # fmt: skip
+                raise StopRun(decode_failed(e, "a file", kept(out)), 1) from e
             loaders = gather_states(train, mixer, world)
             save = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, config=config,
                         keep=args.keep_checkpoints, loaders=loaders)  # fmt: skip
@@ -270,8 +298,7 @@ def fit(args, rank: int, world: int, device: torch.device, out: Path, state: dic
             try:
                 row |= evaluate(ddp, val, device, world, amp=amp)
             except DecodeFailed as e:
-                raise StopRun(f"{e.path or 'a validation file'}: DALI failed to decode it: run with --scan full to "
-                              f"leave such files out, then --resume; {kept(out)}", 1) from e  # fmt: skip
+                raise StopRun(decode_failed(e, "a validation file", kept(out)), 1) from e
             if rank == 0:
                 # The row, then at once the checkpoint (a kill between the two leaves the row to the
                 # epoch a resume trains again, which replaces it), then the plot, which is neither.

@@ -17,7 +17,7 @@ from . import checkpoint as ckpt
 RESUMABLE = ("epochs", "lr", "lr_schedule", "lr_step", "warmup_epochs", "workers", "keep_checkpoints",
              "scan", "strict", "max_steps", "device", "no_amp", "amp_dtype", "val_image_size")  # fmt: skip
 # Where, how, or checked another way (the data by its fingerprint).
-NOT_FLAGS = ("output", "resume", "overwrite", "data", "val_data", "recipe", "default_output")
+NOT_FLAGS = ("output", "resume", "overwrite", "data", "val_data", "recipe", "default_output", "flags")
 # Files a start writes into a folder it made: a failed start removes them.
 START_FILES = ("batch.png", "bad_files_train.txt", "bad_files_val.txt", "unreadable_files_train.txt",
                "unreadable_files_val.txt")  # fmt: skip
@@ -69,9 +69,15 @@ def open_run(args, rank: int, world: int, out: Path, load: Callable):
         else:
             path = Path(args.resume)
             state = ckpt.load(path, args.arch)
+        moot = ("demo_per_class",) if args.data is not None else ()  # the demo's size, with --data given
+        moot += ("cutmix_backend",) if args.recipe is None else ()  # no mixing: --no-cutmix says it
+        recorded = dict(state.get("config") or {})
+        if recorded.get("cutmix_backend", "") is None:  # a run that recorded no backend ran the default one
+            recorded["cutmix_backend"] = args.cutmix_backend
         try:
-            ckpt.check_flags(state.get("config") or {}, vars(args), path, may_change=RESUMABLE, skip=NOT_FLAGS,
-                             name=lambda key: "--" + key.replace("_", "-"))  # fmt: skip
+            flag = getattr(args, "flags", {})
+            ckpt.check_flags(recorded, vars(args), path, may_change=RESUMABLE, skip=NOT_FLAGS + moot,
+                             name=lambda key: flag.get(key, "--" + key.replace("_", "-")))  # fmt: skip
         except UserError as e:
             raise UserError(f"--resume: {e}") from e
         if args.epochs <= state["epoch"]:
@@ -102,11 +108,12 @@ def open_run(args, rank: int, world: int, out: Path, load: Callable):
 
     try:
         data = load(state["epoch"] if state else 0, loader_state, fits if state else None)
-    except BaseException:
+    except BaseException as e:
         if lock is not None:
-            if fresh:  # what the start-up wrote into the folder it made: a failed start leaves no trace
-                for name in START_FILES:
-                    (out / name).unlink(missing_ok=True)
+            if fresh:  # what the start-up wrote into the folder it made: a failed start leaves no trace,
+                for name in START_FILES:  # but the listing its error line points to
+                    if name not in str(e):
+                        (out / name).unlink(missing_ok=True)
             lock.release(tidy=fresh)
         raise
     return state, data, lock

@@ -11,14 +11,16 @@ A batch is valid until the next one is drawn (DALI reuses its buffers): copy wha
 from __future__ import annotations
 
 import os
+import time
 
 from dali_cutmix.device import DeviceNormalize
-from dali_cutmix.loader import DALILoader, steps_per_epoch
+from dali_cutmix.loader import DALILoader, DecodeFailed, steps_per_epoch
 from dali_cutmix.recipe import MixConfig, RecipeError
 
 from .graphs import DEFAULT_RECIPE, MEAN, READER_NAME, STD, output_names, train_pipeline, val_pipeline
+from .scan import find_failed_file
 from .settings import LoaderSettings, SettingError
-from .sources import Source, load_source
+from .sources import Source, kind_of, load_source
 
 
 def train_loader(
@@ -77,6 +79,7 @@ def train_loader(
         images_hwc=_hwc_floats(s),
         classes=split.classes,
         identity=identity,
+        locate=_locator(split),
     )
 
 
@@ -88,6 +91,7 @@ def val_loader(data: LoaderSettings | str | os.PathLike | Source, **settings) ->
     return DALILoader(
         val_pipeline(s, source=source), ("images", "labels"), device=s.output_device(), last_batch="partial",
         reader_name=READER_NAME, normalize=_device_normalize(s), images_hwc=_hwc_floats(s), classes=source.classes,
+        locate=_locator(source),
     )  # fmt: skip
 
 
@@ -124,3 +128,20 @@ def _check_state(state, identity: dict) -> None:
         differs = ", ".join(f"{k} {saved.get(k)} -> {v}" for k, v in identity.items() if saved.get(k) != v)
         raise SettingError("state", f"is a loader's over other data or settings ({differs}): a saved state continues "
                            f"only a loader of the same data, batch size and shards")  # fmt: skip
+
+
+def _locator(source):
+    """For a loader over ``source``: find the file a DALI failure that named none is about
+    (:func:`pipelines.scan.find_failed_file`), as a :class:`DecodeFailed`."""
+    since = time.time()
+    on_disk = kind_of(source).files_on_disk
+
+    def locate() -> DecodeFailed | None:
+        paths = list(source.files) if on_disk else list(source.paths)
+        found = find_failed_file(paths, since, images=on_disk)
+        if found is None:
+            return None
+        path, reason, changed = found
+        return DecodeFailed(f"DALI failed to read {path}: {reason}", path, reason, changed)
+
+    return locate

@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+import tempfile
 from pathlib import Path
 
 from dali_cutmix.batch_grid import show_batch
 from dali_cutmix.loop import LoopMixer
 from dali_cutmix.paste import apply_cutmix
-from pipelines.sources import load_source
+from pipelines.sources import usable
 
 from .cli_flags import add_recipe_args, recipe_from_args, setting_flag
 from .graphs import MEAN, STD
@@ -70,11 +71,12 @@ def main(argv=None) -> int:
     except SettingError as e:
         p.error(f"{setting_flag(e.name)} {e.reason}")
     try:
-        source = load_source(data)
+        with tempfile.TemporaryDirectory() as listing:  # the bad-file check first, as train.py runs it
+            source = usable(data, "train", workers=1, listing_dir=Path(listing), report=False)
         path = write_batch_png(args.output, settings.replace(data=source), source.classes, recipe=recipe,
                                backend=args.cutmix_backend)  # fmt: skip
     except (ValueError, OSError) as e:
-        p.exit(2, f"{p.prog}: error: {e}\n")
+        p.exit(2, f"{p.prog}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}\n")
     print(f"wrote {path}")
     return 0
 

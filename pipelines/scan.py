@@ -100,11 +100,20 @@ def _main_hidden():
 
 
 def _quiet_sigint() -> None:
-    """Ctrl-C reaches the whole process group: the parent ends the pool and says so in one line,
-    the workers print nothing."""
+    """A worker's start: Ctrl-C reaches the whole process group, and the parent ends the pool and
+    says so in one line, so the workers ignore it; and a worker dies with its parent (the fork
+    server, which ends with the main process): a SIGKILLed prepare or scan leaves no worker
+    behind (``prctl(PR_SET_PDEATHSIG)``, Linux)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform == "linux":
+        import ctypes
+
+        parent = os.getppid()
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the request
+            os._exit(1)
 
 
 def storage_error(e: BaseException) -> bool:
@@ -144,6 +153,25 @@ def check_file(path: str, full: bool = False) -> str:
     return retried(check)
 
 
+# The largest image the decoders take: JPEG's (and libjpeg-turbo's) 65,500 pixels a side. Pillow's
+# own bomb limit (about 179 megapixels) would call a 187-megapixel photo unusable that DALI decodes.
+DECODER_MAX_SIDE = 65500
+
+
+@contextmanager
+def decoder_limits():
+    """Pillow's decompression-bomb limit raised to the decoders' real one for the block (Pillow
+    refuses images above twice its ``MAX_IMAGE_PIXELS``)."""
+    from PIL import Image
+
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = DECODER_MAX_SIDE * DECODER_MAX_SIDE // 2
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
 def check_stream(f: BinaryIO, size: int, full: bool = False) -> str:
     """'' if DALI can decode the ``size`` bytes of the seekable binary file ``f`` (a file on disk
     or a member of a tar shard), else the reason it cannot. A storage error while reading ``f``
@@ -156,7 +184,7 @@ def check_stream(f: BinaryIO, size: int, full: bool = False) -> str:
         f.seek(max(0, size - TAIL))
         tail = f.read()
         f.seek(0)
-        with warnings.catch_warnings():  # the check gives its own verdict on huge headers
+        with warnings.catch_warnings(), decoder_limits():  # the decoders' limit, not Pillow's
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(f)
         with image:
@@ -166,7 +194,8 @@ def check_stream(f: BinaryIO, size: int, full: bool = False) -> str:
             if image.width < 1 or image.height < 1:
                 return f"bad size {image.width}x{image.height}"
             if full:
-                image.load()
+                with decoder_limits():
+                    image.load()
             elif fmt == "JPEG" and size < image.width * image.height // MIN_PIXELS_PER_BYTE:
                 return f"{image.width}x{image.height} JPEG in only {size} bytes (truncated or forged header)"
     except (*MALFORMED, Image.DecompressionBombError) as e:  # unreadable, unknown format, truncated, a bomb
@@ -177,6 +206,62 @@ def check_stream(f: BinaryIO, size: int, full: bool = False) -> str:
         return "truncated JPEG (no end-of-image marker)"
     if fmt == "PNG" and b"IEND" not in tail:
         return "truncated PNG (no IEND chunk)"
+    return ""
+
+
+def find_failed_file(paths: list[str], since: float, *, images: bool, workers: int | None = None):
+    """The file a DALI failure that named none is about, as ``(path, reason, changed)``, or None.
+
+    paths: the source's files (images, or tar shards when ``images`` is False).
+    since: when the run began (``time.time()``): a file changed or gone since is the first suspect.
+    First every file is looked at without reading it: one that vanished, or changed (its
+    content, size or permissions) since the run began, is checked in full. With none, each image
+    is decoded in full (``images``), in parallel, until the bad one is found: a file the quick
+    check passed but the decoder fails on (a PNG cut mid-stream that kept its end)."""
+    suspects = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return path, "it vanished during the run", True
+        except OSError as e:
+            return path, f"it became unreadable during the run ({describe_storage_error(e)})", True
+        if max(st.st_mtime, st.st_ctime) >= since:
+            suspects.append(path)
+    for path in suspects:
+        try:
+            reason = check_file(path, full=images) if images else _readable_shard(path)
+        except OSError as e:
+            return path, f"it became unreadable during the run ({describe_storage_error(e)})", True
+        if reason:
+            return path, f"it changed during the run: {reason}", True
+    if not images:
+        return None
+    print(f"DALI failed on a file it does not name: decoding this run's {len(paths)} files to find it "
+          f"(a run with --scan full checks them all before training)", file=sys.stderr, flush=True)  # fmt: skip
+    workers = min(workers or os.cpu_count() or 1, os.cpu_count() or 1)
+    chunk = max(1, min(256, len(paths) // (workers * 8) or 1))
+    chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
+    if workers == 1 or len(chunks) == 1:
+        results = (_check_chunk(c, True) for c in chunks)
+        return _first_bad(chunks, results)
+    with worker_pool(workers) as pool:
+        return _first_bad(chunks, pool.map(_check_chunk, chunks, [True] * len(chunks)))
+
+
+def _first_bad(chunks, results):
+    for paths, found in zip(chunks, results):
+        for path, (reason, storage) in zip(paths, found):
+            if reason or storage:
+                return path, reason or f"unreadable ({storage})", bool(storage)
+    return None
+
+
+def _readable_shard(path: str) -> str:
+    """'' if the tar shard reads to its end, else why not."""
+    with open(path, "rb") as f:
+        while f.read(1 << 20):
+            pass
     return ""
 
 
@@ -383,6 +468,12 @@ def main(argv=None) -> int:
         p.error(f"--workers and --repeat must be >= 1, got {args.workers} and {args.repeat}")
     if args.cache and os.path.exists(args.cache) and not os.path.isdir(args.cache):
         p.error(f"--cache {args.cache!r} is a file, not a folder: give a folder for the cache")
+    if str(args.path).endswith(".tar") or (os.path.isdir(args.path) and any(
+            e.name.endswith(".tar") for e in os.scandir(args.path))):  # fmt: skip
+        p.error(
+            f"{args.path!r} holds WebDataset shards: they are checked sample by sample when indexed "
+            f"(train.py --data, or pipelines.sources.load_source); this command checks folders and file lists"
+        )
     try:
         split = load_split(args.path)
         for _ in range(args.repeat):
@@ -393,15 +484,23 @@ def main(argv=None) -> int:
                   f"{result.scanned} checked, {result.seconds:.2f} s, {rate:.0f} files/s")  # fmt: skip
     except ValueError as e:
         p.error(str(e))
+    except OSError as e:  # the cache folder (unwritable, a read-only disk), or the storage
+        p.exit(1, f"{p.prog}: error: {e.filename or args.cache or args.path}: {e.strerror or e}: give a writable "
+                  f"--cache (or none), or fix the storage\n")  # fmt: skip
     except KeyboardInterrupt:
         print("pipelines.scan: interrupted; the verdicts of a finished scan are cached, nothing else was written",
               file=sys.stderr)  # fmt: skip
         return 130
     for path, reason in result.bad:
-        print(f"{path}\t{reason}")
+        print(f"{printable(path)}\t{reason}")
     for path, error in result.unreadable:
-        print(f"{path}\tunreadable this time, not cached: {error}")
+        print(f"{printable(path)}\tunreadable this time, not cached: {error}")
     return 0
+
+
+def printable(path: str) -> str:
+    """``path`` on one line: control characters (a newline in a name) escaped, as ``repr`` does."""
+    return path if path.isprintable() else repr(path)[1:-1]
 
 
 if __name__ == "__main__":

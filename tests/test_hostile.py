@@ -309,3 +309,162 @@ def test_a_learning_rate_that_overflows_once_scaled_is_refused(capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--lr", "1e308"])
     assert "--lr 1e+308 overflows once scaled by the global batch" in last_error(capsys)
+
+
+# ---------------------------------------------------------------- round 2
+
+
+def test_a_max_steps_run_resumes_on_its_exact_lr_step(jpeg_tree, tmp_path):
+    """With --max-steps an epoch is 2 steps, not the loader's 3: the resumed run's lr and weights
+    follow the uninterrupted run's."""
+    flags = ("--max-steps", "2", "--lr-schedule", "cosine")
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    assert train.main(train_args(jpeg_tree, whole, "--epochs", "3", *flags)) == 0
+    assert train.main(train_args(jpeg_tree, part, "--epochs", "1", *flags)) == 0
+    assert train.main(train_args(jpeg_tree, part, "--epochs", "3", "--resume", *flags)) == 0
+    lrs = [
+        [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()] for out in (whole, part)
+    ]
+    assert lrs[0] == pytest.approx(lrs[1], rel=1e-9, abs=0) and lrs[0][1] != lrs[0][2]
+
+
+@pytest.mark.parametrize(
+    "first, then, message",
+    [
+        ((), ("--val-data", "VAL2"), r"was validated on other data .* --val-data may not change on resume"),
+        ((), ("--mixup", "0.3"), r"was trained with --mixup 0.0, this run has 0.3"),
+    ],
+    ids=["val-data", "mixup-named"],
+)
+def test_a_resume_that_would_change_the_results_is_refused_naming_the_flag(jpeg_tree, tmp_path, capsys, first,
+                                                                          then, message):  # fmt: skip
+    out = tmp_path / "run"
+    other_val = write_jpeg_tree(tmp_path / "other", classes=3, val_per_class=5) / "val"
+    then = tuple(str(other_val) if v == "VAL2" else v for v in then)
+    assert train.main(train_args(jpeg_tree, out, "--epochs", "1", *first)) == 0
+    capsys.readouterr()
+    assert train.main(train_args(jpeg_tree, out, "--epochs", "2", "--resume", *then)) == 2
+    assert re.search(message, last_error(capsys))
+
+
+def test_a_resume_accepts_what_changes_nothing(jpeg_tree, tmp_path):
+    """The backend that ran, named on resume; the demo's size with --data given (moot)."""
+    out = tmp_path / "run"
+    assert train.main(train_args(jpeg_tree, out, "--epochs", "1")) == 0
+    assert train.main(train_args(jpeg_tree, out, "--epochs", "2", "--resume", "--cutmix-backend", "native",
+                                 "--demo-per-class", "7")) == 0  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--size-schedule", "-1:32"], "--size-schedule needs epochs >= 0, got -1"),
+        (["--demo-per-class=-5"], "--demo-per-class must be in [1, 6000]"),
+    ],
+    ids=["negative-epoch", "demo-size"],
+)
+def test_flags_said_wrong_get_their_own_message(flags, message, capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(flags)
+    assert message in capsys.readouterr().err
+
+
+def test_a_prepared_root_validated_above_its_prepared_size_is_a_warning(tmp_path, capsys, monkeypatch):
+    from pipelines import prepare as prep
+
+    monkeypatch.setattr("pipelines.sources.CACHE", tmp_path / "cache")
+    src = write_jpeg_tree(tmp_path / "src")
+    prep.prepare(src, tmp_path / "prepared", prep.Settings(max_side=64, val_size=16, quality=90), workers=1,
+                 show=False)  # fmt: skip
+    assert (
+        train.main(train_args(tmp_path / "prepared", tmp_path / "run", "--epochs", "1", "--val-image-size", "40")) == 0
+    )
+    err = capsys.readouterr().err
+    assert "was prepared for validation crops up to 16 px (--val-size 16): --val-image-size 40 upsamples" in err
+
+
+def test_ctrl_c_before_the_first_checkpoint_leaves_nothing_behind(jpeg_tree, tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "build_model", interrupted)
+    out = tmp_path / "run"
+    assert train.main(train_args(jpeg_tree, out, "--epochs", "1")) == 130
+    assert last_error(capsys) == "train.py: interrupted; no checkpoint had been written yet"
+    assert not out.exists()
+
+
+def test_a_storage_error_on_the_data_advises_about_the_data(jpeg_tree, tmp_path, capsys, monkeypatch):
+    data_file = str(jpeg_tree / "train" / "class0" / "img0.JPEG")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", data_file)
+
+    monkeypatch.setattr(run, "resolve", denied)
+    assert train.main(train_args(jpeg_tree, tmp_path / "run", "--epochs", "1")) == 1
+    line = last_error(capsys)
+    assert line.startswith(f"train.py: error: {data_file}: Permission denied: it is your data, not the run folder")
+
+
+def test_a_write_that_cannot_start_names_the_file_not_its_temporary(tmp_path):
+    from dali_cutmix.files import atomic_write
+
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(OSError) as info:
+        atomic_write(tmp_path / "a-file" / "config.json", lambda f: f.write(b"{}"))
+    assert info.value.filename == str(tmp_path / "a-file" / "config.json")
+
+
+def test_the_scan_command_says_what_it_cannot_do_in_one_line(jpeg_tree, tmp_path):
+    (tmp_path / "shard.tar").write_bytes(b"")
+    (tmp_path / "blocker").write_text("x")
+    weird = jpeg_tree / "train" / "class0" / "two\nlines.JPEG"
+    weird.write_bytes(b"")
+    cases = [
+        ([str(tmp_path / "shard.tar")], "holds WebDataset shards: they are checked sample by sample when indexed"),
+        ([str(jpeg_tree / "train"), "--cache", str(tmp_path / "blocker" / "cache")], "give a writable --cache"),
+    ]
+    for args, message in cases:
+        done = subprocess.run([sys.executable, "-m", "pipelines.scan", *args], cwd=ROOT, capture_output=True,
+                              text=True)  # fmt: skip
+        assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+    done = subprocess.run([sys.executable, "-m", "pipelines.scan", str(jpeg_tree / "train")], cwd=ROOT,
+                          capture_output=True, text=True)  # fmt: skip
+    assert "two\\nlines.JPEG\tempty file" in done.stdout  # one line a file, the newline escaped
+
+
+def test_the_preview_checks_the_files_first(jpeg_tree, tmp_path):
+    (jpeg_tree / "train" / "class0" / "zero.JPEG").write_bytes(b"")
+    done = subprocess.run([sys.executable, "-m", "pipelines.preview", "--data", str(jpeg_tree), "--image-size", "32",
+                           "--batch-size", "4", "--output", str(tmp_path / "b.png")], cwd=ROOT, capture_output=True,
+                          text=True)  # fmt: skip
+    assert done.returncode == 0 and (tmp_path / "b.png").is_file(), done.stderr[-1500:]
+
+
+@pytest.mark.parametrize("fault", ["cut-png", "vanished"])
+def test_a_failure_dali_does_not_name_is_traced_to_its_file(jpeg_tree, tmp_path, fault):
+    """DALI's words for a PNG cut mid-stream ("nvImageCodec failure: '#17'") and for a file gone
+    during the run name no file; the loader finds it."""
+    from dali_cutmix.loader import DecodeFailed
+
+    common = dict(batch_size=3, image_size=32, num_threads=1, shard_id=0, num_shards=1, recipe=None)
+    if fault == "cut-png":
+        cut = jpeg_tree / "train" / "class1" / "zz-cut.png"
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(cut)
+        data = cut.read_bytes()
+        cut.write_bytes(data[: len(data) // 2] + data[-12:])
+        with pytest.raises(DecodeFailed) as info:
+            for _ in train_loader(jpeg_tree / "train", **common):
+                pass
+        assert info.value.path == str(cut) and not info.value.changed
+    else:
+        loader = train_loader(jpeg_tree / "train", prefetch_queue_depth=1, **common)
+        gone = jpeg_tree / "train" / "class2"
+        for f in gone.iterdir():
+            f.unlink()
+        with pytest.raises(DecodeFailed) as info:
+            for _ in range(3):
+                for _ in loader:
+                    pass
+        assert info.value.changed and "vanished during the run" in str(info.value)
+        assert info.value.path.startswith(str(gone))

@@ -1,5 +1,6 @@
 """``pipelines/graphs.py`` through its loaders (``pipelines/loaders.py``) on a generated JPEG tree."""
 
+import numpy as np
 import pytest
 
 pytest.importorskip("nvidia.dali", exc_type=ImportError)  # `pytest -m gpu` collects without DALI
@@ -228,19 +229,40 @@ def test_decoder_hints_follow_the_largest_image_within_dalis_defaults_and_imagen
     assert (huge["preallocate_width_hint"], huge["preallocate_height_hint"]) == (7000, 7200)
 
 
-def test_a_size_that_the_images_do_not_have_is_an_error_naming_it(jpeg_tree):
+@pytest.mark.parametrize(
+    "backend, message",
+    [
+        ("python", r"cutmix\(size=\(24, 24\)\) got sample 0 of shape \(32, 32, 3\)"),
+        ("native", r"cutmix\(size=\(24, 24\)\) got images of 32x32"),
+        ("ops", r"cutmix\(size=\(24, 24\)\) got images of 32x32"),
+    ],
+)
+def test_a_size_that_the_images_do_not_have_is_an_error_naming_it(jpeg_tree, backend, message):
+    """Every backend checks the size hint against the batch (none mixes with a wrong one)."""
     split = load_split(jpeg_tree / "train")
 
     @pipeline_def(batch_size=4, num_threads=1, device_id=None)
     def sized():
         jpegs, labels = fn.readers.file(files=split.files, labels=split.labels)
         images = fn.resize(fn.decoders.image(jpegs), resize_x=32, resize_y=32)
-        return cutmix(images, labels, backend="python", size=(24, 24))[0]
+        return cutmix(images, labels, backend=backend, size=(24, 24))[0]
 
     pipe = sized()
     pipe.build()
-    with pytest.raises(Exception, match=r"cutmix\(size=\(24, 24\)\) got sample 0 of shape \(32, 32, 3\)"):
+    with pytest.raises(Exception, match=message):
         pipe.run()
+
+
+def test_images_of_a_type_no_backend_mixes_are_refused_by_every_backend():
+    """uint16 images: the python backend refuses them as the native and ops backends do."""
+    from dali_helpers import mix_arrays
+
+    batch = [np.zeros((8, 8, 3), np.uint16)] * 2
+    refusals = (("python", "cutmix mixes uint8 or floating-point images, got torch.uint16"),
+                ("native", "takes uint8 or float32 images"), ("ops", "Unsupported input type: uint16"))  # fmt: skip
+    for backend, message in refusals:
+        with pytest.raises(Exception, match=message):
+            list(mix_arrays([batch], backend=backend))
     with pytest.raises(ValueError, match=r"size must be \(H, W\), got 32"):
         cutmix(None, None, size=32)
 

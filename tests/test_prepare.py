@@ -110,7 +110,9 @@ def test_a_stopped_prepare_is_refused_as_data_and_continues_where_it_stopped(sou
     done = prep.prepare(source, out, SETTINGS, workers=1, show=False)
     assert done["skipped"] == 5 and done["files"] == 20 and not (out / PREPARING).exists()
     assert not list(out.rglob("*.tmp"))
-    assert prep.prepare(source, out, SETTINGS, workers=1, show=False) == {**done, "already": True}  # nothing to do
+    again = prep.prepare(source, out, SETTINGS, workers=1, show=False)  # nothing to do
+    assert again["changes"] == {"added": 0, "removed": 0, "new_classes": [], "gone_classes": [], "left_out": 0}
+    assert again["skipped"] == again["files"] == done["files"]
     assert len(load_imagenet(out)[0]) == 14
 
 
@@ -184,7 +186,8 @@ def test_a_class_left_without_images_is_refused_rather_than_shifting_the_indices
         f.write_bytes(b"")  # every dog is unusable: the copy would have classes cat, eel
     with pytest.raises(UserError, match="the classes 'dog' have no usable training image"):
         prep.prepare(src, tmp_path / "out", SETTINGS, workers=1, show=False)
-    assert not (tmp_path / "out").exists()  # a start that fails leaves nothing behind
+    # A start that fails leaves nothing behind but the listing it said the bad files are in.
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["bad_files_train.txt"]
 
 
 def test_another_source_or_an_output_inside_the_source_is_refused(source, tmp_path):
@@ -206,3 +209,129 @@ def test_a_half_prepared_file_list_root_is_refused_through_its_image_folders(tmp
     (out / PREPARING).write_text("{}")
     with pytest.raises(DataError, match="preparation stopped half-way"):
         train_loader(out / "images" / "train", batch_size=1, image_size=16, num_threads=1, shard_id=0, num_shards=1)
+
+
+# ---------------------------------------------------------------- a hostile user, round 2
+
+
+def _dali_mean(path: Path) -> float:
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None)
+    def decode():
+        data, _ = fn.readers.file(files=[str(path)])
+        return fn.decoders.image(data, output_type=types.RGB)
+
+    p = decode()
+    p.build()
+    return float(np.asarray(p.run()[0].as_array()).mean())
+
+
+def test_a_16_bit_png_keeps_its_brightness(tmp_path, monkeypatch):
+    monkeypatch.setattr("pipelines.sources.CACHE", tmp_path / "cache")
+    src = source_tree(tmp_path / "src")
+    grey = (np.linspace(0, 65535, 200)[None, :] * np.ones((120, 1))).astype(np.uint16)  # a 16-bit ramp
+    Image.fromarray(grey).save(src / "train" / "eel" / "deep.png")  # Pillow: mode I;16
+    out = tmp_path / "out"
+    prep.prepare(src, out, SETTINGS, workers=1, show=False)
+    made = out / "train" / "eel" / "deep.png"
+    assert made.is_file()
+    assert abs(_dali_mean(made) - _dali_mean(src / "train" / "eel" / "deep.png")) < 3  # not whitened to 254
+
+
+def test_an_output_that_resolves_into_the_source_is_refused(source, tmp_path):
+    link = tmp_path / "link"
+    link.symlink_to(source)
+    with pytest.raises(UserError, match=r"is inside .* \(as the links resolve\)"):
+        prep.prepare(source, link / "prepared", SETTINGS, workers=1, show=False)
+    assert not (source / "prepared").exists()
+    with pytest.raises(UserError, match=r"src is inside .* \(as the links resolve\)"):
+        prep.prepare(source, tmp_path, SETTINGS, workers=1, show=False)
+
+
+def test_a_prepare_locks_its_output(source, tmp_path):
+    from dali_cutmix.files import FolderLock
+
+    out = tmp_path / "out"
+    held = FolderLock(out / prep.LOCK)
+    try:
+        with pytest.raises(UserError, match=r"is being prepared by another process \(pid \d+"):
+            prep.prepare(source, out, SETTINGS, workers=1, show=False)
+    finally:
+        held.release()
+    assert prep.prepare(source, out, SETTINGS, workers=1, show=False)["files"] == 20
+
+
+def test_a_finished_copy_is_brought_up_to_date_with_its_source(source, tmp_path, monkeypatch):
+    """Files added, a new class, a copy deleted by hand, a file unreadable the first time: the next
+    run says what changed and mends the copy."""
+    out = tmp_path / "out"
+    real = prep.prepare_image
+    flaky = str(source / "train" / "dog" / "dog_1.JPEG")
+
+    def unreadable_once(src, *args, **kwargs):
+        if src == flaky:
+            raise PermissionError(13, "Permission denied", src)
+        return real(src, *args, **kwargs)
+
+    monkeypatch.setattr(prep, "prepare_image", unreadable_once)
+    first = prep.prepare(source, out, SETTINGS, workers=1, show=False)
+    assert first["unreadable"] == 1 and "dog_1.JPEG" in (out / "unreadable_files_train.txt").read_text()
+    monkeypatch.setattr(prep, "prepare_image", real)
+    photo(80, 80, 5).save(source / "train" / "cat" / "new.JPEG")
+    (source / "train" / "fox").mkdir()
+    photo(80, 80, 6).save(source / "train" / "fox" / "fox_0.JPEG")
+    (source / "val" / "fox").mkdir()
+    photo(80, 80, 7).save(source / "val" / "fox" / "fox_1.JPEG")
+    (out / "train" / "eel" / "eel_0.JPEG").unlink()
+    (source / "train" / "dog" / "dog_0.JPEG").unlink()
+    again = prep.prepare(source, out, SETTINGS, workers=1, show=False)
+    changes = again["changes"]
+    assert changes["added"] == 5 and changes["removed"] == 1 and changes["new_classes"] == ["fox"], changes
+    for made in ("cat/new.JPEG", "fox/fox_0.JPEG", "eel/eel_0.JPEG", "dog/dog_1.JPEG"):
+        assert (out / "train" / made).is_file(), made
+    assert not (out / "train" / "dog" / "dog_0.JPEG").exists() and not (out / "unreadable_files_train.txt").exists()
+    assert load_imagenet(out)[0].classes == ["cat", "dog", "eel", "fox"]
+
+
+def test_a_file_the_decoder_fails_on_is_left_out_not_a_failure_of_the_run(source, tmp_path):
+    """A PNG cut mid-stream with its end kept passes the quick check; prepare names it in its
+    listing and finishes, and so does every run after."""
+    from PIL import Image as PILImage
+
+    cut = source / "train" / "eel" / "cut.png"
+    photo(90, 120, 3).save(cut, format="PNG")
+    data = cut.read_bytes()
+    cut.write_bytes(data[: len(data) // 2] + data[-12:])  # the IEND chunk kept
+    assert PILImage.open(cut).format == "PNG"
+    out = tmp_path / "out"
+    for _ in range(2):
+        done = prep.prepare(source, out, SETTINGS, workers=1, show=False)
+        assert done["bad"] == 1 or done.get("changes") is not None
+        assert str(cut) in (out / "bad_files_train.txt").read_text()
+
+
+@pytest.mark.parametrize("name", [prep.PREPARED, ".preparing"])
+def test_a_damaged_record_is_one_line_naming_it(source, tmp_path, name):
+    out = tmp_path / "out"
+    prep.prepare(source, out, SETTINGS, workers=1, show=False)
+    (out / name).write_text("{not json")
+    if name == ".preparing":
+        (out / prep.PREPARED).unlink()
+    with pytest.raises(UserError, match=rf"{out / name} is damaged .*: remove {out} and prepare again"):
+        prep.prepare(source, out, SETTINGS, workers=1, show=False)
+
+
+def test_the_bomb_limit_is_the_decoders_not_pillows(tmp_path, monkeypatch):
+    """Pillow refuses images above twice its MAX_IMAGE_PIXELS (about 179 megapixels by default);
+    DALI decodes them. The check and prepare use the decoders' limit, whatever Pillow's is."""
+    from PIL import Image as PILImage
+
+    from pipelines.scan import DECODER_MAX_SIDE, check_file
+
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)  # a 64 x 64 image is a "bomb" to Pillow now
+    photo(64, 64, 1).save(tmp_path / "big.JPEG")
+    assert check_file(str(tmp_path / "big.JPEG"), full=True) == ""
+    out = tmp_path / "small.JPEG"
+    assert prep.prepare_image(str(tmp_path / "big.JPEG"), str(out), 90, {"longer": 32}) == "resized"
+    assert PILImage.MAX_IMAGE_PIXELS == 1000 and DECODER_MAX_SIDE == 65500  # restored after; JPEG's limit

@@ -33,6 +33,8 @@ def build(images, labels, config: MixConfig, *, prob, layout: str, normalize: No
         args["isa"] = os.environ["DALI_CUTMIX_ISA"]
     if resize:
         args["size"] = size if is_node(size) else [int(v) for v in size]
+    elif size is not None and not is_node(size):
+        args["expect_size"] = [int(v) for v in size]  # the size hint, checked against the batch
     if normalize is not None:
         if normalize.fp16:
             raise ValueError("float16 output is for the GPU; the CPU operator writes float32")

@@ -27,8 +27,9 @@ FUSES_RESIZE = False
 
 def build(images, labels, config: MixConfig, *, prob, layout: str, normalize: Normalize | None, size=None):
     """``images, labels -> images, labels_b, Params`` (``normalize`` is applied by the caller);
-    ``size`` is not needed: the batch is on the CPU, where its shapes cost no wait."""
-    sampled = ops_params(images, config, layout=layout, prob=prob)
+    ``size`` (two ints) is checked against the batch's shape (the batch is on the CPU, where
+    reading its shapes costs no wait)."""
+    sampled = ops_params(images, config, layout=layout, prob=prob, expect=None if is_node(size) else size)
     mixed = paste_ops(images, sampled, layout=layout)
     return mixed, fn.permute_batch(labels, indices=sampled.params.perm), sampled.params
 
@@ -43,14 +44,14 @@ class Sampled(NamedTuple):
     hw: DataNode
 
 
-def ops_params(images, config: MixConfig, *, layout: str, prob: DataNode | None = None) -> Sampled:
+def ops_params(images, config: MixConfig, *, layout: str, prob: DataNode | None = None, expect=None) -> Sampled:
     """Draw the partners, boxes and blends of a batch with DALI's random operators, per
     receiving sample (so a per-sample ``prob`` is the receiver's), and evaluate the box formula
     :func:`dali_cutmix.sampling.mix_from_draws` on DataNodes."""
     perm = fn.batch_permutation(no_fixed_points=config.no_self)
     # The shape check (one shape, >= 2x2) is the one thing stock operators cannot say in words.
     hw = fn.python_function(
-        images.shape(device="cpu"), function=_UniformHW(layout), batch_processing=True, output_layouts=""
+        images.shape(device="cpu"), function=_UniformHW(layout, expect), batch_processing=True, output_layouts=""
     )
 
     def coin(p):
@@ -83,11 +84,17 @@ def ops_params(images, config: MixConfig, *, layout: str, prob: DataNode | None 
 
 
 class _UniformHW:
-    def __init__(self, layout: str):
-        self.layout = layout
+    """The batch's one (H, W), checked: uniform, >= 2x2, and ``expect`` when given (the size hint)."""
+
+    def __init__(self, layout: str, expect=None):
+        self.layout, self.expect = layout, None if expect is None else tuple(int(v) for v in expect)
 
     def __call__(self, shapes):
-        hw = np.array(check_shapes(shapes, self.layout), np.float32)
+        found = tuple(int(v) for v in check_shapes(shapes, self.layout))
+        if self.expect is not None and found != self.expect:
+            raise ValueError(f"cutmix(size={self.expect}) got images of {found[0]}x{found[1]} ({self.layout}); "
+                             f"resize or crop to that size first, or leave size out")  # fmt: skip
+        hw = np.array(found, np.float32)
         return [hw.copy() for _ in shapes]
 
 

@@ -74,6 +74,9 @@ class TorchMix:
         from torch.utils.dlpack import to_dlpack
 
         samples = [torch.from_dlpack(t) for t in images]
+        if samples and samples[0].dtype not in (torch.uint8, torch.float16, torch.bfloat16, torch.float32):
+            raise ValueError(f"cutmix mixes uint8 or floating-point images, got {samples[0].dtype} (as the native "
+                             f"and ops backends do): convert them first")  # fmt: skip
         if self.size is not None:
             check_size(samples, self.size, self.layout)
         if samples[0].is_cuda:

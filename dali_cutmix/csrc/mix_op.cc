@@ -360,6 +360,11 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
                                          images.tensor_shape(i)));
       }
       H_ = shape[0], W_ = shape[1], C_ = shape[2];
+      auto expect = spec_.GetRepeatedArgument<int>("expect_size");
+      DALI_ENFORCE(expect.empty() || (expect.size() == 2 && expect[0] == H_ && expect[1] == W_),
+                   ::dali::make_string("cutmix(size=(", expect.empty() ? 0 : expect[0], ", ",
+                                       expect.size() < 2 ? 0 : expect[1], ")) got images of ", H_, "x", W_,
+                                       " (HWC); resize or crop to that size first, or leave size out"));
     }
     DALI_ENFORCE(H_ >= 2 && W_ >= 2,
                  ::dali::make_string("images must be at least 2x2 (HxW) for CutMix, got ", H_, "x", W_));
@@ -817,6 +822,8 @@ normalisation, flip and layout change (and with a bilinear resize, given size). 
                                       "(H, W): resize every image to it first (bilinear, as fn.resize with "
                                       "INTERP_LINEAR and no antialiasing); the images may then differ in shape.",
                                       nullptr, true)
+    .AddOptionalArg("expect_size", "(H, W) the images must have (cutmix's size hint); empty: any.",
+                    std::vector<int>{})
     .AddOptionalArg("isa",
                     "Which compiled copy writes the pixels: \"auto\" (AVX2 where the CPU has it), \"portable\", "
                     "\"avx2\" or \"avx512\" (x86-64 builds with GCC); every copy writes the same bytes.",
