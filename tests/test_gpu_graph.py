@@ -4,7 +4,7 @@ DALI builds the Python graph of a ``device_id=0`` pipeline without touching a GP
 (``Pipeline._build_graph``; nothing is built or run), so every GPU training pipeline (each recipe
 and backend the GPU allows) and the validation pipeline are checked here for: every output on the
 GPU; no operator with a GPU input and a CPU output (a GPU -> CPU edge makes the CPU stage wait for
-the GPU's); and exactly the Python operators the README documents.
+the GPU's); and exactly the Python operators docs/DESIGN.md documents.
 """
 
 import dataclasses
@@ -26,7 +26,7 @@ RECIPES = {
     "minmax-no-self": MixConfig(minmax=(0.2, 0.8), no_self=True, mode="elem"),
 }
 GPU_BACKENDS = [b for b in ops.BACKENDS if (b, "gpu") not in ops.REFUSED]
-# The Python operators of a GPU pipeline, as the README's GPU section lists them: the python
+# The Python operators of a GPU pipeline, as docs/DESIGN.md lists them: the python
 # backend's sampler (CPU) and its torch callback (GPU); none without mixing.
 MIXING = Counter({("PythonFunction", "cpu"): 1, ("DLTensorPythonFunction", "gpu"): 1})
 
