@@ -5,7 +5,9 @@ import pytest
 pytest.importorskip("nvidia.dali", exc_type=ImportError)  # `pytest -m gpu` collects without DALI
 
 import json
+from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from dali_cutmix_bench import bench, benchdata
@@ -143,3 +145,28 @@ def test_the_ffcv_findings_compare_paired_rounds_against_the_targets():
     assert found[0].startswith("ffcv: prepared data against the originals: x1.67") and found[0].endswith("met")
     assert "against FFCV's recipe: x1.92 (1.92..1.93, 3 rounds); target x2.0: NOT met" in found[1]
     assert "x3.10 (3.00..3.30, 3 rounds); target x2.5: met" in found[2]
+
+
+def test_the_label_noise_summary_counts_the_flaw_exactly():
+    from dali_cutmix_bench.label_noise import summarise
+
+    label = np.array([0.4, 0.4, 0.1, 0.2, 0.5])
+    visible = np.array([0.0, 0.5, 0.1, 0.99, 0.10])
+    r = summarise(label, visible)
+    assert r["partner_flaw"] == 0.2 and r["partner_flaw_15"] == 0.4  # 0.4/0.0; and 0.5/0.10
+    assert r["receiver_flaw"] == 0.2 and r["receiver_flaw_15"] == 0.2  # 0.8 of the label, 0.01 of what shows
+
+
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="needs Debian's dataset-fashion-mnist"
+)
+def test_the_label_noise_measurement_runs_every_recipe(tmp_path, capsys):
+    from dali_cutmix_bench import label_noise
+
+    assert label_noise.main(["--images", "256", "--output", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "label_noise.json").read_text())
+    for recipe in ("cutmix", "mixup", "resizemix", "saliencymix"):
+        r = report[recipe]
+        assert r["samples"] == 256 and 0 <= r["partner_flaw"] <= r["partner_flaw_15"] <= 1
+        assert 0.5 < r["correlation"] <= 1  # the label follows what shows, more or less
+    assert (tmp_path / "worst.png").stat().st_size > 1000
