@@ -212,6 +212,14 @@ def main(argv=None) -> int:
     under torchrun each rank keeps its own traceback file, and a rank stopped by a peer's failure
     says so and names the peer's file."""
     args = parse_args(argv)
+    term = signal.getsignal(signal.SIGTERM)
+    try:
+        return _main(args)
+    finally:
+        signal.signal(signal.SIGTERM, term)  # a failing run ignores SIGTERM until its line is out
+
+
+def _main(args) -> int:
     report = Report(Path(args.output), rank=int(os.environ.get("RANK", "0") or 0))
     try:
         from .run import run  # the heavy part (torch, torchvision, DALI), once the flags are good
@@ -241,6 +249,7 @@ def main(argv=None) -> int:
         print(f"{prog()}: error: {e.filename or args.output}: {e.strerror}: {advice}", file=sys.stderr)
         return 1
     except Exception as e:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # failed before training: torchrun's SIGTERM waits too
         return report.bug(e)
 
 

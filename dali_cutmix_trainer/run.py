@@ -308,6 +308,11 @@ def fit(args, rank: int, world: int, device: torch.device, out: Path, state: dic
                 plot_metrics(rows, out / "curves.png")
                 print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
         return 0
+    except BaseException:
+        # Failing. torchrun SIGTERMs a rank as soon as a peer exits: ignored from here on, so that
+        # this rank still writes its error line (cli.main restores the handler when it returns).
+        previous[signal.SIGTERM] = signal.SIG_IGN
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

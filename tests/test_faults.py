@@ -228,6 +228,35 @@ def test_the_error_line_starts_on_a_line_of_its_own_after_the_progress_bar(jpeg_
     assert "\ntrain.py: internal error (a bug, not your input): RuntimeError: a bug mid-epoch" in done.stderr
 
 
+@pytest.mark.parametrize("where", ["checkpoint.RunLock.release", "cli.Report.bug"])
+def test_a_failing_rank_outlives_the_sigterm_that_follows_a_peers_exit(jpeg_tree, tmp_path, where):
+    """torchrun SIGTERMs every rank once one exits: a rank failing at that moment (here the signal
+    lands as the failing run lets go of its folder, or as it reports its bug) still writes its
+    line, where the signal used to kill it."""
+    owner, name = where.rsplit(".", 1)
+    code = ("import os, signal, sys, train; from dali_cutmix_trainer import checkpoint, cli, engine\n"
+            "def step(*a, **k):\n    raise RuntimeError('a bug mid-epoch')\n"
+            f"real = {owner}.{name}\n"
+            "def hook(*a, **k):\n    os.kill(os.getpid(), signal.SIGTERM)\n    return real(*a, **k)\n"
+            f"engine.train_step = step; {owner}.{name} = hook; sys.exit(train.main())")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code, *train_args(jpeg_tree, tmp_path / "run", "--epochs", "1")],
+                          cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "train.py: internal error (a bug, not your input): RuntimeError: a bug mid-epoch" in done.stderr
+
+
+def test_a_failed_run_gives_back_the_sigterm_handler_it_found(jpeg_tree, tmp_path, monkeypatch):
+    from dali_cutmix_trainer import engine
+
+    def step(*args, **kwargs):
+        raise RuntimeError("a bug mid-epoch")
+
+    monkeypatch.setattr(engine, "train_step", step)
+    before = signal.getsignal(signal.SIGTERM)
+    assert train.main(train_args(jpeg_tree, tmp_path / "run", "--epochs", "1")) == 1
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 # ---------------------------------------------------------------- the picture of the batch
 
 
