@@ -30,9 +30,16 @@ class LoopMixer:
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, images, labels, epoch: int = 0):
-        """``(B, C, H, W)`` images and ``(B,)`` labels -> ``images, labels_a, labels_b, lam``."""
+        """``(B, C, H, W)`` images and ``(B,)`` labels -> ``images, labels_a, labels_b, lam``.
+        A channels_last batch (a GPU loader's: the NCHW view of HWC memory) is mixed as the HWC
+        block it is and handed back as the same kind of view, so nothing is copied to change the
+        layout, here or in the training step."""
         B, _, H, W = images.shape
-        return apply_cutmix(images, labels, self.sample(B, H, W, epoch), "CHW")
+        params = self.sample(B, H, W, epoch)
+        if _channels_last(images):
+            mixed, labels_a, labels_b, lam = apply_cutmix(images.permute(0, 2, 3, 1), labels, params, "HWC")
+            return mixed.permute(0, 3, 1, 2), labels_a, labels_b, lam
+        return apply_cutmix(images, labels, params, "CHW")
 
     def sample(self, batch_size: int, height: int, width: int, epoch: int = 0) -> CutMixParams:
         """The parameters the next call mixes a batch of that size with (drawn: the generator moves on)."""
@@ -44,3 +51,13 @@ class LoopMixer:
 
     def load_state(self, state: str) -> None:
         self.rng.bit_generator.state = json.loads(state)
+
+
+def _channels_last(images) -> bool:
+    """Whether ``images`` is a torch NCHW tensor laid out channels_last (and not also contiguous)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(images, torch.Tensor) or images.ndim != 4:
+        return False
+    return images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()

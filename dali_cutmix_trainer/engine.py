@@ -49,12 +49,15 @@ def grad_scaler(device: torch.device, dtype: torch.dtype | None):
     return torch.amp.GradScaler("cuda") if device.type == "cuda" and dtype == torch.float16 else None
 
 
-def train_step(model, optimizer, scaler, batch, *, smoothing: float = 0.0, amp: torch.dtype | None = None):
+def train_step(model, optimizer, scaler, batch, *, smoothing: float = 0.0, amp: torch.dtype | None = None,
+               keep_grads: bool = False):  # fmt: skip
     """Forward, mixed loss, backward and optimizer step on ``(images, labels_a, labels_b, lam)``.
 
     ``amp``: the autocast dtype on CUDA (float16 with ``scaler``, a ``torch.amp.GradScaler``;
     bfloat16 without), or None for float32; without ``amp``, float16 when ``scaler`` is given.
     The images come channels_last from the pipeline (``contiguous`` below copies nothing then).
+    ``keep_grads``: zero the gradients in place rather than dropping them (under DDP with
+    ``gradient_as_bucket_view``, dropping them would undo the views each step).
     Returns the detached loss; nothing here waits for the device.
     """
     images, labels_a, labels_b, lam = batch
@@ -65,7 +68,7 @@ def train_step(model, optimizer, scaler, batch, *, smoothing: float = 0.0, amp: 
         images = images.contiguous(memory_format=torch.channels_last)
     with nvtx("forward", on_gpu), autocast(images.device, amp):
         loss = mixed_cross_entropy(model(images), labels_a, labels_b, lam, smoothing)
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad(set_to_none=not keep_grads)
     with nvtx("backward", on_gpu):
         (scaler.scale(loss) if scaler is not None else loss).backward()
     with nvtx("optimizer", on_gpu):
@@ -146,7 +149,7 @@ def train_epoch(
                 break
             if mixer is not None:
                 batch = mixer(batch[0], batch[1], epoch=epoch)
-            loss = train_step(model, optimizer, scaler, batch, smoothing=smoothing, amp=amp)
+            loss = train_step(model, optimizer, scaler, batch, smoothing=smoothing, amp=amp, keep_grads=world > 1)
             scheduler.step()
             books.add(loss, step, len(batch[0]))
             step += 1

@@ -62,8 +62,12 @@ def init_group(backend: str, rank: int, world: int) -> None:
     their own prefix here, so a rank that arrives first waits for the peer's new address instead.
     """
     restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
-    if restart is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
-        dist.init_process_group(backend)  # env:// as the launcher set it (Slurm's srun, a plain script)
+    one_node = os.environ.get("LOCAL_WORLD_SIZE") == str(world)  # one agent: its count is the job's
+    if restart is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or not one_node:
+        # env:// as the launcher set it (Slurm's srun, a plain script). Across nodes each agent
+        # counts its own restarts, so the count cannot key the store: there, a restartable job
+        # takes a fresh store each round (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, docs/OPERATIONS.md).
+        dist.init_process_group(backend)
         return
     agent = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
                           timeout=timedelta(minutes=30))  # fmt: skip
@@ -232,8 +236,9 @@ def fit(args, rank: int, world: int, device: torch.device, out: Path, state: dic
     scaler = grad_scaler(device, amp)
     if state:  # prepare checked that it fits (flags, data, classes)
         scheduler = ckpt.restore(state, model, optimizer, scheduler, scaler, steps_per_epoch=steps_run(args, train))
-    # Gradients as views of DDP's buckets: no copy into the buckets each step. BN buffers are
-    # broadcast from rank 0 before each forward (DDP's default; docs/DESIGN.md says why).
+    # Gradients as views of DDP's buckets (kept as views: train_step zeroes them in place under
+    # DDP), so nothing is copied into the buckets each step. BN buffers are broadcast from rank 0
+    # before each forward (DDP's default; docs/DESIGN.md says why).
     ddp = (
         torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True

@@ -95,7 +95,10 @@ def decode_random_crop(jpegs, *, device: str, random_area=(0.08, 1.0), hints=Non
 
 def decode_center(jpegs, *, device: str, image_size: int, hints=None):
     """Resize the shorter side to ``image_size / VAL_CROP``: (S', >=S', 3) uint8, cropped later."""
-    images = fn.decoders.image(jpegs, output_type=types.RGB, **_decoder_kwargs(device, hints))
+    # No hardware-decoder preallocation for validation (DALI's ResNet-50 example gives none): only
+    # the paddings.
+    paddings = None if hints is None else {k: v for k, v in hints.items() if k.endswith("_padding")}
+    images = fn.decoders.image(jpegs, output_type=types.RGB, **_decoder_kwargs(device, paddings))
     return fn.resize(images, resize_shorter=int(image_size / VAL_CROP), interp_type=types.INTERP_TRIANGULAR)
 
 

@@ -20,7 +20,8 @@ DALI half (when ``import nvidia.dali`` works; else each row reads "not run: DALI
 * ``gpu-tests``: the ``gpu``-marked tests (GPU only);
 * ``pixels``: every CutMix backend that runs on the device against the NumPy oracle, and
   ``normalize=`` (float16 on the GPU);
-* ``cross-device``: the python backend on the CPU and the GPU draw and write the same (GPU only);
+* ``cross-device``: the python backend on the CPU and the GPU draw and write the same, and what the
+  GPU decoder's preallocation hints hold of GPU memory (GPU only);
 * ``throughput``: the profiler (``dali_cutmix_bench.bench``) on photo-like data;
 * ``training``: a short train.py run that must end with a finite loss and a better accuracy.
 
@@ -427,6 +428,42 @@ def check_pixels(device: str) -> list[dict]:
     return results
 
 
+def check_decoder_memory(device: str, out: Path) -> list[dict]:
+    """What the GPU decoder's hints hold: the free GPU memory before and after building and
+    running the training pipeline of batch 256 with the hints the pipelines give (ImageNet's
+    largest image as the hardware decoder's preallocation, ``HW_DECODER_LOAD``) and with none
+    (DALI's defaults), each in a fresh pipeline (GPU only)."""
+    import torch
+    from nvidia.dali import fn, pipeline_def, types
+
+    from dali_cutmix_bench.benchdata import synthetic_classes
+    from pipelines.folders import load_split
+    from pipelines.graphs import DALI_PADDINGS, decoder_hints
+
+    root = synthetic_classes(out / "decoder-memory", per_class=64)
+    split = load_split(root / "train")
+    rows = []
+    for name, kwargs in (("hints", decoder_hints(split)), ("DALI defaults", dict(DALI_PADDINGS))):
+
+        @pipeline_def(batch_size=256, num_threads=4, device_id=0, seed=0)
+        def decode(kwargs=kwargs):
+            jpegs, _ = fn.readers.file(files=split.files, labels=split.labels, random_shuffle=True)
+            images = fn.decoders.image_random_crop(jpegs, device="mixed", output_type=types.RGB, **kwargs)
+            return fn.resize(images, size=[224, 224])
+
+        torch.cuda.synchronize()
+        free_before = torch.cuda.mem_get_info()[0]
+        pipe = decode()
+        pipe.build()
+        pipe.run()
+        free_after = torch.cuda.mem_get_info()[0]
+        held = (free_before - free_after) / 2**30
+        rows.append(row("decoder-memory", name, device, True, f"{held:.2f} GiB of GPU memory held after build and "
+                        f"one batch of 256 ({kwargs})"))  # fmt: skip
+        del pipe
+    return rows
+
+
 def check_cross_device(device: str) -> list[dict]:
     import numpy as np
 
@@ -572,7 +609,7 @@ def run_part(part: str, device: str, out: Path, cpu: bool, rows_file: Path, dead
         time.sleep(600)
     checks = {
         "pixels": lambda: check_pixels(device),
-        "cross-device": lambda: check_cross_device(device),
+        "cross-device": lambda: check_cross_device(device) + check_decoder_memory(device, out),
         "throughput": lambda: check_throughput(device, out, cpu, deadline),
         "training": lambda: check_training(device, out, cpu, deadline),
     }

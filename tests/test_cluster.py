@@ -40,6 +40,15 @@ def rows_of(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+def assert_rows_equal(rows: list[dict], reference_rows: list[dict]) -> None:
+    """Both epochs' rows, as the uninterrupted run wrote them (to float32's noise)."""
+    assert [r["epoch"] for r in rows] == [0, 1]
+    for row, ref in zip(rows, reference_rows):
+        assert row["train_images"] == ref["train_images"] and row["lr"] == ref["lr"]
+        for key in ("train_loss", "val_loss", "val_top1"):
+            assert row[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-5), key
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """48 training images: 2 ranks x 24, 6 steps of 4 an epoch each; 9 validation images."""
@@ -106,15 +115,37 @@ def test_an_elastic_restart_after_a_rank_dies_finishes_as_the_uninterrupted_run(
     done = run(torchrun("--max-restarts", "2", DRIVER, *flags(data, out, "--resume")), fault | {"late": [1, 3]})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "connectFullMesh" not in done.stderr and "resuming from" in done.stdout
-    rows = rows_of(out)
-    assert [r["epoch"] for r in rows] == [0, 1]
-    for row, ref in zip(rows, reference_rows):
-        assert row["train_images"] == ref["train_images"] and row["lr"] == ref["lr"]
-        for key in ("train_loss", "val_loss", "val_top1"):
-            assert row[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-5), key
+    assert_rows_equal(rows_of(out), reference_rows)
     final = torch.load(out / "checkpoint_0002.pt", weights_only=True)["model"]
     for name, tensor in reference.items():
         torch.testing.assert_close(final[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_a_two_node_elastic_restart_with_a_fresh_store_each_round_finishes_as_the_uninterrupted_run(
+    data, tmp_path, uninterrupted
+):
+    """Two agents (two "nodes" of one rank each, c10d rendezvous) with
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, as docs/OPERATIONS.md says for several nodes: rank 1
+    SIGKILLed in epoch 1, the agents count their restarts apart, and the job still ends with the
+    uninterrupted run's rows."""
+    reference_rows, _ = uninterrupted
+    out = tmp_path / "run"
+    endpoint = f"127.0.0.1:{free_port()}"
+    agent = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+             "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint, "--rdzv_id", "two-nodes",
+             "--max-restarts", "2", DRIVER, *flags(data, out, "--resume")]  # fmt: skip
+    env = os.environ | {
+        "DALI_CUTMIX_TEST_FAULT": json.dumps({"kill": [1, 6 + 2], "late": [1, 3]}),
+        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    nodes = [subprocess.Popen(agent, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]  # fmt: skip
+    ends = [node.communicate(timeout=600) for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), [err[-3000:] for _, err in ends]
+    assert any("resuming from" in stdout for stdout, _ in ends)
+    assert_rows_equal(rows_of(out), reference_rows)
 
 
 @pytest.mark.slow

@@ -163,3 +163,22 @@ def test_recipe_errors_name_their_field_for_the_caller(kwargs, field, rule):
         MixConfig(**kwargs)
     assert (info.value.field, info.value.rule) == (field, rule)
     assert isinstance(info.value, ValueError)
+
+
+def test_the_loop_mixer_keeps_a_channels_last_batch_channels_last_and_mixes_it_alike():
+    """A GPU loader's batch is the NCHW view of HWC memory: mixed as that HWC block, it comes back
+    the same kind of view (the step copies nothing), with the same values as a contiguous batch."""
+    import torch
+
+    from dali_cutmix.loop import LoopMixer
+    from dali_cutmix.recipe import MixConfig
+
+    hwc = torch.randint(0, 256, (8, 12, 20, 3), dtype=torch.uint8)
+    view = hwc.permute(0, 3, 1, 2)  # channels_last
+    labels = torch.arange(8)
+    for recipe in (MixConfig(mode="elem"), MixConfig(mixup_alpha=0.4, mode="elem")):
+        a = LoopMixer(recipe, seed=3)(view, labels)
+        b = LoopMixer(recipe, seed=3)(view.contiguous(), labels)
+        assert a[0].is_contiguous(memory_format=torch.channels_last) and not a[0].is_contiguous()
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
