@@ -33,6 +33,12 @@ _said: list[str] = []  # the fallback's one line, said once per process
 REFUSED = {
     ("native", "gpu"): "backend 'native' is a CPU operator (fn.dali_cutmix.mix); on the GPU use backend 'python'",
     ("native", "CHW"): "backend 'native' takes HWC images; use backend 'python' or 'ops' for CHW",
+    ("native", "resize"): (
+        "backend 'native' pastes in place only (paste 'cut'); ResizeMix (paste 'resize') runs on backend 'python'"
+    ),
+    ("ops", "resize"): (
+        "backend 'ops' pastes in place only (paste 'cut'); ResizeMix (paste 'resize') runs on backend 'python'"
+    ),
     ("ops", "gpu"): (
         "backend 'ops' does not run on the GPU: DALI's GPU multi_paste reads every input with input 0's row "
         "pitch and never closes an empty region (paste_gpu.h), so box slices and unmixed samples come out "
@@ -128,10 +134,10 @@ def cutmix(
     if size is not None and not is_node(size):
         size = _checked_size(size)
     device = images.device
-    name = default_backend(device, layout) if backend is None else backend
+    name = default_backend(device, layout, config) if backend is None else backend
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {tuple(BACKENDS)}, got {name!r}")
-    for key in ((name, device), (name, layout)):
+    for key in ((name, device), (name, layout), (name, config.paste)):
         if key in REFUSED:
             raise ValueError(REFUSED[key])
     module = BACKENDS[name]
@@ -148,14 +154,15 @@ def cutmix(
     return Mixed(mixed, labels, labels_b, params.lam, params if return_params else None)
 
 
-def default_backend(device: str, layout: str = "HWC") -> str:
-    """The backend ``cutmix(backend=None)`` takes on ``device``: ``DEFAULT_BACKEND``'s, except on
-    the CPU when the native operator is out of reach (CHW images; or it cannot be built or loaded:
-    then one line on stderr, once per process, says why and how to get it) -> the python backend."""
+def default_backend(device: str, layout: str = "HWC", config: MixConfig | None = None) -> str:
+    """The backend ``cutmix(backend=None)`` takes on ``device`` for ``config``: ``DEFAULT_BACKEND``'s,
+    except on the CPU when the native operator is out of reach (CHW images, a recipe it does not
+    run; or it cannot be built or loaded: then one line on stderr, once per process, says why and
+    how to get it) -> the python backend."""
     name = DEFAULT_BACKEND[device]
     if name != "native":
         return name
-    if (name, layout) in REFUSED:
+    if (name, layout) in REFUSED or (config is not None and (name, config.paste) in REFUSED):
         return NO_COMPILER_BACKEND
     from . import plugin
 

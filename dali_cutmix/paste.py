@@ -50,11 +50,11 @@ def apply_cutmix(images, labels, params: CutMixParams, layout: str = "HWC"):
         # On CUDA through pinned memory torch owns, without blocking: no host sync in a step.
         perm, boxes = from_numpy(perm, images.device, torch.long), from_numpy(boxes, images.device)
         lam, blend = from_numpy(lam, images.device), from_numpy(blend, images.device, torch.bool)
-    mixed = mix_images(images, perm, boxes, lam, blend, layout)
+    mixed = mix_images(images, perm, boxes, lam, blend, layout, resized=params.resized)
     return mixed, labels, labels[perm], lam
 
 
-def mix_images(images, perm, boxes, lam, blend, layout: str, *, out=None):
+def mix_images(images, perm, boxes, lam, blend, layout: str, *, out=None, resized: bool = False):
     """The mixed batch from parameters of the same kind as ``images`` (NumPy, or torch on its
     device): ``perm`` (B,) int64, ``boxes`` (B, 4) int, ``lam`` (B,) float32, ``blend`` (B,) bool
     or None (no MixUp); ``layout`` ``"HWC"`` or ``"CHW"``. Vectorised: nothing here reads a value
@@ -63,6 +63,8 @@ def mix_images(images, perm, boxes, lam, blend, layout: str, *, out=None):
 
     ``out`` (torch): a contiguous tensor of the images' size and dtype to gather the partners
     into; without MixUp the result is written there too.
+    ``resized``: each box receives its partner's whole image resampled to the box's size
+    (ResizeMix, :func:`resampled_into_boxes`) instead of the partner's pixels in place.
     """
     H, W = spatial_size(tuple(images.shape[1:]), layout)
     B = images.shape[0]
@@ -76,6 +78,7 @@ def mix_images(images, perm, boxes, lam, blend, layout: str, *, out=None):
         partners = flat.view(images.shape)
     else:
         partners = images[perm]
+    pasted = resampled_into_boxes(partners, boxes, layout) if resized else partners
     rows, cols = box_rows_cols(boxes, H, W)  # (B, H), (B, W) bool
     if layout == "HWC":
         # Rows of W*C values: the masks broadcast along whole rows, never along the 3 channels
@@ -83,18 +86,75 @@ def mix_images(images, perm, boxes, lam, blend, layout: str, *, out=None):
         C = images.shape[3]
         # expand + reshape, not repeat_interleave: nothing that could ask the device for a size.
         cols = cols[:, :, None].expand(B, W, C).reshape(B, W * C) if torch_ else np.repeat(cols, C, axis=1)
-        own, other = images.reshape(B, H, W * C), partners.reshape(B, H, W * C)
+        own, other = images.reshape(B, H, W * C), pasted.reshape(B, H, W * C)
         rows, cols = rows[:, :, None], cols[:, None, :]
     else:
-        own, other = images, partners
+        own, other = images, pasted
         rows, cols = rows[:, None, :, None], cols[:, None, None, :]
-    # Without MixUp nothing reads the partners after the paste, so it may write over them.
-    mixed = _paste(own, other, rows, cols, reuse_other=blend is None).reshape(images.shape)
+    # Without MixUp nothing reads the partners after the paste, so it may write over them (the
+    # resampled copy is the paste's alone).
+    reuse = blend is None or resized
+    mixed = _paste(own, other, rows, cols, reuse_other=reuse).reshape(images.shape)
     if blend is not None:
         weight = blend_weight(lam, blend.float() if torch_ else blend.astype(np.float32))
         where = torch.where if torch_ else np.where
         mixed = where(blend[:, None, None, None], blend_images(mixed, partners, weight), mixed)
     return mixed
+
+
+def resampled_into_boxes(partners, boxes, layout: str):
+    """Each partner's whole image resampled to its box's size and placed at the box (ResizeMix's
+    paste); outside the box some pixel of the partner, which the paste's masks leave out.
+
+    partners: (B, H, W, C) or (B, C, H, W) (``layout``), NumPy or torch on any device. boxes: (B, 4)
+    integer ``y1, x1, y2, x2``, the same kind. Nearest neighbour through pixel centres, in integer
+    arithmetic (:func:`source_index`), so that every backend agrees byte for byte; OpenMixup's
+    ``resizemix`` resamples with nearest too (mmpretrain's with bilinear, without antialiasing, so
+    at the box's 0.1-0.8 scale both read at most 2 x 2 source pixels an output pixel). One gather
+    a batch, nothing read back to the host.
+    """
+    H, W = spatial_size(tuple(partners.shape[1:]), layout)
+    B = partners.shape[0]
+    rows = source_index(boxes[:, 0], boxes[:, 2], H) * W  # (B, H): where each output row reads
+    cols = source_index(boxes[:, 1], boxes[:, 3], W)  # (B, W)
+    torch_, channels_last = _is_torch(partners), layout == "HWC"
+    if torch_:
+        import torch
+    if torch_ and channels_last:
+        # Whole pixels by one index_select over the batch's (B * H * W, C) rows, each sample's
+        # offset folded into its rows: on a CPU 1.7x faster than gathering each channel through an
+        # expanded index.
+        rows = rows + torch.arange(B, device=rows.device)[:, None] * (H * W)
+        index = (rows[:, :, None] + cols[:, None, :]).reshape(-1)
+        picked = torch.index_select(partners.reshape(B * H * W, -1), 0, index)
+        return picked.reshape(partners.shape)
+    index = rows[:, :, None] + cols[:, None, :]  # (B, H, W): each output pixel's source, row-major
+    if channels_last:  # NumPy
+        picked = np.take_along_axis(partners.reshape(B, H * W, -1), index.reshape(B, H * W, 1), axis=1)
+    elif torch_:
+        flat = partners.reshape(B, -1, H * W)
+        picked = torch.gather(flat, 2, index.reshape(B, 1, H * W).expand(flat.shape))
+    else:
+        picked = np.take_along_axis(partners.reshape(B, -1, H * W), index.reshape(B, 1, H * W), axis=2)
+    return picked.reshape(partners.shape)
+
+
+def source_index(lo, hi, size: int):
+    """(B, size) int64: for each output pixel ``i`` of ``[lo, hi)`` (B each) the source pixel whose
+    centre is nearest when the whole ``size`` is squeezed into the span, ``floor((i - lo + 0.5) *
+    size / (hi - lo))``, as ``((2 (i - lo) + 1) size) // (2 (hi - lo))``: integers only. Outside
+    the span, a pixel in range (unused)."""
+    if _is_torch(lo):
+        import torch
+
+        start, end = lo.long()[:, None], hi.long()[:, None]
+        i = torch.arange(size, device=lo.device)[None]
+        span = (end - start).clamp(min=1)
+        return torch.div((2 * (i - start) + 1) * size, 2 * span, rounding_mode="floor").clamp(0, size - 1)
+    start, end = np.asarray(lo, np.int64)[:, None], np.asarray(hi, np.int64)[:, None]
+    i = np.arange(size, dtype=np.int64)[None]
+    span = np.maximum(end - start, 1)
+    return np.clip(((2 * (i - start) + 1) * size) // (2 * span), 0, size - 1)
 
 
 def _paste(own, other, rows, cols, reuse_other: bool = False):

@@ -14,6 +14,7 @@ from .schedule import schedule_steps, value_at
 
 MODES = ("batch", "elem")
 LAYOUTS = ("HWC", "CHW")
+PASTES = ("cut", "resize")
 
 
 class RecipeError(UserError):
@@ -36,6 +37,11 @@ class MixConfig:
     minmax: ``(min, max)`` box sides as fractions of H and W, drawn independently (a random
         aspect), placed uniformly inside the image; lambda follows from the box.
     no_self: partners are never the sample itself (a permutation without fixed points).
+    paste: ``"cut"`` (CutMix: the box holds the partner's pixels at the same place) or
+        ``"resize"`` (ResizeMix, Qin et al. 2020, arXiv:2012.11101: the box holds the partner's
+        whole image, resampled into it); lambda is the pasted area's share either way.
+    resize_scale: ``(min, max)``: with ``paste="resize"`` the box's sides are ``tau * H`` by
+        ``tau * W``, ``tau ~ U[min, max)`` (the paper's 0.1 and 0.8; ``alpha`` is not used).
     prob_schedule: ``(epoch, prob)`` pairs (or a dict): ``prob`` from that epoch on, replacing
         ``prob`` (piecewise constant); ``off_epoch``: no mixing from that epoch on (timm's
         ``mixup_off_epoch``). :meth:`prob_at` gives an epoch's chance; the pipelines feed it per
@@ -51,6 +57,8 @@ class MixConfig:
     no_self: bool = False
     prob_schedule: tuple[tuple[int, float], ...] = ()
     off_epoch: int | None = None
+    paste: str = "cut"
+    resize_scale: tuple[float, float] = (0.1, 0.8)
 
     def __post_init__(self) -> None:
         for name in ("alpha", "mixup_alpha"):
@@ -75,6 +83,17 @@ class MixConfig:
             lo, hi = self.minmax
             if not 0.0 < lo < hi <= 1.0:
                 raise RecipeError("minmax", "must be (min, max) with 0 < min < max <= 1", self.minmax)
+        if self.paste not in PASTES:
+            raise RecipeError("paste", f"must be one of {PASTES}", self.paste)
+        try:
+            lo, hi = (float(v) for v in self.resize_scale)
+        except (TypeError, ValueError):
+            lo = hi = float("nan")
+        if not 0.0 < lo < hi <= 1.0:
+            raise RecipeError("resize_scale", "must be (min, max) with 0 < min < max <= 1", self.resize_scale)
+        object.__setattr__(self, "resize_scale", (lo, hi))  # a tuple again after JSON
+        if self.paste == "resize" and self.minmax is not None:
+            raise RecipeError("paste", "'resize' takes its box's scale from resize_scale, not minmax", self.paste)
         if not (self.cutmix or self.mixup):
             raise RecipeError(None, "nothing to mix: alpha and mixup_alpha are both 0 and minmax is not set")
 
@@ -91,7 +110,8 @@ class MixConfig:
 
     @property
     def cutmix(self) -> bool:
-        return self.alpha > 0 or self.minmax is not None
+        """Whether boxes are pasted (CutMix, or ResizeMix with ``paste="resize"``)."""
+        return self.alpha > 0 or self.minmax is not None or self.paste == "resize"
 
     @property
     def mixup(self) -> bool:

@@ -33,6 +33,11 @@ NUMPY_OPS = SimpleNamespace(
 )
 
 
+# Uniform draws a unit places its box with: (resize paste, minmax) -> CutMix's centre (2),
+# minmax's sides and corner (4), ResizeMix's scale and corner (3).
+U_DRAWS = {(False, False): 2, (False, True): 4, (True, False): 3}
+
+
 @dataclass(frozen=True)
 class CutMixParams:
     """Everything random about one mixed batch.
@@ -43,12 +48,15 @@ class CutMixParams:
            the MixUp weight for blended samples, 1.0 where nothing was mixed.
     blend: (B,) bool or None, True where the sample is a MixUp blend
            ``lam * own + (1 - lam) * partner`` (rounded for integer images) instead of a paste.
+    resized: the boxes hold the partners' whole images resampled into them (ResizeMix,
+           :func:`dali_cutmix.paste.resampled_into_boxes`) rather than their pixels in place.
     """
 
     perm: np.ndarray
     boxes: np.ndarray
     lam: np.ndarray
     blend: np.ndarray | None = None
+    resized: bool = False
 
     def __post_init__(self) -> None:
         B = len(self.perm)
@@ -110,7 +118,28 @@ def minmax_box(u, mixed, hw, minmax, ops: Any = NUMPY_OPS):
     """
     low, high = ops.floor(hw * float(minmax[0])), ops.floor(hw * float(minmax[1]))
     size = (low + ops.floor(ops.part(u, 0, 2) * (high - low))) * ops.vec(mixed)
-    lo = ops.minimum(ops.floor(ops.part(u, 2, 4) * (hw - size + 1.0)), hw - size)
+    return placed_box(ops.part(u, 2, 4), size, hw, ops)
+
+
+def resize_box(u, mixed, hw, scale, ops: Any = NUMPY_OPS):
+    """ResizeMix's box (Qin et al. 2020; OpenMixup's ``resizemix``): both sides scaled by one
+    ``tau ~ U[scale[0], scale[1])`` (the image's aspect kept, so the whole partner fits it
+    undistorted), ``floor(tau * H)`` by ``floor(tau * W)``, the corner uniform over the positions
+    that keep the box inside.
+
+    u: float32 ``U[0, 1)^3`` a unit (tau, then corner). mixed, hw, ops: as :func:`minmax_box`.
+    scale: ``(min, max)``. Returns ``lo``, ``hi``, ``size`` and ``lam``, as :func:`cutmix_box`.
+    """
+    tau = ops.part(u, 0, 1) * float(scale[1] - scale[0]) + float(scale[0])
+    size = ops.floor(hw * tau) * ops.vec(mixed)
+    return placed_box(ops.part(u, 1, 3), size, hw, ops)
+
+
+def placed_box(u, size, hw, ops: Any = NUMPY_OPS):
+    """A box of ``size`` (float32 ``(h, w)``, whole numbers) with its corner uniform over the
+    positions that keep it inside ``hw`` (``u``: float32 ``U[0, 1)^2`` a unit); ``lo``, ``hi``,
+    ``size`` and ``lam``."""
+    lo = ops.minimum(ops.floor(u * (hw - size + 1.0)), hw - size)
     area = ops.item(size, 0) * ops.item(size, 1)
     return lo, lo + size, size, 1.0 - area / (ops.item(hw, 0) * ops.item(hw, 1))
 
@@ -129,7 +158,9 @@ def mix_from_draws(draws: SimpleNamespace, hw, config: MixConfig, ops: Any = NUM
     """
     always_cut = isinstance(draws.cut, float) and draws.cut == 1.0
     cut = draws.mix if always_cut else draws.mix * draws.cut
-    if config.minmax is not None:
+    if config.paste == "resize":
+        lo, hi, size, lam = resize_box(draws.u, cut, hw, config.resize_scale, ops)
+    elif config.minmax is not None:
         lo, hi, size, lam = minmax_box(draws.u, cut, hw, config.minmax, ops)
     elif config.cutmix:
         lo, hi, size, lam = cutmix_box(draws.lam_cut, draws.u, cut, hw, ops)
@@ -169,7 +200,8 @@ def sample_mix(batch_size: int, height: int, width: int, config: MixConfig, rng=
 
     boxes = per_sample(np.concatenate([lo, hi], axis=1)).astype(np.int32)
     blend = None if blend is None else per_sample(blend) > 0
-    return CutMixParams(perm=perm, boxes=boxes, lam=per_sample(lam).astype(np.float32), blend=blend)
+    return CutMixParams(perm=perm, boxes=boxes, lam=per_sample(lam).astype(np.float32), blend=blend,
+                        resized=config.paste == "resize")  # fmt: skip
 
 
 def draw_mix(batch_size: int, config: MixConfig, rng=None, *, prob=None) -> tuple[SimpleNamespace, np.ndarray]:
@@ -209,7 +241,7 @@ def draw_mix(batch_size: int, config: MixConfig, rng=None, *, prob=None) -> tupl
         cut=coin(config.switch_prob) if both else np.full(n, float(config.cutmix), np.float32),
         lam_cut=beta(config.alpha, 1.0),
         lam_mix=beta(config.mixup_alpha, 1.0),
-        u=rng.random((n, 4 if config.minmax else 2), dtype=np.float32),
+        u=rng.random((n, U_DRAWS[config.paste == "resize", config.minmax is not None]), dtype=np.float32),
     )
     perm = derangement(rng, batch_size) if config.no_self else rng.permutation(batch_size)
     return draws, perm

@@ -367,6 +367,8 @@ PIPELINES = {
     "DALI + CutMix (python)": {"backend": "python"},
     "DALI + CutMix (native)": {"backend": "native"},
     "DALI + CutMix (ops)": {"backend": "ops"},
+    # ResizeMix: the whole partner resampled into the box (one more gather a batch).
+    "DALI + ResizeMix (python)": {"backend": "python", "recipe": MixConfig(paste="resize")},
     # The native operator with nothing mixed: its normalisation against crop_mirror_normalize's.
     "DALI + native operator, prob 0": {"backend": "native", "recipe": MixConfig(prob=0.0)},
     # What a CPU pipeline ships to a GPU trainer: uint8, flipped, not normalised (HWC).
@@ -385,6 +387,7 @@ PIPELINES |= ISA_PIPELINES
 COMPARED = {
     "DALI, no CutMix, uint8 out": "DALI, no CutMix",
     "DALI + CutMix (native), uint8 out": "DALI + CutMix (native)",
+    "DALI + ResizeMix (python)": "DALI + CutMix (python)",
 } | {name: "native CutMix, portable copy" for name in ISA_PIPELINES}
 
 

@@ -12,13 +12,14 @@ of the objects is that image's (for the partner, then for the receiving image), 
 
 * ``cutmix``: the paper's (Beta(1, 1), a box of ``sqrt(1 - lam)`` sides, uniform centre), per sample;
 * ``mixup``: MixUp with Beta(1, 1), per sample, for contrast;
-* ``resizemix``: ResizeMix (Qin et al., 2020): the whole partner resized into a box of scale
-  ``tau ~ U(0.1, 0.8)`` (the paper's range), uniformly placed; ``lam`` the exact pasted share;
+* ``resizemix``: ResizeMix (Qin et al., 2020) as the library runs it (``MixConfig(paste="resize")``):
+  the whole partner resampled into a box of scale ``tau ~ U(0.1, 0.8)`` (the paper's range),
+  uniformly placed; ``lam`` the exact pasted share;
 * ``saliencymix``: SaliencyMix (Uddin et al., ICLR 2021): a CutMix box centred on the peak of the
   partner's saliency (spectral residual, Hou and Zhang 2007, the paper's), pasted from the
   partner's same place; ``lam`` the exact pasted share.
 
-The last two are NumPy prototypes here, to measure what each would buy before it is built into the
+SaliencyMix is a NumPy prototype here, to measure what it would buy before it is built into the
 backends. Writes ``label_noise.json`` and ``worst.png`` (the CutMix samples whose label disagrees
 most with what they show, drawn as the batch picture is) to ``--output``.
 """
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dali_cutmix.paste import apply_cutmix
 from dali_cutmix.recipe import MixConfig
 from dali_cutmix.sampling import sample_mix
 
@@ -119,20 +121,14 @@ def mixed_shares(images: np.ndarray, recipe: str, rng) -> dict[str, np.ndarray]:
             mixed[i, y1:y2, x1:x2] = images[j, y1:y2, x1:x2]
             partner_px[i] = masks[j, y1:y2, x1:x2].sum()
             own_px[i] = masks[i].sum() - masks[i, y1:y2, x1:x2].sum()
-    elif recipe == "resizemix":
-        from PIL import Image
-
-        tau = rng.uniform(*RESIZEMIX_SCALE, b)
+    elif recipe == "resizemix":  # the library's own (MixConfig(paste="resize"))
+        params = sample_mix(b, h, w, MixConfig(paste="resize", resize_scale=RESIZEMIX_SCALE, mode="elem"), rng)
+        perm, boxes, lam = params.perm, params.boxes.astype(int), params.lam.astype(np.float64)
+        mixed = apply_cutmix(images[..., None], np.arange(b), params, "HWC")[0][..., 0]
         for i in range(b):
-            j = perm[i]
-            bh, bw = max(1, round(tau[i] * h)), max(1, round(tau[i] * w))
-            y1, x1 = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
-            small = np.asarray(Image.fromarray(images[j]).resize((bw, bh), Image.BILINEAR))
-            mixed[i, y1 : y1 + bh, x1 : x1 + bw] = small
-            boxes[i] = (y1, x1, y1 + bh, x1 + bw)
-            lam[i] = 1.0 - bh * bw / (h * w)
-            partner_px[i] = (small > 0).sum()
-            own_px[i] = masks[i].sum() - masks[i, y1 : y1 + bh, x1 : x1 + bw].sum()
+            y1, x1, y2, x2 = boxes[i]
+            partner_px[i] = (mixed[i, y1:y2, x1:x2] > 0).sum()
+            own_px[i] = masks[i].sum() - masks[i, y1:y2, x1:x2].sum()
     elif recipe == "mixup":
         lam = rng.beta(1.0, 1.0, b)
         weights = lam[:, None, None]

@@ -193,7 +193,7 @@ def run(args, report=None) -> int:
     rank, world, device = setup_distributed(args)
     if args.cutmix_backend is None and args.recipe is not None and args.mix_in == "pipeline":
         # The backend that runs, recorded as such: a resume names it as the first run ran it.
-        args.cutmix_backend = default_backend("gpu" if device.type == "cuda" else "cpu")
+        args.cutmix_backend = default_backend("gpu" if device.type == "cuda" else "cpu", config=args.recipe)
     torch.manual_seed(args.seed)
     out = Path(args.output)
     try:

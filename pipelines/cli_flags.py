@@ -9,7 +9,7 @@ import argparse
 
 from dali_cutmix.backends import NAMES as BACKENDS
 from dali_cutmix.errors import UserError
-from dali_cutmix.recipe import MixConfig, RecipeError
+from dali_cutmix.recipe import PASTES, MixConfig, RecipeError
 from dali_cutmix.schedule import parse_schedule
 
 # The flag that sets each loader setting (pipelines.settings.LoaderSettings).
@@ -18,7 +18,8 @@ SETTING_FLAGS = {"batch_size": "--batch-size", "image_size": "--image-size", "si
 # The flag that sets each MixConfig field.
 RECIPE_FLAGS = {"alpha": "--cutmix-alpha", "prob": "--cutmix-prob", "mode": "--cutmix-mode", "mixup_alpha": "--mixup",
                 "switch_prob": "--mixup-switch-prob", "minmax": "--cutmix-minmax", "prob_schedule": "--prob-schedule",
-                "off_epoch": "--mix-off-epoch"}  # fmt: skip
+                "off_epoch": "--mix-off-epoch", "paste": "--cutmix-paste",
+                "resize_scale": "--resize-scale"}  # fmt: skip
 
 
 def add_recipe_args(p: argparse.ArgumentParser) -> None:
@@ -31,6 +32,14 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--cutmix-minmax", type=float, nargs=2, metavar=("MIN", "MAX"), help="box sides in [MIN, MAX)")
     p.add_argument("--mix-no-self", action="store_true", help="partners are never the sample itself")
+    p.add_argument(
+        "--cutmix-paste",
+        choices=PASTES,
+        default="cut",
+        help="cut: CutMix's box of the partner; resize: ResizeMix, the whole partner resized into the box",
+    )
+    p.add_argument("--resize-scale", type=float, nargs=2, metavar=("MIN", "MAX"), default=(0.1, 0.8),
+                   help="ResizeMix's box sides as a fraction of the image's, uniform in [MIN, MAX)")  # fmt: skip
     p.add_argument("--mix-off-epoch", "--mixup-off-epoch", type=int, help="no mixing from this epoch on")
     p.add_argument("--prob-schedule", type=parse_prob_schedule, default=(), help="chance by epoch: 0:1.0,100:0.5")
     p.add_argument("--cutmix-backend", choices=tuple(BACKENDS), help="default: native on the CPU, python on the GPU")
@@ -53,6 +62,8 @@ def recipe_from_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> Mi
             no_self=args.mix_no_self,
             prob_schedule=args.prob_schedule,
             off_epoch=args.mix_off_epoch,
+            paste=args.cutmix_paste,
+            resize_scale=tuple(args.resize_scale),
         )
     except RecipeError as e:
         if e.field is None:

@@ -71,6 +71,7 @@ RECIPES = {
     "mixup-switch": {"mixup_alpha": 0.4, "switch_prob": 0.5},
     "minmax": {"minmax": (0.2, 0.8)},
     "no-self": {"no_self": True},
+    "resizemix": {"paste": "resize", "mixup_alpha": 0.4},  # the python backend's and the loop mixer's only
 }
 MEAN, STD = (123.7, 116.3, 103.5), (58.4, 57.1, 57.4)
 # float16 holds 11 significant bits: rounding the float32 result to it moves a value by at most
@@ -125,15 +126,15 @@ def run_callback(images, params, layout: str, device):
 
     rows = torch.from_numpy(pack(params.perm, params.boxes, params.lam, params.blend)).to(device)
     args = [[to_dlpack(r) for r in rows]]  # the sampler's output: one packed row a sample
-    mixup = params.blend is not None
+    kinds = dict(mixup=params.blend is not None, resized=params.resized)
     out = torch.empty_like(images)
     if device.type != "cuda":
-        for i, capsule in enumerate(TorchMix(layout, size=(H, W), mixup=mixup)([to_dlpack(s) for s in images], *args)):
+        for i, capsule in enumerate(TorchMix(layout, size=(H, W), **kinds)([to_dlpack(s) for s in images], *args)):
             out[i].copy_(torch.from_dlpack(capsule))
         return out
     stream = torch.cuda.Stream(device)
     stream.wait_stream(torch.cuda.current_stream(device))
-    mix = TorchMix(layout, size=(H, W), dali_stream=lambda: stream.cuda_stream, mixup=mixup)
+    mix = TorchMix(layout, size=(H, W), dali_stream=lambda: stream.cuda_stream, **kinds)
     with no_sync(device), torch.cuda.stream(stream):
         returned = mix([to_dlpack(s) for s in images], *args)
         for i, capsule in enumerate(returned):
@@ -169,12 +170,12 @@ def check_torch_mix(device) -> list[dict]:
                         from_numpy(params.blend, device, torch.bool),
                     ]
                     with no_sync(device):
-                        direct = mix_images(images, *on_device, layout)
+                        direct = mix_images(images, *on_device, layout, resized=params.resized)
                     via_callback = run_callback(images, params, layout, device)
                     for how, got in (("mix_images", direct), ("TorchMix", via_callback)):
                         if not np.array_equal(got.cpu().numpy(), want):
                             bad.append(f"{how} {mode} {name}")
-            detail = "byte-identical to the oracle, 5 recipes x 2 modes, mix_images and TorchMix"
+            detail = f"byte-identical to the oracle, {len(RECIPES)} recipes x 2 modes, mix_images and TorchMix"
             rows.append(row("torch-mix", f"{layout} {dtype}", device.type, not bad, "differs: " + ", ".join(bad)
                             if bad else detail))  # fmt: skip
     return rows
@@ -200,7 +201,7 @@ def check_loop_mixer(device) -> list[dict]:
                     got = on_device(images, device_labels)
                 if not all(np.array_equal(np.asarray(w), g.cpu().numpy()) for w, g in zip(want, got)):
                     bad.append(f"{mode} {name}")
-    detail = "same images, labels and lam as on NumPy, 2 batches x 5 recipes x 2 modes"
+    detail = f"same images, labels and lam as on NumPy, 2 batches x {len(RECIPES)} recipes x 2 modes"
     return [row("loop-mixer", "LoopMixer", device.type, not bad, "differs: " + ", ".join(bad) if bad else detail)]
 
 
@@ -398,10 +399,14 @@ def check_pixels(device: str) -> list[dict]:
     for backend in [b for b in ops.BACKENDS if (b, device) not in ops.REFUSED]:
         for mode in ("batch", "elem"):
             for name, recipe in RECIPES.items():
+                resized = recipe.get("paste") == "resize"
+                if resized and (backend, "resize") in ops.REFUSED:
+                    continue
                 bad = []
                 for out in dali_mix(device, batches, 1, backend=backend, mode=mode, **recipe):
                     images, mixed, la, lb, lam, perm, boxes, *blend = out
-                    params = CutMixParams(perm.astype(np.int64), boxes, lam, blend[0] > 0 if blend else None)
+                    params = CutMixParams(perm.astype(np.int64), boxes, lam, blend[0] > 0 if blend else None,
+                                          resized=resized)  # fmt: skip
                     want = apply_cutmix(images, la, params)
                     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
                     cut = ~params.blend if blend else np.ones(B, bool)

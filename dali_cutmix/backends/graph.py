@@ -30,7 +30,7 @@ class Params(NamedTuple):
 
     perm (int32): the partner of each sample; boxes (int32 ``[4]``): ``y1, x1, y2, x2`` of the box
     each sample receives; lam (float32); blend (float32, 1.0 for MixUp samples, or None when MixUp
-    is off).
+    is off); resized (a bool, not a node): as :class:`~dali_cutmix.sampling.CutMixParams`'s.
     """
 
     perm: DataNode
@@ -38,6 +38,7 @@ class Params(NamedTuple):
     lam: DataNode
     blend: DataNode | None
     packed: DataNode | None = None  # the python backend's: all of them, one float32 row a sample
+    resized: bool = False  # the boxes receive the partners' whole images (ResizeMix), not their pixels
 
 
 def check_shapes(shapes, layout: str) -> tuple[int, int]:

@@ -52,7 +52,8 @@ def build(images, labels, config: MixConfig, *, prob, layout: str, normalize: No
 
 
 # Recipe fields the pipeline applies, not the operator (a schedule arrives as the ``prob`` input).
-NOT_OPERATOR_ARGS = ("prob_schedule", "off_epoch")
+# The paste kind is always "cut" here (ops.REFUSED keeps ResizeMix from this backend).
+NOT_OPERATOR_ARGS = ("prob_schedule", "off_epoch", "paste", "resize_scale")
 
 
 def _recipe_args(config: MixConfig) -> dict:

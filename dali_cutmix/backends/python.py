@@ -53,6 +53,7 @@ def python_params(images, config: MixConfig, *, layout: str, prob: DataNode | No
         lam=packed[column("lam")],
         blend=packed[column("blend")] if config.mixup else None,
         packed=packed,
+        resized=config.paste == "resize",
     )
 
 
@@ -94,7 +95,9 @@ def torch_mix(images, params: Params, *, layout: str, size=None):
     return fn.dl_tensor_python_function(
         images,
         packed.gpu() if gpu else packed,
-        function=TorchMix(layout, size=None if is_node(size) else size, mixup=params.blend is not None),
+        function=TorchMix(
+            layout, size=None if is_node(size) else size, mixup=params.blend is not None, resized=params.resized
+        ),  # fmt: skip
         batch_processing=True,
         synchronize_stream=False,  # the callback queues its kernels on DALI's stream itself
         device=images.device,

@@ -50,10 +50,11 @@ class TorchMix:
     """
 
     def __init__(self, layout: str, size: tuple[int, int] | None = None, dali_stream: Callable[[], int] | None = None,
-                 mixup: bool = True):  # fmt: skip
+                 mixup: bool = True, resized: bool = False):  # fmt: skip
         self.layout, self.size = layout, size  # size: the (H, W) the parameters were drawn for
         self.dali_stream = dali_stream  # the raw CUDA stream the callback runs on; None: DALI's own
         self.mixup = mixup  # False: the blend column is all zeros, and the blend is skipped
+        self.resized = resized  # ResizeMix: the boxes receive the partners' whole images
         self.buffers = {}
 
     def reused(self, name: str, shape: tuple, like):
@@ -95,7 +96,7 @@ class TorchMix:
             x = torch.stack(flat, out=self.reused("images", (len(flat), flat[0].numel()), flat[0]))
             x = x.view(len(samples), *samples[0].shape)
             params = unpack(torch.stack([torch.from_dlpack(t) for t in packed]), self.mixup)
-            out = mix_images(x, *params, self.layout, out=self.reused("partners", x.shape, x))
+            out = mix_images(x, *params, self.layout, out=self.reused("partners", x.shape, x), resized=self.resized)
             return [to_dlpack(o) for o in out]
 
 
