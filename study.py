@@ -41,6 +41,9 @@ CONFIGS = {
     "cutmix-loop": ["--mix-in", "loop", *CUTMIX],
     "cutmix-pipeline-python": ["--cutmix-backend", "python", *CUTMIX],
     "cutmix-pipeline-native": ["--cutmix-backend", "native", *CUTMIX],
+    # ResizeMix (the partner's whole image resized into the box), the same chance, on the python
+    # backend: its matched comparison is cutmix-pipeline-python.
+    "resizemix-pipeline-python": ["--cutmix-backend", "python", "--cutmix-paste", "resize", *CUTMIX],
     # timm's ImageNet recipes: mixup 0.8, cutmix 1.0, prob 1.0, switch 0.5.
     "mixup-cutmix-switch": [
         "--cutmix-backend",
@@ -57,6 +60,9 @@ CONFIGS = {
 }
 QUICK_CONFIGS = ("none", "cutmix-loop", "cutmix-pipeline-native")
 OCCLUSION = 0.25
+ECE_BINS = 15  # expected calibration error over equal-width confidence bins (Guo et al. 2017)
+# RESULTS.md: study.py writes what comes before this line and keeps what follows it.
+KEEP = "<!-- study.py writes the part above this line; what follows is kept as it is -->"
 # A milder random crop than ImageNet's 8%-100% (which alone keeps a ResNet-18 from fitting 1,000
 # small images in 30 epochs): like CIFAR's pad-and-crop, it leaves room to overfit without mixing.
 RANDOM_AREA = (0.5, 1.0)
@@ -112,8 +118,34 @@ def final_evaluation(out: Path, per_class: int) -> dict:
     result = {
         "occluded_top1": evaluate(model, val, device, 1, amp=False, occlude=OCCLUSION)["val_top1"],
         "train_top1": evaluate(model, val_loader(root / "train", **common), device, 1, amp=False)["val_top1"],
+        "val_ece": calibration_error(model, val),
     }
     return result
+
+
+@torch.no_grad()
+def calibration_error(model, loader, bins: int = ECE_BINS) -> float:
+    """Expected calibration error (%) on clean validation: over equal-width bins of the top
+    softmax probability, the gap between accuracy and mean confidence, weighted by the bin's share."""
+    model.eval()
+    confidence, correct = [], []
+    for images, labels in loader:
+        top = torch.softmax(model(images).float(), dim=1).max(dim=1)
+        confidence.append(top.values)
+        correct.append((top.indices == labels).float())
+    return 100 * expected_calibration_error(torch.cat(confidence), torch.cat(correct), bins)
+
+
+def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor, bins: int = ECE_BINS) -> float:
+    """ECE (a fraction) of (N,) top-class confidences in (0, 1] and (N,) 0/1 correctness."""
+    which = (confidence * bins).ceil().clamp(1, bins).long() - 1  # (k/bins, (k+1)/bins] is bin k
+    error = 0.0
+    for k in range(bins):
+        chosen = which == k
+        if chosen.any():
+            gap = correct[chosen].mean().item() - confidence[chosen].mean().item()
+            error += chosen.float().mean().item() * abs(gap)
+    return error
 
 
 def run_grid(args) -> dict[str, list[dict]]:
@@ -178,12 +210,14 @@ def write_report(args, results: dict[str, list[dict]], command: str) -> Path:
         f"{args.epochs} epochs, random crops of {RANDOM_AREA[0]:.0%}-{RANDOM_AREA[1]:.0%} of the image and "
         f"flips, {args.seeds} seed(s) per configuration. CutMix: beta 1.0, prob 0.5 "
         f"(the paper's CIFAR recipe); the switching run uses timm's ImageNet values (MixUp 0.8, "
-        f"CutMix 1.0, prob 1.0, switch 0.5). Occlusion: a centred box of {OCCLUSION:.0%} of the image "
-        f"set to the mean colour. All figures in %, mean ± std over the seeds.",
+        f"CutMix 1.0, prob 1.0, switch 0.5); ResizeMix takes CutMix's chance, its box's scale uniform in "
+        f"[0.1, 0.8). Occlusion: a centred box of {OCCLUSION:.0%} of the image set to the mean colour. "
+        f"ECE: expected calibration error on clean validation, {ECE_BINS} equal-width confidence bins. "
+        f"All figures in %, mean ± std over the seeds.",
         "",
         "| configuration | final val top-1 | best val top-1 | final val loss | train top-1 | train-val gap "
-        "| occluded val top-1 | minutes per run |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| occluded val top-1 | val ECE | minutes per run |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for config, records in results.items():
         lines.append(
@@ -193,6 +227,7 @@ def write_report(args, results: dict[str, list[dict]], command: str) -> Path:
             f"| {mean_std([r['train_top1'] for r in records])} "
             f"| {mean_std([r['train_top1'] - final(r) for r in records])} "
             f"| {mean_std([r['occluded_top1'] for r in records])} "
+            f"| {mean_std([r['val_ece'] for r in records]) if all('val_ece' in r for r in records) else '-'} "
             f"| {statistics.mean(r['seconds'] for r in records) / 60:.1f} |"
         )
     lines += ["", "## What the table supports", ""]
@@ -202,9 +237,14 @@ def write_report(args, results: dict[str, list[dict]], command: str) -> Path:
         ("cutmix-pipeline-native", "none", "CutMix (native, in the pipeline) against no mixing"),
         ("cutmix-loop", "none", "CutMix in the loop against no mixing"),
         ("mixup-cutmix-switch", "none", "MixUp/CutMix switching against no mixing"),
+        ("resizemix-pipeline-python", "cutmix-pipeline-python", "ResizeMix against CutMix (python, in the pipeline)"),
     ]
+    measures = [("final val top-1", final), ("occluded val top-1", lambda r: r["occluded_top1"]),
+                ("val ECE", lambda r: r["val_ece"])]  # fmt: skip
     for a, b, what in comparisons:
-        for label, key in (("final val top-1", final), ("occluded val top-1", lambda r: r["occluded_top1"])):
+        for label, key in measures:
+            if label == "val ECE" and not all("val_ece" in r for r in results.get(a, []) + results.get(b, [])):
+                continue
             found = paired(results, a, b, key)
             if found is None:
                 continue
@@ -212,9 +252,11 @@ def write_report(args, results: dict[str, list[dict]], command: str) -> Path:
             verdict = {None: "one seed: no test", True: "a difference at 95% (paired t-test)",
                        False: "within seed noise (paired t-test, 95%)"}[significant]  # fmt: skip
             lines.append(f"- {what}, {label}: {mean:+.1f} points (std {std:.1f} over the seeds): {verdict}.")
-    lines += ["", "![val top-1 per epoch](results.png)", ""]
+    lines += ["", "![val top-1 per epoch](results.png)", "", KEEP]
     path = args.output / "RESULTS.md"
-    path.write_text("\n".join(lines))
+    old = path.read_text() if path.is_file() else ""
+    kept = old[old.index(KEEP) + len(KEEP) :] if KEEP in old else "\n"
+    path.write_text("\n".join(lines) + kept)
     return path
 
 

@@ -63,6 +63,9 @@ def init_group(backend: str, rank: int, world: int) -> None:
     """
     restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
     one_node = os.environ.get("LOCAL_WORLD_SIZE") == str(world)  # one agent: its count is the job's
+    warning = shared_store_warning(world)
+    if warning and rank == 0:
+        print(warning, file=sys.stderr, flush=True)
     if restart is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or not one_node:
         # env:// as the launcher set it (Slurm's srun, a plain script). Across nodes each agent
         # counts its own restarts, so the count cannot key the store: there, a restartable job
@@ -73,6 +76,19 @@ def init_group(backend: str, rank: int, world: int) -> None:
                           timeout=timedelta(minutes=30))  # fmt: skip
     store = dist.PrefixStore(f"dali_cutmix/restart_{restart}", agent)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world)
+
+
+def shared_store_warning(world: int) -> str | None:
+    """One line when torchrun may restart this job on several nodes with the store shared across
+    restarts (the agent's): there a restarted round can hang (docs/OPERATIONS.md); else None."""
+    env = os.environ
+    if env.get("LOCAL_WORLD_SIZE") in (None, str(world)) or env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    if int(env.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) < 1:
+        return None
+    return ("train.py: warning: torchrun may restart this job on several nodes, and its store is shared across "
+            "restarts, so a restart may hang: use --rdzv-backend c10d with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 set "
+            "on every node (docs/OPERATIONS.md)")  # fmt: skip
 
 
 def die_with_launcher() -> None:

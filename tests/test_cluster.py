@@ -145,6 +145,7 @@ def test_a_two_node_elastic_restart_with_a_fresh_store_each_round_finishes_as_th
     ends = [node.communicate(timeout=600) for node in nodes]
     assert all(node.returncode == 0 for node in nodes), [err[-3000:] for _, err in ends]
     assert any("resuming from" in stdout for stdout, _ in ends)
+    assert not any("store is shared across restarts" in stderr for _, stderr in ends)  # the fresh store: no warning
     assert_rows_equal(rows_of(out), reference_rows)
 
 
@@ -248,3 +249,23 @@ def test_resume_and_overwrite_together_are_refused(jpeg_tree, tmp_path, capsys):
         train.main(train_args(jpeg_tree, tmp_path / "run", "--resume", "--overwrite"))
     assert info.value.code == 2
     assert "--resume and --overwrite exclude each other" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("env, warned", [
+    ({"LOCAL_WORLD_SIZE": "1", "TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_MAX_RESTARTS": "2"}, True),
+    ({"LOCAL_WORLD_SIZE": "1", "TORCHELASTIC_USE_AGENT_STORE": "False", "TORCHELASTIC_MAX_RESTARTS": "2"}, False),
+    ({"LOCAL_WORLD_SIZE": "1", "TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_MAX_RESTARTS": "0"}, False),
+    ({"LOCAL_WORLD_SIZE": "2", "TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_MAX_RESTARTS": "2"}, False),
+    ({}, False),
+], ids=["several-nodes-shared-store", "fresh-store", "no-restarts", "one-node", "no-torchrun"])  # fmt: skip
+def test_a_restartable_job_on_several_nodes_with_a_shared_store_is_warned(monkeypatch, env, warned):
+    from dali_cutmix_trainer.run import shared_store_warning
+
+    for key in ("LOCAL_WORLD_SIZE", "TORCHELASTIC_USE_AGENT_STORE", "TORCHELASTIC_MAX_RESTARTS"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    warning = shared_store_warning(world=2)
+    assert (warning is not None) == warned
+    if warned:
+        assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in warning and "--rdzv-backend c10d" in warning

@@ -27,3 +27,25 @@ def test_a_study_flag_error_is_one_line(capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "--configs: unknown configuration 'cutmix-everywhere', expected some of" in err[-1]
+
+
+def test_the_calibration_error_is_the_weighted_gap_between_accuracy_and_confidence():
+    import torch
+
+    confidence = torch.tensor([0.95, 0.95, 0.55, 0.55, 0.55, 0.55])
+    correct = torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0, 1.0])
+    # bin (0.9, 0.96]: accuracy 0.5, confidence 0.95, 2 of 6; bin (0.53, 0.6]: 1.0 against 0.55, 4 of 6
+    expected = 2 / 6 * 0.45 + 4 / 6 * 0.45
+    assert abs(study.expected_calibration_error(confidence, correct) - expected) < 1e-6
+    assert study.expected_calibration_error(torch.tensor([1.0, 0.5]), torch.tensor([1.0, 0.0])) == 0.25
+
+
+def test_the_report_keeps_what_follows_its_marker(tmp_path):
+    args = study.parse_args(["--output", str(tmp_path), "--seeds", "1"])
+    (tmp_path / "RESULTS.md").write_text(f"old table\n{study.KEEP}\n## Kept by hand\ntext\n")
+    record = {"rows": [{"val_top1": 50.0, "val_loss": 1.0}], "train_top1": 60.0, "occluded_top1": 40.0,
+              "val_ece": 3.0, "seconds": 60.0}  # fmt: skip
+    path = study.write_report(args, {"none": [record]}, "python study.py")
+    text = path.read_text()
+    assert "old table" not in text and "| none | 50.0 |" in text and "| 3.0 | 1.0 |" in text
+    assert text.endswith(f"{study.KEEP}\n## Kept by hand\ntext\n") and text.count(study.KEEP) == 1
