@@ -17,7 +17,7 @@ import sys
 import numpy as np
 from nvidia.dali import fn, types
 
-from .backends import NAMES, native, python, stock_ops
+from .backends import NAMES, native, paste_refused, python, stock_ops
 from .backends.graph import Params, is_node
 from .normalize import Normalize
 from .recipe import MixConfig, check_image_size, check_layout, check_prob
@@ -33,18 +33,12 @@ _said: list[str] = []  # the fallback's one line, said once per process
 REFUSED = {
     ("native", "gpu"): "backend 'native' is a CPU operator (fn.dali_cutmix.mix); on the GPU use backend 'python'",
     ("native", "CHW"): "backend 'native' takes HWC images; use backend 'python' or 'ops' for CHW",
-    ("native", "resize"): (
-        "backend 'native' pastes in place only (paste 'cut'); ResizeMix (paste 'resize') runs on backend 'python'"
-    ),
-    ("ops", "resize"): (
-        "backend 'ops' pastes in place only (paste 'cut'); ResizeMix (paste 'resize') runs on backend 'python'"
-    ),
     ("ops", "gpu"): (
         "backend 'ops' does not run on the GPU: DALI's GPU multi_paste reads every input with input 0's row "
         "pitch and never closes an empty region (paste_gpu.h), so box slices and unmixed samples come out "
         "wrong; use backend 'python'"
     ),
-}
+} | {(name, "resize"): paste_refused(name, "resize") for name in NAMES if paste_refused(name, "resize")}
 
 
 class Mixed(tuple):
@@ -137,7 +131,7 @@ def cutmix(
     name = default_backend(device, layout, config) if backend is None else backend
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {tuple(BACKENDS)}, got {name!r}")
-    for key in ((name, device), (name, layout), (name, config.paste)):
+    for key in ((name, device), (name, config.paste), (name, layout)):
         if key in REFUSED:
             raise ValueError(REFUSED[key])
     module = BACKENDS[name]

@@ -86,6 +86,8 @@ class MixConfig:
         if self.paste not in PASTES:
             raise RecipeError("paste", f"must be one of {PASTES}", self.paste)
         try:
+            if any(isinstance(v, (bool, str)) for v in self.resize_scale):
+                raise TypeError
             lo, hi = (float(v) for v in self.resize_scale)
         except (TypeError, ValueError):
             lo = hi = float("nan")

@@ -131,7 +131,9 @@ def resize_box(u, mixed, hw, scale, ops: Any = NUMPY_OPS):
     scale: ``(min, max)``. Returns ``lo``, ``hi``, ``size`` and ``lam``, as :func:`cutmix_box`.
     """
     tau = ops.part(u, 0, 1) * float(scale[1] - scale[0]) + float(scale[0])
-    size = ops.floor(hw * tau) * ops.vec(mixed)
+    # float32 rounding may reach the range's end; the range is half-open (and a box never fills the image)
+    below = float(np.nextafter(np.float32(scale[1]), np.float32(0)))
+    size = ops.floor(hw * ops.minimum(tau, below)) * ops.vec(mixed)
     return placed_box(ops.part(u, 1, 3), size, hw, ops)
 
 

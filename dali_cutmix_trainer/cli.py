@@ -212,11 +212,14 @@ def main(argv=None) -> int:
     under torchrun each rank keeps its own traceback file, and a rank stopped by a peer's failure
     says so and names the peer's file."""
     args = parse_args(argv)
-    term = signal.getsignal(signal.SIGTERM)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return _main(args)
     finally:
-        signal.signal(signal.SIGTERM, term)  # a failing run ignores SIGTERM until its line is out
+        # A failing run ignores SIGTERM until its line is out, an interrupted one a third SIGINT:
+        # the caller's handlers come back (train.main called in a notebook keeps its Ctrl-C).
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 def _main(args) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from dali_cutmix.backends import NAMES as BACKENDS
+from dali_cutmix.backends import paste_refused
 from dali_cutmix.errors import UserError
 from dali_cutmix.recipe import PASTES, MixConfig, RecipeError
 from dali_cutmix.schedule import parse_schedule
@@ -51,6 +52,13 @@ def recipe_from_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> Mi
     error naming its flag."""
     if args.no_cutmix:
         return None
+    if args.cutmix_paste == "resize" and args.cutmix_minmax:
+        p.error("--cutmix-paste resize takes its box's scale from --resize-scale: leave --cutmix-minmax out")
+    if args.cutmix_paste != "resize" and tuple(args.resize_scale) != MixConfig.resize_scale:
+        p.error("--resize-scale is ResizeMix's box scale: give it with --cutmix-paste resize")
+    refused = args.cutmix_backend and paste_refused(args.cutmix_backend, args.cutmix_paste)
+    if refused and getattr(args, "mix_in", "pipeline") == "pipeline":
+        p.error(f"--cutmix-backend {args.cutmix_backend}: {refused} (leave --cutmix-backend out)")
     try:
         return MixConfig(
             alpha=args.cutmix_alpha,

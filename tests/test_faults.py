@@ -245,16 +245,19 @@ def test_a_failing_rank_outlives_the_sigterm_that_follows_a_peers_exit(jpeg_tree
     assert "train.py: internal error (a bug, not your input): RuntimeError: a bug mid-epoch" in done.stderr
 
 
-def test_a_failed_run_gives_back_the_sigterm_handler_it_found(jpeg_tree, tmp_path, monkeypatch):
+@pytest.mark.parametrize("error, code", [(RuntimeError("a bug mid-epoch"), 1), (KeyboardInterrupt(), 130)],
+                         ids=["bug", "interrupted"])  # fmt: skip
+def test_a_failed_run_gives_back_the_signal_handlers_it_found(jpeg_tree, tmp_path, monkeypatch, error, code):
+    """train.main in a notebook: after a bug or a Ctrl-C, SIGTERM and SIGINT work as before."""
     from dali_cutmix_trainer import engine
 
     def step(*args, **kwargs):
-        raise RuntimeError("a bug mid-epoch")
+        raise error
 
     monkeypatch.setattr(engine, "train_step", step)
-    before = signal.getsignal(signal.SIGTERM)
-    assert train.main(train_args(jpeg_tree, tmp_path / "run", "--epochs", "1")) == 1
-    assert signal.getsignal(signal.SIGTERM) is before
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    assert train.main(train_args(jpeg_tree, tmp_path / "run", "--epochs", "1")) == code
+    assert {sig: signal.getsignal(sig) for sig in before} == before
 
 
 # ---------------------------------------------------------------- the picture of the batch

@@ -105,6 +105,12 @@ def test_the_backends_that_paste_in_place_refuse_it_in_one_line(backend):
         list(mix_arrays([random_batch(rng, 2, (H, W, 3))], backend=backend, paste="resize"))
 
 
+def test_a_chw_batch_on_the_native_backend_is_pointed_at_the_backend_that_runs_it():
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="runs on backend 'python'"):
+        list(mix_arrays([random_batch(rng, 2, (3, H, W))], backend="native", layout="CHW", paste="resize"))
+
+
 def test_the_cpu_default_backend_for_it_is_python():
     from dali_cutmix.ops import default_backend
 
@@ -119,6 +125,18 @@ def test_the_recipe_checks_its_fields():
     with pytest.raises(RecipeError, match="not minmax"):
         MixConfig(paste="resize", minmax=(0.2, 0.5))
     assert MixConfig(paste="resize", resize_scale=[0.2, 0.5]).resize_scale == (0.2, 0.5)  # as JSON gives it back
+    for bad in ((0.1, True), ("0.1", "0.5"), (0.1,), 0.5):
+        with pytest.raises(RecipeError, match="resize_scale must be"):
+            MixConfig(paste="resize", resize_scale=bad)
+
+
+def test_the_scale_range_is_half_open_even_where_float32_rounds_to_its_end():
+    from dali_cutmix.sampling import resize_box
+
+    u = np.array([[1 - 2**-24, 0.5, 0.5]], np.float32)  # tau rounds to the range's end in float32
+    hw = np.array([10, 10], np.float32)
+    assert resize_box(u, np.float32(1), hw, (0.2, 0.7))[2].tolist() == [[6.0, 6.0]]
+    assert resize_box(u, np.float32(1), hw, (0.2, 1.0))[2].tolist() == [[9.0, 9.0]]  # never the whole image
 
 
 def test_the_loop_mixer_mixes_channels_last_as_the_contiguous_batch():
@@ -142,7 +160,13 @@ def test_train_py_takes_it_records_it_and_refuses_to_resume_with_the_other_paste
 
 @pytest.mark.parametrize("flags, message", [
     (["--cutmix-paste", "resize", "--resize-scale", "0.9", "0.1"], "--resize-scale must be (min, max) with 0 < min"),
-    (["--cutmix-paste", "resize", "--cutmix-minmax", "0.2", "0.5"], "--cutmix-paste 'resize' takes its box's scale"),
+    (["--cutmix-paste", "resize", "--cutmix-minmax", "0.2", "0.5"],
+     "--cutmix-paste resize takes its box's scale from --resize-scale: leave --cutmix-minmax out"),
+    (["--resize-scale", "0.2", "0.3"], "--resize-scale is ResizeMix's box scale: give it with --cutmix-paste resize"),
+    (["--cutmix-paste", "resize", "--cutmix-backend", "ops"],
+     "--cutmix-backend ops: backend 'ops' pastes in place only (paste 'cut'); ResizeMix (paste 'resize') runs on "
+     "backend 'python' (leave --cutmix-backend out)"),
+    (["--cutmix-paste", "resize", "--cutmix-backend", "native"], "--cutmix-backend native: backend 'native' pastes"),
 ])  # fmt: skip
 def test_a_bad_resizemix_flag_is_a_usage_error_naming_it(jpeg_tree, tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as stop:
