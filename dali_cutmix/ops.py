@@ -38,7 +38,7 @@ REFUSED = {
         "pitch and never closes an empty region (paste_gpu.h), so box slices and unmixed samples come out "
         "wrong; use backend 'python'"
     ),
-} | {(name, "resize"): paste_refused(name, "resize") for name in NAMES if paste_refused(name, "resize")}
+} | {(name, "resize"): why for name in NAMES if (why := paste_refused(name, "resize"))}
 
 
 class Mixed(tuple):

@@ -80,20 +80,12 @@ class MixConfig:
         if self.mode not in MODES:
             raise RecipeError("mode", f"must be one of {MODES}", self.mode)
         if self.minmax is not None:
-            lo, hi = self.minmax
-            if not 0.0 < lo < hi <= 1.0:
-                raise RecipeError("minmax", "must be (min, max) with 0 < min < max <= 1", self.minmax)
+            check_fractions(self.minmax, "minmax")
         if self.paste not in PASTES:
             raise RecipeError("paste", f"must be one of {PASTES}", self.paste)
-        try:
-            if any(isinstance(v, (bool, str)) for v in self.resize_scale):
-                raise TypeError
-            lo, hi = (float(v) for v in self.resize_scale)
-        except (TypeError, ValueError):
-            lo = hi = float("nan")
-        if not 0.0 < lo < hi <= 1.0:
-            raise RecipeError("resize_scale", "must be (min, max) with 0 < min < max <= 1", self.resize_scale)
-        object.__setattr__(self, "resize_scale", (lo, hi))  # a tuple again after JSON
+        object.__setattr__(
+            self, "resize_scale", check_fractions(self.resize_scale, "resize_scale")
+        )  # a tuple again after JSON
         if self.paste == "resize" and self.minmax is not None:
             raise RecipeError("paste", "'resize' takes its box's scale from resize_scale, not minmax", self.paste)
         if not (self.cutmix or self.mixup):
@@ -118,6 +110,20 @@ class MixConfig:
     @property
     def mixup(self) -> bool:
         return self.mixup_alpha > 0
+
+
+def check_fractions(value, field: str) -> tuple[float, float]:
+    """The rule for a ``(min, max)`` pair of fractions of the image's sides: two numbers with
+    ``0 < min < max <= 1``; ``RecipeError`` naming ``field``. Returns them as floats."""
+    try:
+        if any(isinstance(v, (bool, str)) for v in value):
+            raise TypeError
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        lo = hi = float("nan")
+    if not 0.0 < lo < hi <= 1.0:
+        raise RecipeError(field, "must be (min, max) with 0 < min < max <= 1", value)
+    return lo, hi
 
 
 def check_prob(value, field: str) -> None:
