@@ -135,7 +135,7 @@ def train_epoch(
     try:  # an error ends the bar first, so that its message starts on a line of its own
         while step < total:
             if step > start_step and step % books.every == 0:  # the interval's one read and the ranks' agreement
-                stopped = books.agree(stop, epoch, world)
+                stopped = books.agree(stop, epoch)
                 bar.set_postfix(loss=f"{books.last_loss:.3f}", img_s=f"{books.rate(start):.0f}")
             elif world == 1:
                 stopped = bool(stop.signal)  # alone: the host flag, every step, for free
@@ -156,7 +156,7 @@ def train_epoch(
             bar.update(1)
     finally:
         bar.close()
-    stopped = books.agree(stop, epoch, world) or stopped  # every rank leaves the epoch knowing the same
+    stopped = books.agree(stop, epoch) or stopped  # every rank leaves the epoch knowing the same
     books.seconds += time.perf_counter() - start
     if not stopped:
         loader.finish_epoch()  # cut short by max_steps: the state saved next is at the epoch's end
@@ -198,11 +198,12 @@ class EpochBooks:
         self.steps += 1
         self.images += images
 
-    def agree(self, stop: Stop, epoch: int, world: int) -> bool:
+    def agree(self, stop: Stop, epoch: int) -> bool:
         """Read the books (one copy to the host) and agree with the other ranks (one all-reduce
         under DDP, every rank calling at the same step): whether any rank was told to stop. A
         non-finite loss on any rank raises ``FloatingPointError`` naming the step (and rank) on
         every rank alike."""
+        world = self.world
         flags = torch.full((world + 1,), -1.0, dtype=torch.float64, device=self.device)
         flags[0] = float(bool(stop.signal))
         flags[1 + self.rank] = self.first_bad.double()

@@ -47,7 +47,7 @@ def test_ranks_agree_on_a_stop_every_n_steps_only(monkeypatch):
     assert all(flags == [0.0, -1.0, -1.0] for flags in calls)
     stop.signal = 15
     calls.clear()
-    assert EpochBooks(torch.device("cpu"), world=2).agree(stop, 0, 2) and calls == [[1.0, -1.0, -1.0]]
+    assert EpochBooks(torch.device("cpu"), world=2).agree(stop, 0) and calls == [[1.0, -1.0, -1.0]]
 
 
 class FakeLoader:
