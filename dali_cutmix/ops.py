@@ -17,7 +17,7 @@ import sys
 import numpy as np
 from nvidia.dali import fn, types
 
-from .backends import NAMES, native, paste_refused, python, stock_ops
+from .backends import NAMES, RUNS, native, python, recipe_refused, stock_ops
 from .backends.graph import Params, is_node
 from .normalize import Normalize
 from .recipe import MixConfig, check_image_size, check_layout, check_prob
@@ -38,7 +38,7 @@ REFUSED = {
         "pitch and never closes an empty region (paste_gpu.h), so box slices and unmixed samples come out "
         "wrong; use backend 'python'"
     ),
-} | {(name, "resize"): why for name in NAMES if (why := paste_refused(name, "resize"))}
+} | {(name, choice): why for name in NAMES for choice in RUNS if (why := recipe_refused(name, choice))}
 
 
 class Mixed(tuple):
@@ -131,7 +131,7 @@ def cutmix(
     name = default_backend(device, layout, config) if backend is None else backend
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {tuple(BACKENDS)}, got {name!r}")
-    for key in ((name, device), (name, config.paste), (name, layout)):
+    for key in ((name, device), (name, config.paste), (name, config.centre), (name, layout)):
         if key in REFUSED:
             raise ValueError(REFUSED[key])
     module = BACKENDS[name]
@@ -156,7 +156,9 @@ def default_backend(device: str, layout: str = "HWC", config: MixConfig | None =
     name = DEFAULT_BACKEND[device]
     if name != "native":
         return name
-    if (name, layout) in REFUSED or (config is not None and (name, config.paste) in REFUSED):
+    if (name, layout) in REFUSED or (
+        config is not None and {(name, config.paste), (name, config.centre)} & REFUSED.keys()
+    ):
         return NO_COMPILER_BACKEND
     from . import plugin
 

@@ -1,18 +1,21 @@
-"""Apply CutMix (and MixUp) parameters to a batch: NumPy arrays or torch tensors, on any device
-(the one module that tells them apart). Pure: the inputs are not modified."""
+"""Apply CutMix (and MixUp) parameters to a batch: NumPy arrays or torch tensors, on any device.
+Pure: the inputs are not modified."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 
 from .recipe import check_layout
-from .sampling import CutMixParams, blend_weight, spatial_size
+from .saliency import peaks
+from .sampling import NUMPY_OPS, CutMixParams, blend_weight, box_around, is_torch, spatial_size, torch_ops
 
 
 def box_rows_cols(boxes, height: int, width: int):
     """(B, H) and (B, W) bool, the rows and the columns of each sample's box, from ``boxes``:
     (B, 4) integer ``y1, x1, y2, x2``, NumPy or torch (the result on its device)."""
-    if _is_torch(boxes):
+    if is_torch(boxes):
         import torch
 
         rows = torch.arange(height, device=boxes.device)
@@ -32,17 +35,29 @@ def apply_cutmix(images, labels, params: CutMixParams, layout: str = "HWC"):
     params: from :func:`dali_cutmix.sampling.sample_mix` (NumPy; copied to the images' device).
     layout: ``"HWC"`` or ``"CHW"``.
     Returns ``(mixed_images, labels_a, labels_b, lam)``: ``labels_a = labels``, ``labels_b =
-    labels[perm]``, ``lam`` (B,) float32 on the images' device.
+    labels[perm]``, ``lam`` (B,) float32 on the images' device (SaliencyMix's boxes are centred
+    first: :func:`placed`).
     """
     check_layout(layout)
     if images.ndim != 4 or len(images) != len(params.perm):
         raise ValueError(
             f"images must be a batch of {len(params.perm)} {layout} images, got shape {tuple(images.shape)}"
         )
+    if params.blend is not None and not is_torch(params.blend) and not params.blend.any():
+        params = replace(params, blend=None)  # no MixUp sample: the blend is skipped
+    params = placed(images, params, layout)
     perm, boxes, lam, blend = params.perm, params.boxes, params.lam, params.blend
-    if blend is not None and not blend.any():
-        blend = None
-    if _is_torch(images):
+    mixed = mix_images(images, perm, boxes, lam, blend, layout, resized=params.resized)
+    return mixed, labels, labels[perm], lam
+
+
+def placed(images, params: CutMixParams, layout: str = "HWC") -> CutMixParams:
+    """``params`` as arrays of the images' kind (NumPy, or torch on the images' device), their
+    boxes placed: SaliencyMix's (``params.salient``) centred on the partners' saliency peaks in
+    ``images`` (:func:`centred_on_peaks`), others as they are. What :func:`apply_cutmix` mixes with;
+    the boxes to draw for a picture of the batch."""
+    perm, boxes, lam, blend = params.perm, params.boxes, params.lam, params.blend
+    if is_torch(images) and not is_torch(perm):
         import torch
 
         from .device import from_numpy
@@ -50,8 +65,39 @@ def apply_cutmix(images, labels, params: CutMixParams, layout: str = "HWC"):
         # On CUDA through pinned memory torch owns, without blocking: no host sync in a step.
         perm, boxes = from_numpy(perm, images.device, torch.long), from_numpy(boxes, images.device)
         lam, blend = from_numpy(lam, images.device), from_numpy(blend, images.device, torch.bool)
-    mixed = mix_images(images, perm, boxes, lam, blend, layout, resized=params.resized)
-    return mixed, labels, labels[perm], lam
+    if params.salient:
+        boxes, lam = centred_on_peaks(images, perm, boxes, lam, blend, layout)
+    return CutMixParams(perm=perm, boxes=boxes, lam=lam, blend=blend, resized=params.resized)
+
+
+def centred_on_peaks(images, perm, boxes, lam, blend, layout: str):
+    """SaliencyMix's boxes: each sample's box centred on its partner's saliency peak
+    (:func:`dali_cutmix.saliency.peaks` of ``images[perm]``) and clipped to the image, with its
+    lambda, by the formula CutMix's random centre goes through (:func:`box_around`).
+
+    images: the batch before mixing, (B, H, W, C) or (B, C, H, W) (``layout``); perm (B,) int64,
+    boxes (B, 4) ``(-h, -w, h, w)`` (the half-sides, 0 where no box is pasted), lam (B,) float32 and
+    blend (B,) bool or None, all NumPy or all torch on the images' device. Returns ``boxes`` (B, 4)
+    ``y1, x1, y2, x2`` (the dtype given) and ``lam``: the pasted share, or the given ``lam`` where
+    ``blend`` (a MixUp sample, no box). In torch it queues kernels and reads nothing back to the
+    host: the python backend's GPU code, run by CI on the CPU.
+    """
+    H, W = spatial_size(tuple(images.shape[1:]), layout)
+    peak = peaks(images, layout)
+    if is_torch(images):
+        import torch
+
+        ops, where, cat = torch_ops(), torch.where, torch.cat
+        hw = torch.tensor([H, W], dtype=torch.float32, device=images.device)
+        centre, half = peak[perm].float(), boxes[:, 2:4].float()
+    else:
+        ops, where, cat = NUMPY_OPS, np.where, np.concatenate
+        hw = np.array([H, W], np.float32)
+        centre, half = peak[perm].astype(np.float32), boxes[:, 2:4].astype(np.float32)
+    lo, hi, _, lam_box = box_around(centre, half, hw, ops)
+    placed_boxes = cat([lo, hi], 1)
+    placed_boxes = placed_boxes.to(boxes.dtype) if is_torch(boxes) else placed_boxes.astype(boxes.dtype)
+    return placed_boxes, lam_box if blend is None else where(blend, lam, lam_box)
 
 
 def mix_images(images, perm, boxes, lam, blend, layout: str, *, out=None, resized: bool = False):
@@ -68,7 +114,7 @@ def mix_images(images, perm, boxes, lam, blend, layout: str, *, out=None, resize
     """
     H, W = spatial_size(tuple(images.shape[1:]), layout)
     B = images.shape[0]
-    torch_ = _is_torch(images)
+    torch_ = is_torch(images)
     if torch_:
         import torch
     partners = None  # ResizeMix without MixUp reads the partners only through its resampling
@@ -122,7 +168,7 @@ def resampled_into_boxes(images, perm, boxes, layout: str, *, partners=None):
     B = images.shape[0]
     rows = source_index(boxes[:, 0], boxes[:, 2], H) * W  # (B, H): where each output row reads
     cols = source_index(boxes[:, 1], boxes[:, 3], W)  # (B, W)
-    torch_, channels_last = _is_torch(images), layout == "HWC"
+    torch_, channels_last = is_torch(images), layout == "HWC"
     if torch_:
         import torch
     if torch_ and channels_last:
@@ -151,7 +197,7 @@ def source_index(lo, hi, size: int):
     centre is nearest when the whole ``size`` is squeezed into the span, ``floor((i - lo + 0.5) *
     size / (hi - lo))``, as ``((2 (i - lo) + 1) size) // (2 (hi - lo))``: integers only. Outside
     the span, a pixel in range (unused)."""
-    if _is_torch(lo):
+    if is_torch(lo):
         import torch
 
         start, end = lo.long()[:, None], hi.long()[:, None]
@@ -173,7 +219,7 @@ def _paste(own, other, rows, cols, reuse_other: bool = False):
     ``torch.where``, and no new batch-sized buffer when ``other`` is reused (on a CPU a fresh one
     costs more in page faults than a pass over it).
     """
-    if _is_torch(own):
+    if is_torch(own):
         import torch
 
         if own.dtype == torch.uint8:
@@ -188,7 +234,7 @@ def blend_images(own, partners, w):
     of one dtype, ``w`` (B,) float32, all NumPy or all torch on one device. Integer images are
     rounded half away from zero (docs/DESIGN.md, "Rounding") and clipped."""
     shape = (-1, 1, 1, 1)
-    if _is_torch(own):
+    if is_torch(own):
         import torch
 
         out = own.float() * w.reshape(shape) + partners.float() * (1.0 - w).reshape(shape)
@@ -200,7 +246,3 @@ def blend_images(own, partners, w):
     if np.issubdtype(own.dtype, np.floating):
         return out.astype(own.dtype)
     return np.floor(out + np.float32(0.5)).clip(0, np.iinfo(own.dtype).max).astype(own.dtype)
-
-
-def _is_torch(x) -> bool:
-    return type(x).__module__.startswith("torch")

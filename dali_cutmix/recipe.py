@@ -15,6 +15,7 @@ from .schedule import schedule_steps, value_at
 MODES = ("batch", "elem")
 LAYOUTS = ("HWC", "CHW")
 PASTES = ("cut", "resize")
+CENTRES = ("random", "saliency")
 
 
 class RecipeError(UserError):
@@ -42,6 +43,11 @@ class MixConfig:
         whole image, resampled into it); lambda is the pasted area's share either way.
     resize_scale: ``(min, max)``: with ``paste="resize"`` the box's sides are ``tau * H`` by
         ``tau * W``, ``tau ~ U[min, max)`` (the paper's 0.1 and 0.8; ``alpha`` is not used).
+    centre: where CutMix's box is centred: ``"random"`` (uniform over the pixels, the paper) or
+        ``"saliency"`` (SaliencyMix, Uddin et al., ICLR 2021, arXiv:2006.01791: on the peak of the
+        partner's saliency map, :mod:`dali_cutmix.saliency`; the box is then clipped to the image
+        as CutMix's is, so lambda, the pasted share, follows from the pixels). Needs CutMix's
+        ``alpha`` box: not with ``minmax`` or ``paste="resize"``.
     prob_schedule: ``(epoch, prob)`` pairs (or a dict): ``prob`` from that epoch on, replacing
         ``prob`` (piecewise constant); ``off_epoch``: no mixing from that epoch on (timm's
         ``mixup_off_epoch``). :meth:`prob_at` gives an epoch's chance; the pipelines feed it per
@@ -59,6 +65,7 @@ class MixConfig:
     off_epoch: int | None = None
     paste: str = "cut"
     resize_scale: tuple[float, float] = (0.1, 0.8)
+    centre: str = "random"
 
     def __post_init__(self) -> None:
         for name in ("alpha", "mixup_alpha"):
@@ -88,6 +95,11 @@ class MixConfig:
         )  # a tuple again after JSON
         if self.paste == "resize" and self.minmax is not None:
             raise RecipeError("paste", "'resize' takes its box's scale from resize_scale, not minmax", self.paste)
+        if self.centre not in CENTRES:
+            raise RecipeError("centre", f"must be one of {CENTRES}", self.centre)
+        if self.centre == "saliency" and (self.alpha == 0 or self.minmax is not None or self.paste != "cut"):
+            raise RecipeError("centre", "'saliency' centres CutMix's alpha box: it needs alpha > 0, no minmax and "
+                                        "paste 'cut'", self.centre)  # fmt: skip
         if not (self.cutmix or self.mixup):
             raise RecipeError(None, "nothing to mix: alpha and mixup_alpha are both 0 and minmax is not set")
 

@@ -33,8 +33,26 @@ NUMPY_OPS = SimpleNamespace(
 )
 
 
+def torch_ops():
+    """The array namespace on torch tensors (any device), for :func:`box_around`."""
+    import torch
+
+    return SimpleNamespace(
+        floor=torch.floor,
+        minimum=torch.minimum,
+        clip=lambda x, lo, hi: torch.minimum(x.clamp(min=lo), hi),
+        item=lambda x, k: x[..., k],
+    )
+
+
+def is_torch(x) -> bool:
+    """Whether ``x`` is a torch tensor (told apart without importing torch)."""
+    return type(x).__module__.startswith("torch")
+
+
 # Uniform draws a unit places its box with: (resize paste, minmax) -> CutMix's centre (2),
-# minmax's sides and corner (4), ResizeMix's scale and corner (3).
+# minmax's sides and corner (4), ResizeMix's scale and corner (3). (SaliencyMix draws CutMix's 2 and
+# centres its box on the partner's saliency peak instead: one stream layout for both.)
 U_DRAWS = {(False, False): 2, (False, True): 4, (True, False): 3}
 
 
@@ -50,6 +68,9 @@ class CutMixParams:
            ``lam * own + (1 - lam) * partner`` (rounded for integer images) instead of a paste.
     resized: the boxes hold the partners' whole images resampled into them (ResizeMix,
            :func:`dali_cutmix.paste.resampled_into_boxes`) rather than their pixels in place.
+    salient: the boxes are still to be centred on the partners' saliency peaks (SaliencyMix):
+           each holds ``(-h, -w, h, w)``, its half-sides around the centre, and ``lam`` its weight
+           before clipping; :func:`dali_cutmix.paste.centred_on_peaks` places them from the pixels.
     """
 
     perm: np.ndarray
@@ -57,6 +78,7 @@ class CutMixParams:
     lam: np.ndarray
     blend: np.ndarray | None = None
     resized: bool = False
+    salient: bool = False
 
     def __post_init__(self) -> None:
         B = len(self.perm)
@@ -91,11 +113,23 @@ def cutmix_box(lam0, u, mixed, hw, ops: Any = NUMPY_OPS):
     float32, and ``lam``. (In DALI every arithmetic node is an operator of its own, with a fixed
     cost per batch, so the formula is kept to few nodes.)
     """
+    centre = ops.minimum(ops.floor(u * hw), hw - 1.0)
+    return box_around(centre, cutmix_half(lam0, mixed, hw, ops), hw, ops)
+
+
+def cutmix_half(lam0, mixed, hw, ops: Any = NUMPY_OPS):
+    """The half-sides ``floor(S * sqrt(1 - lam0) / 2)`` of CutMix's box (float32 whole numbers; 0
+    where ``mixed`` is 0.0), as the reference code's ``cut // 2``."""
     # floor(floor(x) / 2) == floor(x / 2), and halving is exact in binary: folding the 0.5 into
     # the per-sample factor gives the reference's half-sides bit for bit with one node less.
-    half_cut = ops.vec(ops.sqrt(1.0 - lam0) * (mixed * 0.5))
-    half = ops.floor(hw * half_cut)
-    centre = ops.minimum(ops.floor(u * hw), hw - 1.0)
+    return ops.floor(hw * ops.vec(ops.sqrt(1.0 - lam0) * (mixed * 0.5)))
+
+
+def box_around(centre, half, hw, ops: Any = NUMPY_OPS):
+    """The box ``centre -/+ half`` clipped to the image (float32 whole numbers ``(rows, columns)``
+    each; ``hw`` is ``(H, W)``) and its lambda: ``lo``, ``hi``, ``size`` and ``lam``. CutMix's
+    centre is drawn (:func:`cutmix_box`); SaliencyMix's is the partner's saliency peak
+    (:func:`dali_cutmix.paste.centred_on_peaks`, with ``ops`` on torch tensors)."""
     lo = ops.clip(centre - half, 0.0, hw)
     hi = ops.clip(centre + half, 0.0, hw)
     size = hi - lo
@@ -160,7 +194,11 @@ def mix_from_draws(draws: SimpleNamespace, hw, config: MixConfig, ops: Any = NUM
     """
     always_cut = isinstance(draws.cut, float) and draws.cut == 1.0
     cut = draws.mix if always_cut else draws.mix * draws.cut
-    if config.paste == "resize":
+    if config.centre == "saliency":  # relative to the centre the pixels give (CutMixParams.salient)
+        hi = cutmix_half(draws.lam_cut, cut, hw, ops)
+        lo, size = hi * -1.0, hi * 2.0
+        lam = 1.0 - ops.item(size, 0) * ops.item(size, 1) / (ops.item(hw, 0) * ops.item(hw, 1))
+    elif config.paste == "resize":
         lo, hi, size, lam = resize_box(draws.u, cut, hw, config.resize_scale, ops)
     elif config.minmax is not None:
         lo, hi, size, lam = minmax_box(draws.u, cut, hw, config.minmax, ops)
@@ -203,7 +241,7 @@ def sample_mix(batch_size: int, height: int, width: int, config: MixConfig, rng=
     boxes = per_sample(np.concatenate([lo, hi], axis=1)).astype(np.int32)
     blend = None if blend is None else per_sample(blend) > 0
     return CutMixParams(perm=perm, boxes=boxes, lam=per_sample(lam).astype(np.float32), blend=blend,
-                        resized=config.paste == "resize")  # fmt: skip
+                        resized=config.paste == "resize", salient=config.centre == "saliency")  # fmt: skip
 
 
 def draw_mix(batch_size: int, config: MixConfig, rng=None, *, prob=None) -> tuple[SimpleNamespace, np.ndarray]:

@@ -15,13 +15,15 @@ of the objects is that image's (for the partner, then for the receiving image), 
 * ``resizemix``: ResizeMix (Qin et al., 2020) as the library runs it (``MixConfig(paste="resize")``):
   the whole partner resampled into a box of scale ``tau ~ U(0.1, 0.8)`` (the paper's range),
   uniformly placed; ``lam`` the exact pasted share;
-* ``saliencymix``: SaliencyMix (Uddin et al., ICLR 2021): a CutMix box centred on the peak of the
-  partner's saliency (spectral residual, Hou and Zhang 2007, the paper's), pasted from the
-  partner's same place; ``lam`` the exact pasted share.
+* ``saliencymix``: SaliencyMix (Uddin et al., ICLR 2021) as the library runs it
+  (``MixConfig(centre="saliency")``): a CutMix box centred on the peak of the partner's
+  grid frequency-tuned saliency (:mod:`dali_cutmix.saliency`), pasted from the partner's same
+  place; ``lam`` the exact pasted share;
+* ``saliencymix-sr``: the same box centred on the peak of the spectral residual (Hou and Zhang,
+  CVPR 2007) instead, a NumPy prototype: what the costlier map would buy.
 
-SaliencyMix is a NumPy prototype here, to measure what it would buy before it is built into the
-backends. Writes ``label_noise.json`` and ``worst.png`` (the CutMix samples whose label disagrees
-most with what they show, drawn as the batch picture is) to ``--output``.
+Writes ``label_noise.json`` and ``worst.png`` (the CutMix samples whose label disagrees most with
+what they show, drawn as the batch picture is) to ``--output``.
 """
 
 from __future__ import annotations
@@ -33,11 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
-from dali_cutmix.paste import apply_cutmix
+from dali_cutmix.paste import apply_cutmix, placed
 from dali_cutmix.recipe import MixConfig
 from dali_cutmix.sampling import sample_mix
 
 RESIZEMIX_SCALE = (0.1, 0.8)  # the paper's tau range
+RECIPES = ("cutmix", "mixup", "resizemix", "saliencymix", "saliencymix-sr")
 FLAW_LABEL, FLAW_VISIBLE = 0.30, 0.05  # a label share of at least 30% for at most 5% of what shows
 
 
@@ -101,9 +104,11 @@ def mixed_shares(images: np.ndarray, recipe: str, rng) -> dict[str, np.ndarray]:
     own_px = np.zeros(b)
     lam = np.ones(b)
     boxes = np.zeros((b, 4), int)
-    if recipe in ("cutmix", "saliencymix"):
-        if recipe == "cutmix":
-            params = sample_mix(b, h, w, MixConfig(alpha=1.0, mode="elem"), rng)
+    if recipe in ("cutmix", "saliencymix", "saliencymix-sr"):
+        if recipe != "saliencymix-sr":  # the library's own
+            centre = "saliency" if recipe == "saliencymix" else "random"
+            params = sample_mix(b, h, w, MixConfig(alpha=1.0, mode="elem", centre=centre), rng)
+            params = placed(images[..., None], params, "HWC")
             perm, boxes, lam = params.perm, params.boxes.astype(int), params.lam.astype(np.float64)
         else:
             lam0 = rng.beta(1.0, 1.0, b)
@@ -184,7 +189,7 @@ def main(argv=None) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     report, worst = {}, None
-    for recipe in ("cutmix", "mixup", "resizemix", "saliencymix"):
+    for recipe in RECIPES:
         label, visible = [], []
         for start in range(0, len(images) - 255, 256):
             batch = mixed_shares(images[start : start + 256], recipe, rng)
@@ -196,7 +201,7 @@ def main(argv=None) -> int:
         r = report[recipe]
         flaws = (f"flaw partner {100 * r['partner_flaw']:4.1f}% / {100 * r['partner_flaw_15']:4.1f}%, receiver "
                  f"{100 * r['receiver_flaw']:4.1f}% / {100 * r['receiver_flaw_15']:4.1f}%")  # fmt: skip
-        print(f"{recipe:<12} {flaws}  mean |gap| {r['mean_abs_gap']:.3f}  corr {r['correlation']:.3f}  "
+        print(f"{recipe:<14} {flaws}  mean |gap| {r['mean_abs_gap']:.3f}  corr {r['correlation']:.3f}  "
               f"gap quantiles {r['gap_quantiles']}")  # fmt: skip
     report["saliency_ms_per_224px_image"] = saliency_timing(rng)
     print("saliency, ms a 224x224 image (NumPy):", report["saliency_ms_per_224px_image"])

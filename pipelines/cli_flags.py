@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 
 from dali_cutmix.backends import NAMES as BACKENDS
-from dali_cutmix.backends import paste_refused
+from dali_cutmix.backends import recipe_refused
 from dali_cutmix.errors import UserError
-from dali_cutmix.recipe import PASTES, MixConfig, RecipeError
+from dali_cutmix.recipe import CENTRES, PASTES, MixConfig, RecipeError
 from dali_cutmix.schedule import parse_schedule
 
 # The flag that sets each loader setting (pipelines.settings.LoaderSettings).
@@ -20,7 +20,7 @@ SETTING_FLAGS = {"batch_size": "--batch-size", "image_size": "--image-size", "si
 RECIPE_FLAGS = {"alpha": "--cutmix-alpha", "prob": "--cutmix-prob", "mode": "--cutmix-mode", "mixup_alpha": "--mixup",
                 "switch_prob": "--mixup-switch-prob", "minmax": "--cutmix-minmax", "prob_schedule": "--prob-schedule",
                 "off_epoch": "--mix-off-epoch", "paste": "--cutmix-paste",
-                "resize_scale": "--resize-scale"}  # fmt: skip
+                "resize_scale": "--resize-scale", "centre": "--cutmix-centre"}  # fmt: skip
 
 
 def add_recipe_args(p: argparse.ArgumentParser) -> None:
@@ -41,6 +41,9 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--resize-scale", type=float, nargs=2, metavar=("MIN", "MAX"), default=(0.1, 0.8),
                    help="ResizeMix's box sides as a fraction of the image's, uniform in [MIN, MAX)")  # fmt: skip
+    p.add_argument("--cutmix-centre", choices=CENTRES, default="random",
+                   help="random: CutMix's box centre, uniform; saliency: SaliencyMix, on the partner's saliency "
+                        "peak")  # fmt: skip
     p.add_argument("--mix-off-epoch", "--mixup-off-epoch", type=int, help="no mixing from this epoch on")
     p.add_argument("--prob-schedule", type=parse_prob_schedule, default=(), help="chance by epoch: 0:1.0,100:0.5")
     p.add_argument("--cutmix-backend", choices=tuple(BACKENDS), help="default: native on the CPU, python on the GPU")
@@ -56,9 +59,13 @@ def recipe_from_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> Mi
         p.error("--cutmix-paste resize takes its box's scale from --resize-scale: leave --cutmix-minmax out")
     if args.cutmix_paste != "resize" and tuple(args.resize_scale) != MixConfig.resize_scale:
         p.error("--resize-scale is ResizeMix's box scale: give it with --cutmix-paste resize")
-    refused = args.cutmix_backend and paste_refused(args.cutmix_backend, args.cutmix_paste)
-    if refused and getattr(args, "mix_in", "pipeline") == "pipeline":
-        p.error(f"--cutmix-backend {args.cutmix_backend}: {refused} (leave --cutmix-backend out)")
+    if args.cutmix_centre == "saliency" and (args.cutmix_paste == "resize" or args.cutmix_minmax):
+        clash = "--cutmix-paste resize" if args.cutmix_paste == "resize" else "--cutmix-minmax"
+        p.error(f"--cutmix-centre saliency centres CutMix's --cutmix-alpha box: leave {clash} out")
+    for choice in (args.cutmix_paste, args.cutmix_centre):
+        refused = args.cutmix_backend and recipe_refused(args.cutmix_backend, choice)
+        if refused and getattr(args, "mix_in", "pipeline") == "pipeline":
+            p.error(f"--cutmix-backend {args.cutmix_backend}: {refused} (leave --cutmix-backend out)")
     try:
         return MixConfig(
             alpha=args.cutmix_alpha,
@@ -72,6 +79,7 @@ def recipe_from_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> Mi
             off_epoch=args.mix_off_epoch,
             paste=args.cutmix_paste,
             resize_scale=tuple(args.resize_scale),
+            centre=args.cutmix_centre,
         )
     except RecipeError as e:
         if e.field is None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dali_cutmix.batch_grid import show_batch
 from dali_cutmix.loop import LoopMixer
-from dali_cutmix.paste import apply_cutmix
+from dali_cutmix.paste import apply_cutmix, placed
 from pipelines.sources import usable
 
 from .cli_flags import add_recipe_args, recipe_from_args, setting_flag
@@ -42,7 +42,8 @@ def write_batch_png(path, data, classes, *, mixer: LoopMixer | None = None, star
     mirror = batch.get("mirror")
     if mixer is not None:
         images = batch["images"]
-        params = copy.deepcopy(mixer).sample(images.shape[0], *images.shape[2:], start_epoch)
+        drawn = copy.deepcopy(mixer).sample(images.shape[0], *images.shape[2:], start_epoch)
+        params = placed(images, drawn, "CHW")  # SaliencyMix's boxes centred: the ones to draw
         batch["images"], batch["labels_a"], batch["labels_b"], batch["lam"] = apply_cutmix(
             images, batch["labels_a"], params, "CHW"
         )

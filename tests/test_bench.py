@@ -165,8 +165,31 @@ def test_the_label_noise_measurement_runs_every_recipe(tmp_path, capsys):
 
     assert label_noise.main(["--images", "256", "--output", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "label_noise.json").read_text())
-    for recipe in ("cutmix", "mixup", "resizemix", "saliencymix"):
+    for recipe in label_noise.RECIPES:
         r = report[recipe]
         assert r["samples"] == 256 and 0 <= r["partner_flaw"] <= r["partner_flaw_15"] <= 1
         assert 0.5 < r["correlation"] <= 1  # the label follows what shows, more or less
     assert (tmp_path / "worst.png").stat().st_size > 1000
+
+
+def test_the_saliency_map_comparison_runs_and_finds_the_object(tmp_path, capsys):
+    from PIL import Image
+
+    from dali_cutmix_bench import saliency_maps
+
+    rng = np.random.default_rng(0)
+    for k, (y, x) in enumerate([(40, 150), (170, 30)]):  # a bright square on dim noise, 300 x 260
+        photo = rng.integers(0, 50, (260, 300, 3), dtype=np.uint8)
+        photo[y : y + 40, x + 20 : x + 60] = 230
+        Image.fromarray(photo).save(tmp_path / f"photo{k}.jpg", quality=95)
+    out = tmp_path / "out"
+    assert saliency_maps.main(["--photos", str(tmp_path / "*.jpg"), "--output", str(out)]) == 0
+    report = json.loads((out / "saliency_maps.json").read_text())
+    assert report["photos"] == ["photo0.jpg", "photo1.jpg"]
+    # centre-cropped to 260 x 260 (columns 20..280), then 224 / 260: the squares at rows 40..80 / 170..210
+    for (py, px), (y, x) in zip(report["methods"]["grid centre-surround"]["peaks"], [(40, 150), (170, 30)]):
+        assert (
+            y * 224 / 260 - 4 <= py <= (y + 40) * 224 / 260 + 4 and x * 224 / 260 - 4 <= px <= (x + 40) * 224 / 260 + 4
+        )
+    assert {"grid frequency-tuned", "spectral residual (NumPy)"} <= set(report["methods"])
+    assert (out / "peaks.png").stat().st_size > 1000

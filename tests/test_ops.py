@@ -103,7 +103,7 @@ def test_torch_and_stock_pastes_identical_on_shared_params(config):
         images = fn.external_source(source=lambda: next(feed), layout="HWC")
         sampled = ops_params(images, config, layout="HWC")
         params = sampled.params._replace(packed=packed_node(sampled.params))  # as the python sampler packs them
-        return paste_ops(images, sampled, layout="HWC"), torch_mix(images, params, layout="HWC")
+        return paste_ops(images, sampled, layout="HWC"), torch_mix(images, params, layout="HWC")[0]
 
     p = pipe(prefetch_queue_depth=1)
     p.build()

@@ -101,7 +101,7 @@ def test_the_python_backend_in_dali_mixes_as_the_oracle(layout):
 @pytest.mark.parametrize("backend", ["native", "ops"])
 def test_the_backends_that_paste_in_place_refuse_it_in_one_line(backend):
     rng = np.random.default_rng(0)
-    with pytest.raises(ValueError, match=f"backend '{backend}' pastes in place only.*runs on backend 'python'"):
+    with pytest.raises(ValueError, match=f"backend '{backend}' does not run ResizeMix.*runs on backend 'python'"):
         list(mix_arrays([random_batch(rng, 2, (H, W, 3))], backend=backend, paste="resize"))
 
 
@@ -164,9 +164,10 @@ def test_train_py_takes_it_records_it_and_refuses_to_resume_with_the_other_paste
      "--cutmix-paste resize takes its box's scale from --resize-scale: leave --cutmix-minmax out"),
     (["--resize-scale", "0.2", "0.3"], "--resize-scale is ResizeMix's box scale: give it with --cutmix-paste resize"),
     (["--cutmix-paste", "resize", "--cutmix-backend", "ops"],
-     "--cutmix-backend ops: backend 'ops' pastes in place only (paste 'cut'); ResizeMix (paste 'resize') runs on "
-     "backend 'python' (leave --cutmix-backend out)"),
-    (["--cutmix-paste", "resize", "--cutmix-backend", "native"], "--cutmix-backend native: backend 'native' pastes"),
+     "--cutmix-backend ops: backend 'ops' does not run ResizeMix (paste 'resize'); it runs on backend 'python' "
+     "(leave --cutmix-backend out)"),
+    (["--cutmix-paste", "resize", "--cutmix-backend", "native"],
+     "--cutmix-backend native: backend 'native' does not run ResizeMix"),
 ])  # fmt: skip
 def test_a_bad_resizemix_flag_is_a_usage_error_naming_it(jpeg_tree, tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as stop:

@@ -2,15 +2,18 @@
 chooses. Their names are here, light, for command lines that offer them without loading DALI."""
 
 NAMES = ("native", "python", "ops")
-# What each backend's boxes can receive (MixConfig.paste): ResizeMix ("resize") is the python
-# backend's only; the others paste the partner's pixels in place.
-PASTES = {"native": ("cut",), "python": ("cut", "resize"), "ops": ("cut",)}
+# The recipes beyond CutMix's in-place paste at a random centre, and the backends that run them:
+# the python backend's boxes can receive the partner's whole image (ResizeMix, paste "resize") and
+# follow the pixels (SaliencyMix, centre "saliency"); the native operator draws and places its
+# boxes itself, and the ops backend has no operator that reads a saliency map.
+RECIPES = {"resize": "ResizeMix (paste 'resize')", "saliency": "SaliencyMix (centre 'saliency')"}
+RUNS = {"resize": ("python",), "saliency": ("python",)}
 
 
-def paste_refused(backend: str, paste: str) -> str | None:
-    """Why ``backend`` does not take ``paste``, in one line; None when it does."""
-    if paste in PASTES.get(backend, (paste,)):
+def recipe_refused(backend: str, choice: str) -> str | None:
+    """Why ``backend`` does not run ``choice`` (a paste or a centre of the recipe), in one line;
+    None when it does."""
+    if choice not in RUNS or backend in RUNS[choice] or backend not in NAMES:
         return None
-    runs = [name for name in NAMES if paste in PASTES[name]]
-    return (f"backend '{backend}' pastes in place only (paste 'cut'); ResizeMix (paste '{paste}') runs on backend "
-            f"{' or '.join(repr(n) for n in runs)}")  # fmt: skip
+    runs = " or ".join(repr(n) for n in RUNS[choice])
+    return f"backend '{backend}' does not run {RECIPES[choice]}; it runs on backend {runs}"

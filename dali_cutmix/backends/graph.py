@@ -30,7 +30,9 @@ class Params(NamedTuple):
 
     perm (int32): the partner of each sample; boxes (int32 ``[4]``): ``y1, x1, y2, x2`` of the box
     each sample receives; lam (float32); blend (float32, 1.0 for MixUp samples, or None when MixUp
-    is off); resized (a bool, not a node): as :class:`~dali_cutmix.sampling.CutMixParams`'s.
+    is off); resized and salient (bools, not nodes): as :class:`~dali_cutmix.sampling.CutMixParams`'s.
+    SaliencyMix's placed boxes and ``lam`` follow from the pixels, so they are on the images'
+    device (the GPU for GPU images); every other node is on the CPU.
     """
 
     perm: DataNode
@@ -39,6 +41,7 @@ class Params(NamedTuple):
     blend: DataNode | None
     packed: DataNode | None = None  # the python backend's: all of them, one float32 row a sample
     resized: bool = False  # the boxes receive the partners' whole images (ResizeMix), not their pixels
+    salient: bool = False  # the boxes are half-sides still to be centred on saliency peaks (SaliencyMix)
 
 
 def check_shapes(shapes, layout: str) -> tuple[int, int]:

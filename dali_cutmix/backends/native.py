@@ -52,8 +52,9 @@ def build(images, labels, config: MixConfig, *, prob, layout: str, normalize: No
 
 
 # Recipe fields the pipeline applies, not the operator (a schedule arrives as the ``prob`` input).
-# The paste kind is always "cut" here (ops.REFUSED keeps ResizeMix from this backend).
-NOT_OPERATOR_ARGS = ("prob_schedule", "off_epoch", "paste", "resize_scale")
+# The paste is always "cut" and the centre "random" here (ops.REFUSED keeps ResizeMix and SaliencyMix
+# from this backend).
+NOT_OPERATOR_ARGS = ("prob_schedule", "off_epoch", "paste", "resize_scale", "centre")
 
 
 def _recipe_args(config: MixConfig) -> dict:

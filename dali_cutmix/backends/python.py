@@ -27,7 +27,7 @@ FUSES_RESIZE = False
 def build(images, labels, config: MixConfig, *, prob, layout: str, normalize: Normalize | None, size=None):
     """``images, labels -> images, labels_b, Params`` (``normalize`` is applied by the caller)."""
     params = python_params(images, config, layout=layout, prob=prob, size=size)
-    mixed = torch_mix(images, params, layout=layout, size=size)
+    mixed, params = torch_mix(images, params, layout=layout, size=size)
     return mixed, fn.permute_batch(labels, indices=params.perm), params
 
 
@@ -54,6 +54,7 @@ def python_params(images, config: MixConfig, *, layout: str, prob: DataNode | No
         blend=packed[column("blend")] if config.mixup else None,
         packed=packed,
         resized=config.paste == "resize",
+        salient=config.centre == "saliency",
     )
 
 
@@ -87,19 +88,31 @@ def torch_mix(images, params: Params, *, layout: str, size=None):
     """The pixels of given parameters: one ``fn.dl_tensor_python_function`` running
     :class:`TorchMix` on the images' device (CPU tensors in CI, CUDA tensors on a GPU) on the
     images and the parameters' packed rows (``params.packed``, the sampler's); with ``size``, the
-    callback checks that the images have it."""
+    callback checks that the images have it. Returns the mixed images and the parameters: as
+    given, or for SaliencyMix (``params.salient``) with the boxes and ``lam`` the callback placed
+    from the pixels, on the images' device (no GPU -> CPU edge)."""
     gpu = images.device == "gpu"
     packed = params.packed
     if packed is None:
         raise ValueError("torch_mix takes parameters with their packed rows (Params.packed, the python sampler's)")
-    return fn.dl_tensor_python_function(
+    mixed = fn.dl_tensor_python_function(
         images,
         packed.gpu() if gpu else packed,
         function=TorchMix(
-            layout, size=None if is_node(size) else size, mixup=params.blend is not None, resized=params.resized
+            layout,
+            size=None if is_node(size) else size,
+            mixup=params.blend is not None,
+            resized=params.resized,
+            salient=params.salient,
         ),  # fmt: skip
         batch_processing=True,
         synchronize_stream=False,  # the callback queues its kernels on DALI's stream itself
         device=images.device,
-        output_layouts=layout,
+        num_outputs=2 if params.salient else 1,
+        output_layouts=[layout, ""] if params.salient else layout,
     )
+    if not params.salient:
+        return mixed, params
+    mixed, placed = mixed  # placed: a row of PLACED a sample
+    boxes = fn.cast(placed[0:4], dtype=types.INT32)
+    return mixed, params._replace(boxes=boxes, lam=placed[4], salient=False)

@@ -10,12 +10,14 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ..paste import mix_images
+from ..paste import centred_on_peaks, mix_images
 from ..sampling import spatial_size
 
 # The columns of one sample's parameters as the sampler hands them to the callback: one float32
 # row a sample (exact for integers below 2**24), so a batch is B DLPack objects, not 4B.
 PACKED = ("perm", "y1", "x1", "y2", "x2", "lam", "blend")
+# SaliencyMix's second output: the boxes and lambda placed from the pixels, a row a sample.
+PLACED = ("y1", "x1", "y2", "x2", "lam")
 
 
 def pack(perm, boxes, lam, blend=None) -> np.ndarray:
@@ -50,11 +52,12 @@ class TorchMix:
     """
 
     def __init__(self, layout: str, size: tuple[int, int] | None = None, dali_stream: Callable[[], int] | None = None,
-                 mixup: bool = True, resized: bool = False):  # fmt: skip
+                 mixup: bool = True, resized: bool = False, salient: bool = False):  # fmt: skip
         self.layout, self.size = layout, size  # size: the (H, W) the parameters were drawn for
         self.dali_stream = dali_stream  # the raw CUDA stream the callback runs on; None: DALI's own
         self.mixup = mixup  # False: the blend column is all zeros, and the blend is skipped
         self.resized = resized  # ResizeMix: the boxes receive the partners' whole images
+        self.salient = salient  # SaliencyMix: the boxes are centred here, and returned (PLACED rows)
         self.buffers = {}
 
     def reused(self, name: str, shape: tuple, like):
@@ -95,9 +98,17 @@ class TorchMix:
             flat = [s.view(-1) for s in samples]
             x = torch.stack(flat, out=self.reused("images", (len(flat), flat[0].numel()), flat[0]))
             x = x.view(len(samples), *samples[0].shape)
-            params = unpack(torch.stack([torch.from_dlpack(t) for t in packed]), self.mixup)
-            out = mix_images(x, *params, self.layout, out=self.reused("partners", x.shape, x), resized=self.resized)
-            return [to_dlpack(o) for o in out]
+            rows = torch.stack([torch.from_dlpack(t) for t in packed])
+            perm, boxes, lam, blend = unpack(rows, self.mixup)
+            if self.salient:  # from the batch before mixing, on its device
+                boxes, lam = centred_on_peaks(x, perm, boxes, rows[:, 5], blend, self.layout)
+            out = mix_images(x, perm, boxes, lam, blend, self.layout, out=self.reused("partners", x.shape, x),
+                             resized=self.resized)  # fmt: skip
+            mixed = [to_dlpack(o) for o in out]
+            if not self.salient:
+                return mixed
+            placed = torch.cat([boxes.float(), lam[:, None]], 1)
+            return mixed, [to_dlpack(row) for row in placed]
 
 
 @contextmanager
