@@ -31,20 +31,51 @@ def cell_size(height: int, width: int) -> int:
     return max(1, min(height, width) // GRID)
 
 
-def grey_levels(images, layout: str):
-    """(B, H, W) int32: each pixel's channels summed, from uint8 (or other integer) images as they
-    are, from float images as ``floor(FLOAT_STEPS * x)`` clipped to ``+-FLOAT_LIMIT`` (exact in
-    float32 on every device: a multiplication by a power of two, then a floor)."""
-    axis = 3 if layout == "HWC" else 1
-    if is_torch(images):
+def cell_sums(images, layout: str):
+    """(B, H // f, W // f) int64: each cell's grey level summed, its channels summed too. uint8
+    images are read as they are; float images as ``floor(FLOAT_STEPS * x)`` clipped to
+    ``+-FLOAT_LIMIT`` (exact in float32 on every device: a multiplication by a power of two, then a
+    floor). The rows and columns past the last whole cell are left out.
+
+    The sums are taken in floating point, whose adds are vectorised where integer reductions are
+    not (on a CPU 7 ms a batch of 64 at 224 px against 52 ms): float32 while every partial sum
+    stays below 2**24, float64 otherwise, so each sum is exact in any order (the same integers on
+    every device). The rows of a cell are added one by one over whole image rows (contiguous).
+    """
+    H, W = spatial_size(tuple(images.shape[1:]), layout)
+    B, f = images.shape[0], cell_size(H, W)
+    rows, cols = H // f, W // f
+    channels = images.shape[3] if layout == "HWC" else images.shape[1]
+    torch_ = is_torch(images)
+    if torch_:
         import torch
 
-        if images.is_floating_point():
+        floating, uint8 = images.is_floating_point(), images.dtype == torch.uint8
+    else:
+        floating, uint8 = np.issubdtype(images.dtype, np.floating), images.dtype == np.uint8
+    level = FLOAT_LIMIT if floating else 255 if uint8 else 1 << 31  # the largest |level| a pixel has
+    wide = level * channels * f * f >= 1 << 24
+    if floating:
+        if torch_:
             images = torch.floor(images.float() * FLOAT_STEPS).clamp_(-FLOAT_LIMIT, FLOAT_LIMIT)
-        return images.sum(dim=axis, dtype=torch.int32)
-    if np.issubdtype(images.dtype, np.floating):
-        images = np.clip(np.floor(images.astype(np.float32) * np.float32(FLOAT_STEPS)), -FLOAT_LIMIT, FLOAT_LIMIT)
-    return images.sum(axis=axis, dtype=np.int32)
+        else:
+            images = np.clip(np.floor(images.astype(np.float32) * np.float32(FLOAT_STEPS)), -FLOAT_LIMIT, FLOAT_LIMIT)
+    if layout == "HWC":  # (B, rows, f, W * C): a cell's rows are whole image rows
+        stacked = images[:, : rows * f].reshape(B, rows, f, W * channels)
+    else:  # (B, C, rows, f, W)
+        stacked = images[:, :, : rows * f].reshape(B, channels, rows, f, W)
+    picked = [stacked[:, :, i] if layout == "HWC" else stacked[:, :, :, i] for i in range(f)]
+    if torch_:
+        acc = picked[0].to(torch.float64 if wide else torch.float32)
+    else:
+        acc = picked[0].astype(np.float64 if wide else np.float32)
+    for row in picked[1:]:
+        acc += row
+    if layout == "HWC":  # (B, rows, W * C) -> (B, rows, cols, f * C)
+        cells = acc[..., : cols * f * channels].reshape(B, rows, cols, f * channels).sum(3)
+    else:  # (B, C, rows, W) -> (B, C, rows, cols, f)
+        cells = acc[..., : cols * f].reshape(B, channels, rows, cols, f).sum(4).sum(1)
+    return cells.long() if torch_ else cells.astype(np.int64)
 
 
 def saliency_map(images, layout: str):
@@ -56,16 +87,7 @@ def saliency_map(images, layout: str):
 
     images: (B, H, W, C) or (B, C, H, W) (``layout``), uint8 or float, NumPy or torch on any device.
     """
-    H, W = spatial_size(tuple(images.shape[1:]), layout)
-    B, f = images.shape[0], cell_size(H, W)
-    rows, cols = H // f, W // f
-    grey = grey_levels(images, layout)[:, : rows * f, : cols * f].reshape(B, rows, f, cols, f)
-    if is_torch(grey):
-        import torch
-
-        cells = grey.sum(dim=(2, 4), dtype=torch.int64)
-    else:
-        cells = grey.sum(axis=(2, 4), dtype=np.int64)
+    cells = cell_sums(images, layout)
     blurred = _binomial(_binomial(cells, 1), 2)
     K = int(np.prod([k * k for k in SCALES]))
     contrast = 0

@@ -369,6 +369,8 @@ PIPELINES = {
     "DALI + CutMix (ops)": {"backend": "ops"},
     # ResizeMix: the whole partner resampled into the box (one more gather a batch).
     "DALI + ResizeMix (python)": {"backend": "python", "recipe": MixConfig(paste="resize")},
+    # SaliencyMix: a saliency map of every image a batch places the boxes.
+    "DALI + SaliencyMix (python)": {"backend": "python", "recipe": MixConfig(centre="saliency")},
     # The native operator with nothing mixed: its normalisation against crop_mirror_normalize's.
     "DALI + native operator, prob 0": {"backend": "native", "recipe": MixConfig(prob=0.0)},
     # What a CPU pipeline ships to a GPU trainer: uint8, flipped, not normalised (HWC).
@@ -388,6 +390,7 @@ COMPARED = {
     "DALI, no CutMix, uint8 out": "DALI, no CutMix",
     "DALI + CutMix (native), uint8 out": "DALI + CutMix (native)",
     "DALI + ResizeMix (python)": "DALI + CutMix (python)",
+    "DALI + SaliencyMix (python)": "DALI + CutMix (python)",
 } | {name: "native CutMix, portable copy" for name in ISA_PIPELINES}
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dali_cutmix.saliency import cell_size, grey_levels, peaks
+from dali_cutmix.saliency import cell_size, cell_sums, peaks
 from dali_cutmix_bench.label_noise import spectral_residual
 
 PHOTOS = ("/usr/share/backgrounds/mate/nature/*.jpg", "/usr/share/backgrounds/mate/abstract/Elephants.jpg")
@@ -57,8 +57,7 @@ def grid_frequency_tuned(image: np.ndarray) -> tuple[int, int]:
     """The peak of each grid cell's distance from the mean cell (the grid and blur of the library's map)."""
     f = cell_size(SIDE, SIDE)
     rows = SIDE // f
-    grey = grey_levels(image[None], "HWC")[0, : rows * f, : rows * f].astype(np.float64)
-    cells = grey.reshape(rows, f, rows, f).mean(axis=(1, 3))
+    cells = cell_sums(image[None], "HWC")[0].astype(np.float64)
     padded = np.pad(cells, 1, mode="edge")
     blurred = sum(w * padded[dy : dy + rows, dx : dx + rows] for dy, wy in enumerate((1, 2, 1))
                   for dx, w in enumerate((wy, 2 * wy, wy))) / 16  # fmt: skip
