@@ -44,6 +44,8 @@ CONFIGS = {
     # ResizeMix (the partner's whole image resized into the box), the same chance, on the python
     # backend: its matched comparison is cutmix-pipeline-python.
     "resizemix-pipeline-python": ["--cutmix-backend", "python", "--cutmix-paste", "resize", *CUTMIX],
+    # SaliencyMix (CutMix's box centred on the partner's saliency peak), the same chance and alpha.
+    "saliencymix-pipeline-python": ["--cutmix-backend", "python", "--cutmix-centre", "saliency", *CUTMIX],
     # timm's ImageNet recipes: mixup 0.8, cutmix 1.0, prob 1.0, switch 0.5.
     "mixup-cutmix-switch": [
         "--cutmix-backend",
@@ -211,7 +213,7 @@ def write_report(args, results: dict[str, list[dict]], command: str) -> Path:
         f"flips, {args.seeds} seed(s) per configuration. CutMix: beta 1.0, prob 0.5 "
         f"(the paper's CIFAR recipe); the switching run uses timm's ImageNet values (MixUp 0.8, "
         f"CutMix 1.0, prob 1.0, switch 0.5); ResizeMix takes CutMix's chance, its box's scale uniform in "
-        f"[0.1, 0.8). Occlusion: a centred box of {OCCLUSION:.0%} of the image set to the mean colour. "
+        f"[0.1, 0.8); SaliencyMix takes CutMix's chance and box, centred on the partner's saliency peak. Occlusion: a centred box of {OCCLUSION:.0%} of the image set to the mean colour. "
         f"ECE: expected calibration error on clean validation, {ECE_BINS} equal-width confidence bins. "
         f"All figures in %, mean ± std over the seeds.",
         "",
@@ -238,6 +240,12 @@ def write_report(args, results: dict[str, list[dict]], command: str) -> Path:
         ("cutmix-loop", "none", "CutMix in the loop against no mixing"),
         ("mixup-cutmix-switch", "none", "MixUp/CutMix switching against no mixing"),
         ("resizemix-pipeline-python", "cutmix-pipeline-python", "ResizeMix against CutMix (python, in the pipeline)"),
+        (
+            "saliencymix-pipeline-python",
+            "cutmix-pipeline-python",
+            "SaliencyMix against CutMix (python, in the pipeline)",
+        ),
+        ("saliencymix-pipeline-python", "resizemix-pipeline-python", "SaliencyMix against ResizeMix"),
     ]
     measures = [("final val top-1", final), ("occluded val top-1", lambda r: r["occluded_top1"]),
                 ("val ECE", lambda r: r["val_ece"])]  # fmt: skip

@@ -87,8 +87,10 @@ def centred_on_peaks(images, perm, boxes, lam, blend, layout: str):
     if is_torch(images):
         import torch
 
+        from .device import from_numpy
+
         ops, where, cat = torch_ops(), torch.where, torch.cat
-        hw = torch.tensor([H, W], dtype=torch.float32, device=images.device)
+        hw = from_numpy(np.array([H, W], np.float32), images.device)  # staged: no blocking copy on CUDA
         centre, half = peak[perm].float(), boxes[:, 2:4].float()
     else:
         ops, where, cat = NUMPY_OPS, np.where, np.concatenate

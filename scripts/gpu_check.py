@@ -72,6 +72,7 @@ RECIPES = {
     "minmax": {"minmax": (0.2, 0.8)},
     "no-self": {"no_self": True},
     "resizemix": {"paste": "resize", "mixup_alpha": 0.4},  # the python backend's and the loop mixer's only
+    "saliencymix": {"centre": "saliency", "mixup_alpha": 0.4},  # the same; its boxes placed on the device
 }
 MEAN, STD = (123.7, 116.3, 103.5), (58.4, 57.1, 57.4)
 # float16 holds 11 significant bits: rounding the float32 result to it moves a value by at most
@@ -126,10 +127,11 @@ def run_callback(images, params, layout: str, device):
 
     rows = torch.from_numpy(pack(params.perm, params.boxes, params.lam, params.blend)).to(device)
     args = [[to_dlpack(r) for r in rows]]  # the sampler's output: one packed row a sample
-    kinds = dict(mixup=params.blend is not None, resized=params.resized)
+    kinds = dict(mixup=params.blend is not None, resized=params.resized, salient=params.salient)
     out = torch.empty_like(images)
     if device.type != "cuda":
-        for i, capsule in enumerate(TorchMix(layout, size=(H, W), **kinds)([to_dlpack(s) for s in images], *args)):
+        returned = TorchMix(layout, size=(H, W), **kinds)([to_dlpack(s) for s in images], *args)
+        for i, capsule in enumerate(returned[0] if params.salient else returned):  # SaliencyMix: + placed rows
             out[i].copy_(torch.from_dlpack(capsule))
         return out
     stream = torch.cuda.Stream(device)
@@ -137,7 +139,7 @@ def run_callback(images, params, layout: str, device):
     mix = TorchMix(layout, size=(H, W), dali_stream=lambda: stream.cuda_stream, **kinds)
     with no_sync(device), torch.cuda.stream(stream):
         returned = mix([to_dlpack(s) for s in images], *args)
-        for i, capsule in enumerate(returned):
+        for i, capsule in enumerate(returned[0] if params.salient else returned):
             out[i].copy_(torch.from_dlpack(capsule))
         del returned
     torch.cuda.current_stream(device).wait_stream(stream)
@@ -148,8 +150,7 @@ def check_torch_mix(device) -> list[dict]:
     import numpy as np
     import torch
 
-    from dali_cutmix.device import from_numpy
-    from dali_cutmix.paste import apply_cutmix, mix_images
+    from dali_cutmix.paste import apply_cutmix, mix_images, placed
     from dali_cutmix.recipe import MixConfig
     from dali_cutmix.sampling import sample_mix
 
@@ -163,14 +164,9 @@ def check_torch_mix(device) -> list[dict]:
                     host = synthetic_batch(layout, dtype, i)
                     want = apply_cutmix(host, np.arange(B), params, layout)[0]
                     images = torch.from_numpy(host).to(device)
-                    on_device = [
-                        from_numpy(params.perm, device, torch.long),
-                        from_numpy(params.boxes, device),
-                        from_numpy(params.lam, device),
-                        from_numpy(params.blend, device, torch.bool),
-                    ]
-                    with no_sync(device):
-                        direct = mix_images(images, *on_device, layout, resized=params.resized)
+                    with no_sync(device):  # SaliencyMix's boxes placed from the pixels, on the device
+                        p = placed(images, params, layout)
+                        direct = mix_images(images, p.perm, p.boxes, p.lam, p.blend, layout, resized=p.resized)
                     via_callback = run_callback(images, params, layout, device)
                     for how, got in (("mix_images", direct), ("TorchMix", via_callback)):
                         if not np.array_equal(got.cpu().numpy(), want):
@@ -391,6 +387,7 @@ def check_pixels(device: str) -> list[dict]:
 
     from dali_cutmix import ops
     from dali_cutmix.paste import apply_cutmix
+    from dali_cutmix.saliency import peaks
     from dali_cutmix.sampling import CutMixParams
 
     rng = np.random.default_rng(0)
@@ -400,7 +397,7 @@ def check_pixels(device: str) -> list[dict]:
         for mode in ("batch", "elem"):
             for name, recipe in RECIPES.items():
                 resized = recipe.get("paste") == "resize"
-                if resized and (backend, "resize") in ops.REFUSED:
+                if {(backend, recipe.get("paste")), (backend, recipe.get("centre"))} & ops.REFUSED.keys():
                     continue
                 bad = []
                 for out in dali_mix(device, batches, 1, backend=backend, mode=mode, **recipe):
@@ -415,6 +412,12 @@ def check_pixels(device: str) -> list[dict]:
                         bad.append(f"{int((mixed != want[0]).sum())} pixel values differ")
                     if not np.array_equal(lb, want[2]) or not np.array_equal(lam[cut], box_lam[cut]):
                         bad.append("labels_b or lam differ")
+                    if recipe.get("centre") == "saliency":  # each pasted box holds its partner's peak
+                        y, x = peaks(images, "HWC")[perm].T
+                        pasted = cut & (area > 0)
+                        inside = (boxes[:, 0] <= y) & (y < boxes[:, 2]) & (boxes[:, 1] <= x) & (x < boxes[:, 3])
+                        if not inside[pasted].all():
+                            bad.append("a SaliencyMix box misses its partner's saliency peak")
                 results.append(row("pixels", f"{backend} {mode} {name}", device, not bad, "; ".join(bad) or
                                    "byte-identical to the oracle (3 batches of 16)"))  # fmt: skip
         fp16 = device == "gpu"
@@ -511,9 +514,11 @@ def run(command: list[str], log: Path, timeout: float, env: dict | None = None) 
     return code, text, time.perf_counter() - start
 
 
-def left(deadline: float | None, wanted: float, margin: float = 5.0) -> float:
-    """An inner step's time limit: ``wanted``, or what is left of the part's ``deadline`` (epoch
+def left(deadline: float | None, wanted: float, cpu: bool = False, margin: float = 5.0) -> float:
+    """An inner step's time limit: ``wanted`` (``CPU_SLACK`` times that with ``cpu``, as the parts'
+    own limits: there only a hang stops a step), or what is left of the part's ``deadline`` (epoch
     seconds) less ``margin``, whichever is shorter, so an inner timeout fires inside the part's."""
+    wanted *= CPU_SLACK if cpu else 1
     if deadline is None:
         return wanted
     return max(1.0, min(wanted, deadline - time.time() - margin))
@@ -531,7 +536,7 @@ def check_throughput(device: str, out: Path, cpu: bool, deadline: float | None =
     photos = photos_or_synthetic()
     size += ["--photos", photos] if photos else []
     code, text, _ = run([sys.executable, "-m", "dali_cutmix_bench.benchdata", "--out", str(data), *size],
-                        out / "benchdata.log", left(deadline, 40))  # fmt: skip
+                        out / "benchdata.log", left(deadline, 40, cpu))  # fmt: skip
     if code:
         return [row("throughput", "benchmark data", device, False, text.strip().splitlines()[-1])]
     if cpu:
@@ -543,7 +548,7 @@ def check_throughput(device: str, out: Path, cpu: bool, deadline: float | None =
         flags += "--sections op,pipeline,trainer,e2e --arch resnet50"
     command = [sys.executable, "-m", "dali_cutmix_bench.bench", "--data", str(data), "--device", device,
                "--output", str(out / "bench"), *flags.split()]  # fmt: skip
-    code, text, seconds = run(command, out / "bench.log", left(deadline, 150))
+    code, text, seconds = run(command, out / "bench.log", left(deadline, 150, cpu))
     lines = [
         ln for ln in text.splitlines() if ln.startswith(("epochs/", "pipeline/", "peers:", "verdict:", "end to end:"))
     ]
@@ -569,7 +574,7 @@ def check_training(device: str, out: Path, cpu: bool, deadline: float | None = N
         root = synthetic_classes(out / "synthetic-classes", per_class=60 if cpu else 400)
         flags += ["--data", str(root), "--image-size", "32", "--arch", "resnet18", "--warmup-epochs", "0",
                   "--batch-size", "32" if cpu else "128"]  # fmt: skip
-    code, text, seconds = run([sys.executable, "train.py", *flags], out / "train.log", left(deadline, 150))
+    code, text, seconds = run([sys.executable, "train.py", *flags], out / "train.log", left(deadline, 150, cpu))
     rows = []
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file():

@@ -97,3 +97,5 @@ def test_inner_timeouts_stay_inside_the_parts_limit():
     deadline = time.time() + 80
     assert check.left(deadline, 150) <= 75 and check.left(deadline, 40) == 40
     assert check.left(None, 150) == 150 and check.left(time.time() - 5, 150) == 1.0
+    # On a CPU an inner step has the part's slack too (a slow host finishes; only a hang is stopped)
+    assert check.left(None, 150, cpu=True) == 150 * check.CPU_SLACK and check.left(deadline, 40, cpu=True) <= 75
