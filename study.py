@@ -213,7 +213,8 @@ def write_report(args, results: dict[str, list[dict]], command: str) -> Path:
         f"flips, {args.seeds} seed(s) per configuration. CutMix: beta 1.0, prob 0.5 "
         f"(the paper's CIFAR recipe); the switching run uses timm's ImageNet values (MixUp 0.8, "
         f"CutMix 1.0, prob 1.0, switch 0.5); ResizeMix takes CutMix's chance, its box's scale uniform in "
-        f"[0.1, 0.8); SaliencyMix takes CutMix's chance and box, centred on the partner's saliency peak. Occlusion: a centred box of {OCCLUSION:.0%} of the image set to the mean colour. "
+        f"[0.1, 0.8); SaliencyMix takes CutMix's chance and box, centred on the partner's saliency peak. "
+        f"Occlusion: a centred box of {OCCLUSION:.0%} of the image set to the mean colour. "
         f"ECE: expected calibration error on clean validation, {ECE_BINS} equal-width confidence bins. "
         f"All figures in %, mean ± std over the seeds.",
         "",
