@@ -21,6 +21,10 @@ of the objects is that image's (for the partner, then for the receiving image), 
   place; ``lam`` the exact pasted share;
 * ``saliencymix-sr``: the same box centred on the peak of the spectral residual (Hou and Zhang,
   CVPR 2007) instead, a NumPy prototype: what the costlier map would buy.
+* ``cutmix-content``, ``saliencymix-content``: their boxes, the label weighted by content instead
+  of area (the option the issue allows if it tracks the object better): each image's share of the
+  saliency mass that shows (:func:`dali_cutmix.saliency.saliency_map`, the receiver's outside the
+  box, the partner's inside it).
 
 Writes ``label_noise.json`` and ``worst.png`` (the CutMix samples whose label disagrees most with
 what they show, drawn as the batch picture is) to ``--output``.
@@ -37,10 +41,11 @@ import numpy as np
 
 from dali_cutmix.paste import apply_cutmix, placed
 from dali_cutmix.recipe import MixConfig
+from dali_cutmix.saliency import saliency_map
 from dali_cutmix.sampling import sample_mix
 
 RESIZEMIX_SCALE = (0.1, 0.8)  # the paper's tau range
-RECIPES = ("cutmix", "mixup", "resizemix", "saliencymix", "saliencymix-sr")
+RECIPES = ("cutmix", "mixup", "resizemix", "saliencymix", "saliencymix-sr", "cutmix-content", "saliencymix-content")
 FLAW_LABEL, FLAW_VISIBLE = 0.30, 0.05  # a label share of at least 30% for at most 5% of what shows
 
 
@@ -64,13 +69,6 @@ def spectral_residual(image: np.ndarray) -> np.ndarray:
     mean = sum(padded[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)) / 9
     saliency = np.abs(np.fft.ifft2(np.exp(log_amp - mean + 1j * phase))) ** 2
     return _blur(saliency, 2)
-
-
-def frequency_tuned(image: np.ndarray) -> np.ndarray:
-    """A cheaper saliency (Achanta et al., CVPR 2009, on grey levels): each pixel's distance from
-    the image's mean after a small blur."""
-    blurred = _blur(image.astype(np.float64), 1)
-    return np.abs(blurred - image.mean())
 
 
 def _blur(x: np.ndarray, radius: int) -> np.ndarray:
@@ -104,12 +102,14 @@ def mixed_shares(images: np.ndarray, recipe: str, rng) -> dict[str, np.ndarray]:
     own_px = np.zeros(b)
     lam = np.ones(b)
     boxes = np.zeros((b, 4), int)
-    if recipe in ("cutmix", "saliencymix", "saliencymix-sr"):
+    if recipe.startswith(("cutmix", "saliencymix")):
         if recipe != "saliencymix-sr":  # the library's own
-            centre = "saliency" if recipe == "saliencymix" else "random"
+            centre = "saliency" if recipe.startswith("saliencymix") else "random"
             params = sample_mix(b, h, w, MixConfig(alpha=1.0, mode="elem", centre=centre), rng)
             params = placed(images[..., None], params, "HWC")
             perm, boxes, lam = params.perm, params.boxes.astype(int), params.lam.astype(np.float64)
+            if recipe.endswith("-content"):
+                lam = content_weight(images, perm, boxes, lam)
         else:
             lam0 = rng.beta(1.0, 1.0, b)
             hh, hw = cut_sides(lam0, h, w)
@@ -147,6 +147,19 @@ def mixed_shares(images: np.ndarray, recipe: str, rng) -> dict[str, np.ndarray]:
     return {"label": 1.0 - lam, "visible": visible, "lam": lam, "perm": perm, "boxes": boxes, "mixed": mixed}
 
 
+def content_weight(images: np.ndarray, perm: np.ndarray, boxes: np.ndarray, lam: np.ndarray) -> np.ndarray:
+    """The receiving image's share of the saliency mass that shows (its own outside the box, the
+    partner's inside), where a box is pasted; ``lam`` elsewhere. 28 x 28 images: one cell a pixel."""
+    mass = saliency_map(images[..., None], "HWC").astype(np.float64)
+    out = lam.copy()
+    for i, (y1, x1, y2, x2) in enumerate(boxes):
+        pasted = mass[perm[i], y1:y2, x1:x2].sum()
+        kept = mass[i].sum() - mass[i, y1:y2, x1:x2].sum()
+        if y2 > y1 and x2 > x1 and pasted + kept > 0:
+            out[i] = kept / (pasted + kept)
+    return out
+
+
 def summarise(label: np.ndarray, visible: np.ndarray) -> dict:
     """The distribution of the gap and the flaw's rates, for the partner and the receiving image."""
     gap = label - visible  # > 0: the label gives the partner more than shows of it
@@ -164,11 +177,13 @@ def summarise(label: np.ndarray, visible: np.ndarray) -> dict:
 
 
 def saliency_timing(rng) -> dict:
-    """Spectral residual against the cheaper frequency-tuned map on photo-sized grey images:
-    milliseconds an image (NumPy, one core)."""
-    photos = rng.integers(0, 256, (16, 224, 224)).astype(np.float64)
+    """Spectral residual against the library's map on photo-sized images: milliseconds an image
+    (NumPy, one core, one image at a time; dali_cutmix_bench.saliency_maps compares more maps on photos)."""
+    photos = rng.integers(0, 256, (16, 224, 224, 3), dtype=np.uint8)
+    maps = {"spectral_residual": lambda p: spectral_residual(p.astype(np.float64).sum(axis=2)),
+            "library_grid_centre_surround": lambda p: saliency_map(p[None], "HWC")}  # fmt: skip
     out = {}
-    for name, fn in (("spectral_residual", spectral_residual), ("frequency_tuned", frequency_tuned)):
+    for name, fn in maps.items():
         start = time.perf_counter()
         for p in photos:
             fn(p)
@@ -201,7 +216,7 @@ def main(argv=None) -> int:
         r = report[recipe]
         flaws = (f"flaw partner {100 * r['partner_flaw']:4.1f}% / {100 * r['partner_flaw_15']:4.1f}%, receiver "
                  f"{100 * r['receiver_flaw']:4.1f}% / {100 * r['receiver_flaw_15']:4.1f}%")  # fmt: skip
-        print(f"{recipe:<14} {flaws}  mean |gap| {r['mean_abs_gap']:.3f}  corr {r['correlation']:.3f}  "
+        print(f"{recipe:<19} {flaws}  mean |gap| {r['mean_abs_gap']:.3f}  corr {r['correlation']:.3f}  "
               f"gap quantiles {r['gap_quantiles']}")  # fmt: skip
     report["saliency_ms_per_224px_image"] = saliency_timing(rng)
     print("saliency, ms a 224x224 image (NumPy):", report["saliency_ms_per_224px_image"])

@@ -263,9 +263,15 @@ def check_flags(saved: dict, settings: dict, path: Path, *, may_change, skip, na
         if json.dumps(saved[key], sort_keys=True, default=str) != json.dumps(value, sort_keys=True, default=str):
             allowed = ", ".join(name(k) for k in may_change)
             raise CheckpointError(
-                f"{path} was trained with {name(key)} {saved[key]!r}, this run has {value!r}; on resume only "
+                f"{path} was trained with {name(key)} {_plain(saved[key])!r}, this run has {_plain(value)!r}; on "
+                f"resume only "
                 f"{allowed} may change"
             )
+
+
+def _plain(value):
+    """``value`` as it reads back from JSON (a tuple as a list), so that both sides print alike."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def check_data(state: dict, path: Path, num_classes: int, fingerprint: str, val_fingerprint: str | None = None) -> None:

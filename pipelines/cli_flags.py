@@ -54,6 +54,9 @@ def recipe_from_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> Mi
     """The mixing flags as one checked recipe (None with ``--no-cutmix``); a bad one is a usage
     error naming its flag."""
     if args.no_cutmix:
+        given = [flag for flag, dest in _recipe_flags(p) if getattr(args, dest, None) != p.get_default(dest)]
+        if given:
+            p.error(f"--no-cutmix trains without mixing: leave {' and '.join(given)} out (or --no-cutmix)")
         return None
     if args.cutmix_paste == "resize" and args.cutmix_minmax:
         p.error("--cutmix-paste resize takes its box's scale from --resize-scale: leave --cutmix-minmax out")
@@ -85,6 +88,12 @@ def recipe_from_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> Mi
         if e.field is None:
             p.error("--cutmix-alpha and --mixup are both 0: nothing to mix (--no-cutmix trains without mixing)")
         p.error(f"{RECIPE_FLAGS[e.field]} {e.rule}, got {e.value!r}")
+
+
+def _recipe_flags(p: argparse.ArgumentParser) -> list[tuple[str, str]]:
+    """(flag, dest) of every flag that sets a recipe field (``RECIPE_FLAGS`` and ``--mix-no-self``)."""
+    wanted = set(RECIPE_FLAGS.values()) | {"--mix-no-self"}
+    return [(a.option_strings[0], a.dest) for a in p._actions if wanted & set(a.option_strings)]
 
 
 def parse_prob_schedule(text: str) -> tuple[tuple[int, float], ...]:

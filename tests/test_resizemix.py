@@ -156,6 +156,9 @@ def test_train_py_takes_it_records_it_and_refuses_to_resume_with_the_other_paste
     assert config["recipe"]["paste"] == "resize" and config["cutmix_backend"] == "python"
     assert train.main(train_args(jpeg_tree, out, "--epochs", "2", "--resume")) == 2
     assert "--cutmix-paste 'resize', this run has 'cut'" in capsys.readouterr().err
+    flags = ["--epochs", "2", "--resume", "--cutmix-paste", "resize", "--resize-scale", "0.2", "0.5"]
+    assert train.main(train_args(jpeg_tree, out, *flags)) == 2
+    assert "--resize-scale [0.1, 0.8], this run has [0.2, 0.5]" in capsys.readouterr().err  # both as lists
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -170,6 +170,10 @@ def test_resume_from_a_path_and_arch_mismatch(jpeg_tree, tmp_path, capsys):
         (["--cutmix-minmax", "0.9", "0.1"], r"--cutmix-minmax must be \(min, max\) with 0 < min < max <= 1"),
         (["--cutmix", "0"], "--cutmix-alpha and --mixup are both 0: nothing to mix"),
         (["--prob-schedule", "0:1.5"], r"--prob-schedule must be a number in \[0, 1\], got 1.5"),
+        (
+            ["--no-cutmix", "--mixup", "0.2", "--cutmix-centre", "saliency"],
+            "--no-cutmix trains without mixing: leave --mixup and --cutmix-centre out",
+        ),
     ],
     ids=[
         "batch0",
@@ -186,6 +190,7 @@ def test_resume_from_a_path_and_arch_mismatch(jpeg_tree, tmp_path, capsys):
         "minmax",
         "nothing",
         "schedule",
+        "no-cutmix",
     ],
 )
 def test_bad_command_line_is_one_line_and_exit_2(args, message):
