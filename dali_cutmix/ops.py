@@ -101,8 +101,9 @@ def cutmix(
     recipe: the recipe's fields as keywords, instead of ``config``.
     Returns :class:`Mixed`: ``images`` (the input's device; normalised when asked), ``labels_a``
     (``labels``), ``labels_b`` (the partners' labels, on the labels' device), ``lam`` (float32 a
-    sample, the weight of ``labels_a``, 1.0 where nothing was mixed; a CPU DataNode on every
-    backend: a GPU pipeline moves it with ``.gpu()``, as the training pipelines do).
+    sample, the weight of ``labels_a``, 1.0 where nothing was mixed; a CPU DataNode, except for
+    SaliencyMix (``centre="saliency"``) on GPU images, whose ``lam`` and boxes follow from the
+    pixels and stay on the GPU: ``pipelines.graphs.on_device`` moves only what is on the CPU).
     """
     if is_node(recipe.get("prob")):
         raise ValueError("prob is the recipe's number; a per-sample DataNode of chances goes in sample_prob=")

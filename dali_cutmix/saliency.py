@@ -35,7 +35,8 @@ def cell_sums(images, layout: str):
     """(B, H // f, W // f) int64: each cell's grey level summed, its channels summed too. uint8
     images are read as they are; float images as ``floor(FLOAT_STEPS * x)`` clipped to
     ``+-FLOAT_LIMIT`` (exact in float32 on every device: a multiplication by a power of two, then a
-    floor). The rows and columns past the last whole cell are left out.
+    floor; a NaN reads as 0, so that no device's own cast of it decides the peak). The rows and
+    columns past the last whole cell are left out.
 
     The sums are taken in floating point, whose adds are vectorised where integer reductions are
     not (on a CPU 7 ms a batch of 64 at 224 px against 52 ms): float32 while every partial sum
@@ -57,9 +58,10 @@ def cell_sums(images, layout: str):
     wide = level * channels * f * f >= 1 << 24
     if floating:
         if torch_:
-            images = torch.floor(images.float() * FLOAT_STEPS).clamp_(-FLOAT_LIMIT, FLOAT_LIMIT)
+            images = torch.floor(torch.nan_to_num(images.float() * FLOAT_STEPS)).clamp_(-FLOAT_LIMIT, FLOAT_LIMIT)
         else:
-            images = np.clip(np.floor(images.astype(np.float32) * np.float32(FLOAT_STEPS)), -FLOAT_LIMIT, FLOAT_LIMIT)
+            scaled = np.nan_to_num(images.astype(np.float32) * np.float32(FLOAT_STEPS))
+            images = np.clip(np.floor(scaled), -FLOAT_LIMIT, FLOAT_LIMIT)
     if layout == "HWC":  # (B, rows, f, W * C): a cell's rows are whole image rows
         stacked = images[:, : rows * f].reshape(B, rows, f, W * channels)
     else:  # (B, C, rows, f, W)

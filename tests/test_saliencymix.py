@@ -90,6 +90,16 @@ def test_float_images_find_the_peak_numpy_and_torch_agree(dtype):
     assert all(images[i, y, x].min() > 0.2 for i, (y, x) in enumerate(got))
 
 
+def test_a_nan_or_inf_pixel_reads_as_a_level_not_as_a_device_cast():
+    images = objects(np.random.default_rng(8), 4).astype(np.float32) / 255
+    images[0, 0, 0, 0], images[1, 5, 5, 1], images[2, 9, 9, 2] = np.nan, np.inf, -np.inf
+    got = peaks(images, "HWC")
+    np.testing.assert_array_equal(peaks(torch.from_numpy(images), "HWC").numpy(), got)
+    clean = images.copy()
+    clean[0, 0, 0, 0] = 0
+    np.testing.assert_array_equal(got[0], peaks(clean, "HWC")[0])  # NaN counts as 0
+
+
 def test_boxes_keep_cutmix_sides_around_the_partners_peak_and_lambda_is_the_pasted_share():
     rng = np.random.default_rng(2)
     images = objects(rng, 64)
