@@ -134,7 +134,7 @@ def cutmix(
         raise ValueError(f"backend must be one of {tuple(BACKENDS)}, got {name!r}")
     for key in ((name, device), (name, config.paste), (name, config.centre), (name, layout)):
         if key in REFUSED:
-            raise ValueError(REFUSED[key])
+            raise ValueError(_refusal(key, config))
     module = BACKENDS[name]
     fused = {}
     if resize is not None and module.FUSES_RESIZE:
@@ -147,6 +147,20 @@ def cutmix(
     if normalize is not None and not module.FUSES_NORMALIZE:
         mixed = normalize.apply(mixed)
     return Mixed(mixed, labels, labels_b, params.lam, params if return_params else None)
+
+
+def _refusal(key: tuple[str, str], config: MixConfig) -> str:
+    """``REFUSED[key]``, pointing only at backends that run the recipe (a CHW ResizeMix or SaliencyMix
+    on native goes to python: ops runs neither)."""
+    takers = [n for n in NAMES if n != key[0] and (n, key[1]) not in REFUSED]
+    takers = [n for n in takers if not {(n, config.paste), (n, config.centre)} & REFUSED.keys()]
+    if key[1] in ("HWC", "CHW") and takers:
+        return (
+            f"backend '{key[0]}' takes {'HWC' if key[1] == 'CHW' else 'CHW'} images; use backend "
+            + " or ".join(repr(n) for n in takers)
+            + f" for {key[1]}"
+        )
+    return REFUSED[key]
 
 
 def default_backend(device: str, layout: str = "HWC", config: MixConfig | None = None) -> str:

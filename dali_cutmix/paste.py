@@ -236,6 +236,9 @@ def blend_images(own, partners, w):
     of one dtype, ``w`` (B,) float32, all NumPy or all torch on one device. Integer images are
     rounded half away from zero (docs/DESIGN.md, "Rounding") and clipped."""
     shape = (-1, 1, 1, 1)
+    if str(own.dtype) in ("bool", "torch.bool"):
+        raise ValueError("MixUp blends pixel values, and bool images have none between False and True: "
+                         "give uint8 or float images")  # fmt: skip
     if is_torch(own):
         import torch
 

@@ -133,9 +133,13 @@ def box_around(centre, half, hw, ops: Any = NUMPY_OPS):
     lo = ops.clip(centre - half, 0.0, hw)
     hi = ops.clip(centre + half, 0.0, hw)
     size = hi - lo
-    area = ops.item(size, 0) * ops.item(size, 1)
-    lam = 1.0 - area / (ops.item(hw, 0) * ops.item(hw, 1))
-    return lo, hi, size, lam
+    return lo, hi, size, area_lam(size, hw, ops)
+
+
+def area_lam(size, hw, ops: Any = NUMPY_OPS):
+    """``1 - h * w / (H * W)``: the own label's weight when a box of ``size`` (float32 ``(h, w)``)
+    is pasted into an image of ``hw``, in the float32 operations every backend repeats."""
+    return 1.0 - ops.item(size, 0) * ops.item(size, 1) / (ops.item(hw, 0) * ops.item(hw, 1))
 
 
 def minmax_box(u, mixed, hw, minmax, ops: Any = NUMPY_OPS):
@@ -176,8 +180,7 @@ def placed_box(u, size, hw, ops: Any = NUMPY_OPS):
     positions that keep it inside ``hw`` (``u``: float32 ``U[0, 1)^2`` a unit); ``lo``, ``hi``,
     ``size`` and ``lam``."""
     lo = ops.minimum(ops.floor(u * (hw - size + 1.0)), hw - size)
-    area = ops.item(size, 0) * ops.item(size, 1)
-    return lo, lo + size, size, 1.0 - area / (ops.item(hw, 0) * ops.item(hw, 1))
+    return lo, lo + size, size, area_lam(size, hw, ops)
 
 
 def mix_from_draws(draws: SimpleNamespace, hw, config: MixConfig, ops: Any = NUMPY_OPS):
@@ -197,7 +200,7 @@ def mix_from_draws(draws: SimpleNamespace, hw, config: MixConfig, ops: Any = NUM
     if config.centre == "saliency":  # relative to the centre the pixels give (CutMixParams.salient)
         hi = cutmix_half(draws.lam_cut, cut, hw, ops)
         lo, size = hi * -1.0, hi * 2.0
-        lam = 1.0 - ops.item(size, 0) * ops.item(size, 1) / (ops.item(hw, 0) * ops.item(hw, 1))
+        lam = area_lam(size, hw, ops)
     elif config.paste == "resize":
         lo, hi, size, lam = resize_box(draws.u, cut, hw, config.resize_scale, ops)
     elif config.minmax is not None:

@@ -371,6 +371,10 @@ PIPELINES = {
     "DALI + ResizeMix (python)": {"backend": "python", "recipe": MixConfig(paste="resize")},
     # SaliencyMix: a saliency map of every image a batch places the boxes.
     "DALI + SaliencyMix (python)": {"backend": "python", "recipe": MixConfig(centre="saliency")},
+    # The same recipes in the native operator: the box resamples the partner's resized image in the
+    # fused pass; the peaks take one more pass over every image (resampled again).
+    "DALI + ResizeMix (native)": {"backend": "native", "recipe": MixConfig(paste="resize")},
+    "DALI + SaliencyMix (native)": {"backend": "native", "recipe": MixConfig(centre="saliency")},
     # The native operator with nothing mixed: its normalisation against crop_mirror_normalize's.
     "DALI + native operator, prob 0": {"backend": "native", "recipe": MixConfig(prob=0.0)},
     # What a CPU pipeline ships to a GPU trainer: uint8, flipped, not normalised (HWC).
@@ -391,6 +395,8 @@ COMPARED = {
     "DALI + CutMix (native), uint8 out": "DALI + CutMix (native)",
     "DALI + ResizeMix (python)": "DALI + CutMix (python)",
     "DALI + SaliencyMix (python)": "DALI + CutMix (python)",
+    "DALI + ResizeMix (native)": "DALI + CutMix (native)",
+    "DALI + SaliencyMix (native)": "DALI + CutMix (native)",
 } | {name: "native CutMix, portable copy" for name in ISA_PIPELINES}
 
 

@@ -137,6 +137,9 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         if not math.isfinite(value) or below or (high is not None and value >= high):
             bounds = f"{'>=' if closed else '>'} {low}" + (f" and < {high}" if high is not None else "")
             p.error(f"{flag} must be a finite number {bounds}, got {value}")
+    if args.batch_size == 1:
+        p.error("--batch-size 1: BatchNorm trains on each batch's statistics, which one image a process cannot "
+                "give (and CutMix mixes within the batch): give --batch-size 2 or more")  # fmt: skip
     if not math.isfinite(args.lr * args.batch_size * 1024 / 256):  # the lr scaled by the global batch
         p.error(f"--lr {args.lr} overflows once scaled by the global batch: give a learning rate below 1e300")
     if args.demo_per_class < 1 or args.demo_per_class > 6000:

@@ -62,6 +62,8 @@ def recipe_from_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> Mi
         p.error("--cutmix-paste resize takes its box's scale from --resize-scale: leave --cutmix-minmax out")
     if args.cutmix_paste != "resize" and tuple(args.resize_scale) != MixConfig.resize_scale:
         p.error("--resize-scale is ResizeMix's box scale: give it with --cutmix-paste resize")
+    if args.cutmix_centre == "saliency" and args.cutmix_alpha == 0:
+        p.error("--cutmix-centre saliency centres CutMix's --cutmix-alpha box: give --cutmix-alpha > 0")
     if args.cutmix_centre == "saliency" and (args.cutmix_paste == "resize" or args.cutmix_minmax):
         clash = "--cutmix-paste resize" if args.cutmix_paste == "resize" else "--cutmix-minmax"
         p.error(f"--cutmix-centre saliency centres CutMix's --cutmix-alpha box: leave {clash} out")

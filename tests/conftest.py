@@ -139,3 +139,60 @@ def assert_each_epoch_covers(logs: list[dict], train_n: int, val_n: int) -> None
         for epoch in range(2):
             seen = [label for rank in epochs for label in rank[epoch]]
             assert sorted(seen) == list(range(n)), (kind, epoch)
+
+
+def reference_resize_mix(images: np.ndarray, params: CutMixParams, layout: str = "HWC") -> np.ndarray:
+    """The oracle: per sample and per box pixel, the partner's pixel whose centre is nearest,
+    ``floor((i + 0.5) * H / h)`` in float64; MixUp samples as :func:`conftest.reference_mix`."""
+    out = reference_mix(images, CutMixParams(params.perm, params.boxes * 0, params.lam, params.blend), layout)
+    hwc = out if layout == "HWC" else out.transpose(0, 2, 3, 1)
+    src = images if layout == "HWC" else images.transpose(0, 2, 3, 1)
+    height, width = hwc.shape[1:3]
+    for i, (j, (y1, x1, y2, x2)) in enumerate(zip(params.perm, params.boxes)):
+        for y in range(y1, y2):
+            for x in range(x1, x2):
+                sy = int(np.floor((y - y1 + 0.5) * height / (y2 - y1)))
+                sx = int(np.floor((x - x1 + 0.5) * width / (x2 - x1)))
+                hwc[i, y, x] = src[j, sy, sx]
+    return out
+
+
+def reference_peak(image: np.ndarray) -> tuple[int, int]:
+    """The oracle's map in float64: the mean grey level of each 2 x 2 cell, blurred by [1, 2, 1] / 4
+    both ways, its distance from the mean of the 7 x 7 and of the 15 x 15 cells around it (edges
+    repeated by padding, windows summed shift by shift), summed; the first maximum (to rounding)."""
+    grey = image.astype(np.float64).sum(axis=2)
+    f = max(1, min(grey.shape) // 32)
+    rows, cols = grey.shape[0] // f, grey.shape[1] // f
+    cells = grey[: rows * f, : cols * f].reshape(rows, f, cols, f).mean(axis=(1, 3))
+
+    def around(x: np.ndarray, k: int, weight) -> np.ndarray:
+        padded = np.pad(x, k // 2, mode="edge")
+        return sum(
+            weight(dr) * weight(dc) * padded[dr : dr + rows, dc : dc + cols] for dr in range(k) for dc in range(k)
+        )
+
+    cells = around(cells, 3, lambda d: (1, 2, 1)[d] / 4)
+    contrast = sum(np.abs(cells - around(cells, k, lambda d, k=k: 1 / k)) for k in (7, 15))
+    r, c = np.argwhere(contrast >= contrast.max() * (1 - 1e-12))[0]
+    return int(r) * f + f // 2, int(c) * f + f // 2
+
+
+def objects(rng, batch_size: int, height: int = 70, width: int = 96) -> np.ndarray:
+    """(B, height, width, 3): dim noise with one bright square each, somewhere: a saliency peak to find."""
+    images = rng.integers(0, 40, (batch_size, height, width, 3), dtype=np.uint8)
+    for image in images:
+        y, x = rng.integers(0, height - 12), rng.integers(0, width - 12)
+        image[y : y + 12, x : x + 12] = rng.integers(180, 256, (12, 12, 3))
+    return images
+
+
+def compiled_copies() -> list[str]:
+    """The native operator's copies of its pixel work this CPU runs (its ``isa`` argument)."""
+    import platform
+    import sys
+
+    if platform.machine() != "x86_64":
+        return ["portable"]
+    flags = set(open("/proc/cpuinfo").read().split()) if sys.platform == "linux" else set()
+    return ["portable"] + ["avx2"] * ("avx2" in flags) + ["avx512"] * ({"avx512f", "avx512bw", "avx512vl"} <= flags)

@@ -182,3 +182,13 @@ def test_the_loop_mixer_keeps_a_channels_last_batch_channels_last_and_mixes_it_a
         assert a[0].is_contiguous(memory_format=torch.channels_last) and not a[0].is_contiguous()
         for x, y in zip(a, b):
             assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_bool_images_with_mixup_are_refused_in_one_line(kind):
+    images = np.zeros((4, H, W, 3), bool)
+    params = sample_mix(4, H, W, MixConfig(alpha=0.0, mixup_alpha=0.5), 0)
+    if kind == "torch":
+        images = torch.from_numpy(images)
+    with pytest.raises(ValueError, match="bool images have none between False and True: give uint8 or float images"):
+        apply_cutmix(images, np.arange(4), params)

@@ -2,7 +2,6 @@
 the python backend's fallback, and what a failed build says."""
 
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pytest
 pytest.importorskip("nvidia.dali", exc_type=ImportError)  # `pytest -m gpu` collects without DALI
 
 import numpy as np
-from conftest import random_batch
+from conftest import compiled_copies, random_batch
 from nvidia.dali import fn, pipeline_def, types
 
 from dali_cutmix import plugin
@@ -155,17 +154,12 @@ def test_a_failed_build_says_the_file_and_the_first_error(monkeypatch, tmp_path)
     assert not list(tmp_path.glob("*.so"))  # nothing half-written is left to load
 
 
-def _isas() -> list[str]:
-    flags = set(open("/proc/cpuinfo").read().split()) if sys.platform == "linux" else set()
-    return ["portable"] + ["avx2"] * ("avx2" in flags) + ["avx512"] * ({"avx512f", "avx512bw", "avx512vl"} <= flags)
-
-
 def test_every_compiled_copy_writes_the_same_bytes():
     """The pixel work compiled for the portable baseline, AVX2 and AVX-512 (those this CPU runs):
     one batch of fused resizes, CutMix and MixUp per sample, flips, CHW float and HWC uint8."""
     from plugin_batch import batch
 
-    isas = _isas() if platform.machine() == "x86_64" else ["portable"]
+    isas = compiled_copies()
     reference = batch("portable")
     assert reference["boxes"].shape == (32, 4) and 0 < reference["mirror"].mean() < 1
     for isa in isas[1:]:

@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 import torch
-from conftest import random_batch, reference_mix, train_args
+from conftest import random_batch, reference_resize_mix, train_args
 from dali_helpers import mix_arrays
 
 import train
@@ -21,22 +21,6 @@ from dali_cutmix.sampling import CutMixParams, sample_mix
 
 H, W = 40, 72
 RESIZE = MixConfig(paste="resize", mode="elem")
-
-
-def reference_resize_mix(images: np.ndarray, params: CutMixParams, layout: str = "HWC") -> np.ndarray:
-    """The oracle: per sample and per box pixel, the partner's pixel whose centre is nearest,
-    ``floor((i + 0.5) * H / h)`` in float64; MixUp samples as :func:`conftest.reference_mix`."""
-    out = reference_mix(images, CutMixParams(params.perm, params.boxes * 0, params.lam, params.blend), layout)
-    hwc = out if layout == "HWC" else out.transpose(0, 2, 3, 1)
-    src = images if layout == "HWC" else images.transpose(0, 2, 3, 1)
-    height, width = hwc.shape[1:3]
-    for i, (j, (y1, x1, y2, x2)) in enumerate(zip(params.perm, params.boxes)):
-        for y in range(y1, y2):
-            for x in range(x1, x2):
-                sy = int(np.floor((y - y1 + 0.5) * height / (y2 - y1)))
-                sx = int(np.floor((x - x1 + 0.5) * width / (x2 - x1)))
-                hwc[i, y, x] = src[j, sy, sx]
-    return out
 
 
 def test_boxes_keep_the_images_aspect_at_a_uniform_scale_and_lambda_is_the_pasted_share():
@@ -98,25 +82,6 @@ def test_the_python_backend_in_dali_mixes_as_the_oracle(layout):
     assert resized > 0
 
 
-@pytest.mark.parametrize("backend", ["native", "ops"])
-def test_the_backends_that_paste_in_place_refuse_it_in_one_line(backend):
-    rng = np.random.default_rng(0)
-    with pytest.raises(ValueError, match=f"backend '{backend}' does not run ResizeMix.*runs on backend 'python'"):
-        list(mix_arrays([random_batch(rng, 2, (H, W, 3))], backend=backend, paste="resize"))
-
-
-def test_a_chw_batch_on_the_native_backend_is_pointed_at_the_backend_that_runs_it():
-    rng = np.random.default_rng(0)
-    with pytest.raises(ValueError, match="runs on backend 'python'"):
-        list(mix_arrays([random_batch(rng, 2, (3, H, W))], backend="native", layout="CHW", paste="resize"))
-
-
-def test_the_cpu_default_backend_for_it_is_python():
-    from dali_cutmix.ops import default_backend
-
-    assert default_backend("cpu", "HWC", RESIZE) == "python"
-
-
 def test_the_recipe_checks_its_fields():
     with pytest.raises(RecipeError, match="paste must be one of"):
         MixConfig(paste="stretch")
@@ -153,7 +118,7 @@ def test_train_py_takes_it_records_it_and_refuses_to_resume_with_the_other_paste
     out = tmp_path / "run"
     assert train.main(train_args(jpeg_tree, out, "--epochs", "1", "--cutmix-paste", "resize")) == 0
     config = json.loads((out / "config.json").read_text())
-    assert config["recipe"]["paste"] == "resize" and config["cutmix_backend"] == "python"
+    assert config["recipe"]["paste"] == "resize" and config["cutmix_backend"] == "native"
     assert train.main(train_args(jpeg_tree, out, "--epochs", "2", "--resume")) == 2
     assert "--cutmix-paste 'resize', this run has 'cut'" in capsys.readouterr().err
     flags = ["--epochs", "2", "--resume", "--cutmix-paste", "resize", "--resize-scale", "0.2", "0.5"]
@@ -166,11 +131,6 @@ def test_train_py_takes_it_records_it_and_refuses_to_resume_with_the_other_paste
     (["--cutmix-paste", "resize", "--cutmix-minmax", "0.2", "0.5"],
      "--cutmix-paste resize takes its box's scale from --resize-scale: leave --cutmix-minmax out"),
     (["--resize-scale", "0.2", "0.3"], "--resize-scale is ResizeMix's box scale: give it with --cutmix-paste resize"),
-    (["--cutmix-paste", "resize", "--cutmix-backend", "ops"],
-     "--cutmix-backend ops: backend 'ops' does not run ResizeMix (paste 'resize'); it runs on backend 'python' "
-     "(leave --cutmix-backend out)"),
-    (["--cutmix-paste", "resize", "--cutmix-backend", "native"],
-     "--cutmix-backend native: backend 'native' does not run ResizeMix"),
 ])  # fmt: skip
 def test_a_bad_resizemix_flag_is_a_usage_error_naming_it(jpeg_tree, tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as stop:

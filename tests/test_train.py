@@ -155,6 +155,7 @@ def test_resume_from_a_path_and_arch_mismatch(jpeg_tree, tmp_path, capsys):
     [
         (["--batch-size", "0"], "--batch-size must be an int >= 1, got 0"),
         (["--batch-size", "-4"], "--batch-size must be an int >= 1, got -4"),
+        (["--batch-size", "1"], "--batch-size 1: BatchNorm trains on each batch's statistics"),
         (["--epochs", "0"], "--epochs must be >= 1, got 0"),
         (["--image-size", "8"], r"--image-size must be an int in \[16, 4096\], got 8"),
         (["--arch", "vgg16"], "--arch must be one of resnet18, .*, got 'vgg16'"),
@@ -178,6 +179,7 @@ def test_resume_from_a_path_and_arch_mismatch(jpeg_tree, tmp_path, capsys):
     ids=[
         "batch0",
         "batch-neg",
+        "batch1",
         "epochs0",
         "size",
         "arch",

@@ -4,10 +4,11 @@ chooses. Their names are here, light, for command lines that offer them without 
 NAMES = ("native", "python", "ops")
 # The recipes beyond CutMix's in-place paste at a random centre, and the backends that run them:
 # the python backend's boxes can receive the partner's whole image (ResizeMix, paste "resize") and
-# follow the pixels (SaliencyMix, centre "saliency"); the native operator draws and places its
-# boxes itself, and the ops backend has no operator that reads a saliency map.
+# follow the pixels (SaliencyMix, centre "saliency"), and so can the native operator's, which draws,
+# places and fills its boxes itself; the ops backend has no operator that resamples into a box or
+# reads a saliency map.
 RECIPES = {"resize": "ResizeMix (paste 'resize')", "saliency": "SaliencyMix (centre 'saliency')"}
-RUNS = {"resize": ("python",), "saliency": ("python",)}
+RUNS = {"resize": ("native", "python"), "saliency": ("native", "python")}
 
 
 def recipe_refused(backend: str, choice: str) -> str | None:

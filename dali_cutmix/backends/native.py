@@ -48,13 +48,12 @@ def build(images, labels, config: MixConfig, *, prob, layout: str, normalize: No
     entropy = fn.random.uniform(range=[0.0, 1.0], shape=[2])
     inputs = [images, labels, entropy] + ([prob] if prob is not None else [])
     mixed, labels_b, lam, perm, boxes, blend = fn.dali_cutmix.mix(*inputs, **args)
-    return mixed, labels_b, Params(perm, boxes, lam, blend if config.mixup else None)
+    # The operator places SaliencyMix's boxes itself: its boxes are placed ones (Params.salient False).
+    return mixed, labels_b, Params(perm, boxes, lam, blend if config.mixup else None, resized=config.paste == "resize")
 
 
 # Recipe fields the pipeline applies, not the operator (a schedule arrives as the ``prob`` input).
-# The paste is always "cut" and the centre "random" here (ops.REFUSED keeps ResizeMix and SaliencyMix
-# from this backend).
-NOT_OPERATOR_ARGS = ("prob_schedule", "off_epoch", "paste", "resize_scale", "centre")
+NOT_OPERATOR_ARGS = ("prob_schedule", "off_epoch")
 
 
 def _recipe_args(config: MixConfig) -> dict:

@@ -1,4 +1,6 @@
-// fn.dali_cutmix.mix: CutMix (and MixUp) fused with normalisation, one DALI CPU operator.
+// fn.dali_cutmix.mix: CutMix (and MixUp) fused with normalisation, one DALI CPU operator; its boxes
+// may also hold the partner's whole image resampled into them (ResizeMix, paste "resize") or sit on
+// the partner's saliency peak (SaliencyMix, centre "saliency": Mix::Peak, dali_cutmix.saliency's map).
 //
 // Why one operator: on a CPU every DALI operator costs a fixed ~0.05-0.1 ms per batch whatever it
 // computes, and a paste done as its own pass reads and writes the whole batch once more. Here the
@@ -50,6 +52,12 @@ namespace dali_cutmix {
 // Whether "auto" takes the AVX-512 copy on a CPU that has it: no, it measured no faster than AVX2
 // (docs/BENCHMARKS.md), and wide vectors lower some Intel CPUs' clocks for the other threads.
 constexpr bool kAutoAvx512 = false;
+// SaliencyMix's map: dali_cutmix.saliency's GRID, SCALES, FLOAT_STEPS and FLOAT_LIMIT
+// (tests/test_saliencymix.py checks that they agree).
+constexpr int64_t kGrid = 32;
+constexpr int kScales[] = {7, 15};
+constexpr int64_t kFloatSteps = 256;
+constexpr float kFloatLimit = 65536.0f;
 // The pixel work is inlined into each compiled copy, so that each copy compiles it for its own
 // instruction set (a call out of a copy would run the portable code).
 #define HOT __attribute__((always_inline)) inline
@@ -68,7 +76,15 @@ struct SampleParams {
   int box[4] = {0, 0, 0, 0};  // y1, x1, y2, x2, half-open
   float lam = 1.0f;
   bool blend = false;
+  float half[2] = {0, 0};  // SaliencyMix: the box's half-sides, placed around the partner's peak (Mix::Centre)
 };
+
+// dali_cutmix.paste.source_index: the source pixel (of `size`) whose centre is nearest output pixel
+// i of the span [lo, hi) when the whole image is squeezed into it, in integers.
+inline int64_t SourceIndex(int64_t i, int64_t lo, int64_t hi, int64_t size) {
+  int64_t span = std::max<int64_t>(hi - lo, 1);
+  return std::clamp((2 * (i - lo) + 1) * size / (2 * span), int64_t{0}, size - 1);
+}
 
 // The random numbers behind one unit (the batch, or a sample in mode "elem"): the fields of
 // dali_cutmix.sampling.mix_from_draws. u: box placement (2 values; 4 with minmax: sides, then corner).
@@ -83,6 +99,21 @@ struct Draws {
 struct Taps {
   std::vector<int> i0, i1;
   std::vector<float> w;
+
+  // ResizeMix (paste "resize"): with box (y1, x1, y2, x2), outputs [lo, hi) of this axis (before the
+  // flip) take the taps of the output pixel SourceIndex names: the whole image, resized, squeezed into
+  // the box by nearest neighbour, as dali_cutmix.paste.resampled_into_boxes reads the resized image.
+  void Into(int lo, int hi, bool mirror) {
+    if (hi <= lo) return;
+    Taps full = *this;  // set unmirrored
+    const int out = static_cast<int>(w.size());
+    for (int k = 0; k < out; k++) {
+      int j = mirror ? out - 1 - k : k;
+      if (j < lo || j >= hi) continue;
+      int s = static_cast<int>(SourceIndex(j, lo, hi, out));
+      i0[k] = full.i0[s], i1[k] = full.i1[s], w[k] = full.w[s];
+    }
+  }
 
   void Set(int out, int in, bool mirror = false) {
     i0.resize(out), i1.resize(out), w.resize(out);
@@ -127,12 +158,18 @@ HOT F4 Shuffle(F4 a, F4 b) {
 // so that a pixel is one vector: its two taps load as four bytes each.
 class Resampled {
  public:
+  // into: a ResizeMix partner's box (y1, x1, y2, x2, before the flip), which shows the whole image
+  // resized to H x W (Taps::Into); nullptr: the image in place.
   void Reset(const uint8_t *src, int64_t h, int64_t w, int64_t C, int64_t H, int64_t W, bool mirror, int64_t x0,
-             int64_t x1, int64_t s0 = 0, int64_t s1 = 0) {
+             int64_t x1, int64_t s0 = 0, int64_t s1 = 0, const int *into = nullptr) {
     src_ = src, w_ = w, C_ = C, W_ = W, x0_ = x0, x1_ = x1, stride_ = C == 3 ? 4 : C;
     s0_ = std::clamp(s0, x0, x1), s1_ = std::clamp(s1, s0_, x1);
-    cols_.Set(static_cast<int>(W), static_cast<int>(w), mirror);
+    cols_.Set(static_cast<int>(W), static_cast<int>(w), mirror && into == nullptr);
     rows_.Set(static_cast<int>(H), static_cast<int>(h));
+    if (into != nullptr) {
+      rows_.Into(into[0], into[2], false);
+      cols_.Into(into[1], into[3], mirror);
+    }
     for (auto &slot : slots_) slot.row = -1, slot.values.resize(W * stride_);
     out_.resize(W * stride_);
   }
@@ -287,6 +324,7 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
 
         no_self_(spec.GetArgument<bool>("no_self")),
         minmax_(spec.GetRepeatedArgument<float>("minmax")),
+        resize_scale_(spec.GetRepeatedArgument<float>("resize_scale")),
         normalize_(spec.HasArgument("mean") || spec.HasArgument("std")),
         output_layout_(spec.GetArgument<std::string>("output_layout")),
         resize_(spec.HasArgument("size") || spec.HasTensorArgument("size")),
@@ -300,7 +338,18 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
     DALI_ENFORCE(minmax_.empty() || (minmax_.size() == 2 && 0 < minmax_[0] && minmax_[0] < minmax_[1] &&
                                      minmax_[1] <= 1),
                  "minmax must be empty or (min, max) with 0 < min < max <= 1");
-    cutmix_ = alpha_ > 0 || !minmax_.empty();
+    auto paste = spec.GetArgument<std::string>("paste"), centre = spec.GetArgument<std::string>("centre");
+    DALI_ENFORCE(paste == "cut" || paste == "resize", "paste must be \"cut\" or \"resize\", got \"" + paste + "\"");
+    DALI_ENFORCE(centre == "random" || centre == "saliency",
+                 "centre must be \"random\" or \"saliency\", got \"" + centre + "\"");
+    resized_paste_ = paste == "resize", salient_ = centre == "saliency";
+    DALI_ENFORCE(resize_scale_.size() == 2 && 0 < resize_scale_[0] && resize_scale_[0] < resize_scale_[1] &&
+                     resize_scale_[1] <= 1,
+                 "resize_scale must be (min, max) with 0 < min < max <= 1");
+    DALI_ENFORCE(!resized_paste_ || minmax_.empty(), "paste \"resize\" takes its box's scale from resize_scale, not minmax");
+    DALI_ENFORCE(!salient_ || (alpha_ > 0 && minmax_.empty() && !resized_paste_),
+                 "centre \"saliency\" centres CutMix's alpha box: it needs alpha > 0, no minmax and paste \"cut\"");
+    cutmix_ = alpha_ > 0 || !minmax_.empty() || resized_paste_;
     mixup_ = mixup_alpha_ > 0;
     DALI_ENFORCE(cutmix_ || mixup_, "nothing to mix: alpha and mixup_alpha are both 0 and minmax is not set");
     DALI_ENFORCE(output_layout_ == "HWC" || output_layout_ == "CHW",
@@ -413,6 +462,13 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
     int n = images.num_samples();
     out.SetLayout(TensorLayout(output_layout_));
     if (n == 0) return;
+    auto &tp = ws.GetThreadPool();
+    if (salient_) {  // SaliencyMix: each image's peak, then each box around its partner's
+      peaks_.resize(n);
+      for (int i = 0; i < n; i++) tp.AddWork([&, i](int) { peaks_[i] = Peak(images, i); }, H_ * W_);
+      tp.RunAll();
+      for (auto &p : params_) Centre(p, peaks_[p.perm]);
+    }
     size_t label_bytes = labels.type_info().size();
     for (int i = 0; i < n; i++) {
       const auto &p = params_[i];
@@ -424,7 +480,6 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
       ws.Output<CPUBackend>(5).mutable_tensor<float>(i)[0] = p.blend ? 1.0f : 0.0f;
     }
     BuildTables();
-    auto &tp = ws.GetThreadPool();
     for (int i = 0; i < n; i++) {
       bool mirror = spec_.GetArgument<int>("mirror", &ws, i) != 0;
       tp.AddWork([&, i, mirror](int) { WriteSample(out, images, i, params_[i], mirror); }, H_ * W_);
@@ -578,7 +633,8 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
     const bool box = !p.blend && p.box[2] > p.box[0] && bx2 > bx1;  // the partner gives a box, not every pixel
     // The own image resamples its rows in two parts, split at the box's columns (see Resampled).
     own.Reset(own_image, own_h, own_w, C, H, W, mirror, 0, W, box ? bx1 : 0, box ? bx2 : 0);
-    partner.Reset(partner_image, partner_h, partner_w, C, H, W, mirror, p.blend ? 0 : bx1, p.blend ? W : bx2);
+    partner.Reset(partner_image, partner_h, partner_w, C, H, W, mirror, p.blend ? 0 : bx1, p.blend ? W : bx2, 0, 0,
+                  resized_paste_ && box ? p.box : nullptr);
     const int64_t S = own.Stride();
     mixed.resize(p.blend ? W * S : 0);
     if constexpr (std::is_same_v<Out, float>) {
@@ -632,13 +688,19 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
   void Write(Out *out, const In *own, const In *partner, const SampleParams &p, bool mirror) const {
     const int64_t H = H_, W = W_, C = C_;
     const bool chw = output_layout_ == "CHW";
-    std::vector<In> row(p.blend ? W * C : 0);
+    std::vector<In> row(p.blend ? W * C : 0), into(resized_paste_ ? W * C : 0);
     for (int64_t y = 0; y < H; y++) {
       const In *own_row = own + y * W * C;
       const In *partner_row = partner + y * W * C;
       // Three runs of columns: own, partner (inside the box's rows only), own.
       int64_t x1 = 0, x2 = 0;
       if (y >= p.box[0] && y < p.box[2]) x1 = p.box[1], x2 = p.box[3];
+      if (resized_paste_ && !p.blend && x2 > x1) {  // ResizeMix: the whole partner squeezed into the box
+        const In *source = partner + SourceIndex(y, p.box[0], p.box[2], H) * W * C;
+        for (int64_t x = x1; x < x2; x++)
+          std::copy_n(source + SourceIndex(x, x1, x2, W) * C, C, into.data() + x * C);
+        partner_row = into.data();
+      }
       const In *src = own_row;
       if (p.blend) {
         float w = p.lam, wp = 1.0f - p.lam;
@@ -691,6 +753,98 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
     }
   }
 
+  // ---- SaliencyMix: dali_cutmix.saliency.peaks, in the same integers ----
+
+  // Image i's saliency peak (y, x): the centre pixel of the first cell of greatest centre-surround
+  // contrast on the grid of dali_cutmix.saliency (GRID cells along the shorter side, windows of
+  // kScales cells). Its cell sums are of the image the output shows: resized (its uint8 levels, as
+  // Resampled rounds them) when the operator resizes; float images in steps of 1/256, clipped.
+  std::array<int64_t, 2> Peak(const ::dali::TensorList<CPUBackend> &images, int i) const {
+    const int64_t H = H_, W = W_, C = C_, f = std::max<int64_t>(1, std::min(H, W) / kGrid);
+    const int64_t rows = H / f, cols = W / f;
+    std::vector<int64_t> cells(rows * cols, 0);
+    auto add = [&](int64_t y, auto level) {  // row y's levels, channels summed, into its cells
+      int64_t *cell = cells.data() + (y / f) * cols;
+      for (int64_t x = 0; x < cols * f; x++) {
+        int64_t sum = 0;
+        for (int64_t c = 0; c < C; c++) sum += level(x, c);
+        cell[x / f] += sum;
+      }
+    };
+    if (resize_) {
+      auto shape = images.tensor_shape(i);
+      Resampled image;
+      image.Reset(images.tensor<uint8_t>(i), shape[0], shape[1], C, H, W, false, 0, W);
+      const int64_t S = image.Stride();
+      for (int64_t y = 0; y < rows * f; y++) {
+        const float *row = image.Row(y, 0, cols * f);
+        add(y, [&](int64_t x, int64_t c) { return static_cast<int64_t>(row[x * S + c]); });
+      }
+    } else if (float_in_) {
+      const float *image = images.tensor<float>(i);
+      for (int64_t y = 0; y < rows * f; y++) {
+        const float *row = image + y * W * C;
+        add(y, [&](int64_t x, int64_t c) {
+          float v = row[x * C + c] * static_cast<float>(kFloatSteps);  // exact: a power of two
+          if (std::isnan(v)) return int64_t{0};
+          return static_cast<int64_t>(std::clamp(std::floor(v), -kFloatLimit, kFloatLimit));
+        });
+      }
+    } else {
+      const uint8_t *image = images.tensor<uint8_t>(i);
+      for (int64_t y = 0; y < rows * f; y++) {
+        const uint8_t *row = image + y * W * C;
+        add(y, [&](int64_t x, int64_t c) { return static_cast<int64_t>(row[x * C + c]); });
+      }
+    }
+    // [1, 2, 1] down the rows, then along the columns, the edges repeated.
+    auto at = [&](const std::vector<int64_t> &v, int64_t r, int64_t c) {
+      return v[std::clamp<int64_t>(r, 0, rows - 1) * cols + std::clamp<int64_t>(c, 0, cols - 1)];
+    };
+    std::vector<int64_t> down(rows * cols), blurred(rows * cols);
+    for (int64_t r = 0; r < rows; r++)
+      for (int64_t c = 0; c < cols; c++) down[r * cols + c] = at(cells, r - 1, c) + 2 * at(cells, r, c) + at(cells, r + 1, c);
+    for (int64_t r = 0; r < rows; r++)
+      for (int64_t c = 0; c < cols; c++) blurred[r * cols + c] = at(down, r, c - 1) + 2 * at(down, r, c) + at(down, r, c + 1);
+    // sum over k of (K / k^2) |k^2 b - S_k(b)|, S_k the k x k window's sum (edges repeated).
+    int64_t K = 1;
+    for (int k : kScales) K *= k * k;
+    std::vector<int64_t> contrast(rows * cols, 0), across(rows * cols);
+    for (int k : kScales) {
+      const int64_t r0 = k / 2;
+      for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++) {
+          int64_t sum = 0;
+          for (int64_t d = -r0; d <= r0; d++) sum += at(blurred, r + d, c);
+          across[r * cols + c] = sum;
+        }
+      for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++) {
+          int64_t window = 0;
+          for (int64_t d = -r0; d <= r0; d++) window += at(across, r, c + d);
+          int64_t diff = blurred[r * cols + c] * k * k - window;
+          contrast[r * cols + c] += (K / (k * k)) * (diff < 0 ? -diff : diff);
+        }
+    }
+    const int64_t first = std::max_element(contrast.begin(), contrast.end()) - contrast.begin();  // the first maximum
+    return {(first / cols) * f + f / 2, (first % cols) * f + f / 2};
+  }
+
+  // dali_cutmix.paste.centred_on_peaks: p's box, its half-sides around `peak` clipped to the image
+  // (dali_cutmix.sampling.box_around's float32 operations), and its lambda unless p is a MixUp blend.
+  void Centre(SampleParams &p, const std::array<int64_t, 2> &peak) const {
+    const float hw[2] = {static_cast<float>(H_), static_cast<float>(W_)};
+    float lo[2], hi[2];
+    for (int k = 0; k < 2; k++) {
+      float centre = static_cast<float>(peak[k]);
+      lo[k] = std::min(std::max(centre - p.half[k], 0.0f), hw[k]);
+      hi[k] = std::min(std::max(centre + p.half[k], 0.0f), hw[k]);
+    }
+    if (!p.blend) p.lam = 1.0f - ((hi[0] - lo[0]) * (hi[1] - lo[1])) / (hw[0] * hw[1]);
+    p.box[0] = static_cast<int>(lo[0]), p.box[1] = static_cast<int>(lo[1]);
+    p.box[2] = static_cast<int>(hi[0]), p.box[3] = static_cast<int>(hi[1]);
+  }
+
   // ---- sampling: dali_cutmix.sampling.sample_mix, with a C++ generator seeded by the batch's draw ----
 
   float Uniform() { return static_cast<float>(rng_() >> 40) * (1.0f / 16777216.0f); }  // [0, 1), 24 bits
@@ -730,7 +884,7 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
       d.cut = cutmix_ && mixup_ ? (Uniform() < switch_prob_ ? 1.0f : 0.0f) : (cutmix_ ? 1.0f : 0.0f);
       d.lam_cut = alpha_ > 0 && minmax_.empty() ? Beta(alpha_) : 1.0f;
       d.lam_mix = mixup_ ? Beta(mixup_alpha_) : 1.0f;
-      for (int j = 0; j < (minmax_.empty() ? 2 : 4); j++) d.u[j] = Uniform();
+      for (int j = 0, draws = !minmax_.empty() ? 4 : resized_paste_ ? 3 : 2; j < draws; j++) d.u[j] = Uniform();
       Place(d, params_[k]);
     }
     for (int i = units; i < n; i++) params_[i] = params_[0];
@@ -743,7 +897,21 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
     const float *u = d.u;
     float c = d.mix * d.cut;
     float lo[2] = {0, 0}, hi[2] = {0, 0}, lam = 1.0f;
-    if (!minmax_.empty()) {  // minmax_box
+    if (salient_) {  // cutmix_half; the box is placed around the partner's peak when its pixels are here (Centre)
+      float half_cut = std::sqrt(1.0f - d.lam_cut) * (c * 0.5f);
+      for (int k = 0; k < 2; k++) p.half[k] = std::floor(hw[k] * half_cut), lo[k] = -p.half[k], hi[k] = p.half[k];
+      lam = 1.0f - ((hi[0] - lo[0]) * (hi[1] - lo[1])) / (hw[0] * hw[1]);
+    } else if (resized_paste_) {  // resize_box: one scale tau for both sides, the corner uniform
+      float tau = std::min(u[0] * (resize_scale_[1] - resize_scale_[0]) + resize_scale_[0],
+                           std::nextafter(resize_scale_[1], 0.0f));
+      float size[2];
+      for (int k = 0; k < 2; k++) {
+        size[k] = std::floor(hw[k] * tau) * c;
+        lo[k] = std::min(std::floor(u[1 + k] * ((hw[k] - size[k]) + 1.0f)), hw[k] - size[k]);
+        hi[k] = lo[k] + size[k];
+      }
+      lam = 1.0f - (size[0] * size[1]) / (hw[0] * hw[1]);
+    } else if (!minmax_.empty()) {  // minmax_box
       float size[2];
       for (int k = 0; k < 2; k++) {
         float low = std::floor(hw[k] * minmax_[0]), high = std::floor(hw[k] * minmax_[1]);
@@ -775,7 +943,9 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
 
   float alpha_, mixup_alpha_, prob_, switch_prob_;
   bool per_sample_, no_self_;
-  std::vector<float> minmax_;
+  std::vector<float> minmax_, resize_scale_;
+  bool resized_paste_ = false, salient_ = false;  // ResizeMix; SaliencyMix
+  std::vector<std::array<int64_t, 2>> peaks_;
   bool normalize_;
   std::string output_layout_;
   bool resize_;
@@ -796,7 +966,7 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
 DALI_REGISTER_OPERATOR(dali_cutmix__Mix, ::dali_cutmix::Mix, ::dali::CPU);
 
 DALI_SCHEMA(dali_cutmix__Mix)
-    .DocStr(R"(CutMix (optionally switching with MixUp) of a uniformly shaped uint8 HWC batch, fused with
+    .DocStr(R"(CutMix, ResizeMix or SaliencyMix (optionally switching with MixUp) of a uniformly shaped uint8 HWC batch, fused with
 normalisation, flip and layout change (and with a bilinear resize, given size). Outputs: images, labels_b, lam, perm, boxes (y1, x1, y2, x2), blend.)")
     .NumInput(3, 4)
     .InputDox(0, "images", "TensorList of uint8 HWC", "The batch, one shape for all samples.")
@@ -813,6 +983,16 @@ normalisation, flip and layout change (and with a bilinear resize, given size). 
     .AddOptionalArg("mode", "\"batch\": one draw for the batch; \"elem\": one per sample.", std::string("batch"))
     .AddOptionalArg("no_self", "Partners are never the sample itself.", false)
     .AddOptionalArg("minmax", "Box sides as fractions (min, max) of H and W, like timm.", std::vector<float>{})
+    .AddOptionalArg("paste",
+                    "\"cut\": the partner's pixels in the box (CutMix); \"resize\": the partner's whole image, "
+                    "resampled into a box of one scale drawn from resize_scale (ResizeMix).",
+                    std::string("cut"))
+    .AddOptionalArg("resize_scale", "ResizeMix's box scale range (min, max), a fraction of H and W (float32).",
+                    std::vector<float>{0.1f, 0.8f})
+    .AddOptionalArg("centre",
+                    "\"random\": the box centre uniform (CutMix); \"saliency\": on the partner's saliency "
+                    "peak (SaliencyMix, the map of dali_cutmix.saliency).",
+                    std::string("random"))
     .AddOptionalArg<std::vector<float>>("mean", "Subtracted per channel (turns normalisation on).", nullptr)
     .AddOptionalArg<std::vector<float>>("std", "Divides per channel (turns normalisation on).", nullptr)
     .AddOptionalArg("mirror", "Flip horizontally (per sample), after mixing.", 0, true)
