@@ -193,3 +193,18 @@ def test_the_saliency_map_comparison_runs_and_finds_the_object(tmp_path, capsys)
         )
     assert {"grid frequency-tuned", "spectral residual (NumPy)"} <= set(report["methods"])
     assert (out / "peaks.png").stat().st_size > 1000
+
+
+def test_the_operator_recipe_costs_print_each_recipe_against_cutmix(tmp_path, capsys):
+    from dali_cutmix_bench import operator_recipes
+
+    out = tmp_path / "out"
+    assert operator_recipes.main(["--batch-size", "4", "--size", "40", "--runs", "2", "--rounds", "2",
+                                  "--output", str(out)]) == 0  # fmt: skip
+    rows = json.loads((out / "operator_recipes.json").read_text())["rows"]
+    assert set(rows) == set(operator_recipes.RECIPES) and rows["CutMix"]["ratio"] == 1.0
+    assert all(len(r["rounds"]) == 2 and r["ms"] > 0 for r in rows.values())
+    printed = capsys.readouterr().out
+    assert "SaliencyMix" in printed and "ResizeMix" in printed
+    with pytest.raises(SystemExit):
+        operator_recipes.main(["--runs", "0"])

@@ -31,6 +31,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #if defined(__SSE2__)
@@ -178,7 +179,7 @@ class Resampled {
 
   // Output row y's columns [x0, x1) (within the image's), rounded to uint8 levels, in a buffer of the
   // whole row: calls for other columns of the same row fill the same buffer.
-  const float *Row(int64_t y, int64_t x0, int64_t x1) {
+  HOT const float *Row(int64_t y, int64_t x0, int64_t x1) {
     if (x1 <= x0) return out_.data();
     const float *__restrict a = Horizontal(rows_.i0[y], rows_.i1[y], x0, x1);
     const float *__restrict b = Horizontal(rows_.i1[y], rows_.i0[y], x0, x1);
@@ -328,7 +329,7 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
         normalize_(spec.HasArgument("mean") || spec.HasArgument("std")),
         output_layout_(spec.GetArgument<std::string>("output_layout")),
         resize_(spec.HasArgument("size") || spec.HasTensorArgument("size")),
-        write_(ChooseWrite(spec.GetArgument<std::string>("isa"))) {
+        copies_(ChooseWrite(spec.GetArgument<std::string>("isa"))) {
     auto mode = spec.GetArgument<std::string>("mode");
     DALI_ENFORCE(mode == "batch" || mode == "elem", "mode must be \"batch\" or \"elem\", got \"" + mode + "\"");
     per_sample_ = mode == "elem";
@@ -585,10 +586,38 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
     Planes(own, partner, out, p, bx1, bx2);
   }
 
+  // SaliencyMix's pass over a resized image (Peak): output rows [y0, y1), columns [0, width), their
+  // levels added lane by lane into acc (whole numbers below 2**24: exact in float32, in any copy).
+  using SumFn = void (*)(Resampled &, int64_t, int64_t, int64_t, float *);
+
+  HOT static void SumRows(Resampled &image, int64_t y0, int64_t y1, int64_t width, float *acc) {
+    const int64_t n = width * image.Stride();
+    for (int64_t y = y0; y < y1; y++) {
+      const float *__restrict row = image.Row(y, 0, width);
+      float *__restrict sum = acc;
+      for (int64_t k = 0; k < n; k++) sum[k] += row[k];
+    }
+  }
+
+  static void SumRowsPortable(Resampled &image, int64_t y0, int64_t y1, int64_t width, float *acc) {
+    SumRows(image, y0, y1, width, acc);
+  }
+
 #if DALI_CUTMIX_X86_COPIES
   __attribute__((target("avx2"))) void PlanesAvx2(Resampled &own, Resampled &partner, float *out,
                                                   const SampleParams &p, int64_t bx1, int64_t bx2) const {
     Planes(own, partner, out, p, bx1, bx2);
+  }
+
+  __attribute__((target("avx2"))) static void SumRowsAvx2(Resampled &image, int64_t y0, int64_t y1, int64_t width,
+                                                          float *acc) {
+    SumRows(image, y0, y1, width, acc);
+  }
+
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx2"))) static void SumRowsAvx512(Resampled &image, int64_t y0,
+                                                                                      int64_t y1, int64_t width,
+                                                                                      float *acc) {
+    SumRows(image, y0, y1, width, acc);
   }
 
   __attribute__((target("avx512f,avx512bw,avx512vl,avx2"))) void PlanesAvx512(Resampled &own, Resampled &partner,
@@ -600,7 +629,7 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
 
   // isa: "auto" (AVX2 where the CPU has it, else portable), or one copy by name, for measuring and
   // testing them.
-  static WriteFn ChooseWrite(const std::string &isa) {
+  static std::pair<WriteFn, SumFn> ChooseWrite(const std::string &isa) {
     DALI_ENFORCE(isa == "auto" || isa == "portable" || isa == "avx2" || isa == "avx512",
                  "isa must be \"auto\", \"portable\", \"avx2\" or \"avx512\", got \"" + isa + "\"");
 #if DALI_CUTMIX_X86_COPIES
@@ -610,13 +639,13 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
                   __builtin_cpu_supports("avx512vl");
     DALI_ENFORCE(isa != "avx2" || avx2, "isa \"avx2\": this CPU has no AVX2");
     DALI_ENFORCE(isa != "avx512" || avx512, "isa \"avx512\": this CPU has no AVX-512 (F, BW and VL)");
-    if (isa == "avx512" || (isa == "auto" && avx512 && kAutoAvx512)) return &Mix::PlanesAvx512;
-    if (isa == "avx2" || (isa == "auto" && avx2)) return &Mix::PlanesAvx2;
+    if (isa == "avx512" || (isa == "auto" && avx512 && kAutoAvx512)) return {&Mix::PlanesAvx512, &SumRowsAvx512};
+    if (isa == "avx2" || (isa == "auto" && avx2)) return {&Mix::PlanesAvx2, &SumRowsAvx2};
 #else
     DALI_ENFORCE(isa == "auto" || isa == "portable",
                  "isa \"" + isa + "\": this build has only the portable copy (not GCC on x86-64)");
 #endif
-    return &Mix::PlanesPortable;
+    return {&Mix::PlanesPortable, &SumRowsPortable};
   }
 
   // Sample i resized to H_ x W_ (own and partner) and written as Write does, a row at a time.
@@ -639,7 +668,7 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
     mixed.resize(p.blend ? W * S : 0);
     if constexpr (std::is_same_v<Out, float>) {
       if (chw && C == 3 && !p.blend) {  // the training pipelines' case: the copy for this CPU
-        (this->*write_)(own, partner, out, p, bx1, bx2);
+        (this->*copies_.first)(own, partner, out, p, bx1, bx2);
         return;
       }
     }
@@ -775,10 +804,14 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
       auto shape = images.tensor_shape(i);
       Resampled image;
       image.Reset(images.tensor<uint8_t>(i), shape[0], shape[1], C, H, W, false, 0, W);
+      // A cell row's f output rows added lane by lane first (whole numbers below 2**24: exact in
+      // float32, and a loop the compiler vectorises), then each cell's columns and channels.
       const int64_t S = image.Stride();
-      for (int64_t y = 0; y < rows * f; y++) {
-        const float *row = image.Row(y, 0, cols * f);
-        add(y, [&](int64_t x, int64_t c) { return static_cast<int64_t>(row[x * S + c]); });
+      std::vector<float> acc(cols * f * S);
+      for (int64_t r = 0; r < rows; r++) {
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        copies_.second(image, r * f, (r + 1) * f, cols * f, acc.data());
+        add(r * f, [&](int64_t x, int64_t c) { return static_cast<int64_t>(acc[x * S + c]); });
       }
     } else if (float_in_) {
       const float *image = images.tensor<float>(i);
@@ -949,7 +982,7 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
   bool normalize_;
   std::string output_layout_;
   bool resize_;
-  WriteFn write_;  // Planes for this CPU
+  std::pair<WriteFn, SumFn> copies_;  // Planes and SumRows for this CPU
   bool float_in_ = false;
   DALIDataType dtype_;
   std::vector<float> mean_, std_;
