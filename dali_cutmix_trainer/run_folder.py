@@ -74,6 +74,8 @@ def open_run(args, rank: int, world: int, out: Path, load: Callable):
         recorded = dict(state.get("config") or {})
         if recorded.get("cutmix_backend", "") is None:  # a run that recorded no backend ran the default one
             recorded["cutmix_backend"] = args.cutmix_backend
+        if isinstance(recorded.get("prob_schedule"), dict):  # older runs recorded {epoch: prob}
+            recorded["prob_schedule"] = sorted([int(epoch), p] for epoch, p in recorded["prob_schedule"].items())
         try:
             flag = getattr(args, "flags", {})
             ckpt.check_flags(recorded, vars(args), path, may_change=RESUMABLE, skip=NOT_FLAGS + moot,

@@ -1,6 +1,7 @@
 """ResizeMix (``paste="resize"``): the partner's whole image resampled into the box. Its boxes,
 its pixels against an independent NumPy loop, every place a recipe goes (the python backend in
-DALI, the loop mixer, train.py), and the backends that refuse it saying so."""
+DALI, the loop mixer, train.py). The native operator's ResizeMix, and what each backend says about
+it, are in tests/test_box_recipes.py."""
 
 import pytest
 

@@ -1,7 +1,8 @@
 """SaliencyMix (``centre="saliency"``): CutMix's box centred on the peak of the partner's
 saliency map. The map and its peak against an independent NumPy loop, the mix against the oracle
 in NumPy, torch and the python backend in DALI, every place a recipe goes (the loop mixer, the
-loader's resume, train.py), and the backends that refuse it saying so."""
+loader's resume, train.py). The native operator's SaliencyMix, and what each backend says about
+it, are in tests/test_box_recipes.py."""
 
 import pytest
 

@@ -142,6 +142,21 @@ def test_resume_skips_an_unreadable_newest_checkpoint_and_cleans_partial_writes(
     assert f"checkpoint {newest} cannot be loaded" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
+def test_a_run_that_recorded_its_prob_schedule_as_a_dict_resumes(jpeg_tree, tmp_path, capsys):
+    """Older runs wrote --prob-schedule into the checkpoint as {epoch: prob}; the same schedule,
+    given again, resumes them, and another one is refused."""
+    out = tmp_path / "run"
+    flags = ["--prob-schedule", "0:1.0,1:0.5"]
+    assert train.main(train_args(jpeg_tree, out, "--epochs", "1", "--max-steps", "1", *flags)) == 0
+    path = out / "checkpoint_0001.pt"
+    state = torch.load(path, weights_only=False)
+    state["config"]["prob_schedule"] = {"1": 0.5, "0": 1.0}
+    torch.save(state, path)
+    assert train.main(train_args(jpeg_tree, out, "--epochs", "2", "--max-steps", "2", "--resume", *flags)) == 0
+    assert train.main(train_args(jpeg_tree, out, "--epochs", "3", "--resume", "--prob-schedule", "0:1.0,1:0.4")) == 2
+    assert "--prob-schedule [[0, 1.0], [1, 0.5]], this run has [[0, 1.0], [1, 0.4]]" in capsys.readouterr().err
+
+
 def test_resume_from_a_path_and_arch_mismatch(jpeg_tree, tmp_path, capsys):
     out = tmp_path / "run"
     assert train.main(train_args(jpeg_tree, out, "--epochs", "1", "--max-steps", "1")) == 0
