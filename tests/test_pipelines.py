@@ -150,9 +150,10 @@ def test_gpu_pipeline_outputs_and_a_cpu_pipeline_feeding_the_gpu_give_the_same_b
         assert all(torch.equal(a.cpu(), b) for a, b in zip(got[1:], want[1:]))
 
 
-@pytest.mark.parametrize("backend, kind", [("python", {}), ("native", {}), ("python", {"paste": "resize"}),
-                                           ("python", {"centre": "saliency"})], ids=["python", "native", "resize",
-                                                                                      "saliency"])  # fmt: skip
+@pytest.mark.parametrize("backend, kind", [
+    ("python", {}), ("native", {}), ("python", {"paste": "resize"}), ("python", {"centre": "saliency"}),
+    ("native", {"paste": "resize"}), ("native", {"centre": "saliency"}),
+], ids=["python", "native", "resize", "saliency", "native-resize", "native-saliency"])  # fmt: skip
 def test_loader_state_resumes_the_exact_stream(jpeg_tree, backend, kind):
     def make(state=None):
         recipe = MixConfig(mixup_alpha=0.3, mode="elem", prob_schedule={1: 0.0, 2: 1.0}, **kind)
