@@ -126,7 +126,8 @@ class MixConfig:
 
 def check_fractions(value, field: str) -> tuple[float, float]:
     """The rule for a ``(min, max)`` pair of fractions of the image's sides: two numbers with
-    ``0 < min < max <= 1``; ``RecipeError`` naming ``field``. Returns them as floats."""
+    ``0 < min < max <= 1``, in float32 too (the box is computed in float32, and the native operator
+    takes them as float32); ``RecipeError`` naming ``field``. Returns them as floats."""
     try:
         if any(isinstance(v, (bool, str)) for v in value):
             raise TypeError
@@ -135,6 +136,11 @@ def check_fractions(value, field: str) -> tuple[float, float]:
         lo = hi = float("nan")
     if not 0.0 < lo < hi <= 1.0:
         raise RecipeError(field, "must be (min, max) with 0 < min < max <= 1", value)
+    with np.errstate(over="ignore"):
+        lo32, hi32 = np.float32(lo), np.float32(hi)
+    if not 0.0 < lo32 < hi32 <= 1.0:
+        rounded = f"(they are {float(lo32)!r} and {float(hi32)!r} in float32)"
+        raise RecipeError(field, f"must be (min, max) with 0 < min < max <= 1 in float32 too {rounded}", value)
     return lo, hi
 
 

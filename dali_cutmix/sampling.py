@@ -168,9 +168,11 @@ def resize_box(u, mixed, hw, scale, ops: Any = NUMPY_OPS):
     u: float32 ``U[0, 1)^3`` a unit (tau, then corner). mixed, hw, ops: as :func:`minmax_box`.
     scale: ``(min, max)``. Returns ``lo``, ``hi``, ``size`` and ``lam``, as :func:`cutmix_box`.
     """
-    tau = ops.part(u, 0, 1) * float(scale[1] - scale[0]) + float(scale[0])
+    # the range's ends are float32 (the native operator's arguments), so its width is a float32 difference
+    lo32, hi32 = np.float32(scale[0]), np.float32(scale[1])
+    tau = ops.part(u, 0, 1) * float(hi32 - lo32) + float(lo32)
     # float32 rounding may reach the range's end; the range is half-open (and a box never fills the image)
-    below = float(np.nextafter(np.float32(scale[1]), np.float32(0)))
+    below = float(np.nextafter(hi32, np.float32(0)))
     size = ops.floor(hw * ops.minimum(tau, below)) * ops.vec(mixed)
     return placed_box(ops.part(u, 1, 3), size, hw, ops)
 

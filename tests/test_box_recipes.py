@@ -97,6 +97,36 @@ def test_the_native_peaks_are_the_librarys_on_every_grid(size, dtype):
         assert [tuple(p) for p in library] == [reference_peak(image) for image in images]
 
 
+def test_the_native_resize_scale_is_the_librarys_where_its_float32_width_rounds():
+    """resize_scale (0.1, 0.9): float32(0.9) - float32(0.1) is not float32(0.9 - 0.1), and at this
+    entropy the operator's first box draw u (libstdc++'s generator, found by replaying Mix::Sample)
+    lands where the two widths give boxes a pixel apart: the library's box is the operator's."""
+    from types import SimpleNamespace
+
+    from dali_cutmix.sampling import mix_from_draws
+
+    scale, size, u = (0.1, 0.9), 224, np.array([[0.248883903, 0.795510411, 0.174518347]], np.float32)
+    tau = np.float32(np.float32(u[0, 0]) * np.float32(scale[1] - scale[0]) + np.float32(scale[0]))
+    assert np.floor(np.float32(size) * tau) == 67  # the float64 width's side: the draw tells the widths apart
+
+    @pipeline_def(batch_size=2, num_threads=1, device_id=None, seed=0)
+    def pipe():
+        images = fn.external_source(source=lambda: [np.zeros((size, size, 3), np.uint8)] * 2, layout="HWC")
+        labels = fn.external_source(source=lambda: [np.array([i], np.int32) for i in range(2)])
+        entropy = fn.external_source(source=lambda: [np.array([0.000439584255, 0.5], np.float32)] * 2)
+        return tuple(fn.dali_cutmix.mix(images, labels, entropy, paste="resize", resize_scale=list(scale)))
+
+    p = pipe()
+    p.build()
+    lam, boxes = (o.as_array() for o in p.run()[2:5:2])
+    one = np.ones(1, np.float32)
+    draws = SimpleNamespace(mix=one, cut=1.0, lam_cut=one, lam_mix=one, u=u)
+    config = MixConfig(paste="resize", resize_scale=scale)
+    lo, hi, _, library_lam, _ = mix_from_draws(draws, np.float32([size, size]), config)
+    np.testing.assert_array_equal(boxes[0], np.concatenate([lo, hi], 1)[0].astype(np.int32))
+    assert hi[0, 0] - lo[0, 0] == 66 and lam[0] == library_lam[0]
+
+
 def fused_pipeline(batch, recipe, *, fused, layout, mixup, isa="auto"):
     """The operator with size=, a per-sample flip and normalisation (fused), or the same operator
     on the batch it resizes itself (at prob 0, uint8 HWC: its own resized pixels), fed the same draws."""

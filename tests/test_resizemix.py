@@ -94,6 +94,12 @@ def test_the_recipe_checks_its_fields():
     for bad in ((0.1, True), ("0.1", "0.5"), (0.1,), 0.5):
         with pytest.raises(RecipeError, match="resize_scale must be"):
             MixConfig(paste="resize", resize_scale=bad)
+    # ends that differ as Python floats but not as float32 (the box's arithmetic, the operator's arguments)
+    for bad in ((0.5, 0.500000001), (1e-50, 0.5)):
+        with pytest.raises(RecipeError, match="in float32 too"):
+            MixConfig(paste="resize", resize_scale=bad)
+    with pytest.raises(RecipeError, match="minmax must be .* in float32 too"):
+        MixConfig(minmax=(0.3, 0.3000000001))
 
 
 def test_the_scale_range_is_half_open_even_where_float32_rounds_to_its_end():
