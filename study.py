@@ -46,6 +46,9 @@ CONFIGS = {
     "resizemix-pipeline-python": ["--cutmix-backend", "python", "--cutmix-paste", "resize", *CUTMIX],
     # SaliencyMix (CutMix's box centred on the partner's saliency peak), the same chance and alpha.
     "saliencymix-pipeline-python": ["--cutmix-backend", "python", "--cutmix-centre", "saliency", *CUTMIX],
+    # Both recipes on the native operator (its own generator; the same recipe as the python rows).
+    "resizemix-pipeline-native": ["--cutmix-backend", "native", "--cutmix-paste", "resize", *CUTMIX],
+    "saliencymix-pipeline-native": ["--cutmix-backend", "native", "--cutmix-centre", "saliency", *CUTMIX],
     # timm's ImageNet recipes: mixup 0.8, cutmix 1.0, prob 1.0, switch 0.5.
     "mixup-cutmix-switch": [
         "--cutmix-backend",
@@ -247,6 +250,10 @@ def write_report(args, results: dict[str, list[dict]], command: str) -> Path:
             "SaliencyMix against CutMix (python, in the pipeline)",
         ),
         ("saliencymix-pipeline-python", "resizemix-pipeline-python", "SaliencyMix against ResizeMix"),
+        ("resizemix-pipeline-native", "resizemix-pipeline-python", "ResizeMix, native against python"),
+        ("saliencymix-pipeline-native", "saliencymix-pipeline-python", "SaliencyMix, native against python"),
+        ("saliencymix-pipeline-native", "cutmix-pipeline-native", "SaliencyMix against CutMix (native)"),
+        ("resizemix-pipeline-native", "cutmix-pipeline-native", "ResizeMix against CutMix (native)"),
     ]
     measures = [("final val top-1", final), ("occluded val top-1", lambda r: r["occluded_top1"]),
                 ("val ECE", lambda r: r["val_ece"])]  # fmt: skip
