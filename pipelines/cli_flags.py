@@ -46,7 +46,9 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
                         "peak")  # fmt: skip
     p.add_argument("--mix-off-epoch", "--mixup-off-epoch", type=int, help="no mixing from this epoch on")
     p.add_argument("--prob-schedule", type=parse_prob_schedule, default=(), help="chance by epoch: 0:1.0,100:0.5")
-    p.add_argument("--cutmix-backend", choices=tuple(BACKENDS), help="default: native on the CPU, python on the GPU")
+    p.add_argument("--cutmix-backend", choices=tuple(BACKENDS),
+                   help="default: native on the CPU (python for CHW images or without a compiler), "
+                        "python on the GPU")  # fmt: skip
     p.add_argument("--no-cutmix", action="store_true", help="no mixing at all (the baseline)")
 
 
