@@ -989,7 +989,10 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
   bool cutmix_ = true, mixup_ = false;
   int64_t H_ = 0, W_ = 0, C_ = 0;
   std::vector<float> probs_;
-  std::vector<SampleParams> params_;
+  // One iteration's state, from SetupImpl to RunImpl: DALI runs an operator instance's Setup and Run
+  // back to back and never two iterations of it at once (executor2's ExecNode: each main task depends
+  // on the previous iteration's, exec_graph.h; the legacy executors run a stage's operators in order).
+  std::vector<SampleParams> params_;  // and peaks_
   std::vector<float> table_, mean_c_, inv_std_c_;
   std::mt19937_64 rng_;
 };
