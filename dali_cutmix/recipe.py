@@ -136,8 +136,7 @@ def check_fractions(value, field: str) -> tuple[float, float]:
         lo = hi = float("nan")
     if not 0.0 < lo < hi <= 1.0:
         raise RecipeError(field, "must be (min, max) with 0 < min < max <= 1", value)
-    with np.errstate(over="ignore"):
-        lo32, hi32 = np.float32(lo), np.float32(hi)
+    lo32, hi32 = np.float32(lo), np.float32(hi)  # in (0, 1]: no overflow
     if not 0.0 < lo32 < hi32 <= 1.0:
         rounded = f"(they are {float(lo32)!r} and {float(hi32)!r} in float32)"
         raise RecipeError(field, f"must be (min, max) with 0 < min < max <= 1 in float32 too {rounded}", value)

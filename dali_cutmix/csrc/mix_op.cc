@@ -978,7 +978,6 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
   bool per_sample_, no_self_;
   std::vector<float> minmax_, resize_scale_;
   bool resized_paste_ = false, salient_ = false;  // ResizeMix; SaliencyMix
-  std::vector<std::array<int64_t, 2>> peaks_;
   bool normalize_;
   std::string output_layout_;
   bool resize_;
@@ -992,7 +991,8 @@ class Mix : public ::dali::StatelessOperator<CPUBackend> {
   // One iteration's state, from SetupImpl to RunImpl: DALI runs an operator instance's Setup and Run
   // back to back and never two iterations of it at once (executor2's ExecNode: each main task depends
   // on the previous iteration's, exec_graph.h; the legacy executors run a stage's operators in order).
-  std::vector<SampleParams> params_;  // and peaks_
+  std::vector<SampleParams> params_;
+  std::vector<std::array<int64_t, 2>> peaks_;  // SaliencyMix: each image's saliency peak
   std::vector<float> table_, mean_c_, inv_std_c_;
   std::mt19937_64 rng_;
 };
